@@ -1,0 +1,216 @@
+"""Typed model of the configuration resources.
+
+Why this exists: every later layer (semantic checks, the desired-state compiler,
+export) works on these frozen dataclasses instead of raw YAML dictionaries, so a
+field has exactly one name, one type and one default.  Defaults are applied in
+exactly one place: the ``from_spec`` constructors below, fed by the loader after
+JSON-Schema validation succeeded (so they may trust the shape of ``spec``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Union
+
+API_VERSION = "lbctl.dev/v1alpha1"
+
+Protocol = Literal["TCP", "UDP", "SCTP", "ICMP"]
+Mode = Literal["default", "onearm", "fullnat", "dsr"]
+Selection = Literal["rr", "hash", "persist", "lc", "maglev", "priority"]
+ProbeType = Literal["tcp", "udp", "sctp", "http", "https", "ping", "none"]
+Hook = Literal["tc", "xdp"]
+Sharing = Literal["shared", "exclusive"]
+Family = Literal["IPv4", "IPv6"]
+FirewallAction = Literal["allow", "drop", "trap", "mark", "rateLimit"]
+
+# Defaults, in one place.
+DEFAULT_MODE: Mode = "default"
+DEFAULT_SELECTION: Selection = "rr"
+DEFAULT_HOOK: Hook = "tc"
+DEFAULT_VIP_INTERFACE = "lbctl0"
+DEFAULT_TCP_SESSION_TIMEOUT = 240  # seconds idle, TCP and SCTP
+DEFAULT_OTHER_SESSION_TIMEOUT = 20  # seconds idle, UDP and ICMP
+DEFAULT_PERSIST_TIMEOUT = 10800  # seconds, like Kubernetes sessionAffinity
+DEFAULT_PROBE_INTERVAL = 10
+DEFAULT_PROBE_TIMEOUT = 2
+DEFAULT_PROBE_RETRIES = 3
+DEFAULT_BGP_PORT = 179
+DEFAULT_HOLD_TIME = 90
+DEFAULT_KEEPALIVE = 30
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a node came from: file, 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """An inclusive port range; ``start == end`` for a single port."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    protocol: Protocol = "TCP"
+    end_port: int | None = None  # inclusive upper bound of a port range
+    target_port: int | None = None  # None: same as the incoming port
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    weight: int = 1
+    target_port: int | None = None  # overrides the service port's targetPort
+
+
+@dataclass(frozen=True)
+class Probe:
+    type: ProbeType = "none"
+    port: int | None = None
+    request: str | None = None  # HTTP path or UDP payload
+    response: str | None = None  # expected response (substring)
+    interval: int = DEFAULT_PROBE_INTERVAL
+    timeout: int = DEFAULT_PROBE_TIMEOUT
+    retries: int = DEFAULT_PROBE_RETRIES
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    ports: tuple[ServicePort, ...]
+    vip: str | None = None  # literal VIP; wins over pool when both are given
+    pool: str | None = None
+    mode: Mode = DEFAULT_MODE
+    selection: Selection = DEFAULT_SELECTION
+    session_timeout: int | None = None  # None: per-protocol default
+    persist_timeout: int = DEFAULT_PERSIST_TIMEOUT
+    maglev_table_size: int | None = None  # None: sized from the endpoint count
+    endpoints: tuple[Endpoint, ...] = ()
+    allowed_sources: tuple[str, ...] = ()  # CIDRs; empty means any
+    secondary_vips: tuple[str, ...] = ()  # SCTP multihoming, at most 3
+    bgp: bool = False  # announce the VIP through BGP
+    probe: Probe = field(default_factory=Probe)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    addresses: tuple[str, ...]  # CIDRs or "first-last" ranges
+    sharing: Sharing = "shared"
+    family: Family | None = None  # None: taken from the addresses
+
+
+@dataclass(frozen=True)
+class BGPConfigSpec:
+    local_as: int
+    router_id: str
+    listen_port: int = DEFAULT_BGP_PORT
+    listen_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BGPPeerSpec:
+    address: str
+    remote_as: int
+    port: int = DEFAULT_BGP_PORT
+    hold_time: int = DEFAULT_HOLD_TIME
+    keepalive: int = DEFAULT_KEEPALIVE
+    multihop: int = 0  # eBGP multihop TTL; 0 means directly connected
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class FirewallMatch:
+    source: str | None = None  # CIDR
+    destination: str | None = None  # CIDR
+    source_ports: PortRange | None = None
+    destination_ports: PortRange | None = None
+    protocol: Protocol | None = None
+    in_interface: str | None = None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    packets_per_second: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class FirewallRuleSpec:
+    priority: int
+    match: FirewallMatch
+    action: FirewallAction
+    mark: int | None = None  # with action "mark"
+    rate_limit: RateLimit | None = None  # with action "rateLimit"
+
+
+@dataclass(frozen=True)
+class DatapathInterface:
+    name: str
+    hook: Hook = DEFAULT_HOOK
+
+
+@dataclass(frozen=True)
+class DatapathSpec:
+    interfaces: tuple[DatapathInterface, ...]
+    hook: Hook = DEFAULT_HOOK  # default for interfaces that do not name one
+    vip_interface: str = DEFAULT_VIP_INTERFACE
+
+
+Spec = Union[ServiceSpec, PoolSpec, BGPConfigSpec, BGPPeerSpec, FirewallRuleSpec, DatapathSpec]
+
+KINDS: tuple[str, ...] = ("Service", "Pool", "BGPConfig", "BGPPeer", "FirewallRule", "Datapath")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One validated document: envelope plus typed spec."""
+
+    kind: str
+    metadata: Metadata
+    spec: Spec
+    location: Location  # where the document starts
+    # spec path ("spec.endpoints[2].address") -> location, for semantic errors
+    locations: Mapping[str, Location] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def where(self, path: str) -> Location:
+        """Best location for a spec path: the path itself or its nearest parent."""
+        while path:
+            loc = self.locations.get(path)
+            if loc is not None:
+                return loc
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.location
+
+
+def session_timeout_for(spec: ServiceSpec, protocol: Protocol) -> int:
+    """Idle timeout of a flow: explicit value, or the per-protocol default."""
+    if spec.session_timeout is not None:
+        return spec.session_timeout
+    if protocol in ("TCP", "SCTP"):
+        return DEFAULT_TCP_SESSION_TIMEOUT
+    return DEFAULT_OTHER_SESSION_TIMEOUT
+
+
+JSON = Any  # a parsed, schema-validated YAML value

@@ -1,0 +1,162 @@
+"""State records: the common language of desired state, live state and the drivers.
+
+Why this exists: the compiler (``desired.py``) produces these records from the
+configuration, each driver's ``read()`` produces the same records from the live
+system, and ``plan.diff`` compares the two key by key.  Records use natural keys
+(VIP, protocol, port), never kernel-internal ids, so desired and live state can be
+compared without knowing how a driver lays out its maps.
+
+A ``State`` maps a record kind to a mapping of key -> record.  The record kinds
+and the driver that owns each:
+
+=============  ====================  ===========
+kind           record                driver
+=============  ====================  ===========
+``service``    ``ServiceEntry``      bpf
+``endpoints``  ``EndpointSet``       bpf
+``firewall``   ``FirewallEntry``     bpf
+``attach``     ``Attachment``        bpf
+``vip``        ``VipAddress``        netlink
+``bgp-peer``   ``BgpPeer``           bgp
+``announce``   ``Announcement``      bgp
+=============  ====================  ===========
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """(VIP, protocol, port range): what the datapath matches a packet on.
+
+    ``vip`` is the canonical text form (``ipaddress`` ``str()``), ``proto`` is
+    lower case (``tcp``, ``udp``, ``sctp``, ``icmp``), ``port == port_end`` for a
+    single port and both are 0 for ICMP.
+    """
+
+    vip: str
+    proto: str
+    port: int
+    port_end: int
+
+    def __str__(self) -> str:
+        host = f"[{self.vip}]" if ":" in self.vip else self.vip
+        ports = str(self.port) if self.port == self.port_end else f"{self.port}-{self.port_end}"
+        return f"{self.proto}/{host}:{ports}"
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.vip else 4
+
+    @classmethod
+    def parse(cls, text: str) -> "ServiceKey":
+        """Inverse of ``str()``: ``tcp/198.51.100.1:80`` or ``udp/[2001:db8::1]:53-54``."""
+        proto, rest = text.split("/", 1)
+        host, ports = rest.rsplit(":", 1)
+        host = host.strip("[]")
+        start, _, end = ports.partition("-")
+        return cls(str(ipaddress.ip_address(host)), proto, int(start), int(end or start))
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One datapath service: how packets to ``key`` are balanced."""
+
+    key: ServiceKey
+    name: str  # the Service resource that owns it
+    mode: str  # default | onearm | fullnat | dsr
+    selection: str  # rr | hash | persist | lc | maglev | priority
+    session_timeout: int  # idle seconds before a flow is forgotten
+    persist_timeout: int  # seconds a source sticks to an endpoint (persist)
+    allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
+
+
+@dataclass(frozen=True)
+class Backend:
+    address: str
+    port: int  # destination port after translation; 0 keeps the original port
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class EndpointSet:
+    """The backends of one service, swapped atomically as a whole.
+
+    ``maglev`` is the Maglev lookup table for maglev services: a prime-sized
+    sequence of indexes into ``backends``, packed as little-endian u16 (empty
+    for other selections).
+    """
+
+    key: ServiceKey
+    backends: tuple[Backend, ...]
+    maglev: bytes = b""
+
+
+@dataclass(frozen=True)
+class FirewallEntry:
+    name: str
+    priority: int
+    source: str | None
+    destination: str | None
+    source_ports: tuple[int, int] | None
+    destination_ports: tuple[int, int] | None
+    protocol: str | None
+    in_interface: str | None
+    action: str
+    mark: int | None = None
+    rate_pps: int | None = None
+    rate_burst: int | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """The datapath program attached to one interface."""
+
+    ifname: str
+    hook: str  # tc | xdp
+
+
+@dataclass(frozen=True)
+class VipAddress:
+    """A VIP address on lbctl's dummy interface, so the kernel answers ARP/NDP."""
+
+    address: str
+    prefixlen: int
+    ifname: str
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    address: str
+    remote_as: int
+    port: int
+    hold_time: int
+    keepalive: int
+    multihop: int
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    prefix: str  # VIP/32 or VIP/128
+
+
+Record = Union[ServiceEntry, EndpointSet, FirewallEntry, Attachment, VipAddress, BgpPeer, Announcement]
+
+# Record kinds in the order a from-scratch build creates them.
+KINDS: tuple[str, ...] = ("attach", "firewall", "endpoints", "service", "vip", "bgp-peer", "announce")
+
+State = Mapping[str, Mapping[str, Record]]
+"""kind -> key -> record.  Keys are ``str(ServiceKey)`` for service and
+endpoints, the rule name for firewall, the interface name for attach, the
+address for vip and bgp-peer, the prefix for announce."""
+
+
+def empty_state() -> dict[str, dict[str, Record]]:
+    return {kind: {} for kind in KINDS}
