@@ -1,0 +1,125 @@
+"""The ``lbctl`` command: parse arguments, call a command module, exit.
+
+Why this exists: one thin entry point with the CLI contract of DESIGN.md.  Each
+subcommand lives in ``reconciler/commands/NAME.py`` exposing
+``add_arguments(parser)`` and ``run(args, ctx) -> int``; this module only wires
+them, puts the common options on every subcommand (so they are accepted after
+the subcommand and its arguments, as users type them) and turns ``LbctlError``
+into a message and exit code 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from reconciler import __version__
+from reconciler.errors import LbctlError
+
+DEFAULT_CONFIG_DIR = "/etc/lbctl/conf.d"
+DEFAULT_STATE_DIR = "/var/lib/lbctl"
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/lbctl"
+
+# name -> (module, one-line help); order is the order of `lbctl --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("validate", "check the configuration directory; touch nothing live"),
+    "plan": ("plan", "show what apply would change"),
+    "apply": ("apply", "make the box match the configuration, then verify"),
+    "watch": ("watch", "daemon: watch the directory and keep the box converged"),
+    "get": ("get", "show live state as a table"),
+    "export": ("export", "print live state as YAML in the input format"),
+    "import": ("import_", "turn Kubernetes objects into lbctl YAML"),
+    "down": ("down", "remove everything lbctl installed"),
+    "status": ("status", "show the daemon's status"),
+    "schema": ("schema", "print the JSON Schema of a kind"),
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this invocation's box lives: namespace, state dir, pin root, output."""
+
+    netns: str | None
+    state_dir: Path
+    pin_root: Path
+    output: str
+    verbose: bool
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("common options")
+    g.add_argument("-o", "--output", choices=["text", "json", "yaml", "wide"], default="text",
+                   help="output format (default: text)")
+    g.add_argument("--netns", metavar="NAME", default=os.environ.get("LBCTL_NETNS"),
+                   help="run the datapath and netlink side inside network namespace NAME; "
+                        "the box gets its own pin and state subdirectories")
+    g.add_argument("--state-dir", metavar="DIR", default=os.environ.get("LBCTL_STATE_DIR", DEFAULT_STATE_DIR),
+                   help=f"state directory (default: {DEFAULT_STATE_DIR})")
+    g.add_argument("--pin-root", metavar="DIR", default=os.environ.get("LBCTL_PIN_ROOT", DEFAULT_PIN_ROOT),
+                   help=f"bpffs directory for pinned maps and programs (default: {DEFAULT_PIN_ROOT})")
+    g.add_argument("-v", "--verbose", action="store_true", help="show more detail, tracebacks on internal errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbctl",
+        description="Declarative control plane for an eBPF L4 load balancer: "
+                    "the YAML files in a directory are the truth.",
+    )
+    parser.add_argument("--version", action="version", version=f"lbctl {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = subs.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(f"reconciler.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"reconciler.commands.{module}":
+                raise
+            p.set_defaults(_module=None)
+        else:
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
+        _common(p)
+    return parser
+
+
+def context_from(args: argparse.Namespace) -> Context:
+    state, pins = Path(args.state_dir), Path(args.pin_root)
+    if args.netns:
+        state, pins = state / args.netns, pins / args.netns
+    return Context(netns=args.netns, state_dir=state, pin_root=pins, output=args.output,
+                   verbose=args.verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    if args._module is None:
+        print(f"lbctl: '{args.command}' is not available in this build", file=sys.stderr)
+        return 1
+    ctx = context_from(args)
+    try:
+        return int(args._module.run(args, ctx))
+    except LbctlError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        if args.verbose:
+            raise
+        print(f"lbctl: internal error: {type(exc).__name__}: {exc} (run with -v for a traceback; "
+              "please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
