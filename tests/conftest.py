@@ -1,0 +1,48 @@
+"""Shared pytest policy: root/datapath tests skip on a laptop but fail in CI.
+
+Why this exists: a datapath test that silently skips proves nothing.  Tests that
+need root, bpffs or network namespaces carry ``@pytest.mark.root``; when the
+machine cannot run them they are skipped, unless ``CI`` is set, in which case
+the skip becomes a failure (the product rule: CI must fail if a root test was
+skipped).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _root_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        with open("/proc/mounts", encoding="ascii") as mounts:
+            if not any(line.split()[2] == "bpf" for line in mounts if len(line.split()) > 2):
+                return "needs bpffs mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)"
+    except OSError as exc:
+        return f"cannot read /proc/mounts: {exc}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is None:
+        return
+    problem = _root_problem()
+    if problem is None:
+        return
+    if _ci():
+        pytest.fail(f"root/datapath test cannot run in CI: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # A root test that skipped itself (pytest.skip inside the test) also fails CI.
+    if _ci() and report.skipped and "root" in report.keywords:
+        report.outcome = "failed"
+        report.longrepr = "root/datapath test skipped in CI (skips of root tests are failures there)"
