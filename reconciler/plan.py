@@ -23,7 +23,8 @@ SYMBOLS: dict[str, str] = {"create": "+", "update": "~", "delete": "-", "replace
 class Change:
     """One step of a plan: make ``key`` of ``kind`` go from ``before`` to ``after``.
 
-    ``before`` is None for create, ``after`` is None for delete.
+    ``before`` is None for create, ``after`` is None for delete.  ``fields``
+    names the record fields that differ (update and replace; empty otherwise).
     """
 
     kind: str
@@ -31,3 +32,4 @@ class Change:
     action: Action
     before: Record | None
     after: Record | None
+    fields: tuple[str, ...] = ()
