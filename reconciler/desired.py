@@ -1,0 +1,232 @@
+"""Compile validated resources into the desired State.
+
+Why this exists: the datapath, netlink and BGP drivers speak small typed records
+(``reconciler.records``) keyed by natural keys; the operator writes Services,
+Pools, Datapaths...  This module is the one pure translation between the two,
+so the planner can compare desired and live state record by record.  It has no
+side effects: VIPs that come from pools are decided by ``reconciler.ipam`` and
+passed in.
+
+Rules (each in one place):
+
+* one ``ServiceEntry`` + ``EndpointSet`` per (VIP, protocol, port or range) of
+  a Service, for the primary VIP and every secondary VIP;
+* backend port: the endpoint's ``targetPort`` > the port's ``targetPort`` > 0
+  ("keep the incoming port");
+* backends are sorted (address, port), so reordering endpoints in YAML is not a
+  change; the Maglev table (``selection: maglev``) indexes that sorted order;
+* session timeout: explicit, else the per-protocol default
+  (``model.session_timeout_for``);
+* every VIP becomes a ``VipAddress`` (/32 or /128) on the Datapath's
+  ``vipInterface`` (default ``lbctl0``);
+* one ``Attachment`` per Datapath interface, one ``FirewallEntry`` per
+  FirewallRule;
+* BGP peers and announcements (the VIPs of services with ``bgp: true``) only
+  when a BGPConfig exists: without one there is no speaker to announce them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from reconciler import limits
+from reconciler.model import (
+    DEFAULT_VIP_INTERFACE,
+    BGPPeerSpec,
+    DatapathSpec,
+    FirewallRuleSpec,
+    Resource,
+    ServicePort,
+    ServiceSpec,
+    session_timeout_for,
+)
+from reconciler.records import (
+    Announcement,
+    Attachment,
+    Backend,
+    BgpPeer,
+    EndpointSet,
+    FirewallEntry,
+    Record,
+    ServiceEntry,
+    ServiceKey,
+    VipAddress,
+    empty_state,
+)
+
+MutableState = dict[str, dict[str, Record]]
+TableBuilder = Callable[[Sequence[Backend], int], bytes]
+
+MAGLEV_MIN_TABLE_SIZE = 251
+MAGLEV_SLOTS_PER_BACKEND = 100  # the Maglev paper's M >= 100 N keeps imbalance under ~1%
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
+
+
+def default_maglev_size(backends: int) -> int:
+    """Smallest prime >= 100 x backends (at least 251, at most the u16 limit)."""
+    n = max(MAGLEV_MIN_TABLE_SIZE, MAGLEV_SLOTS_PER_BACKEND * backends)
+    if n >= limits.MAGLEV_MAX_TABLE_SIZE:
+        return limits.MAGLEV_MAX_TABLE_SIZE
+    while not _is_prime(n):
+        n += 1
+    return n
+
+
+def _default_table_builder() -> TableBuilder:
+    import importlib
+
+    # the datapath's table builder; imported only when a maglev service exists
+    maglev = importlib.import_module("reconciler.maglev")
+    builder: TableBuilder = maglev.build_table
+    return builder
+
+
+def canonical_ip(text: str) -> str:
+    """``ipaddress`` text form, so keys from config and from the kernel compare equal."""
+    return str(ipaddress.ip_address(text))
+
+
+def service_vips(res: Resource, allocated: Mapping[str, str]) -> tuple[str, ...]:
+    """Primary VIP (literal ``vip`` wins over the pool) then the secondary VIPs."""
+    spec = res.spec
+    assert isinstance(spec, ServiceSpec)
+    primary = spec.vip if spec.vip is not None else allocated.get(res.name)
+    if primary is None:
+        return ()
+    out = [canonical_ip(primary)]
+    for extra in spec.secondary_vips:
+        ip = canonical_ip(extra)
+        if ip not in out:
+            out.append(ip)
+    return tuple(out)
+
+
+def _port_key(vip: str, port: ServicePort) -> ServiceKey:
+    proto = port.protocol.lower()
+    if proto == "icmp":
+        return ServiceKey(vip, proto, 0, 0)
+    end = port.end_port if port.end_port is not None else port.port
+    return ServiceKey(vip, proto, port.port, end)
+
+
+def _backends(spec: ServiceSpec, port: ServicePort) -> tuple[Backend, ...]:
+    default = port.target_port if port.target_port is not None else 0
+    out = {
+        Backend(canonical_ip(ep.address),
+                ep.target_port if ep.target_port is not None else default, ep.weight)
+        for ep in spec.endpoints
+    }
+    return tuple(sorted(out, key=lambda b: (ipaddress.ip_address(b.address).packed, b.port, b.weight)))
+
+
+def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
+                     table_builder: Callable[[], TableBuilder]) -> None:
+    spec = res.spec
+    assert isinstance(spec, ServiceSpec)
+    services, endpoints = state["service"], state["endpoints"]
+    for port in spec.ports:
+        backends = _backends(spec, port)
+        table = b""
+        if spec.selection == "maglev" and backends:
+            size = spec.maglev_table_size or default_maglev_size(len(backends))
+            table = table_builder()(backends, size)
+        timeout = session_timeout_for(spec, port.protocol)
+        for vip in vips:
+            key = _port_key(vip, port)
+            k = str(key)
+            services[k] = ServiceEntry(
+                key=key, name=res.name, mode=spec.mode, selection=spec.selection,
+                session_timeout=timeout, persist_timeout=spec.persist_timeout,
+                allowed_sources=tuple(sorted(str(ipaddress.ip_network(c, strict=False))
+                                             for c in spec.allowed_sources)),
+            )
+            endpoints[k] = EndpointSet(key=key, backends=backends, maglev=table)
+
+
+def _firewall(res: Resource) -> FirewallEntry:
+    spec = res.spec
+    assert isinstance(spec, FirewallRuleSpec)
+    m = spec.match
+
+    def net(c: str | None) -> str | None:
+        return None if c is None else str(ipaddress.ip_network(c, strict=False))
+
+    return FirewallEntry(
+        name=res.name, priority=spec.priority, source=net(m.source), destination=net(m.destination),
+        source_ports=(m.source_ports.start, m.source_ports.end) if m.source_ports else None,
+        destination_ports=((m.destination_ports.start, m.destination_ports.end)
+                           if m.destination_ports else None),
+        protocol=m.protocol.lower() if m.protocol else None, in_interface=m.in_interface,
+        action=spec.action, mark=spec.mark,
+        rate_pps=spec.rate_limit.packets_per_second if spec.rate_limit else None,
+        rate_burst=spec.rate_limit.burst if spec.rate_limit else None,
+    )
+
+
+def _peer(spec: BGPPeerSpec) -> BgpPeer:
+    return BgpPeer(address=canonical_ip(spec.address), remote_as=spec.remote_as, port=spec.port,
+                   hold_time=spec.hold_time, keepalive=spec.keepalive, multihop=spec.multihop,
+                   password=spec.password)
+
+
+def host_prefixlen(ip: str) -> int:
+    return 128 if ":" in ip else 32
+
+
+def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | None = None, *,
+                  table_builder: TableBuilder | None = None) -> MutableState:
+    """Desired State of validated ``resources``.
+
+    ``allocated`` maps a Service name to the VIP IPAM gave it (services with a
+    literal ``vip`` need no entry).  ``table_builder`` replaces
+    ``reconciler.maglev.build_table`` (tests).  A Service without any VIP (its
+    pool was exhausted: IPAM reported that) is skipped.
+    """
+    allocated = allocated or {}
+    state = empty_state()
+    cached: list[TableBuilder] = [table_builder] if table_builder else []
+
+    def builder() -> TableBuilder:
+        if not cached:
+            cached.append(_default_table_builder())
+        return cached[0]
+
+    resources = list(resources)
+    datapath = next((r.spec for r in resources if isinstance(r.spec, DatapathSpec)), None)
+    vip_if = datapath.vip_interface if datapath else DEFAULT_VIP_INTERFACE
+    has_bgp = any(r.kind == "BGPConfig" for r in resources)
+
+    for res in resources:
+        spec = res.spec
+        if isinstance(spec, ServiceSpec):
+            vips = service_vips(res, allocated)
+            if not vips:
+                continue
+            _compile_service(res, vips, state, builder)
+            for vip in vips:
+                state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
+                if spec.bgp and has_bgp:
+                    prefix = f"{vip}/{host_prefixlen(vip)}"
+                    state["announce"][prefix] = Announcement(prefix)
+        elif isinstance(spec, DatapathSpec):
+            for iface in spec.interfaces:
+                state["attach"][iface.name] = Attachment(iface.name, iface.hook)
+        elif isinstance(spec, FirewallRuleSpec):
+            state["firewall"][res.name] = _firewall(res)
+        elif isinstance(spec, BGPPeerSpec) and has_bgp:
+            peer = _peer(spec)
+            state["bgp-peer"][peer.address] = peer
+    return state

@@ -1,0 +1,179 @@
+"""Render a plan the way operators know from Terraform.
+
+Why this exists: a reviewer must see at a glance what an apply will do to the
+box: a legend of the actions present, one block per changed object with
+field-level ``~ old -> new``, then the summary line.  The renderer reads ONLY
+``Plan.to_json()`` output (a string or its parsed dict), never ``Plan``
+objects, so what scripts see with ``-o json`` and what humans see can never
+disagree, and a plan saved as JSON renders the same later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import IO, Any
+
+from rich.console import Console
+from rich.text import Text
+
+SUPPORTED_FORMAT = 1
+
+LEGEND: tuple[tuple[str, str, str], ...] = (
+    ("create", "+", "create"),
+    ("update", "~", "update in-place"),
+    ("replace", "-/+", "destroy and then create replacement"),
+    ("delete", "-", "destroy"),
+)
+HEADLINE = {
+    "create": "will be created",
+    "update": "will be updated in-place",
+    "replace": "must be replaced",
+    "delete": "will be destroyed",
+}
+STYLE = {"+": "green", "~": "yellow", "-": "red", "-/+": "magenta", " ": "", "#": "dim"}
+NO_CHANGES = "No changes. The datapath matches the configuration."
+
+Line = tuple[str, str]  # (text, style)
+
+
+def _load(plan_json: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    data: Mapping[str, Any] = json.loads(plan_json) if isinstance(plan_json, str) else plan_json
+    version = data.get("format_version")
+    if version != SUPPORTED_FORMAT:
+        raise ValueError(f"plan format_version {version!r} is not supported "
+                         f"(this lbctl reads {SUPPORTED_FORMAT})")
+    return data
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_value(x)}" for k, x in sorted(v.items())) + "}"
+    return str(v)
+
+
+def _backend(b: Any) -> str:
+    if isinstance(b, dict) and "address" in b:
+        host = f"[{b['address']}]" if ":" in str(b["address"]) else str(b["address"])
+        port = b.get("port", 0) or "*"
+        return f"{host}:{port} weight {b.get('weight', 1)}"
+    return _value(b)
+
+
+def _is_backend_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) and "address" in x for x in v)
+
+
+def _list_block(lines: list[Line], sym: str, name: str, width: int, items: list[Any]) -> None:
+    lines.append((f"      {sym} {name:<{width}} = [", sym))
+    for item in items:
+        lines.append((f"          {sym} {_backend(item)}", sym))
+    lines.append(("        ]", ""))
+
+
+def _whole(lines: list[Line], sym: str, rec: Mapping[str, Any]) -> None:
+    width = max((len(k) for k in rec), default=0)
+    for name in sorted(rec):
+        v = rec[name]
+        if _is_backend_list(v):
+            _list_block(lines, sym, name, width, v)
+        else:
+            lines.append((f"      {sym} {name:<{width}} = {_value(v)}", sym))
+
+
+def _changed(lines: list[Line], change: Mapping[str, Any]) -> None:
+    before: Mapping[str, Any] = change.get("before") or {}
+    after: Mapping[str, Any] = change.get("after") or {}
+    fields = [f for f in change.get("fields", []) if f != "key"]
+    forces = change["action"] == "replace"
+    width = max((len(f) for f in fields), default=0)
+    for name in fields:
+        old, new = before.get(name), after.get(name)
+        note = "  # forces replacement" if forces and name in change.get("forces", ()) else ""
+        if _is_backend_list(old) or _is_backend_list(new):
+            old_l = [json.dumps(x, sort_keys=True) for x in old or []]
+            new_l = [json.dumps(x, sort_keys=True) for x in new or []]
+            old_s, new_s = set(old_l), set(new_l)
+            gone = [x for x, s in zip(old or [], old_l, strict=True) if s not in new_s]
+            came = [x for x, s in zip(new or [], new_l, strict=True) if s not in old_s]
+            kept = len(new_l) - len(came)
+            lines.append((f"      ~ {name:<{width}} = [{note}", "~"))
+            for x in gone:
+                lines.append((f"          - {_backend(x)}", "-"))
+            for x in came:
+                lines.append((f"          + {_backend(x)}", "+"))
+            if kept:
+                lines.append((f"            # ({kept} unchanged)", "#"))
+            lines.append(("        ]", ""))
+        else:
+            lines.append((f"      ~ {name:<{width}} = {_value(old)} -> {_value(new)}{note}", "~"))
+    hidden = len([k for k in after if k not in fields])
+    if hidden:
+        noun = "attribute" if hidden == 1 else "attributes"
+        lines.append((f"        # ({hidden} unchanged {noun} hidden)", "#"))
+
+
+def plan_lines(plan_json: str | Mapping[str, Any]) -> list[Line]:
+    """The rendered plan as (text, style) lines."""
+    data = _load(plan_json)
+    changes = data.get("changes", [])
+    if not changes:
+        return [(NO_CHANGES, "bold green")]
+    present = {c["action"] for c in changes}
+    lines: list[Line] = [
+        ("lbctl compared the configuration with the live state of the box.", ""),
+        ("Actions are indicated with the following symbols:", ""),
+    ]
+    for action, sym, text in LEGEND:
+        if action in present:
+            lines.append((f"{sym:>5} {text}", sym))
+    lines += [("", ""), ("lbctl will perform the following actions:", "")]
+    for c in changes:
+        sym = c["symbol"]
+        lines.append(("", ""))
+        lines.append((f"  # {c['kind']} {c['key']} {HEADLINE[c['action']]}", "bold"))
+        lines.append((f"{sym:>3} {c['kind']} {json.dumps(c['key'])} {{", sym))
+        if c["action"] == "create":
+            _whole(lines, "+", c.get("after") or {})
+        elif c["action"] == "delete":
+            _whole(lines, "-", c.get("before") or {})
+        else:
+            _changed(lines, c)
+        lines.append(("    }", ""))
+    s = data.get("summary", {})
+    lines += [("", ""), (f"Plan: {s.get('add', 0)} to add, {s.get('change', 0)} to change, "
+                         f"{s.get('destroy', 0)} to destroy.", "bold")]
+    return lines
+
+
+def render_plain(plan_json: str | Mapping[str, Any]) -> str:
+    """The plan as plain text (golden files, logs, non-terminal output)."""
+    return "".join(text + "\n" for text, _ in plan_lines(plan_json))
+
+
+def render_rich(plan_json: str | Mapping[str, Any]) -> Text:
+    """The plan as a styled rich ``Text``."""
+    out = Text()
+    for text, style in plan_lines(plan_json):
+        out.append(text, style=STYLE.get(style, style))
+        out.append("\n")
+    return out
+
+
+def print_plan(plan_json: str | Mapping[str, Any], console: Console | None = None,
+               file: IO[str] | None = None) -> None:
+    """Print with colours on a terminal, plain text otherwise (fast for big plans)."""
+    console = console or Console(file=file, highlight=False)
+    if console.is_terminal:
+        console.print(render_rich(plan_json), end="", soft_wrap=True)
+    else:
+        console.file.write(render_plain(plan_json))
+        console.file.flush()

@@ -1,0 +1,100 @@
+"""Tests of the desired-state compiler (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.desired import compile_state, default_maglev_size
+from reconciler.model import Endpoint, ServicePort
+from reconciler.records import Attachment, Backend, ServiceKey, VipAddress
+from tests.reconciler.fakes import (
+    bgp_config,
+    bgp_peer,
+    datapath,
+    fake_table,
+    firewall,
+    service,
+)
+
+
+def test_one_entry_and_endpoint_set_per_vip_protocol_port() -> None:
+    st = compile_state([service("web", ports=[(80, "TCP", 8080), (53, "UDP")],
+                                secondary_vips=("198.51.100.11",))])
+    assert sorted(st["service"]) == [
+        "tcp/198.51.100.10:80", "tcp/198.51.100.11:80", "udp/198.51.100.10:53", "udp/198.51.100.11:53"]
+    assert set(st["service"]) == set(st["endpoints"])
+    tcp = st["service"]["tcp/198.51.100.10:80"]
+    assert tcp.key == ServiceKey("198.51.100.10", "tcp", 80, 80)
+    assert (tcp.name, tcp.mode, tcp.selection, tcp.session_timeout) == ("web", "default", "rr", 240)
+    assert st["service"]["udp/198.51.100.10:53"].session_timeout == 20
+    assert st["endpoints"]["tcp/198.51.100.10:80"].backends == (
+        Backend("10.0.1.10", 8080), Backend("10.0.1.11", 8080))
+    assert st["endpoints"]["udp/198.51.100.10:53"].backends[0].port == 0
+    assert set(st["vip"]) == {"198.51.100.10", "198.51.100.11"}
+    assert st["vip"]["198.51.100.10"] == VipAddress("198.51.100.10", 32, "lbctl0")
+
+
+def test_target_port_precedence_and_sorted_backends() -> None:
+    st = compile_state([service("web", ports=[ServicePort(80, target_port=8080)],
+                                endpoints=[Endpoint("10.0.1.20", 2),
+                                           Endpoint("10.0.1.3", target_port=9090)])])
+    assert st["endpoints"]["tcp/198.51.100.10:80"].backends == (
+        Backend("10.0.1.3", 9090), Backend("10.0.1.20", 8080, 2))
+
+
+def test_reordering_endpoints_is_not_a_change() -> None:
+    a = compile_state([service("web", endpoints=["10.0.0.1", "10.0.0.2"])])
+    b = compile_state([service("web", endpoints=["10.0.0.2", "10.0.0.1"])])
+    assert a == b
+
+
+def test_ranges_icmp_ipv6_and_canonical_addresses() -> None:
+    st = compile_state([
+        service("r", ports=[ServicePort(1000, "UDP", end_port=1010)]),
+        service("ping", vip="198.51.100.20", ports=[ServicePort(0, "ICMP")]),
+        service("v6", vip="2001:DB8::0:1", endpoints=["2001:db8:1::10"]),
+    ])
+    assert "udp/198.51.100.10:1000-1010" in st["service"]
+    assert "icmp/198.51.100.20:0" in st["service"]
+    assert "tcp/[2001:db8::1]:80" in st["service"]
+    assert st["vip"]["2001:db8::1"].prefixlen == 128
+
+
+def test_pool_vip_and_literal_wins() -> None:
+    st = compile_state([service("a", vip=None, pool="p"), service("b", vip="198.51.100.5", pool="p"),
+                        service("c", vip=None, pool="p")],
+                       {"a": "203.0.113.1", "b": "203.0.113.9"})
+    assert {k.split("/")[1] for k in st["service"]} == {"203.0.113.1:80", "198.51.100.5:80"}
+
+
+def test_maglev_table_uses_builder_and_default_size() -> None:
+    st = compile_state([service("m", selection="maglev")], table_builder=fake_table)
+    table = st["endpoints"]["tcp/198.51.100.10:80"].maglev
+    assert len(table) == 2 * default_maglev_size(2) == 2 * 251
+    st = compile_state([service("m", selection="maglev", maglev_table_size=997)], table_builder=fake_table)
+    assert len(st["endpoints"]["tcp/198.51.100.10:80"].maglev) == 2 * 997
+    assert compile_state([service("r")], table_builder=fake_table)["endpoints"][
+        "tcp/198.51.100.10:80"].maglev == b""
+
+
+@pytest.mark.parametrize("n,size", [(1, 251), (3, 307), (256, 25601), (10_000, 65521)])
+def test_default_maglev_size_is_prime(n: int, size: int) -> None:
+    assert default_maglev_size(n) == size
+
+
+def test_datapath_firewall_bgp() -> None:
+    res = [datapath("eth0", "eth1", hook="xdp", vip_interface="vips0"), firewall("deny", 10, "192.0.2.0/24"),
+           service("web", bgp=True), service("quiet", vip="198.51.100.11"), bgp_peer("up", "192.0.2.254")]
+    st = compile_state(res)
+    assert st["attach"] == {"eth0": Attachment("eth0", "xdp"), "eth1": Attachment("eth1", "xdp")}
+    assert st["vip"]["198.51.100.10"].ifname == "vips0"
+    assert st["firewall"]["deny"].source == "192.0.2.0/24"
+    assert st["announce"] == {} and st["bgp-peer"] == {}  # no BGPConfig: nothing to announce with
+    st = compile_state(res + [bgp_config()])
+    assert list(st["announce"]) == ["198.51.100.10/32"]
+    assert list(st["bgp-peer"]) == ["192.0.2.254"]
+
+
+def test_shared_vip_is_one_address() -> None:
+    st = compile_state([service("a", ports=[80]), service("b", ports=[443])])
+    assert list(st["vip"]) == ["198.51.100.10"] and len(st["service"]) == 2
