@@ -10,6 +10,8 @@ skipped).
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -41,8 +43,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(problem)
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     # A root test that skipped itself (pytest.skip inside the test) also fails CI.
-    if _ci() and report.skipped and "root" in report.keywords:
+    # The report must be changed here, where it is made: by the time
+    # pytest_runtest_logreport runs, the terminal and the session have already
+    # counted it as skipped (the run exited 0 and `-rs` crashed).
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if _ci() and report.skipped and item.get_closest_marker("root") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
-        report.longrepr = "root/datapath test skipped in CI (skips of root tests are failures there)"
+        report.longrepr = f"root/datapath test skipped in CI (a failure there): {reason}"
