@@ -1,0 +1,113 @@
+"""One writer at a time: an flock on a file in the state dir.
+
+Why this exists: two reconciles interleaving their plans against the same box
+(an operator's ``lbctl apply`` while the daemon converges) would each apply a
+plan computed from a live state the other is changing.  ``plan``, ``apply``,
+``watch`` (per reconcile) and ``down`` take this lock.  A second writer waits a
+bounded time (default 10 s, ``LBCTL_LOCK_TIMEOUT`` or ``timeout=``) and then
+fails with a message naming the holder's pid and command.
+
+flock(2) is released by the kernel when the holder dies (even ``kill -9``), so
+a stale lock file never blocks anyone; the file itself is left in place
+(deleting a lock file another process may be opening races).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from reconciler.errors import LbctlError
+
+LOCK_NAME = "lock"
+DEFAULT_TIMEOUT = 10.0
+POLL = 0.05
+
+
+def default_timeout() -> float:
+    try:
+        return float(os.environ.get("LBCTL_LOCK_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class LockTimeout(LbctlError):
+    pass
+
+
+class StateLock:
+    """``with StateLock(state_dir):`` -- exclusive, bounded wait, reentrant per object."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = None,
+                 purpose: str | None = None) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self.timeout = default_timeout() if timeout is None else timeout
+        self.purpose = purpose or " ".join(["lbctl", *sys.argv[1:2]])
+        self._fd: int | None = None
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> str:
+        """What the lock file says about its holder ('pid N (purpose)')."""
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return "an unknown process"
+        pid, _, purpose = text.partition(" ")
+        if not pid.isdigit():
+            return "an unknown process"
+        return f"pid {pid}" + (f" ({purpose})" if purpose else "")
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            self._depth += 1
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockTimeout(
+                        f"another lbctl is changing this box: {self.holder()} holds {self.path}; "
+                        f"waited {self.timeout:g} s",
+                        hint="wait for it to finish (a running 'lbctl watch' holds it only while it "
+                             "reconciles), or raise LBCTL_LOCK_TIMEOUT") from None
+                time.sleep(POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
+        self._fd = fd
+        self._depth = 1
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()

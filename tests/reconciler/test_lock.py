@@ -1,0 +1,60 @@
+"""Tests of the single-writer lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.lock import LockTimeout, StateLock
+
+
+def test_second_writer_waits_then_fails_naming_holder(tmp_path: Path) -> None:
+    with StateLock(tmp_path, purpose="lbctl apply"):
+        t = time.monotonic()
+        with pytest.raises(LockTimeout) as exc:
+            StateLock(tmp_path, timeout=0.3).acquire()
+        assert time.monotonic() - t >= 0.3
+        assert f"pid {os.getpid()} (lbctl apply)" in str(exc.value)
+        assert "LBCTL_LOCK_TIMEOUT" in str(exc.value)
+
+
+def test_waiter_gets_it_when_released(tmp_path: Path) -> None:
+    first = StateLock(tmp_path)
+    first.acquire()
+    threading.Timer(0.2, first.release).start()
+    with StateLock(tmp_path, timeout=5) as second:
+        assert second.held
+
+
+def test_reentrant_and_env_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = StateLock(tmp_path)
+    with lock, lock:
+        assert lock.held
+    assert not lock.held
+    monkeypatch.setenv("LBCTL_LOCK_TIMEOUT", "0.5")
+    assert StateLock(tmp_path).timeout == 0.5
+
+
+def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys, time; sys.path.insert(0, {root!r}); from reconciler.lock import StateLock; "
+            f"StateLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(LockTimeout, match=f"pid {proc.pid}"):
+            StateLock(tmp_path, timeout=0.1).acquire()
+        proc.kill()
+        proc.wait()
+        with StateLock(tmp_path, timeout=2):
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
