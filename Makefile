@@ -1,0 +1,181 @@
+# lbctl: the two commands of a fresh machine are `sudo make demo` and `sudo make test`.
+#
+# Why this file exists: everything a fresh Debian bookworm box needs (apt
+# packages, bpffs, a .venv with lbctl installed editable, the BPF objects) is
+# set up here, idempotently and quickly when already done, so the README's two
+# commands work anywhere and CI (.ci/run) runs exactly what a developer runs.
+#
+# Targets: setup build lint test demo bench clean distclean help.
+# No sudo inside: run the targets that need root (setup, test, demo) as root.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+LBCTL       := $(VENV)/bin/lbctl
+DEBIAN_PY   := /usr/bin/python3
+VENV_STAMP  := $(VENV)/.lbctl-installed
+RESULTS     := build/test-results
+# The whole venv run must finish well inside CI's 20 minutes.
+TEST_TIMEOUT ?= 1080
+PYTEST_ARGS ?=
+
+# Tests that exercise a Debian-packaged library against the kernel: they run as
+# root under Debian's interpreter too (the unit tests there are `-m "not root"`).
+DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py
+
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iptables nftables \
+	iperf3 wrk nginx-light curl socat python3-venv python3-pip python3-yaml \
+	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
+	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev
+
+LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
+
+.PHONY: help setup apt bpffs venv build lint test root-check test-venv test-debian demo bench clean distclean
+
+help:
+	@echo "lbctl make targets (run as root where noted):"
+	@echo "  sudo make demo   set up, build, run the demo (today: validate examples/configs)"
+	@echo "  sudo make test   set up, build, lint, all tests in .venv, unit tests under Debian's python3"
+	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
+	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o)"
+	@echo "  make lint        ruff + mypy (strict)"
+	@echo "  make bench       run bench/bench_*.py (tables to stdout, results in bench/results/)"
+	@echo "  make clean       remove build outputs and caches (keeps .venv; distclean removes it too)"
+
+# --- setup -------------------------------------------------------------------
+
+setup: apt bpffs venv
+
+# apt-get only runs when a package is missing, so a prepared box spends ~0.1 s here.
+apt:
+	@installed=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+		| awk '$$NF == "installed" && $$(NF-1) == "ok" {print $$1}' || true); \
+	missing=""; \
+	for p in $(APT_PACKAGES); do \
+		grep -qx "$$p" <<<"$$installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "make setup: missing packages:$$missing"; \
+		echo "  run 'sudo make setup' (or sudo make demo / sudo make test) to install them"; exit 1; \
+	fi; \
+	echo "make setup: installing$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq; \
+	apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+
+bpffs:
+	@if ! mountpoint -q /sys/fs/bpf; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			mount -t bpf bpf /sys/fs/bpf && echo "make setup: mounted bpffs at /sys/fs/bpf"; \
+		else \
+			echo "make setup: bpffs is not mounted at /sys/fs/bpf (as root: mount -t bpf bpf /sys/fs/bpf)"; \
+		fi; \
+	fi
+
+venv: $(VENV_STAMP)
+
+$(PY):
+	$(DEBIAN_PY) -m venv $(VENV)
+
+# pip runs only when pyproject.toml changed since the last install (or the venv is new).
+$(VENV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# --- build -------------------------------------------------------------------
+
+build: setup
+	@if [ -f bpf/Makefile ]; then \
+		$(MAKE) -C bpf; \
+	else \
+		echo "make build: bpf/Makefile does not exist yet; skipping the datapath build"; \
+	fi
+
+# --- lint --------------------------------------------------------------------
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy reconciler
+
+# --- test --------------------------------------------------------------------
+
+test: root-check setup build lint test-venv test-debian
+	@echo "make test: all passed"
+
+# Refuse politely instead of failing half-way through the root tests.
+root-check:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make test needs root (network namespaces, bpffs, BPF programs): run 'sudo make test'"; \
+		exit 1; \
+	fi
+
+# The full suite in the venv. Exit 5 (nothing collected) is a failure like any
+# other non-zero status; tests.no_root_skips fails the run on a skipped root test.
+test-venv: root-check setup build
+	@mkdir -p $(RESULTS)
+	@rc=0; timeout -k 10 $(TEST_TIMEOUT) $(PY) -m pytest -p tests.no_root_skips -rs \
+		--junitxml=$(RESULTS)/venv.xml $(PYTEST_ARGS) || rc=$$?; \
+	case $$rc in \
+		0) ;; \
+		5) echo "make test: pytest collected no tests (exit 5): that is a failure"; exit 1;; \
+		124) echo "make test: the test suite exceeded $(TEST_TIMEOUT) s"; exit 1;; \
+		*) exit $$rc;; \
+	esac
+
+# Unit tests once more under Debian's interpreter and Debian's python3-* libraries
+# (PYTHONPATH=. instead of the venv), plus the tests in DEBIAN_ROOT_TESTS.
+test-debian: root-check setup build
+	@mkdir -p $(RESULTS)
+	@rc=0; PYTHONPATH=. PYTHONNOUSERSITE=1 $(DEBIAN_PY) -m pytest -p no:cacheprovider -rs \
+		-m "not root" --junitxml=$(RESULTS)/debian-unit.xml || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test: no unit tests collected under $(DEBIAN_PY) (exit 5)"; exit 1; fi; \
+	[ $$rc = 0 ] || exit $$rc; \
+	tests="$$(for t in $(DEBIAN_ROOT_TESTS); do [ -e $$t ] && echo $$t; done)"; \
+	[ -n "$$tests" ] || exit 0; \
+	rc=0; PYTHONPATH=. PYTHONNOUSERSITE=1 $(DEBIAN_PY) -m pytest -p no:cacheprovider -p tests.no_root_skips \
+		-rs --junitxml=$(RESULTS)/debian-root.xml $$tests || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test: no tests collected from $$tests (exit 5)"; exit 1; fi; \
+	exit $$rc
+
+# --- demo / bench ------------------------------------------------------------
+
+# One line per document of the example box: file, kind, name.
+define SUMMARY_PY
+import pathlib, yaml
+root = pathlib.Path("examples/configs")
+for path in sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml")):
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict):
+            name = (doc.get("metadata") or {}).get("name", "?")
+            print(f"  {str(path.relative_to(root)):32} {doc.get('kind', '?'):13} {name}")
+endef
+export SUMMARY_PY
+
+demo: setup build
+	@if [ -f examples/demo/run.sh ]; then exec bash examples/demo/run.sh; fi; \
+	echo "== lbctl validate examples/configs"; \
+	$(LBCTL) validate examples/configs; \
+	echo; echo "== the example edge box (examples/configs)"; \
+	$(PY) -c "$$SUMMARY_PY"; \
+	echo; echo "Next: 'sudo make test' runs the whole test suite."
+
+# Each bench/bench_*.py prints a table and writes bench/results/NAME.md (date, machine).
+bench: setup build
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if [ $${#scripts[@]} = 0 ]; then echo "make bench: no bench/bench_*.py yet"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do echo "== $$s"; $(PY) "$$s"; done
+
+# --- clean -------------------------------------------------------------------
+
+clean:
+	@if [ -f bpf/Makefile ]; then $(MAKE) -C bpf clean || true; fi
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) lbctl.egg-info
