@@ -1,0 +1,109 @@
+"""``lbctl status``: ask the running ``lbctl watch`` daemon how the box is doing.
+
+Why this exists: operators want one command that says whether the daemon is
+converged, which revision is live, and what the last error was, without
+curling JSON.  It GETs ``/status`` from the daemon's local endpoint and prints a
+table (``-o json``: the JSON as served).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from reconciler.cli import Context
+from reconciler.errors import LbctlError
+from reconciler.status import DEFAULT_LISTEN, Address, parse_listen
+
+TIMEOUT = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
+                        help=f"where the daemon's status endpoint listens (default: {DEFAULT_LISTEN})")
+
+
+def fetch_status(address: Address, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The daemon's /status document; ``LbctlError`` when no daemon answers."""
+    url = f"{address.url}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own loopback URL
+            doc = json.loads(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise LbctlError(f"{url} answered {exc.code} {exc.reason}",
+                         hint="is something other than lbctl watch listening there?") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LbctlError(f"no lbctl watch daemon answers on {address} ({reason})",
+                         hint="start it with 'lbctl watch DIR', "
+                              "or pass the --listen it was started with") from None
+    except ValueError:
+        raise LbctlError(f"{url} did not return JSON",
+                         hint="is something other than lbctl watch listening there?") from None
+    if not isinstance(doc, dict):
+        raise LbctlError(f"{url} returned unexpected JSON", hint="is the daemon the same lbctl version?")
+    return doc
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="lbctl watch", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    ready = doc.get("ready")
+    valid = doc.get("config_valid")
+    table.add_row("directory", _fmt(doc.get("directory")))
+    table.add_row("pid", _fmt(doc.get("pid")))
+    table.add_row("started", _fmt(doc.get("started")))
+    table.add_row("ready", "[green]yes[/]" if ready else "[red]no[/] (no reconcile has verified yet)")
+    table.add_row("config valid", "-" if valid is None else "[green]yes[/]" if valid else "[red]no[/]")
+    rev = doc.get("revision") or {}
+    table.add_row("revision", f"{rev.get('value')} ({rev.get('type')})" if rev else "-")
+    last = doc.get("last_reconcile")
+    if last:
+        changes = last.get("changes", {})
+        style = "green" if last.get("result") == "ok" else "red"
+        table.add_row("last reconcile",
+                      f"{last.get('time')} [{style}]{last.get('result')}[/] {last.get('type')} "
+                      f"({last.get('trigger')}) in {last.get('duration_ms')} ms: "
+                      f"+{changes.get('create', 0)} ~{changes.get('update', 0)} -{changes.get('delete', 0)}")
+    else:
+        table.add_row("last reconcile", "-")
+    counts = doc.get("counts") or {}
+    records = counts.get("records") or {}
+    table.add_row("resources", _fmt(counts.get("resources")))
+    table.add_row("records", ", ".join(f"{k}={v}" for k, v in records.items()) or "-")
+    table.add_row("drift repairs", _fmt(doc.get("drift_repairs")))
+    table.add_row("reconciles", _fmt(doc.get("reconciles")))
+    console.print(table)
+    error = doc.get("last_error")
+    if error:
+        console.print(f"[bold red]Last error[/] ({error.get('time')}):")
+        for line in error.get("errors", []):
+            console.print(f"  {line}", markup=False, highlight=False)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    doc = fetch_status(parse_listen(args.listen))
+    if ctx.output == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif ctx.output == "yaml":
+        import yaml
+        print(yaml.safe_dump(doc, sort_keys=True), end="")
+    else:
+        render(doc)
+    return 0

@@ -1,0 +1,140 @@
+"""The daemon's local HTTP endpoint: /healthz, /readyz, /status, /metrics.
+
+Why this exists: probes (systemd, Kubernetes), ``lbctl status`` and Prometheus
+all ask the running daemon the same questions.  A stdlib ``ThreadingHTTPServer``
+in a daemon thread answers them from callbacks into the daemon, so the server
+knows nothing about reconciling.  It binds loopback (``127.0.0.1:11111``,
+loxilb's API port) unless an operator configures another address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from reconciler.errors import LbctlError
+from reconciler.metrics import CONTENT_TYPE
+
+DEFAULT_LISTEN = "127.0.0.1:11111"
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self}"
+
+
+def parse_listen(text: str) -> Address:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``); the host must be an IP literal."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise LbctlError(f"--listen {text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:11111 or [::1]:11111")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except ValueError:
+        raise LbctlError(f"--listen {text!r} is not an IP address and port",
+                         hint="e.g. 127.0.0.1:11111 or [::1]:11111") from None
+    if not 0 <= port <= 65535:
+        raise LbctlError(f"--listen port {port} is out of range", hint="use 1-65535 (0 picks a free port)")
+    return Address(host, port)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What the server asks the daemon; each is called per request."""
+
+    ready: Callable[[], bool]
+    status: Callable[[], dict[str, Any]]
+    metrics: Callable[[], str]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: Address, endpoints: Endpoints) -> None:
+        if ":" in address.host:
+            import socket
+            self.address_family = socket.AF_INET6
+        self.endpoints = endpoints
+        super().__init__((address.host, address.port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "lbctl"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # probes every few seconds would flood the daemon's log
+
+    def _send(self, code: int, body: str, content_type: str) -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        path = self.path.split("?", 1)[0]
+        ep = self.server.endpoints
+        try:
+            if path == "/healthz":
+                self._send(200, "ok\n", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                if ep.ready():
+                    self._send(200, "ready\n", "text/plain; charset=utf-8")
+                else:
+                    self._send(503, "not ready: no reconcile has verified yet\n", "text/plain; charset=utf-8")
+            elif path == "/status":
+                self._send(200, json.dumps(ep.status(), indent=2, sort_keys=True) + "\n", "application/json")
+            elif path == "/metrics":
+                self._send(200, ep.metrics(), CONTENT_TYPE)
+            else:
+                self._send(404, "not found: try /healthz /readyz /status /metrics\n",
+                           "text/plain; charset=utf-8")
+        except Exception as exc:  # a broken callback must not kill the server thread
+            self._send(500, f"internal error: {type(exc).__name__}: {exc}\n", "text/plain; charset=utf-8")
+
+    do_HEAD = do_GET
+
+
+class StatusServer:
+    """Serves ``endpoints`` on ``address`` from a background thread."""
+
+    def __init__(self, address: Address, endpoints: Endpoints) -> None:
+        try:
+            self._server = _Server(address, endpoints)
+        except OSError as exc:
+            raise LbctlError(f"cannot listen on {address}: {exc.strerror or exc}",
+                             hint="is another lbctl watch running? choose another --listen") from None
+        host, port = self._server.server_address[:2]
+        self.address = Address(str(host), int(port))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="lbctl-status",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

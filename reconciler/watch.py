@@ -1,0 +1,507 @@
+"""``lbctl watch``: the daemon that keeps the box converged to the directory.
+
+Why this exists: a GitOps delivery (git-sync, a ConfigMap, a hand edit) must turn
+into a correct, minimal, verified change without anyone running ``lbctl apply``,
+and a bad delivery must never hurt traffic.  The daemon is level-based: every
+trigger re-runs the whole loop (load, compare content, reconcile) rather than
+interpreting file events.
+
+Triggers and what they do:
+
+* a file event, debounced (``--debounce``, 200 ms): load (per-file cache, so
+  only changed files are re-parsed); an invalid delivery is rejected as a whole
+  and the live state is left alone; an unchanged content digest does nothing;
+  otherwise reconcile (the engine may take its incremental path);
+* the resync timer (``--resync``, 30 s), start-up and SIGHUP: a full reload and
+  a full reconcile against freshly read live state.  Whatever a resync of an
+  unchanged, already-applied configuration changes is drift, and is counted.
+  If the directory is invalid at that moment, the last good configuration is
+  reconciled instead, so drift is still repaired;
+* SIGTERM/SIGINT: stop.  Nothing is torn down: the datapath is pinned and keeps
+  forwarding (``lbctl down`` is the only thing that removes it).
+
+The daemon reaches the rest of lbctl only through the small ``Engine`` seam
+below, so its logic is unit-tested with in-memory fakes; ``reconciler.engine``
+binds it to the real config loader, reconcile layer and drivers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+from reconciler.logs import EventLog
+from reconciler.metrics import Registry
+from reconciler.revision import git_commit
+from reconciler.status import Address, Endpoints, StatusServer
+
+DEFAULT_DEBOUNCE = 0.2
+DEFAULT_RESYNC = 30.0
+Trigger = Literal["startup", "delivery", "sighup", "resync"]
+
+
+# --- the seam to the rest of lbctl -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Delivery:
+    """The configuration directory as loaded once.
+
+    ``payload`` is opaque to the daemon (the engine's loaded config); ``errors``
+    are formatted ``file:line:col: Kind/name: spec.path: message (hint)``.
+    """
+
+    digest: str
+    errors: tuple[str, ...] = ()
+    resources: int = 0
+    files_parsed: int = 0  # files actually re-read (not served from the cache)
+    payload: Any = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did."""
+
+    verified: bool
+    mode: Literal["full", "incremental"] = "full"
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    records: Mapping[str, int] = field(default_factory=dict)  # desired record counts per kind
+    error: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)  # phase -> seconds
+    fixed: tuple[str, ...] = ()  # "~ endpoints tcp/198.51.100.1:80", what the apply changed
+
+    @property
+    def changes(self) -> int:
+        return self.created + self.updated + self.deleted
+
+
+@dataclass(frozen=True)
+class ServiceCounters:
+    packets: int
+    bytes: int
+    flows: int
+
+
+class Engine(Protocol):
+    """What the daemon needs from config loading and reconciling."""
+
+    def load(self, *, full: bool) -> Delivery:
+        """Load the directory; ``full`` bypasses the per-file cache."""
+        ...
+
+    def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
+        """Make the box match ``delivery``; ``full`` re-reads all live state.
+
+        Never raises for an operator-fixable failure: returns ``verified=False``
+        with ``error`` set.
+        """
+        ...
+
+    def counters(self) -> Mapping[str, ServiceCounters]:
+        """Per-service datapath counters keyed by service name (empty if unsupported)."""
+        ...
+
+
+# --- debounce ------------------------------------------------------------------------------------
+
+class Debouncer:
+    """Trailing-edge debounce with a cap, on an injected clock.
+
+    Fires ``delay`` after the last poke of a burst, but never later than
+    ``max_delay`` after its first poke, so a directory written to without pause
+    is still picked up.
+    """
+
+    def __init__(self, delay: float, max_delay: float | None = None) -> None:
+        self.delay = delay
+        self.max_delay = max_delay if max_delay is not None else max(1.0, 10 * delay)
+        self._first: float | None = None
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def poke(self, now: float) -> None:
+        with self._lock:
+            if self._first is None:
+                self._first = now
+            self._last = now
+
+    def deadline(self) -> float | None:
+        with self._lock:
+            if self._first is None or self._last is None:
+                return None
+            return min(self._last + self.delay, self._first + self.max_delay)
+
+    def take(self, now: float) -> bool:
+        """True (and reset) when the burst is due at ``now``."""
+        with self._lock:
+            if self._first is None or self._last is None:
+                return False
+            if now < min(self._last + self.delay, self._first + self.max_delay):
+                return False
+            self._first = self._last = None
+            return True
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LastReconcile:
+    time: float
+    trigger: str
+    mode: str
+    result: str  # ok | failed
+    duration: float
+    created: int
+    updated: int
+    deleted: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state as /status shows it; replaced whole, never mutated."""
+
+    directory: str
+    started: float
+    ready: bool = False
+    config_valid: bool | None = None
+    digest: str | None = None  # applied config
+    revision: str | None = None  # Git commit of the applied config, when in a checkout
+    last_reconcile: LastReconcile | None = None
+    last_error: tuple[str, ...] = ()
+    last_error_time: float | None = None
+    rejected_digest: str | None = None
+    resources: int = 0
+    records: Mapping[str, int] = field(default_factory=dict)
+    drift_repairs: int = 0
+    reconciles: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_reconcile
+        return {
+            "format_version": 1,
+            "directory": self.directory,
+            "pid": os.getpid(),
+            "started": _iso(self.started),
+            "ready": self.ready,
+            "config_valid": self.config_valid,
+            "revision": ({"type": "git", "value": self.revision} if self.revision
+                         else {"type": "digest", "value": self.digest} if self.digest else None),
+            "digest": self.digest,
+            "last_reconcile": None if last is None else {
+                "time": _iso(last.time), "trigger": last.trigger, "type": last.mode, "result": last.result,
+                "duration_ms": round(last.duration * 1000, 3),
+                "changes": {"create": last.created, "update": last.updated, "delete": last.deleted},
+                "error": last.error,
+            },
+            "last_error": None if not self.last_error else {
+                "time": _iso(self.last_error_time or 0.0), "errors": list(self.last_error),
+                "rejected_digest": self.rejected_digest,
+            },
+            "counts": {"resources": self.resources, "records": dict(sorted(self.records.items()))},
+            "drift_repairs": self.drift_repairs,
+            "reconciles": self.reconciles,
+        }
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Metrics:
+    """The daemon's Prometheus metrics."""
+
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.duration = r.histogram("lbctl_reconcile_duration_seconds",
+                                    "Time to load, plan, apply and verify, by type (full|incremental).")
+        self.results = r.counter("lbctl_reconcile_total", "Reconciles and deliveries by result "
+                                 "(ok, failed, invalid, unchanged).")
+        self.valid = r.gauge("lbctl_config_valid", "1 when the directory's latest content is valid.")
+        self.ready = r.gauge("lbctl_ready", "1 once a reconcile has verified.")
+        self.repairs = r.counter("lbctl_drift_repairs_total", "Live changes made by resyncs to undo drift.")
+        self.changes = r.counter("lbctl_changes_applied_total", "Plan changes applied, by action.")
+        self.resources = r.gauge("lbctl_resources", "Resources in the applied configuration.")
+        self.records = r.gauge("lbctl_desired_records", "Desired-state records by kind.")
+        self.last_success = r.gauge("lbctl_last_reconcile_success_timestamp_seconds",
+                                    "Unix time of the last verified reconcile.")
+        self.packets = r.sampled_counter("lbctl_service_packets_total",
+                                         "Packets the datapath balanced, per service.")
+        self.bytes = r.sampled_counter("lbctl_service_bytes_total",
+                                       "Bytes the datapath balanced, per service.")
+        self.flows = r.sampled_counter("lbctl_service_flows_total",
+                                       "New flows the datapath balanced, per service.")
+
+
+# --- the daemon ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    directory: str
+    debounce: float = DEFAULT_DEBOUNCE
+    resync: float = DEFAULT_RESYNC
+    listen: Address | None = None  # None: no status server (unit tests)
+
+
+Clock = Callable[[], float]
+
+
+class Daemon:
+    """The watch loop.  ``run()`` blocks until ``stop()`` or SIGTERM/SIGINT."""
+
+    def __init__(self, options: Options, engine: Engine, log: EventLog,
+                 watcher_factory: Callable[[str, Callable[[str], None]], Any] | None = None,
+                 clock: Clock = time.monotonic) -> None:
+        self.options = options
+        self.engine = engine
+        self.log = log
+        self.clock = clock
+        self.metrics = Metrics()
+        self.debouncer = Debouncer(options.debounce)
+        self._wake = threading.Event()
+        self._stop = False
+        self._hup = False
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot(directory=options.directory, started=time.time())
+        self._applied: Delivery | None = None  # last good configuration that verified
+        self._last_good: Delivery | None = None  # last valid configuration (maybe not verified yet)
+        self._next_resync = 0.0
+        self._watcher_factory = watcher_factory
+        self._watcher: Any = None
+        self.server: StatusServer | None = None
+        self.fired_at: float | None = None  # when the last debounce fired (clock), for benches
+
+    # -- what other threads call --
+
+    def notify(self, path: str = "") -> None:
+        """A file event (watchdog thread): start or extend the debounce window."""
+        self.debouncer.poke(self.clock())
+        self._wake.set()
+
+    def hangup(self) -> None:
+        self._hup = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def ready(self) -> bool:
+        return self.snapshot().ready
+
+    def status_json(self) -> dict[str, Any]:
+        doc = self.snapshot().to_json()
+        if self._watcher is not None:
+            doc["watches"] = sorted(t.path for t in self._watcher.targets())
+        doc["options"] = {"debounce_s": self.options.debounce, "resync_s": self.options.resync,
+                          "listen": str(self.options.listen) if self.options.listen else None}
+        return doc
+
+    def render_metrics(self) -> str:
+        try:
+            counters = self.engine.counters()
+        except Exception as exc:  # noqa: BLE001 - counters are best effort, never fail a scrape
+            self.log.warning("counters-unavailable", error=f"{type(exc).__name__}: {exc}")
+            counters = {}
+        self.metrics.packets.replace({(("service", k),): float(v.packets) for k, v in counters.items()})
+        self.metrics.bytes.replace({(("service", k),): float(v.bytes) for k, v in counters.items()})
+        self.metrics.flows.replace({(("service", k),): float(v.flows) for k, v in counters.items()})
+        return self.metrics.registry.render()
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self._snapshot = replace(self._snapshot, **changes)
+
+    # -- life cycle --
+
+    def install_signals(self) -> None:
+        """SIGHUP: re-read now.  SIGTERM/SIGINT: stop, leaving the datapath running."""
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.hangup()
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self.log.info("signal", signal=signal.Signals(signum).name, action="stop; datapath keeps running")
+            self.stop()
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    def start_services(self) -> None:
+        """Start the status server and the directory watcher (before the first reconcile)."""
+        if self.options.listen is not None:
+            self.server = StatusServer(self.options.listen, Endpoints(
+                ready=self.ready, status=self.status_json, metrics=self.render_metrics))
+            self.server.start()
+            self.log.info("listening", address=str(self.server.address),
+                          endpoints="/healthz /readyz /status /metrics")
+        if self._watcher_factory is not None:
+            self._watcher = self._watcher_factory(self.options.directory, self.notify)
+            self._watcher.start()
+            self.log.info("watching", directory=self.options.directory,
+                          targets=",".join(sorted(t.path for t in self._watcher.targets())))
+
+    def shutdown(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self.server is not None:
+            self.server.stop()
+
+    def run(self) -> None:
+        self.start_services()
+        try:
+            self.log.info("start", directory=self.options.directory, debounce_s=self.options.debounce,
+                          resync_s=self.options.resync)
+            self.cycle("startup")
+            self.loop()
+        finally:
+            self.shutdown()
+            self.log.info("stopped", datapath="left running (lbctl down removes it)")
+
+    def loop(self) -> None:
+        while not self._stop:
+            now = self.clock()
+            deadlines = [self._next_resync]
+            due = self.debouncer.deadline()
+            if due is not None:
+                deadlines.append(due)
+            timeout = max(0.0, min(deadlines) - now)
+            if timeout > 0:
+                self._wake.wait(timeout)
+            self._wake.clear()
+            self.step()
+
+    def step(self) -> None:
+        """Act on whatever is due now (one pass of the loop; unit tests call it directly)."""
+        if self._stop:
+            return
+        if self._hup:
+            self._hup = False
+            self.debouncer.take(float("inf"))  # the full reload covers pending events
+            self.log.info("sighup", action="full reload")
+            self.cycle("sighup")
+            return
+        now = self.clock()
+        if self.debouncer.take(now):
+            self.fired_at = now
+            if self._watcher is not None and self._watcher.rearm():
+                self.log.info("rewatch", targets=",".join(sorted(t.path for t in self._watcher.targets())))
+            self.cycle("delivery")
+        if self.clock() >= self._next_resync:
+            self.cycle("resync")
+
+    # -- the work --
+
+    def cycle(self, trigger: Trigger) -> None:
+        """Load, decide, reconcile; record the result.  Never raises for bad input."""
+        full = trigger != "delivery"
+        started = self.clock()
+        if full:
+            self._next_resync = started + self.options.resync
+        try:
+            delivery = self.engine.load(full=full)
+        except Exception as exc:  # noqa: BLE001 - a loader bug must not kill the daemon
+            delivery = Delivery(digest="", errors=(f"{self.options.directory}: cannot load: "
+                                                   f"{type(exc).__name__}: {exc}",))
+        if trigger == "delivery":
+            self.log.info("delivery", digest=delivery.digest[:12], files_parsed=delivery.files_parsed,
+                          valid=delivery.valid)
+        if not delivery.valid:
+            self._reject(delivery, trigger)
+            if not full or self._last_good is None:
+                return
+            self.log.info("resync-last-good", digest=self._last_good.digest[:12],
+                          reason="directory is invalid; repairing drift against the last good config")
+            delivery = self._last_good
+        else:
+            self._last_good = delivery
+            self._update(config_valid=True)
+            self.metrics.valid.set(1)
+        applied = self._applied
+        if not full and applied is not None and applied.digest == delivery.digest:
+            self.metrics.results.inc(result="unchanged")
+            self.log.info("unchanged", digest=delivery.digest[:12], action="nothing to do")
+            return
+        self._reconcile(delivery, trigger, full, started)
+
+    def _reject(self, delivery: Delivery, trigger: str) -> None:
+        snap = self.snapshot()
+        self.metrics.valid.set(0)
+        self.metrics.results.inc(result="invalid")
+        self._update(config_valid=False, last_error=delivery.errors, last_error_time=time.time(),
+                     rejected_digest=delivery.digest)
+        if snap.rejected_digest == delivery.digest and snap.config_valid is False:
+            return  # already reported this exact content
+        self.log.error("config-invalid", trigger=trigger, digest=delivery.digest[:12],
+                       errors=len(delivery.errors), action="rejected whole; live state left as it was")
+        for line in delivery.errors:
+            self.log.error("config-error", error=line)
+
+    def _reconcile(self, delivery: Delivery, trigger: Trigger, full: bool, started: float) -> None:
+        previous = self._applied
+        try:
+            outcome = self.engine.reconcile(delivery, full=full)
+        except Exception as exc:  # noqa: BLE001 - keep running; the next trigger retries
+            outcome = Outcome(verified=False, error=f"internal error: {type(exc).__name__}: {exc}")
+        duration = self.clock() - started
+        result = "ok" if outcome.verified else "failed"
+        self.metrics.duration.observe(duration, type=outcome.mode)
+        self.metrics.results.inc(result=result)
+        counts = (("create", outcome.created), ("update", outcome.updated), ("delete", outcome.deleted))
+        for action, n in counts:
+            if n:
+                self.metrics.changes.inc(n, action=action)
+        drift = (trigger in ("resync", "sighup") and previous is not None
+                 and previous.digest == delivery.digest and outcome.changes > 0)
+        snap = self.snapshot()
+        last = LastReconcile(time=time.time(), trigger=trigger, mode=outcome.mode, result=result,
+                             duration=duration, created=outcome.created, updated=outcome.updated,
+                             deleted=outcome.deleted, error=outcome.error)
+        changes: dict[str, Any] = {"last_reconcile": last, "reconciles": snap.reconciles + 1}
+        timings = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in outcome.timings.items())
+        if outcome.changes:
+            self.log.info("applied", trigger=trigger, type=outcome.mode, create=outcome.created,
+                          update=outcome.updated, delete=outcome.deleted, timings=timings)
+        if drift:
+            self.metrics.repairs.inc(outcome.changes)
+            changes["drift_repairs"] = snap.drift_repairs + outcome.changes
+            self.log.warning("drift-repaired", repairs=outcome.changes, fixed="; ".join(outcome.fixed[:20]))
+        if outcome.verified:
+            self._applied = delivery
+            revision = git_commit(Path(self.options.directory))
+            changes.update(ready=True, digest=delivery.digest, revision=revision,
+                           resources=delivery.resources, records=dict(outcome.records))
+            if delivery.valid and snap.config_valid:
+                changes.update(last_error=(), last_error_time=None, rejected_digest=None)
+            self.metrics.ready.set(1)
+            self.metrics.resources.set(delivery.resources)
+            self.metrics.records.replace({(("kind", k),): float(v) for k, v in outcome.records.items()})
+            self.metrics.last_success.set(time.time())
+            self.log.info("verified" if outcome.changes or trigger != "resync" else "resync",
+                          trigger=trigger, type=outcome.mode, digest=delivery.digest[:12],
+                          revision=(revision or "")[:12] or None, changes=outcome.changes,
+                          duration_ms=round(duration * 1000, 1), timings=timings)
+        else:
+            self._applied = None  # never skip the next delivery as "unchanged" after a failure
+            error = outcome.error or "verification left changes"
+            changes.update(last_error=(error,), last_error_time=time.time())
+            self.log.error("reconcile-failed", trigger=trigger, type=outcome.mode,
+                           digest=delivery.digest[:12], error=error,
+                           action=f"will retry at the next resync (within {self.options.resync:g}s)")
+        self._update(**changes)

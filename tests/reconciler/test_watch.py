@@ -1,0 +1,275 @@
+"""Unit tests of the watch daemon's decisions, with in-memory engines and a manual clock."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from reconciler.logs import EventLog
+from reconciler.watch import Daemon, Debouncer, Delivery, Options
+from tests.reconciler.watch_fakes import ScriptedEngine
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(engine: ScriptedEngine, debounce: float = 0.2,
+         resync: float = 30.0) -> tuple[Daemon, Clock, io.StringIO]:
+    clock = Clock()
+    out = io.StringIO()
+    daemon = Daemon(Options(directory="/cfg", debounce=debounce, resync=resync), engine,
+                    EventLog("kv", out), clock=clock)
+    return daemon, clock, out
+
+
+def events(out: io.StringIO) -> list[str]:
+    return [line.split(" event=")[1].split(" ")[0] for line in out.getvalue().splitlines()]
+
+
+# --- debounce ---
+
+def test_debounce_fires_after_the_last_event_of_a_burst() -> None:
+    d = Debouncer(0.2)
+    assert d.deadline() is None and not d.take(0.0)
+    for t in (0.0, 0.1, 0.25):
+        d.poke(t)
+    assert d.deadline() == pytest.approx(0.45)
+    assert not d.take(0.44)
+    assert d.take(0.45)
+    assert d.deadline() is None and not d.take(10.0)
+
+
+def test_debounce_is_capped_for_a_directory_that_never_stops_changing() -> None:
+    d = Debouncer(0.2, max_delay=1.0)
+    t = 0.0
+    while t < 0.95:
+        d.poke(t)
+        t += 0.1
+    assert d.deadline() == pytest.approx(1.0)
+    assert d.take(1.0)
+
+
+# --- the loop's decisions ---
+
+def test_startup_reconciles_fully_and_becomes_ready() -> None:
+    engine = ScriptedEngine()
+    daemon, _, out = make(engine)
+    assert not daemon.ready()
+    daemon.cycle("startup")
+    assert [(c.kind, c.full) for c in engine.calls] == [("load", True), ("reconcile", True)]
+    snap = daemon.snapshot()
+    assert snap.ready and snap.config_valid and snap.digest == "d1"
+    assert snap.last_reconcile is not None and snap.last_reconcile.result == "ok"
+    assert "verified" in events(out)
+
+
+def test_unchanged_content_does_not_reconcile() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    daemon.notify("/cfg/a.yaml")
+    clock.now += 0.3
+    daemon.step()
+    assert len(engine.reconciles()) == 1
+    assert "unchanged" in events(out)
+    assert daemon.metrics.results.value(result="unchanged") == 1
+
+
+def test_changed_content_reconciles_once_after_the_debounce() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, _ = make(engine)
+    daemon.cycle("startup")
+    engine.current = Delivery(digest="d2", resources=2)
+    for _ in range(5):
+        daemon.notify()
+        clock.now += 0.05
+    daemon.step()
+    assert len(engine.reconciles()) == 1  # still inside the debounce window
+    clock.now += 0.2
+    daemon.step()
+    recs = engine.reconciles()
+    assert len(recs) == 2 and recs[-1].digest == "d2" and recs[-1].full is False
+    assert daemon.snapshot().digest == "d2" and daemon.snapshot().resources == 2
+    assert daemon.metrics.duration.count(type="incremental") == 1
+    assert daemon.fired_at == clock.now
+
+
+def test_invalid_delivery_is_rejected_whole_and_exposed() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    err = "svc.yaml:7:9: Service/web: spec.endpoints[0].address: '10.0.0.300' is not an IP address (fix it)"
+    engine.current = Delivery(digest="bad", errors=(err,))
+    daemon.notify()
+    clock.now += 1
+    daemon.step()
+    assert len(engine.reconciles()) == 1  # nothing live touched
+    snap = daemon.snapshot()
+    assert snap.config_valid is False and snap.ready and snap.digest == "d1"
+    doc = daemon.status_json()
+    assert doc["last_error"]["errors"] == [err]
+    assert doc["config_valid"] is False
+    assert daemon.metrics.valid.value() == 0
+    assert "config-invalid" in events(out) and "svc.yaml:7:9" in out.getvalue()
+
+
+def test_twenty_invalid_deliveries_change_nothing_and_the_next_valid_one_applies() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    for i in range(20):
+        error = f"f.yaml:{i + 1}:1: Service/x: spec: broken (fix)"
+        engine.current = Delivery(digest=f"bad{i}", errors=(error,))
+        daemon.notify()
+        clock.now += 0.3
+        daemon.step()
+    assert len(engine.reconciles()) == 1
+    assert daemon.metrics.results.value(result="invalid") == 20
+    engine.current = Delivery(digest="good2", resources=3)
+    daemon.notify()
+    clock.now += 0.3
+    daemon.step()
+    assert engine.reconciles()[-1].digest == "good2"
+    snap = daemon.snapshot()
+    assert snap.config_valid and snap.digest == "good2" and snap.last_error == ()
+    assert daemon.metrics.valid.value() == 1
+
+
+def test_same_invalid_content_is_reported_once() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    engine.current = Delivery(digest="bad", errors=("a.yaml:1:1: x",))
+    for _ in range(3):
+        daemon.notify()
+        clock.now += 0.3
+        daemon.step()
+    assert events(out).count("config-invalid") == 1
+
+
+def test_invalid_at_startup_touches_nothing_and_is_not_ready() -> None:
+    engine = ScriptedEngine(current=Delivery(digest="bad", errors=("a.yaml:1:1: x",)))
+    daemon, _, _ = make(engine)
+    daemon.cycle("startup")
+    assert engine.reconciles() == [] and not daemon.ready()
+
+
+def test_resync_counts_drift_repairs() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine, resync=30)
+    daemon.cycle("startup")
+    engine.drift = 3
+    clock.now += 29
+    daemon.step()
+    assert len(engine.reconciles()) == 1
+    clock.now += 1
+    daemon.step()
+    assert engine.reconciles()[-1].full
+    assert daemon.snapshot().drift_repairs == 3
+    assert daemon.metrics.repairs.value() == 3
+    assert "drift-repaired" in events(out)
+    clock.now += 30
+    daemon.step()  # nothing drifted since
+    assert daemon.snapshot().drift_repairs == 3
+    assert "resync" in events(out)
+
+
+def test_resync_while_invalid_repairs_against_the_last_good_config() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, _ = make(engine, resync=30)
+    daemon.cycle("startup")
+    engine.current = Delivery(digest="bad", errors=("a.yaml:1:1: x",))
+    engine.drift = 2
+    clock.now += 30
+    daemon.step()
+    last = engine.reconciles()[-1]
+    assert last.full and last.digest == "d1"
+    snap = daemon.snapshot()
+    assert snap.drift_repairs == 2 and snap.config_valid is False and snap.last_error == ("a.yaml:1:1: x",)
+
+
+def test_failed_reconcile_is_reported_and_retried() -> None:
+    engine = ScriptedEngine(fail="bpf: map lbctl_services: update: ENOSPC")
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    assert not daemon.ready()
+    assert daemon.status_json()["last_error"]["errors"] == ["bpf: map lbctl_services: update: ENOSPC"]
+    assert daemon.metrics.results.value(result="failed") == 1
+    engine.fail = None
+    daemon.notify()  # same content: must not be skipped as "unchanged" after a failure
+    clock.now += 0.3
+    daemon.step()
+    assert daemon.ready()
+
+
+def test_engine_exceptions_do_not_kill_the_daemon() -> None:
+    class Broken(ScriptedEngine):
+        def reconcile(self, delivery: Delivery, *, full: bool):  # type: ignore[no-untyped-def]
+            raise RuntimeError("boom")
+
+    daemon, _, out = make(Broken())
+    daemon.cycle("startup")
+    assert "internal error: RuntimeError: boom" in daemon.status_json()["last_reconcile"]["error"]
+
+
+def test_hangup_reloads_fully_right_away() -> None:
+    engine = ScriptedEngine()
+    daemon, _, out = make(engine)
+    daemon.cycle("startup")
+    engine.current = replace(engine.current, digest="d2")
+    daemon.hangup()
+    daemon.step()
+    assert engine.calls[-2:][0].full and engine.reconciles()[-1].digest == "d2"
+    assert "sighup" in events(out)
+
+
+def test_real_signals_hangup_and_terminate() -> None:
+    engine = ScriptedEngine()
+    out = io.StringIO()
+    daemon = Daemon(Options(directory="/cfg", debounce=0.05, resync=3600), engine, EventLog("json", out))
+    old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.install_signals()
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not engine.reconciles() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine.current = replace(engine.current, digest="after-hup")
+        os.kill(os.getpid(), signal.SIGHUP)
+        while engine.reconciles()[-1].digest != "after-hup" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.reconciles()[-1].digest == "after-hup"
+        os.kill(os.getpid(), signal.SIGTERM)
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {"sighup", "signal", "stopped"} <= {e["event"] for e in lines}
+    assert lines[-1]["datapath"].startswith("left running")
+
+
+def test_status_json_shape() -> None:
+    engine = ScriptedEngine()
+    daemon, _, _ = make(engine)
+    daemon.cycle("startup")
+    doc = daemon.status_json()
+    assert doc["revision"] == {"type": "digest", "value": "d1"}
+    assert doc["counts"] == {"resources": 1, "records": {"service": 1}}
+    assert doc["last_reconcile"]["type"] == "full" and doc["last_reconcile"]["result"] == "ok"
+    assert doc["drift_repairs"] == 0 and doc["ready"] is True
+    json.dumps(doc)

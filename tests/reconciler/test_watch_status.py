@@ -1,0 +1,179 @@
+"""The daemon's status endpoint, metrics text, logs and ``lbctl status``, on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.errors import LbctlError
+from reconciler.logs import EventLog, format_event
+from reconciler.metrics import Registry
+from reconciler.status import Address, parse_listen
+from reconciler.watch import Daemon, Delivery, Options, ServiceCounters
+from tests.reconciler.watch_fakes import ScriptedEngine
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[Daemon, ScriptedEngine, str]]:
+    engine = ScriptedEngine()
+    engine.service_counters = {"web": ServiceCounters(packets=10, bytes=1500, flows=2)}
+    daemon = Daemon(Options(directory="/cfg", listen=Address("127.0.0.1", 0)), engine,
+                    EventLog("kv", io.StringIO()))
+    daemon.start_services()
+    assert daemon.server is not None
+    try:
+        yield daemon, engine, daemon.server.address.url
+    finally:
+        daemon.shutdown()
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def test_server_binds_loopback_only_by_default() -> None:
+    assert parse_listen("127.0.0.1:11111") == Address("127.0.0.1", 11111)
+    assert parse_listen("[::1]:8080") == Address("::1", 8080)
+    for bad in ("localhost:1", "1.2.3.4", "127.0.0.1:99999", ":80"):
+        with pytest.raises(LbctlError):
+            parse_listen(bad)
+
+
+def test_probes_before_and_after_the_first_reconcile(running: tuple[Daemon, ScriptedEngine, str]) -> None:
+    daemon, _, url = running
+    assert get(url + "/healthz")[0] == 200
+    code, _, body = get(url + "/readyz")
+    assert code == 503 and "not ready" in body
+    daemon.cycle("startup")
+    assert get(url + "/readyz")[0] == 200
+    assert get(url + "/nope")[0] == 404
+
+
+def test_status_document(running: tuple[Daemon, ScriptedEngine, str]) -> None:
+    daemon, engine, url = running
+    daemon.cycle("startup")
+    engine.current = Delivery(digest="bad", errors=("a.yaml:3:5: Service/web: spec.ports[0].port: 70000 is "
+                                                    "greater than the maximum of 65535 (use 1-65535)",))
+    daemon.cycle("delivery")
+    code, ctype, body = get(url + "/status")
+    assert code == 200 and ctype == "application/json"
+    doc = json.loads(body)
+    assert doc["ready"] is True and doc["config_valid"] is False
+    assert doc["revision"] == {"type": "digest", "value": "d1"}
+    assert doc["last_error"]["errors"][0].startswith("a.yaml:3:5: Service/web: spec.ports[0].port")
+    assert doc["last_reconcile"]["result"] == "ok"
+    assert doc["counts"]["resources"] == 1 and doc["drift_repairs"] == 0
+    assert doc["options"]["listen"] is None or isinstance(doc["options"]["listen"], str)
+
+
+def test_metrics_text(running: tuple[Daemon, ScriptedEngine, str]) -> None:
+    daemon, engine, url = running
+    daemon.cycle("startup")
+    engine.current = Delivery(digest="d2", resources=1)
+    daemon.cycle("delivery")
+    code, ctype, text = get(url + "/metrics")
+    assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
+    lines = text.splitlines()
+    assert "# TYPE lbctl_reconcile_duration_seconds histogram" in lines
+    assert any(line.startswith('lbctl_reconcile_duration_seconds_count{type="full"} 1') for line in lines)
+    assert any(line.startswith('lbctl_reconcile_duration_seconds_count{type="incremental"} 1')
+               for line in lines)
+    assert any(line.startswith('lbctl_reconcile_duration_seconds_bucket{type="full",le="+Inf"} 1')
+               for line in lines)
+    assert 'lbctl_reconcile_total{result="ok"} 2' in lines
+    assert "lbctl_config_valid 1" in lines
+    assert "# TYPE lbctl_drift_repairs_total counter" in lines
+    assert 'lbctl_service_packets_total{service="web"} 10' in lines
+    assert 'lbctl_service_bytes_total{service="web"} 1500' in lines
+    assert 'lbctl_service_flows_total{service="web"} 2' in lines
+    # every sample line is "name{labels} number"
+    for line in lines:
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            float(value.replace("+Inf", "inf"))
+
+
+def test_lbctl_status_prints_a_table_and_json(running: tuple[Daemon, ScriptedEngine, str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    daemon, _, _ = running
+    daemon.cycle("startup")
+    assert daemon.server is not None
+    listen = str(daemon.server.address)
+    assert main(["status", "--listen", listen]) == 0
+    out = capsys.readouterr().out
+    assert "ready" in out and "d1 (digest)" in out and "drift repairs" in out
+    assert main(["status", "--listen", listen, "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["revision"]["value"] == "d1"
+
+
+def test_lbctl_status_when_no_daemon_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["status", "--listen", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert "no lbctl watch daemon answers on 127.0.0.1:" in err and "lbctl watch DIR" in err
+
+
+def test_second_daemon_on_the_same_port_fails_clearly(running: tuple[Daemon, ScriptedEngine, str]) -> None:
+    daemon, _, _ = running
+    assert daemon.server is not None
+    other = Daemon(Options(directory="/cfg", listen=daemon.server.address), ScriptedEngine(),
+                   EventLog("kv", io.StringIO()))
+    with pytest.raises(LbctlError, match="cannot listen on 127.0.0.1"):
+        other.start_services()
+
+
+# --- logs and metrics text ---
+
+def test_kv_log_lines_quote_what_needs_quoting() -> None:
+    line = format_event("kv", 0.0, "error", "config-error",
+                        {"error": 'a.yaml:1:2: bad "x"\nnext', "n": 3, "ok": True, "none": None})
+    assert line == ('ts=1970-01-01T00:00:00.000Z level=error event=config-error '
+                    'error="a.yaml:1:2: bad \\"x\\"\\nnext" n=3 ok=true none=""')
+
+
+def test_json_log_lines_are_one_object_each() -> None:
+    out = io.StringIO()
+    log = EventLog("json", out)
+    log.info("applied", create=1, timings="plan=1.0ms")
+    log.error("config-invalid", errors=2)
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d["event"] for d in docs] == ["applied", "config-invalid"]
+    assert docs[0]["create"] == 1 and docs[1]["level"] == "error"
+    with pytest.raises(ValueError):
+        EventLog("xml")  # type: ignore[arg-type]
+
+
+def test_registry_renders_prometheus_text() -> None:
+    r = Registry()
+    c = r.counter("x_total", "Things.")
+    g = r.gauge("y", "Level.")
+    h = r.histogram("z_seconds", "Time.", buckets=(0.1, 1.0))
+    c.inc(result='a"b')
+    g.set(2.5)
+    h.observe(0.05, type="full")
+    h.observe(0.5, type="full")
+    assert r.render().splitlines() == [
+        "# HELP x_total Things.", "# TYPE x_total counter", 'x_total{result="a\\"b"} 1',
+        "# HELP y Level.", "# TYPE y gauge", "y 2.5",
+        "# HELP z_seconds Time.", "# TYPE z_seconds histogram",
+        'z_seconds_bucket{type="full",le="0.1"} 1', 'z_seconds_bucket{type="full",le="1"} 2',
+        'z_seconds_bucket{type="full",le="+Inf"} 2', 'z_seconds_sum{type="full"} 0.55',
+        'z_seconds_count{type="full"} 2',
+    ]
+    with pytest.raises(ValueError):
+        c.inc(-1)
+    with pytest.raises(ValueError):
+        r.gauge("y", "again")

@@ -1,0 +1,100 @@
+"""In-memory engines for the watch daemon's unit tests.
+
+Why this exists: the daemon's decisions (debounce, skip unchanged content, keep
+the last good config, count drift) are pure logic over the ``Engine`` seam; these
+fakes stand in for the config loader and the reconcile layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from reconciler.watch import Delivery, Outcome, ServiceCounters
+
+
+@dataclass
+class Call:
+    kind: str  # load | reconcile
+    full: bool
+    digest: str = ""
+
+
+@dataclass
+class ScriptedEngine:
+    """``current``: what the directory holds; ``drift``: changes the next full reconcile makes."""
+
+    current: Delivery = field(default_factory=lambda: Delivery(digest="d1", resources=1))
+    drift: int = 0
+    fail: str | None = None
+    calls: list[Call] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+    service_counters: dict[str, ServiceCounters] = field(default_factory=dict)
+
+    def load(self, *, full: bool) -> Delivery:
+        self.calls.append(Call("load", full, self.current.digest))
+        return self.current
+
+    def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
+        self.calls.append(Call("reconcile", full, delivery.digest))
+        if self.fail:
+            return Outcome(verified=False, error=self.fail, mode="full" if full else "incremental")
+        changed = 0
+        if not self.applied or self.applied[-1] != delivery.digest:
+            changed = 1
+        elif full:
+            changed, self.drift = self.drift, 0
+        self.applied.append(delivery.digest)
+        return Outcome(verified=True, mode="full" if full else "incremental", updated=changed,
+                       records={"service": delivery.resources},
+                       fixed=tuple(f"~ service s{i}" for i in range(changed)))
+
+    def counters(self) -> Mapping[str, ServiceCounters]:
+        return self.service_counters
+
+    def reconciles(self) -> list[Call]:
+        return [c for c in self.calls if c.kind == "reconcile"]
+
+
+def _walk_yaml(directory: str) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(os.path.join(root, f) for f in sorted(files)
+                   if f.endswith((".yaml", ".yml")) and not f.startswith("."))
+    return out
+
+
+class DirectoryEngine(ScriptedEngine):
+    """Loads a real directory: digest = hash of its YAML files; a file holding 'INVALID' is an error."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.changed = threading.Event()
+
+    def load(self, *, full: bool) -> Delivery:
+        h = hashlib.sha256()
+        errors = []
+        files = _walk_yaml(self.directory)
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            rel = os.path.relpath(path, self.directory)
+            h.update(rel.encode() + b"\0" + data + b"\0")
+            if b"INVALID" in data:
+                errors.append(f"{rel}:1:1: Service/x: spec: invalid (fix it)")
+        delivery = Delivery(digest=h.hexdigest(), errors=tuple(errors), resources=len(files))
+        self.calls.append(Call("load", full, delivery.digest))
+        return delivery
+
+    def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
+        out = super().reconcile(delivery, full=full)
+        self.changed.set()
+        return out
