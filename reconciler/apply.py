@@ -1,0 +1,312 @@
+"""Reconcile: load, plan, apply through the drivers, verify.
+
+Why this exists: ``lbctl plan``, ``lbctl apply`` and the watch daemon must do
+exactly the same thing, so the whole loop lives in one function,
+``reconcile()``, and the CLI and the daemon only present its result.
+
+* Planning reads live state from every driver, allocates pool VIPs (stable, see
+  ``reconciler.ipam``), compiles the desired state and diffs it.  Only record
+  kinds some driver owns take part: desired records of a kind nobody manages
+  (e.g. BGP without a BGP driver) become a warning, not an eternal "create".
+* Applying walks the plan in its order and hands each run of consecutive
+  changes owned by the same driver to one ``driver.apply()`` call (batching).
+* Verifying re-reads and re-diffs: verified means the new plan is empty;
+  otherwise the leftover plan is returned.
+* A driver failure stops the walk.  The live state is then re-read to tell
+  exactly which changes took effect and which did not; since drivers are
+  idempotent and the next run plans from live state, it converges.
+
+Callers must hold the state lock (``reconciler.lock.StateLock``) around
+``reconcile()``; the daemon takes it per reconcile so ``lbctl plan`` can run in
+between.  Side effects here: the drivers' and the allocation store's only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.config.errors import ConfigError
+from reconciler.desired import TableBuilder, compile_state
+from reconciler.drivers import Driver
+from reconciler.errors import LbctlError
+from reconciler.ipam import Allocation, AllocationStore, allocate
+from reconciler.model import Resource
+from reconciler.plan import Change, Plan, diff
+from reconciler.records import Record, ServiceEntry
+
+State = Mapping[str, Mapping[str, Record]]
+
+
+class LoadedConfig(Protocol):
+    """What ``reconciler.config.load_dir`` returns (only what reconcile needs)."""
+
+    @property
+    def resources(self) -> Sequence[Resource]: ...
+
+    @property
+    def errors(self) -> Sequence[ConfigError]: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds per phase.  ``parse`` is 0 when the caller passed a loaded config."""
+
+    parse: float = 0.0  # load + schema + semantic checks
+    plan: float = 0.0  # read live state, IPAM, compile, diff
+    program: float = 0.0  # driver apply() calls: kernel programming
+    verify: float = 0.0  # re-read live state and re-diff
+
+    @property
+    def total(self) -> float:
+        return self.parse + self.plan + self.program + self.verify
+
+    def as_dict(self) -> dict[str, float]:
+        return {"parse": self.parse, "plan": self.plan, "program": self.program,
+                "verify": self.verify, "total": self.total}
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """A driver failed mid-way: what took effect, what did not, and why."""
+
+    message: str
+    applied: tuple[Change, ...]
+    not_applied: tuple[Change, ...]
+
+
+class ApplyError(LbctlError):
+    def __init__(self, failure: ApplyFailure) -> None:
+        super().__init__(failure.message,
+                         hint=f"{len(failure.applied)} changes applied, {len(failure.not_applied)} not; "
+                              "fix the cause and run apply again: it continues from the live state")
+        self.failure = failure
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """Everything one reconcile learned and did."""
+
+    plan: Plan  # planned changes (empty when the config was invalid)
+    errors: tuple[ConfigError, ...] = ()  # configuration/IPAM errors: nothing was touched
+    dry_run: bool = True
+    applied: tuple[Change, ...] = ()
+    failure: ApplyFailure | None = None
+    leftover: Plan | None = None  # the re-diff after applying; None when not verified
+    timings: Timings = field(default_factory=Timings)
+    writes: int = 0  # driver writes made by this run
+    digest: str | None = None
+    warnings: tuple[str, ...] = ()
+    desired: State = field(default_factory=dict, repr=False)
+    live: State = field(default_factory=dict, repr=False)  # as read before planning
+    allocations: Mapping[str, Allocation] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def verified(self) -> bool:
+        return self.leftover is not None and self.leftover.empty
+
+    @property
+    def ok(self) -> bool:
+        """Valid, and (for an apply) fully applied and verified."""
+        if self.errors or self.failure is not None:
+            return False
+        return self.dry_run or self.verified
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+
+def drivers_by_kind(drivers: Iterable[Driver]) -> dict[str, Driver]:
+    out: dict[str, Driver] = {}
+    for d in drivers:
+        for kind in d.kinds:
+            if kind in out:
+                raise LbctlError(f"two drivers claim record kind {kind!r}: "
+                                 f"{type(out[kind]).__name__} and {type(d).__name__}")
+            out[kind] = d
+    return out
+
+
+def read_live(drivers: Iterable[Driver]) -> dict[str, dict[str, Record]]:
+    """Merged live state of all drivers (only the kinds each owns)."""
+    live: dict[str, dict[str, Record]] = {}
+    for d in drivers:
+        state = d.read()
+        for kind in d.kinds:
+            live[kind] = dict(state.get(kind, {}))
+    return live
+
+
+def total_writes(drivers: Iterable[Driver]) -> int:
+    return sum(int(getattr(d, "writes", 0)) for d in drivers)
+
+
+def live_vip_hints(live: State) -> dict[str, str]:
+    """Service name -> VIP as the datapath shows it (IPAM uses it when the store is lost)."""
+    hints: dict[str, str] = {}
+    for rec in live.get("service", {}).values():
+        if isinstance(rec, ServiceEntry):
+            hints.setdefault(rec.name, rec.key.vip)
+    return hints
+
+
+def restrict(state: State, kinds: Iterable[str]) -> dict[str, dict[str, Record]]:
+    return {k: dict(state.get(k, {})) for k in kinds}
+
+
+def apply_plan(plan: Plan, drivers: Iterable[Driver]) -> tuple[Change, ...]:
+    """Carry out ``plan`` in order, one ``apply()`` per run of same-driver changes.
+
+    Returns the changes applied.  On a driver failure raises ``ApplyError``
+    whose failure tells (from a re-read of live state) what took effect.
+    """
+    drivers = list(drivers)
+    owner = drivers_by_kind(drivers)
+    changes = plan.changes
+    done = 0
+    i = 0
+    while i < len(changes):
+        drv = owner.get(changes[i].kind)
+        if drv is None:
+            raise LbctlError(f"no driver for record kind {changes[i].kind!r} ({changes[i].key})")
+        j = i + 1
+        while j < len(changes) and owner.get(changes[j].kind) is drv:
+            j += 1
+        try:
+            drv.apply(changes[i:j])
+        except Exception as exc:
+            raise ApplyError(_classify_failure(plan, done, exc, drivers)) from exc
+        done = i = j
+    return changes
+
+
+def _classify_failure(plan: Plan, done: int, exc: Exception, drivers: Sequence[Driver]) -> ApplyFailure:
+    msg = f"apply failed: {exc}"
+    try:
+        live = read_live(drivers)
+    except Exception:  # cannot tell more than the batches that returned
+        return ApplyFailure(msg + " (live state could not be re-read)", plan.changes[:done],
+                            plan.changes[done:])
+    applied: list[Change] = []
+    not_applied: list[Change] = []
+    for c in plan.changes:
+        now = live.get(c.kind, {}).get(c.key)
+        (applied if now == c.after else not_applied).append(c)
+    return ApplyFailure(msg, tuple(applied), tuple(not_applied))
+
+
+def verify(desired: State, drivers: Iterable[Driver]) -> Plan:
+    """Re-read live state and re-diff: the empty plan means verified."""
+    drivers = list(drivers)
+    kinds = drivers_by_kind(drivers)
+    return diff(restrict(desired, kinds), read_live(drivers))
+
+
+def load_config(config_dir: str | Path) -> LoadedConfig:
+    import importlib
+
+    config = importlib.import_module("reconciler.config")  # the config layer, when first needed
+    loaded: LoadedConfig = config.load_dir(Path(config_dir))
+    return loaded
+
+
+def _count(state: State) -> int:
+    return sum(len(v) for v in state.values())
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
+              dry_run: bool, loaded: LoadedConfig | None = None, live: State | None = None,
+              table_builder: TableBuilder | None = None) -> ReconcileResult:
+    """Make the box match the configuration (or, with ``dry_run``, only plan).
+
+    ``loaded``: an already loaded config (the daemon's cached load); when None,
+    ``config_dir`` is loaded.  ``live``: live state the caller just read (skip
+    the read); when None the drivers are read.  Never raises for invalid
+    configuration (``result.errors``) or a failed driver (``result.failure``);
+    raises ``LbctlError`` for a broken state dir.
+    """
+    t0 = time.perf_counter()
+    if loaded is None:
+        if config_dir is None:
+            raise ValueError("reconcile needs config_dir or loaded")
+        loaded = load_config(config_dir)
+    t_parse = time.perf_counter() - t0
+    digest = getattr(loaded, "digest", None)
+    if loaded.errors:
+        return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
+                               timings=Timings(parse=t_parse), digest=digest)
+
+    t1 = time.perf_counter()
+    owner = drivers_by_kind(drivers)
+    live_state = restrict(live, owner) if live is not None else read_live(drivers)
+    store = AllocationStore(state_dir)
+    previous = store.load()
+    ipam = allocate(loaded.resources, previous, live_vip_hints(live_state))
+    if ipam.errors:
+        return ReconcileResult(plan=Plan(), errors=ipam.errors, dry_run=dry_run,
+                               timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
+                               live=live_state)
+    full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder)
+    warnings = tuple(f"{len(recs)} {kind} record(s) not applied: no driver manages {kind!r} on this box"
+                     for kind, recs in sorted(full.items()) if recs and kind not in owner)
+    desired = restrict(full, owner)
+    plan = diff(desired, live_state)
+    t_plan = time.perf_counter() - t1
+    base = ReconcileResult(plan=plan, dry_run=dry_run, digest=digest, warnings=warnings,
+                           desired=desired, live=live_state, allocations=ipam.allocations,
+                           timings=Timings(parse=t_parse, plan=t_plan))
+    if dry_run:
+        return base
+
+    if dict(ipam.allocations) != previous:
+        store.save(ipam.allocations)  # before programming: a live VIP is always on record
+    writes0 = total_writes(drivers)
+    t2 = time.perf_counter()
+    try:
+        applied = apply_plan(plan, drivers) if plan else ()
+    except ApplyError as exc:
+        t_prog = time.perf_counter() - t2
+        return replace(base, applied=exc.failure.applied, failure=exc.failure,
+                       timings=Timings(t_parse, t_plan, t_prog), writes=total_writes(drivers) - writes0)
+    t_prog = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    leftover = verify(desired, drivers)
+    t_verify = time.perf_counter() - t3
+    return replace(base, applied=applied, leftover=leftover,
+                   timings=Timings(t_parse, t_plan, t_prog, t_verify), writes=total_writes(drivers) - writes0)
+
+
+def summary(result: ReconcileResult) -> dict[str, Any]:
+    """A JSON-friendly summary of a reconcile (CLI ``-o json``, daemon status)."""
+    return {
+        "ok": result.ok,
+        "dry_run": result.dry_run,
+        "digest": result.digest,
+        "errors": [e.to_json() for e in result.errors],
+        "warnings": list(result.warnings),
+        "plan": result.plan.to_dict(),
+        "applied": len(result.applied),
+        "failure": None if result.failure is None else {
+            "message": result.failure.message,
+            "applied": [f"{c.symbol} {c.kind} {c.key}" for c in result.failure.applied],
+            "not_applied": [f"{c.symbol} {c.kind} {c.key}" for c in result.failure.not_applied],
+        },
+        "verified": result.verified,
+        "leftover": None if result.leftover is None else result.leftover.to_dict(),
+        "writes": result.writes,
+        "records": {"desired": _count(result.desired), "live": _count(result.live)},
+        "timings": result.timings.as_dict(),
+    }
