@@ -34,7 +34,8 @@ class ConfigError:
         return self.kind or (self.name or "")
 
     def __str__(self) -> str:
-        parts = [f"{self.file}:{self.line}:{self.column}"]
+        # line 0 means the whole file (unreadable, a symlink loop, ...)
+        parts = [f"{self.file}:{self.line}:{self.column}" if self.line else self.file]
         if self.subject:
             parts.append(self.subject)
         if self.path:

@@ -1,0 +1,172 @@
+"""``load_dir``: directory -> validated, typed configuration plus every error.
+
+Why this exists: this is the one entry point the CLI, the planner and the
+watch daemon call.  It wires the stages -- discover files, read them with a
+size limit, parse YAML with positions, dispatch on ``kind``, JSON-Schema check
+each document once, build typed resources, then run semantic checks over the
+whole set -- collects all errors in a stable order, and computes a content
+digest that does not depend on file names or order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.config import build, schemas, semantic
+from reconciler.config.cache import FileResult, ParseCache, signature
+from reconciler.config.discover import Found, discover, read_limited
+from reconciler.config.errors import ConfigError, sort_key
+from reconciler.config.tree import find
+from reconciler.config.yamlparse import Document, parse_bytes
+from reconciler.model import KINDS, Resource
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """A loaded configuration directory.
+
+    ``resources`` holds the schema-valid resources in discovery order (also
+    when semantic errors exist, so ``lbctl validate`` can still summarise);
+    consumers that act on the box must check ``valid`` first.
+    """
+
+    root: str
+    resources: tuple[Resource, ...]
+    errors: tuple[ConfigError, ...]
+    files: tuple[str, ...]  # every file loaded, as displayed
+    digest: str  # SHA-256 over the documents' canonical JSON, order-independent
+    parsed: tuple[str, ...] = ()  # files actually parsed by this call (the rest came from the cache)
+    timings: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def of_kind(self, kind: str) -> tuple[Resource, ...]:
+        return tuple(r for r in self.resources if r.kind == kind)
+
+    def counts(self) -> dict[str, int]:
+        """Resources per kind, every kind listed (0 when absent)."""
+        out = dict.fromkeys(KINDS, 0)
+        for res in self.resources:
+            out[res.kind] = out.get(res.kind, 0) + 1
+        return out
+
+    @property
+    def files_with_errors(self) -> tuple[str, ...]:
+        return tuple(sorted({e.file for e in self.errors}))
+
+
+def _document_digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _doc(display: str, doc: Document, timings: dict[str, float]) -> tuple[Resource | None, list[ConfigError]]:
+    value, root = doc.value, doc.loc
+    kind = value.get("kind")
+    meta = value.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    if kind not in KINDS:
+        if "kind" not in value:
+            message, hint = "required field is missing", f"add kind: one of {', '.join(KINDS)}"
+            loc = root
+        else:
+            message, hint = schemas.unknown_kind(kind)
+            loc = find(root, ["kind"])[0] or root
+        return None, [ConfigError(display, loc.line, loc.column, None, name, "kind", message, hint)]
+    t0 = time.perf_counter()
+    errors = schemas.check(kind, value, display, root, name)
+    t1 = time.perf_counter()
+    timings["schema"] += t1 - t0
+    if errors:
+        return None, errors
+    res = build.resource(kind, value, display, root)
+    timings["build"] += time.perf_counter() - t1
+    return res, []
+
+
+def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = None) -> FileResult:
+    """Parse and check one file's bytes (no I/O); ``display`` is used in errors."""
+    timings = timings if timings is not None else {"parse": 0.0, "schema": 0.0, "build": 0.0}
+    t0 = time.perf_counter()
+    parsed = parse_bytes(display, data)
+    timings["parse"] += time.perf_counter() - t0
+    resources: list[Resource] = []
+    errors = list(parsed.errors)
+    digests = [_document_digest(doc.value) for doc in parsed.documents]
+    if parsed.errors:  # content that did not parse cleanly still has to change the digest
+        digests.append("raw:" + hashlib.sha256(data).hexdigest())
+    for doc in parsed.documents:
+        res, errs = _doc(display, doc, timings)
+        errors.extend(errs)
+        if res is not None:
+            resources.append(res)
+    return FileResult(tuple(resources), tuple(errors), tuple(digests))
+
+
+def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
+               ) -> tuple[FileResult, bool]:
+    """(result, parsed?) of one file, through the cache when there is one."""
+    sig = None
+    if cache is not None:
+        try:
+            sig = signature(os.stat(found.display))
+        except OSError:
+            sig = None
+        if sig is not None and (hit := cache.by_signature(found.display, sig)) is not None:
+            return hit, False
+    t0 = time.perf_counter()
+    data, error = read_limited(found)
+    timings["read"] += time.perf_counter() - t0
+    if error is not None or data is None:
+        fail = error or ConfigError(found.display, 0, 0, None, None, "", "cannot read", None)
+        return FileResult((), (fail,), ("error:" + fail.message,)), True
+    sha = hashlib.sha256(data).hexdigest()
+    if cache is not None and sig is not None and (hit := cache.by_content(found.display, sha, sig)):
+        return hit, False
+    result = load_bytes(found.display, data, timings)
+    if cache is not None and sig is not None:
+        cache.store(found.display, sig, sha, result)
+    return result, True
+
+
+def load_dir(path: str | os.PathLike[str], cache: ParseCache | None = None) -> LoadResult:
+    """Load, validate and type every resource under ``path`` (a directory or one file).
+
+    Never raises for bad content: every problem is a ``ConfigError`` in
+    ``errors``.  Raises ``LbctlError`` only when ``path`` itself is missing or
+    unreadable.  Pass the same ``ParseCache`` to successive calls to re-parse
+    only changed files.
+    """
+    root = os.fspath(path)
+    timings = dict.fromkeys(("discover", "read", "parse", "schema", "build", "semantic"), 0.0)
+    start = time.perf_counter()
+    found, errors = discover(root)
+    timings["discover"] = time.perf_counter() - start
+    resources: list[Resource] = []
+    digests: list[str] = ["error:" + str(e) for e in errors]  # a new loop or broken link is a change too
+    parsed: list[str] = []
+    for item in found:
+        result, was_parsed = _load_file(item, cache, timings)
+        if was_parsed:
+            parsed.append(item.display)
+        resources.extend(result.resources)
+        errors.extend(result.errors)
+        digests.extend(result.digests)
+    if cache is not None:
+        cache.retain({f.display for f in found})
+    t0 = time.perf_counter()
+    errors.extend(semantic.check(resources))
+    timings["semantic"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - start
+    digest = hashlib.sha256("\n".join(sorted(digests)).encode("ascii", "replace")).hexdigest()
+    return LoadResult(root=root, resources=tuple(resources), errors=tuple(sorted(set(errors), key=sort_key)),
+                      files=tuple(f.display for f in found), digest=digest, parsed=tuple(parsed),
+                      timings=timings)

@@ -1,0 +1,342 @@
+"""Checks across fields and resources that JSON Schema cannot express.
+
+Why this exists: a directory can be valid file by file and still impossible
+to run -- two services on one VIP and port, overlapping pools, a pool that
+does not exist, a multicast endpoint, more entries than the datapath's maps
+hold.  Each check here works on typed resources, reports every problem (never
+just the first) at the exact node via ``Resource.where``, and takes its
+numbers from ``reconciler.limits`` only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from reconciler import limits
+from reconciler.config.errors import ConfigError
+from reconciler.config.formats import FormatProblem, IPAddress, pool_range
+from reconciler.model import (
+    BGPPeerSpec,
+    DatapathSpec,
+    FirewallRuleSpec,
+    PoolSpec,
+    Resource,
+    ServiceSpec,
+)
+
+_PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, res: Resource, path: str, message: str, hint: str | None = None) -> None:
+        loc = res.where(path)
+        self.errors.append(ConfigError(loc.file, loc.line, loc.column, res.kind, res.name, path, message, hint))
+
+
+def _at(res: Resource, path: str = "metadata.name") -> str:
+    return str(res.where(path))
+
+
+def _not_unicast(addr: IPAddress) -> str | None:
+    """Why ``addr`` cannot be a VIP or endpoint, or ``None`` when it can."""
+    if addr.is_unspecified:
+        return "the unspecified address"
+    if addr.is_loopback:
+        return "a loopback address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if isinstance(addr, ipaddress.IPv4Address) and int(addr) == 0xFFFFFFFF:
+        return "the broadcast address"
+    if addr.is_reserved:
+        return "a reserved address"
+    return None
+
+
+def _names(resources: Sequence[Resource], report: _Report) -> None:
+    first: dict[tuple[str, str], Resource] = {}
+    for res in resources:
+        key = (res.kind, res.name)
+        if key in first:
+            report.add(res, "metadata.name", f"duplicate {res.kind} name {res.name!r} "
+                       f"(first defined at {_at(first[key])})", "names must be unique per kind; rename one")
+        else:
+            first[key] = res
+
+
+def _singletons(resources: Sequence[Resource], report: _Report) -> None:
+    for kind in ("Datapath", "BGPConfig"):
+        found = [r for r in resources if r.kind == kind]
+        for extra in found[1:]:
+            report.add(extra, "metadata.name", f"only one {kind} is allowed; {kind}/{found[0].name} is "
+                       f"already defined at {_at(found[0])}", "merge them into one resource")
+    has_bgp = any(r.kind == "BGPConfig" for r in resources)
+    if not has_bgp:
+        for res in resources:
+            if res.kind == "BGPPeer":
+                report.add(res, "spec", "a BGPPeer needs a BGPConfig (local AS and router ID)",
+                           "add a BGPConfig resource")
+            elif isinstance(res.spec, ServiceSpec) and res.spec.bgp:
+                report.add(res, "spec.bgp", "bgp: true needs a BGPConfig to announce the VIP",
+                           "add a BGPConfig resource or set bgp: false")
+
+
+def _pools(resources: Sequence[Resource], report: _Report) -> dict[str, int | None]:
+    """Check pools; return name -> IP version (None when unknown)."""
+    families: dict[str, int | None] = {}
+    spans: list[tuple[int, int, int, Resource, int, str]] = []  # version, first, last, pool, index, text
+    for res in resources:
+        spec = res.spec
+        if not isinstance(spec, PoolSpec):
+            continue
+        versions = set()
+        for i, text in enumerate(spec.addresses):
+            try:
+                version, first, last = pool_range(text)
+            except FormatProblem:
+                continue  # already reported by the schema
+            versions.add(version)
+            spans.append((version, first, last, res, i, text))
+        want = {"IPv4": 4, "IPv6": 6}.get(spec.family or "")
+        if len(versions) > 1:
+            report.add(res, "spec.addresses", "mixes IPv4 and IPv6 addresses",
+                       "use one pool per address family")
+        elif want and versions and versions != {want}:
+            report.add(res, "spec.family", f"is {spec.family} but the addresses are IPv{versions.pop()}",
+                       "fix family or the addresses")
+        families.setdefault(res.name, want or (next(iter(versions)) if len(versions) == 1 else None))
+    spans.sort(key=lambda s: (s[0], s[1], s[2]))
+    for prev, cur in zip(spans, spans[1:]):
+        if cur[0] == prev[0] and cur[1] <= prev[2]:
+            other = prev[3]
+            where = "in the same pool" if other is cur[3] else f"of Pool/{other.name}"
+            report.add(cur[3], f"spec.addresses[{cur[4]}]",
+                       f"{cur[5]} overlaps {prev[5]} {where} ({_at(other, f'spec.addresses[{prev[4]}]')})",
+                       "pools must not overlap; shrink or split one of them")
+    return families
+
+
+def _parse(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None  # already reported by the schema
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    f = 2
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 1
+    return True
+
+
+def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: _Report) -> None:
+    if spec.vip is None and spec.pool is None:
+        report.add(res, "spec", "needs a vip or a pool", "add vip: ADDRESS or pool: POOL-NAME")
+    if spec.pool is not None and spec.pool not in pools:
+        close = difflib.get_close_matches(spec.pool, list(pools), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"define a Pool named {spec.pool!r} or fix the name"
+        report.add(res, "spec.pool", f"Pool {spec.pool!r} does not exist", hint)
+    vip = _parse(spec.vip) if spec.vip is not None else None
+    if vip is not None and (why := _not_unicast(vip)):
+        report.add(res, "spec.vip", f"VIP {spec.vip} is {why}", "a VIP must be a unicast address")
+    family = vip.version if vip is not None else (pools.get(spec.pool) if spec.pool else None)
+
+    for i, port in enumerate(spec.ports):
+        p = f"spec.ports[{i}]"
+        if port.protocol == "ICMP":
+            for field, value in (("port", port.port), ("endPort", port.end_port), ("targetPort", port.target_port)):
+                if value:
+                    report.add(res, f"{p}.{field}", "ICMP has no ports", f"remove {field}")
+        elif port.end_port is not None and port.end_port < port.port:
+            report.add(res, f"{p}.endPort", f"port range {port.port}-{port.end_port} ends before it starts",
+                       "endPort must be at least port")
+
+    if len(spec.endpoints) > limits.MAX_ENDPOINTS_PER_SERVICE:
+        report.add(res, "spec.endpoints", f"has {len(spec.endpoints)} endpoints; the datapath holds at most "
+                   f"{limits.MAX_ENDPOINTS_PER_SERVICE} per service", "split the service or drop endpoints")
+    seen: dict[tuple[str, int | None], int] = {}
+    for i, ep in enumerate(spec.endpoints):
+        p = f"spec.endpoints[{i}]"
+        addr = _parse(ep.address)
+        if addr is None:
+            continue
+        if why := _not_unicast(addr):
+            report.add(res, f"{p}.address", f"endpoint {ep.address} is {why}",
+                       "endpoints must be unicast addresses of real backends")
+        elif family is not None and addr.version != family and spec.mode != "fullnat":
+            report.add(res, f"{p}.address", f"endpoint {ep.address} is IPv{addr.version} but the VIP is "
+                       f"IPv{family}; mode {spec.mode} cannot translate between families",
+                       f"set mode: fullnat or use an IPv{family} endpoint")
+        key = (addr.compressed, ep.target_port)
+        if key in seen:
+            report.add(res, f"{p}.address", f"endpoint {ep.address} is listed twice (also endpoints[{seen[key]}])",
+                       "remove the duplicate or raise its weight")
+        else:
+            seen[key] = i
+
+    if spec.secondary_vips:
+        if any(p.protocol != "SCTP" for p in spec.ports):
+            report.add(res, "spec.secondaryVips", "secondary VIPs are only for SCTP multihoming",
+                       "remove secondaryVips or make every port SCTP")
+        if len(spec.secondary_vips) > limits.MAX_SECONDARY_VIPS:
+            report.add(res, "spec.secondaryVips", f"has {len(spec.secondary_vips)} entries; at most "
+                       f"{limits.MAX_SECONDARY_VIPS} are allowed", "drop the extra addresses")
+        claimed = {vip.compressed} if vip is not None else set()
+        for i, text in enumerate(spec.secondary_vips):
+            addr = _parse(text)
+            if addr is None:
+                continue
+            if why := _not_unicast(addr):
+                report.add(res, f"spec.secondaryVips[{i}]", f"secondary VIP {text} is {why}",
+                           "a VIP must be a unicast address")
+            elif addr.compressed in claimed:
+                report.add(res, f"spec.secondaryVips[{i}]", f"{text} is already a VIP of this service",
+                           "remove the duplicate")
+            claimed.add(addr.compressed)
+
+    if spec.maglev_table_size is not None:
+        size = spec.maglev_table_size
+        if size > limits.MAGLEV_MAX_TABLE_SIZE or not _is_prime(size):
+            report.add(res, "spec.maglevTableSize", f"{size} is not a prime of at most "
+                       f"{limits.MAGLEV_MAX_TABLE_SIZE}", "use a prime such as 251, 4093 or 65521")
+    if spec.probe.timeout >= spec.probe.interval and spec.probe.type != "none":
+        report.add(res, "spec.probe.timeout", f"timeout {spec.probe.timeout}s is not shorter than interval "
+                   f"{spec.probe.interval}s", "make the timeout shorter than the interval")
+
+
+def _vip_claims(services: Iterable[tuple[Resource, ServiceSpec]], report: _Report) -> None:
+    """Two services must not claim the same VIP, protocol and (overlapping) port."""
+    claims: dict[tuple[str, str], list[tuple[int, int, Resource, str]]] = defaultdict(list)
+    for res, spec in services:
+        vips = [spec.vip] if spec.vip is not None else []
+        vips += spec.secondary_vips
+        for vip_text in vips:
+            addr = _parse(vip_text)
+            if addr is None:
+                continue
+            for i, port in enumerate(spec.ports):
+                end = port.end_port if port.end_port is not None and port.end_port >= port.port else port.port
+                claims[(addr.compressed, port.protocol)].append((port.port, end, res, f"spec.ports[{i}]"))
+    for (vip, proto), entries in claims.items():
+        if len(entries) < 2:
+            continue
+        entries.sort(key=lambda e: (e[0], e[1]))
+        reach = entries[0]
+        for cur in entries[1:]:
+            if cur[0] <= reach[1]:
+                owner = reach[2]
+                who = "this service" if owner is cur[2] else f"Service/{owner.name}"
+                shown = f"{cur[0]}" if cur[0] == cur[1] else f"{cur[0]}-{cur[1]}"
+                ports = "ICMP" if proto == "ICMP" else f"{proto} port {shown}"
+                report.add(cur[2], cur[3], f"{ports} on {vip} is already used by {who} "
+                           f"({_at(owner, reach[3])})", "use another port or VIP")
+            if cur[1] > reach[1]:
+                reach = cur
+
+
+def _service_total(services: Sequence[tuple[Resource, ServiceSpec]], report: _Report) -> None:
+    total = 0
+    for res, spec in services:
+        total += len(spec.ports) * (1 + len(spec.secondary_vips))
+        if total > limits.MAX_SERVICES:
+            report.add(res, "metadata.name", f"the configuration needs more than {limits.MAX_SERVICES} "
+                       "service entries (VIP, protocol, port range); the datapath cannot hold them",
+                       "remove services or merge ports into ranges")
+            return
+
+
+def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: _Report) -> None:
+    first: dict[str, Resource] = {}
+    for res, spec in peers:
+        addr = _parse(spec.address)
+        if addr is not None:
+            if addr.compressed in first:
+                report.add(res, "spec.address", f"peer {spec.address} is already defined by "
+                           f"BGPPeer/{first[addr.compressed].name} ({_at(first[addr.compressed], 'spec.address')})",
+                           "keep one BGPPeer per neighbour")
+            else:
+                first[addr.compressed] = res
+        if spec.hold_time in (1, 2):
+            report.add(res, "spec.holdTime", f"hold time {spec.hold_time} is not allowed",
+                       "use 0 (no keepalives) or at least 3 seconds (RFC 4271)")
+        elif spec.hold_time and spec.keepalive >= spec.hold_time:
+            report.add(res, "spec.keepalive", f"keepalive {spec.keepalive}s is not shorter than hold time "
+                       f"{spec.hold_time}s", "use a keepalive of about a third of the hold time")
+
+
+def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: _Report) -> None:
+    by_priority: dict[int, Resource] = {}
+    for n, (res, spec) in enumerate(rules):
+        if n == limits.MAX_FIREWALL_RULES:
+            report.add(res, "metadata.name", f"more than {limits.MAX_FIREWALL_RULES} firewall rules; "
+                       "the datapath cannot hold them", "merge rules with wider CIDRs or port ranges")
+        if spec.priority in by_priority:
+            other = by_priority[spec.priority]
+            report.add(res, "spec.priority", f"priority {spec.priority} is already used by "
+                       f"FirewallRule/{other.name} ({_at(other, 'spec.priority')})",
+                       "give every rule its own priority so the order is defined")
+        else:
+            by_priority[spec.priority] = res
+        match = spec.match
+        for field, rng in (("sourcePorts", match.source_ports), ("destinationPorts", match.destination_ports)):
+            if rng is None:
+                continue
+            if rng.end < rng.start:
+                report.add(res, f"spec.match.{field}.to", f"port range {rng.start}-{rng.end} ends before it "
+                           "starts", "to must be at least from")
+            if match.protocol not in _PORT_PROTOCOLS:
+                report.add(res, f"spec.match.{field}", "port matches need protocol TCP, UDP or SCTP",
+                           "add protocol to the match or remove the ports")
+        if spec.action == "mark" and spec.mark is None:
+            report.add(res, "spec.action", "action mark needs a mark value", "add mark: NUMBER")
+        if spec.action != "mark" and spec.mark is not None:
+            report.add(res, "spec.mark", f"mark is only used with action mark, not {spec.action}",
+                       "remove mark or set action: mark")
+        if spec.action == "rateLimit" and spec.rate_limit is None:
+            report.add(res, "spec.action", "action rateLimit needs a rateLimit",
+                       "add rateLimit: {packetsPerSecond: N, burst: N}")
+        if spec.action != "rateLimit" and spec.rate_limit is not None:
+            report.add(res, "spec.rateLimit", f"rateLimit is only used with action rateLimit, not {spec.action}",
+                       "remove rateLimit or set action: rateLimit")
+
+
+def _datapath(res: Resource, spec: DatapathSpec, report: _Report) -> None:
+    if len(spec.interfaces) > limits.MAX_INTERFACES:
+        report.add(res, "spec.interfaces", f"has {len(spec.interfaces)} interfaces; at most "
+                   f"{limits.MAX_INTERFACES} are supported", "attach to fewer interfaces")
+    seen: dict[str, int] = {}
+    for i, iface in enumerate(spec.interfaces):
+        if iface.name in seen:
+            report.add(res, f"spec.interfaces[{i}]", f"interface {iface.name} is listed twice "
+                       f"(also interfaces[{seen[iface.name]}])", "list each interface once")
+        else:
+            seen[iface.name] = i
+
+
+def check(resources: Sequence[Resource]) -> list[ConfigError]:
+    """Every semantic problem of a set of schema-valid resources."""
+    report = _Report()
+    _names(resources, report)
+    _singletons(resources, report)
+    pools = _pools(resources, report)
+    services = [(r, r.spec) for r in resources if isinstance(r.spec, ServiceSpec)]
+    for res, spec in services:
+        _service(res, spec, pools, report)
+    _vip_claims(services, report)
+    _service_total(services, report)
+    _bgp_peers([(r, r.spec) for r in resources if isinstance(r.spec, BGPPeerSpec)], report)
+    _firewall([(r, r.spec) for r in resources if isinstance(r.spec, FirewallRuleSpec)], report)
+    for res in resources:
+        if isinstance(res.spec, DatapathSpec):
+            _datapath(res, res.spec, report)
+    return report.errors
