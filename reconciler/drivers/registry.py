@@ -1,0 +1,63 @@
+"""Build the real drivers for a box (a CLI ``Context``).
+
+Why this exists: the commands and the daemon need "the drivers of this box"
+without knowing their constructors, and ``validate`` and the unit tests must
+not import libbpf/cffi or pyroute2 at all.  So the driver modules are imported
+here, lazily, when a command actually touches the live system.  Tests swap
+``build_drivers`` for one returning in-memory drivers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.drivers import Driver
+from reconciler.errors import LbctlError
+from reconciler.model import DEFAULT_VIP_INTERFACE, DatapathSpec, Resource
+
+
+class BoxContext(Protocol):
+    """What the registry needs from ``reconciler.cli.Context``."""
+
+    @property
+    def netns(self) -> str | None: ...
+
+    @property
+    def pin_root(self) -> Path: ...
+
+
+def vip_interface_of(resources: Iterable[Resource]) -> str:
+    """The Datapath's ``vipInterface`` (default ``lbctl0``)."""
+    for res in resources:
+        if isinstance(res.spec, DatapathSpec):
+            return res.spec.vip_interface
+    return DEFAULT_VIP_INTERFACE
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"reconciler.drivers.{name}")
+    except ImportError as exc:
+        raise LbctlError(f"the {name} driver cannot be loaded: {exc}",
+                         hint="install lbctl's runtime dependencies (make setup) and build the datapath "
+                              "(make build)") from exc
+
+
+def bpf_driver(ctx: BoxContext) -> Driver:
+    mod = _module("bpf")
+    driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns)
+    return driver
+
+
+def netlink_driver(ctx: BoxContext, vip_interface: str = DEFAULT_VIP_INTERFACE) -> Driver:
+    mod = _module("netlink")
+    driver: Driver = mod.NetlinkDriver(ifname=vip_interface, netns=ctx.netns)
+    return driver
+
+
+def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
+    """The drivers of the box: datapath maps/programs (``bpf``) and VIP addresses (``netlink``)."""
+    return [bpf_driver(ctx), netlink_driver(ctx, vip_interface)]
