@@ -43,7 +43,7 @@ help:
 	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
 	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o)"
 	@echo "  make lint        ruff + mypy (strict)"
-	@echo "  make bench       run bench/bench_*.py (tables to stdout, results in bench/results/)"
+	@echo "  make bench       run bench/*.py (tables to stdout, results in bench/results/)"
 	@echo "  make clean       remove build outputs and caches (keeps .venv; distclean removes it too)"
 
 # --- setup -------------------------------------------------------------------
@@ -153,10 +153,12 @@ demo: setup build
 	echo; echo "The files: $$(cd examples/configs && ls | tr '\n' ' ')"; \
 	echo "Next: 'sudo make test' runs the whole test suite."
 
-# Each bench/bench_*.py prints a table and writes bench/results/NAME.md (date, machine).
+# Every bench/*.py (not _helpers.py) prints a table and writes bench/results/NAME.md
+# with date and machine; none asserts a time. A failing script fails the target.
 bench: setup build
-	@shopt -s nullglob; scripts=(bench/bench_*.py); \
-	if [ $${#scripts[@]} = 0 ]; then echo "make bench: no bench/bench_*.py yet"; exit 0; fi; \
+	@shopt -s nullglob; scripts=(); \
+	for s in bench/*.py; do [[ $$(basename "$$s") == _* ]] || scripts+=("$$s"); done; \
+	if [ $${#scripts[@]} = 0 ]; then echo "make bench: no bench/*.py yet"; exit 0; fi; \
 	for s in "$${scripts[@]}"; do echo "== $$s"; $(PY) "$$s"; done
 
 # --- clean -------------------------------------------------------------------
