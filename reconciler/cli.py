@@ -14,9 +14,9 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from reconciler import __version__
 from reconciler.errors import LbctlError

@@ -9,8 +9,9 @@ JSON-Schema validation succeeded (so they may trust the shape of ``spec``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal
 
 API_VERSION = "lbctl.dev/v1alpha1"
 
@@ -173,7 +174,7 @@ class DatapathSpec:
     vip_interface: str = DEFAULT_VIP_INTERFACE
 
 
-Spec = Union[ServiceSpec, PoolSpec, BGPConfigSpec, BGPPeerSpec, FirewallRuleSpec, DatapathSpec]
+Spec = ServiceSpec | PoolSpec | BGPConfigSpec | BGPPeerSpec | FirewallRuleSpec | DatapathSpec
 
 KINDS: tuple[str, ...] = ("Service", "Pool", "BGPConfig", "BGPPeer", "FirewallRule", "Datapath")
 

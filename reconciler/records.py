@@ -25,8 +25,9 @@ kind           record                driver
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Union
 
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 
@@ -55,7 +56,7 @@ class ServiceKey:
         return 6 if ":" in self.vip else 4
 
     @classmethod
-    def parse(cls, text: str) -> "ServiceKey":
+    def parse(cls, text: str) -> ServiceKey:
         """Inverse of ``str()``: ``tcp/198.51.100.1:80`` or ``udp/[2001:db8::1]:53-54``."""
         proto, rest = text.split("/", 1)
         host, ports = rest.rsplit(":", 1)
@@ -147,7 +148,7 @@ class Announcement:
     prefix: str  # VIP/32 or VIP/128
 
 
-Record = Union[ServiceEntry, EndpointSet, FirewallEntry, Attachment, VipAddress, BgpPeer, Announcement]
+Record = ServiceEntry | EndpointSet | FirewallEntry | Attachment | VipAddress | BgpPeer | Announcement
 
 # Record kinds in the order a from-scratch build creates them.
 KINDS: tuple[str, ...] = ("attach", "firewall", "endpoints", "service", "vip", "bgp-peer", "announce")

@@ -8,7 +8,8 @@ in-memory ones that follow the same Protocol.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from reconciler.plan import Change
 from reconciler.records import Record
