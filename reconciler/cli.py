@@ -62,7 +62,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                    help=f"state directory (default: {DEFAULT_STATE_DIR})")
     g.add_argument("--pin-root", metavar="DIR", default=os.environ.get("LBCTL_PIN_ROOT", DEFAULT_PIN_ROOT),
                    help=f"bpffs directory for pinned maps and programs (default: {DEFAULT_PIN_ROOT})")
-    g.add_argument("-v", "--verbose", action="store_true", help="show more detail, tracebacks on internal errors")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="show more detail, tracebacks on internal errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
