@@ -93,12 +93,15 @@ class Index:
     """The last verified desired state, indexed by the Service that owns each record."""
 
     def __init__(self, resources: Sequence[Resource], desired: Mapping[str, Mapping[str, Record]],
-                 allocated: Mapping[str, str]) -> None:
+                 allocated: Mapping[str, str], owned: Iterable[str] = OWNED_KINDS) -> None:
+        """``owned``: the record kinds some driver manages (the others are never planned)."""
+        owned = frozenset(owned)
+        self.kinds = tuple(kind for kind in OWNED_KINDS if kind in owned)
         self.resources = _by_id(resources)
-        self.desired: MutableState = {kind: dict(desired.get(kind, {})) for kind in OWNED_KINDS}
+        self.desired: MutableState = {kind: dict(desired.get(kind, {})) for kind in self.kinds}
         self.allocated = dict(allocated)
         self.has_pools = any(isinstance(r.spec, PoolSpec) for r in resources)
-        contrib = _contributions(desired, self.resources)
+        contrib = _contributions(self.desired, self.resources)
         self.contrib = {name: {k: frozenset(v) for k, v in own.items()} for name, own in contrib.items()}
         self.owners: dict[tuple[str, str], set[str]] = {}
         for name, own in contrib.items():
@@ -155,15 +158,17 @@ class Index:
                 return None
             allocated.update(vips)
             compile_set.append(res)
-        compiled = compile_state(compile_set, allocated)
+        full = compile_state(compile_set, allocated)
+        compiled = {kind: full.get(kind, {}) for kind in self.kinds}
         names = {name for _, name in changed}
         fresh = _contributions(compiled, new)
-        touched: dict[str, set[str]] = {kind: set() for kind in OWNED_KINDS}
+        touched: dict[str, set[str]] = {kind: set() for kind in self.kinds}
         for name in names:
             for own in (self.contrib.get(name, {}), fresh.get(name, {})):
                 for kind, keys in own.items():
-                    touched[kind] |= keys
-        desired: MutableState = {kind: {} for kind in OWNED_KINDS}
+                    if kind in touched:
+                        touched[kind] |= keys
+        desired: MutableState = {kind: {} for kind in self.kinds}
         for kind, keys in touched.items():
             for key in keys:
                 others = self.owners.get((kind, key), set()) - names
@@ -182,9 +187,9 @@ class Index:
         if read_keys is not None:
             got = read_keys(touched)
             return {kind: {k: v for k, v in got.get(kind, {}).items() if k in touched[kind]}
-                    for kind in OWNED_KINDS}
+                    for kind in self.kinds}
         return {kind: {k: self.live[kind][k] for k in touched[kind] if k in self.live[kind]}
-                for kind in OWNED_KINDS}
+                for kind in self.kinds}
 
     def verify(self, partial: Partial, read_keys: ReadKeys | None) -> Plan:
         """What is still different on the touched keys after the apply (empty: verified)."""
@@ -204,7 +209,8 @@ class Index:
                         if not owners:
                             del self.owners[(kind, key)]
         for name, own in partial.contributions.items():
-            self.contrib[name] = dict(own)
+            own = {kind: keys for kind, keys in own.items() if kind in self.desired}
+            self.contrib[name] = own
             for kind, keys in own.items():
                 for key in keys:
                     self.owners.setdefault((kind, key), set()).add(name)

@@ -1,0 +1,207 @@
+"""The real ``Engine`` behind ``lbctl watch``: config loader + reconcile layer + drivers.
+
+Why this exists: the daemon (``reconciler.watch``) decides *when* to act; this
+module is the one place that knows *how*: load the directory through the config
+layer's per-file cache, reconcile through ``reconciler.apply.reconcile`` (the
+same loop ``lbctl apply`` runs) under the state-dir writer lock, and take the
+incremental path (``reconciler.incremental``) for deliveries that only touch
+Services.  After every verified full reconcile the incremental index is rebuilt
+from what was verified; after any failure it is dropped, so the next delivery
+goes through a full reconcile that plans from live state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile
+from reconciler.config import LoadResult, ParseCache, load_dir
+from reconciler.drivers import Driver
+from reconciler.drivers.registry import vip_interface_of
+from reconciler.errors import LbctlError
+from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
+from reconciler.lock import StateLock
+from reconciler.plan import Change
+from reconciler.records import Record, ServiceEntry
+from reconciler.watch import Delivery, Outcome, ServiceCounters
+
+DriverFactory = Callable[[str], Sequence[Driver]]  # vip interface -> the box's drivers
+
+
+def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
+    return tuple(f"{c.symbol} {c.kind} {c.key}" for c in changes)
+
+
+def _counts(changes: Sequence[Change]) -> tuple[int, int, int]:
+    created = sum(1 for c in changes if c.action == "create")
+    deleted = sum(1 for c in changes if c.action == "delete")
+    return created, len(changes) - created - deleted, deleted
+
+
+class ReconcileEngine:
+    """Loads ``directory`` and reconciles it onto the drivers ``make_drivers`` builds."""
+
+    def __init__(self, directory: str | Path, state_dir: str | Path, make_drivers: DriverFactory, *,
+                 lock_timeout: float | None = None, incremental: bool = True) -> None:
+        self.directory = Path(directory)
+        self.state_dir = Path(state_dir)
+        self.make_drivers = make_drivers
+        self.lock = StateLock(self.state_dir, timeout=lock_timeout, purpose="lbctl watch")
+        self.incremental = incremental
+        self.cache = ParseCache()
+        self.index: Index | None = None
+        self.records: dict[str, int] = {}
+        self._drivers: Sequence[Driver] | None = None
+        self._vip_if: str | None = None
+        self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
+
+    # --- Engine protocol ---
+
+    def load(self, *, full: bool) -> Delivery:
+        if full:
+            self.cache = ParseCache()  # a full reload re-reads and re-parses every file
+        t0 = time.perf_counter()
+        loaded = load_dir(self.directory, cache=self.cache)
+        took = time.perf_counter() - t0
+        return Delivery(digest=loaded.digest, errors=tuple(str(e) for e in loaded.errors),
+                        resources=len(loaded.resources), files_parsed=len(loaded.parsed),
+                        payload=(loaded, took))
+
+    def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
+        loaded, load_time = delivery.payload
+        assert isinstance(loaded, LoadResult)
+        try:
+            with self.lock:
+                drivers = self._drivers_for(loaded)
+                if not full and self.incremental and self.index is not None:
+                    outcome = self._incremental(loaded, drivers, load_time)
+                    if outcome is not None:
+                        return outcome
+                return self._full(loaded, drivers, load_time)
+        except LbctlError as exc:
+            self.index = None
+            return Outcome(verified=False, error=str(exc))
+
+    def counters(self) -> Mapping[str, ServiceCounters]:
+        """Per-service totals from the datapath driver, when it offers ``counters()``."""
+        for driver in self._drivers or ():
+            read = getattr(driver, "counters", None)
+            if read is None:
+                continue
+            out: dict[str, ServiceCounters] = {}
+            for key, value in read().items():
+                name = self._service_names.get(str(key), str(key))
+                prev = out.get(name, ServiceCounters(0, 0, 0))
+                out[name] = ServiceCounters(prev.packets + int(_field(value, "packets")),
+                                            prev.bytes + int(_field(value, "bytes")),
+                                            prev.flows + int(_field(value, "flows", "new_flows")))
+            return out
+        return {}
+
+    # --- internals ---
+
+    def _drivers_for(self, loaded: LoadResult) -> Sequence[Driver]:
+        vip_if = vip_interface_of(loaded.resources)
+        if self._drivers is None or vip_if != self._vip_if:
+            self._drivers = self.make_drivers(vip_if)
+            self._vip_if = vip_if
+            self.index = None
+        return self._drivers
+
+    def _read_keys(self, drivers: Sequence[Driver]) -> ReadKeys | None:
+        """Live records of just some keys, if every driver concerned can read by key."""
+        owner = drivers_by_kind(drivers)
+        readers = {kind: getattr(owner[kind], "read_keys", None) for kind in OWNED_KINDS if kind in owner}
+        if not readers or any(r is None for r in readers.values()):
+            return None
+
+        def read(touched: Keys) -> Mapping[str, Mapping[str, Record]]:
+            out: dict[str, Mapping[str, Record]] = {}
+            for kind, keys in touched.items():
+                reader = readers.get(kind)
+                if reader is not None and keys:
+                    out[kind] = reader(kind, keys)
+            return out
+
+        return read
+
+    def _incremental(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome | None:
+        assert self.index is not None
+        t0 = time.perf_counter()
+        read_keys = self._read_keys(drivers)
+        partial = self.index.plan(loaded.resources, read_keys)
+        if partial is None:
+            return None
+        t1 = time.perf_counter()
+        try:
+            applied = apply_plan(partial.plan, drivers) if partial.plan else ()
+        except ApplyError as exc:
+            self.index = None
+            return Outcome(verified=False, mode="incremental", error=str(exc),
+                           timings={"load": load_time, "plan": t1 - t0, "program": time.perf_counter() - t1})
+        t2 = time.perf_counter()
+        leftover = self.index.verify(partial, read_keys)
+        t3 = time.perf_counter()
+        timings = {"load": load_time, "plan": t1 - t0, "program": t2 - t1, "verify": t3 - t2}
+        created, updated, deleted = _counts(applied)
+        if not leftover.empty:
+            self.index = None
+            return Outcome(verified=False, mode="incremental", created=created, updated=updated,
+                           deleted=deleted, error=f"verification left {len(leftover)} change(s): "
+                                 + "; ".join(_describe(leftover.changes)[:5]),
+                           timings=timings, fixed=_describe(applied))
+        self.index.commit(partial)
+        for kind in OWNED_KINDS:
+            if kind in self.records:
+                self.records[kind] = len(self.index.desired[kind])
+        for change in applied:
+            if change.kind == "service":
+                if isinstance(change.after, ServiceEntry):
+                    self._service_names[change.key] = change.after.name
+                else:
+                    self._service_names.pop(change.key, None)
+        return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
+                       records=dict(self.records), timings=timings, fixed=_describe(applied))
+
+    def _full(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome:
+        result = reconcile(None, drivers, self.state_dir, dry_run=False, loaded=loaded)
+        t = result.timings
+        timings = {"load": load_time, "plan": t.plan, "program": t.program, "verify": t.verify}
+        created, updated, deleted = _counts(result.applied)
+        records = {kind: len(recs) for kind, recs in result.desired.items()}
+        if result.errors:  # IPAM (pool exhausted): a configuration error found late
+            self.index = None
+            return Outcome(verified=False, error="; ".join(str(e) for e in result.errors), timings=timings)
+        if result.failure is not None:
+            self.index = None
+            return Outcome(verified=False, created=created, updated=updated, deleted=deleted, records=records,
+                           error=f"{result.failure.message} ({len(result.failure.applied)} applied, "
+                                 f"{len(result.failure.not_applied)} not)",
+                           timings=timings, fixed=_describe(result.applied))
+        if not result.verified:
+            self.index = None
+            left = result.leftover.changes if result.leftover is not None else ()
+            return Outcome(verified=False, created=created, updated=updated, deleted=deleted, records=records,
+                           error=f"verification left {len(left)} change(s): "
+                                 + "; ".join(_describe(left)[:5]),
+                           timings=timings, fixed=_describe(result.applied))
+        self.records = records
+        self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
+                               if isinstance(r, ServiceEntry)}
+        owned = frozenset(drivers_by_kind(drivers))
+        vips = {name: alloc.vip for name, alloc in result.allocations.items()}
+        self.index = Index(loaded.resources, result.desired, vips, owned) if self.incremental else None
+        return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
+                       timings=timings, fixed=_describe(result.applied))
+
+
+def _field(value: Any, *names: str) -> int:
+    for name in names:
+        if isinstance(value, Mapping) and name in value:
+            return int(value[name])
+        if hasattr(value, name):
+            return int(getattr(value, name))
+    return 0
