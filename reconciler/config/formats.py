@@ -72,6 +72,13 @@ def _guard(check: Any) -> Any:
     return run
 
 
+PARSERS = {
+    "ip-address": ip_address,
+    "ipv4-address": ipv4_address,
+    "cidr": cidr,
+    "ip-pool-range": pool_range,
+}
+
 CHECKS = {
     "ip-address": _guard(ip_address),
     "ipv4-address": _guard(ipv4_address),

@@ -21,8 +21,9 @@ from typing import Any
 
 import jsonschema
 
+from reconciler.config import fastcheck
 from reconciler.config.errors import ConfigError
-from reconciler.config.formats import CHECKS, FormatProblem
+from reconciler.config.formats import CHECKS, PARSERS, FormatProblem
 from reconciler.config.tree import Loc, find, format_path, key_position
 from reconciler.model import KINDS
 
@@ -217,8 +218,20 @@ class _Translator:
                   f"not {_describe(error.instance)}")
 
 
+@cache
+def quick(kind: str) -> fastcheck.Check | None:
+    """The compiled fast predicate of ``kind``, or ``None`` if its schema is beyond the compiler."""
+    try:
+        return fastcheck.compile_schema(schema(kind), PARSERS)
+    except fastcheck.Unsupported:
+        return None
+
+
 def check(kind: str, value: dict[str, Any], file: str, root: Loc, name: str | None) -> list[ConfigError]:
     """Schema errors of one document already known to be of ``kind``."""
+    fast = quick(kind)
+    if fast is not None and fast(value):
+        return []
     val = validator(kind)
     translator = _Translator(file, root, kind, name)
     for error in val.iter_errors(value):
