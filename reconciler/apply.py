@@ -283,7 +283,8 @@ def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_di
                        timings=Timings(t_parse, t_plan, t_prog), writes=total_writes(drivers) - writes0)
     t_prog = time.perf_counter() - t2
     t3 = time.perf_counter()
-    leftover = verify(desired, drivers)
+    # An empty plan was computed from a fresh read a moment ago: that is the verification.
+    leftover = verify(desired, drivers) if plan or live is not None else plan
     t_verify = time.perf_counter() - t3
     return replace(base, applied=applied, leftover=leftover,
                    timings=Timings(t_parse, t_plan, t_prog, t_verify), writes=total_writes(drivers) - writes0)

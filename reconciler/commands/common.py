@@ -1,0 +1,96 @@
+"""Helpers shared by the commands that touch the live box (plan, apply, get, export, down).
+
+Why this exists: every such command loads the configuration the same way,
+reports configuration errors the way ``validate`` does, builds the box's
+drivers through one seam (``drivers_for``, which tests replace with in-memory
+drivers) and prints data as json/yaml or a loxicmd-style table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import IO, Any
+
+import yaml
+
+from reconciler.apply import LoadedConfig, ReconcileResult, Timings, load_config, reconcile
+from reconciler.config.errors import ConfigError
+from reconciler.drivers import Driver
+from reconciler.lock import StateLock
+from reconciler.model import DEFAULT_VIP_INTERFACE
+from reconciler.plan import Plan
+
+DEFAULT_CONFIG_DIR = "/etc/lbctl/conf.d"
+
+
+def add_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", nargs="?", default=DEFAULT_CONFIG_DIR, metavar="DIR",
+                        help=f"configuration directory (default: {DEFAULT_CONFIG_DIR})")
+
+
+def drivers_for(ctx: Any, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
+    """The box's drivers (the seam tests replace)."""
+    from reconciler.drivers import registry
+
+    return registry.build_drivers(ctx, vip_interface=vip_interface)
+
+
+def print_config_errors(errors: Sequence[ConfigError], stream: IO[str] | None = None) -> None:
+    stream = stream or sys.stderr
+    for err in errors:
+        print(str(err), file=stream)
+    n = len(errors)
+    print(f"{n} error{'s' if n != 1 else ''} in the configuration; nothing was changed.", file=stream)
+
+
+def print_warnings(warnings: Iterable[str]) -> None:
+    for w in warnings:
+        print(f"Warning: {w}", file=sys.stderr)
+
+
+def load_timed(config_dir: str) -> tuple[LoadedConfig, float]:
+    t = time.perf_counter()
+    loaded = load_config(config_dir)
+    return loaded, time.perf_counter() - t
+
+
+def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str) -> ReconcileResult:
+    """Load, then (holding the state lock) plan or apply; the CLI's one path into ``reconcile``."""
+    from reconciler.drivers.registry import vip_interface_of
+
+    loaded, t_parse = load_timed(config_dir)
+    if loaded.errors:
+        return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
+                               timings=Timings(parse=t_parse), digest=loaded.digest)
+    drivers = drivers_for(ctx, vip_interface_of(loaded.resources))
+    with StateLock(ctx.state_dir, purpose=purpose):
+        result = reconcile(config_dir, drivers, ctx.state_dir, dry_run=dry_run, loaded=loaded)
+    return replace(result, timings=replace(result.timings, parse=t_parse))
+
+
+def dump(data: Any, output: str, stream: IO[str] | None = None) -> None:
+    """json or yaml of plain data."""
+    stream = stream or sys.stdout
+    if output == "yaml":
+        stream.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    else:
+        stream.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A loxicmd-style ASCII table (plain text: fast for 100k rows, stable for scripts)."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+    line = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    out = ["| " + " | ".join(h.center(w) for h, w in zip(headers, widths, strict=True)) + " |", line]
+    for row in cells:
+        out.append("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")
+    return "\n".join(out) + "\n"

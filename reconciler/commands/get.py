@@ -1,0 +1,168 @@
+"""``lbctl get services|endpoints|conntrack|pools|firewall|bgp``: live state as a table.
+
+Why this exists: operators check what the box really does, not what the files
+say.  Tables look like loxicmd's (``|``-separated, one row per object);
+``-o wide`` adds columns, ``-o json|yaml`` gives the same rows as data.  Read
+only: no lock is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reconciler.apply import drivers_by_kind
+from reconciler.commands.common import drivers_for, dump, table
+from reconciler.ipam import AllocationStore
+from reconciler.records import (
+    Announcement,
+    BgpPeer,
+    EndpointSet,
+    FirewallEntry,
+    Record,
+    ServiceEntry,
+)
+
+WHAT = ("services", "endpoints", "conntrack", "pools", "firewall", "bgp")
+Row = dict[str, Any]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=WHAT, metavar="KIND", help="one of: " + ", ".join(WHAT))
+
+
+def _read(ctx: Any, *kinds: str) -> Mapping[str, Mapping[str, Record]] | None:
+    owner = drivers_by_kind(drivers_for(ctx))
+    out: dict[str, Mapping[str, Record]] = {}
+    for kind in kinds:
+        drv = owner.get(kind)
+        if drv is None:
+            return None
+        out.update(drv.read())
+    return out
+
+
+def _ports(e: ServiceEntry) -> str:
+    return str(e.key.port) if e.key.port == e.key.port_end else f"{e.key.port}-{e.key.port_end}"
+
+
+def _sorted_entries(state: Mapping[str, Mapping[str, Record]], kind: str) -> list[Any]:
+    recs = list(state.get(kind, {}).values())
+    return sorted(recs, key=lambda r: (r.key.family, r.key.vip, r.key.proto, r.key.port))
+
+
+def services(ctx: Any, wide: bool) -> list[Row] | None:
+    live = _read(ctx, "service", "endpoints")
+    if live is None:
+        return None
+    eps = live.get("endpoints", {})
+    rows = []
+    for e in _sorted_entries(live, "service"):
+        assert isinstance(e, ServiceEntry)
+        s = eps.get(str(e.key))
+        row: Row = {"EXT IP": e.key.vip, "PORT": _ports(e), "PROTO": e.key.proto, "NAME": e.name,
+                    "SEL": e.selection, "MODE": e.mode,
+                    "# OF ENDPOINTS": len(s.backends) if isinstance(s, EndpointSet) else 0}
+        if wide:
+            row |= {"TIMEOUT": e.session_timeout, "PERSIST": e.persist_timeout,
+                    "ALLOWED": ",".join(e.allowed_sources) or "any",
+                    "MAGLEV": len(s.maglev) // 2 if isinstance(s, EndpointSet) and s.maglev else ""}
+        rows.append(row)
+    return rows
+
+
+def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
+    live = _read(ctx, "service", "endpoints")
+    if live is None:
+        return None
+    names = {k: r.name for k, r in live.get("service", {}).items() if isinstance(r, ServiceEntry)}
+    rows = []
+    for s in _sorted_entries(live, "endpoints"):
+        assert isinstance(s, EndpointSet)
+        for b in s.backends:
+            ports = str(s.key.port) if s.key.port == s.key.port_end else f"{s.key.port}-{s.key.port_end}"
+            rows.append({"EXT IP": s.key.vip, "PORT": ports, "PROTO": s.key.proto,
+                         "NAME": names.get(str(s.key), ""), "ENDPOINT": b.address,
+                         "TARGET PORT": b.port or ports, "WEIGHT": b.weight})
+    return rows
+
+
+def conntrack(ctx: Any, wide: bool) -> list[Row] | None:
+    for drv in drivers_for(ctx):
+        dump_ct = getattr(drv, "conntrack", None)
+        if callable(dump_ct):
+            rows: list[Row] = []
+            for flow in dump_ct():
+                row = dict(flow) if isinstance(flow, Mapping) else dict(vars(flow))
+                rows.append({str(k).upper().replace("_", " "): v for k, v in row.items()})
+            return rows
+    return None
+
+
+def pools(ctx: Any, wide: bool) -> list[Row] | None:
+    allocs = AllocationStore(ctx.state_dir).load()
+    by_vip: dict[tuple[str, str], list[str]] = {}
+    for name, a in allocs.items():
+        by_vip.setdefault((a.pool, a.vip), []).append(name)
+    return [{"POOL": pool, "VIP": vip, "SERVICES": ",".join(sorted(names))}
+            for (pool, vip), names in sorted(by_vip.items())]
+
+
+def firewall(ctx: Any, wide: bool) -> list[Row] | None:
+    live = _read(ctx, "firewall")
+    if live is None:
+        return None
+    rows = []
+    for r in sorted((r for r in live.get("firewall", {}).values() if isinstance(r, FirewallEntry)),
+                    key=lambda r: (r.priority, r.name)):
+        def rng(p: tuple[int, int] | None) -> str:
+            return "any" if p is None else (str(p[0]) if p[0] == p[1] else f"{p[0]}-{p[1]}")
+        rows.append({"PRIORITY": r.priority, "NAME": r.name, "SOURCE": r.source or "any",
+                     "DESTINATION": r.destination or "any", "PROTO": r.protocol or "any",
+                     "SPORTS": rng(r.source_ports), "DPORTS": rng(r.destination_ports),
+                     "IN IF": r.in_interface or "any", "ACTION": r.action,
+                     "MARK": r.mark if r.mark is not None else "",
+                     "RATE": f"{r.rate_pps}/s burst {r.rate_burst}" if r.rate_pps else ""})
+    return rows
+
+
+def bgp(ctx: Any, wide: bool) -> list[Row] | None:
+    live = _read(ctx, "bgp-peer", "announce")
+    if live is None:
+        return None
+    rows: list[Row] = []
+    for p in live.get("bgp-peer", {}).values():
+        if isinstance(p, BgpPeer):
+            rows.append({"TYPE": "peer", "ADDRESS": p.address, "REMOTE AS": p.remote_as, "PORT": p.port})
+    for a in live.get("announce", {}).values():
+        if isinstance(a, Announcement):
+            rows.append({"TYPE": "announce", "ADDRESS": a.prefix, "REMOTE AS": "", "PORT": ""})
+    return rows
+
+
+READERS = {"services": services, "endpoints": endpoints, "conntrack": conntrack, "pools": pools,
+           "firewall": firewall, "bgp": bgp}
+
+
+def print_rows(rows: Sequence[Row], output: str) -> None:
+    if output in ("json", "yaml"):
+        dump([{k.lower().replace(" ", "_").replace("#_of_", "n_"): v for k, v in r.items()} for r in rows],
+             output)
+    elif rows:
+        headers = list(rows[0])
+        sys.stdout.write(table(headers, ([r.get(h) for h in headers] for r in rows)))
+    else:
+        print("No resources found.")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    rows = READERS[args.what](ctx, ctx.output == "wide")
+    if rows is None:
+        print(f"{args.what}: not available on this box (no driver provides it)", file=sys.stderr)
+        if ctx.output in ("json", "yaml"):
+            dump([], ctx.output)
+        return 0
+    print_rows(rows, ctx.output)
+    return 0

@@ -1,0 +1,45 @@
+"""``lbctl plan [DIR] [--detailed-exitcode]``: what apply would change, touching nothing.
+
+Why this exists: reviewers (and CI on a pull request) need the exact, ordered
+change before it happens.  Exit codes follow Terraform: 0 success, 1 error, and
+with ``--detailed-exitcode`` 2 when there are changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from reconciler.commands.common import (
+    add_dir_argument,
+    dump,
+    print_config_errors,
+    print_warnings,
+    run_reconcile,
+)
+from reconciler.render import print_plan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dir_argument(parser)
+    parser.add_argument("--detailed-exitcode", action="store_true",
+                        help="exit 2 when there are changes (0: none, 1: error)")
+
+
+def run(args: argparse.Namespace, ctx: Any) -> int:
+    result = run_reconcile(args.dir, ctx, dry_run=True, purpose="lbctl plan")
+    if result.errors:
+        print_config_errors(result.errors)
+        return 1
+    print_warnings(result.warnings)
+    if ctx.output in ("json", "yaml"):
+        dump(result.plan.to_dict(), ctx.output)
+    else:
+        print_plan(result.plan.to_json(), file=sys.stdout)
+        if ctx.verbose:
+            t = result.timings
+            print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms)", file=sys.stderr)
+    if args.detailed_exitcode and result.plan:
+        return 2
+    return 0
