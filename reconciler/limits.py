@@ -11,3 +11,6 @@ MAX_FIREWALL_RULES = 1024
 MAX_SECONDARY_VIPS = 3
 MAX_INTERFACES = 64
 MAGLEV_MAX_TABLE_SIZE = 65521  # largest prime below 2**16 (indexes are u16)
+MAX_SERVICE_NAME = 63  # bytes of a Service name the datapath stores (lb_service.name)
+MAX_ALLOWED_SOURCES = 16  # allowedSources CIDRs per service (lb_service.allowed)
+MAX_PORT_RANGES_PER_VIP = 8  # port-range services per (VIP, protocol) (lb_range_list)
