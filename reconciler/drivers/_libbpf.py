@@ -1,0 +1,550 @@
+"""A small cffi ABI-mode binding on libbpf.so.1, and the map layout of ``bpf/lb_shared.h``.
+
+Why this exists: the bpf driver, the packet tests and the benches need libbpf
+(open/load/pin objects, map access in batches, tc/XDP attach, BPF_PROG_TEST_RUN)
+from Python, on Debian's python3-cffi 1.15 as well as newer cffi, without a C
+compiler at run time.  ABI mode checks no layout, so at load we compare every
+struct of ``lb_shared.h`` (as cffi sees it) with the object's BTF (as clang laid
+it out) and every map's key/value size, and refuse to run on a mismatch
+(DESIGN pitfalls 1, 2, 5, 6, 7).  Errors become ``BpfError`` naming the map or
+call and the errno.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from reconciler.errors import LbctlError
+
+try:
+    import cffi
+except ImportError:  # pragma: no cover - the core stays importable without cffi
+    cffi = None
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED_HEADER = os.path.join(REPO, "bpf", "lb_shared.h")
+
+_PRELUDE = """
+typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;
+typedef int8_t __s8; typedef int16_t __s16; typedef int32_t __s32; typedef int64_t __s64;
+"""
+
+_LIBBPF_CDEF = """
+struct bpf_object; struct bpf_map; struct bpf_program; struct btf;
+struct btf_type { __u32 name_off; __u32 info; __u32 size; };
+struct btf_member { __u32 name_off; __u32 type; __u32 offset; };
+
+struct bpf_object *bpf_object__open_file(const char *path, const void *opts);
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
+struct bpf_map *bpf_object__next_map(const struct bpf_object *obj, const struct bpf_map *map);
+struct btf *bpf_object__btf(const struct bpf_object *obj);
+const char *bpf_map__name(const struct bpf_map *map);
+int bpf_map__fd(const struct bpf_map *map);
+__u32 bpf_map__key_size(const struct bpf_map *map);
+__u32 bpf_map__value_size(const struct bpf_map *map);
+__u32 bpf_map__max_entries(const struct bpf_map *map);
+int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+int bpf_map__set_pin_path(struct bpf_map *map, const char *path);
+struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj, const char *name);
+int bpf_program__fd(const struct bpf_program *prog);
+int bpf_program__set_log_buf(struct bpf_program *prog, char *log_buf, size_t log_size);
+int bpf_program__set_log_level(struct bpf_program *prog, __u32 log_level);
+__s32 btf__find_by_name_kind(const struct btf *btf, const char *type_name, __u32 kind);
+const struct btf_type *btf__type_by_id(const struct btf *btf, __u32 id);
+const char *btf__name_by_offset(const struct btf *btf, __u32 offset);
+
+int bpf_obj_get(const char *pathname);
+int bpf_prog_get_fd_by_id(__u32 id);
+int bpf_obj_pin(int fd, const char *pathname);
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+struct bpf_map_batch_opts { size_t sz; __u64 elem_flags; __u64 flags; };
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         __u32 *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_delete_batch(int fd, const void *keys, __u32 *count, const struct bpf_map_batch_opts *opts);
+int libbpf_num_possible_cpus(void);
+
+struct bpf_tc_hook { size_t sz; int ifindex; int attach_point; __u32 parent; };
+struct bpf_tc_opts { size_t sz; int prog_fd; __u32 flags; __u32 prog_id; __u32 handle; __u32 priority; };
+int bpf_tc_hook_create(struct bpf_tc_hook *hook);
+int bpf_tc_hook_destroy(struct bpf_tc_hook *hook);
+int bpf_tc_attach(const struct bpf_tc_hook *hook, struct bpf_tc_opts *opts);
+int bpf_tc_detach(const struct bpf_tc_hook *hook, const struct bpf_tc_opts *opts);
+int bpf_tc_query(const struct bpf_tc_hook *hook, struct bpf_tc_opts *opts);
+
+struct bpf_xdp_attach_opts { size_t sz; int old_prog_fd; };
+int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags, const struct bpf_xdp_attach_opts *opts);
+int bpf_xdp_detach(int ifindex, __u32 flags, const struct bpf_xdp_attach_opts *opts);
+int bpf_xdp_query_id(int ifindex, int flags, __u32 *prog_id);
+
+struct bpf_test_run_opts {
+    size_t sz; const void *data_in; void *data_out; __u32 data_size_in; __u32 data_size_out;
+    const void *ctx_in; void *ctx_out; __u32 ctx_size_in; __u32 ctx_size_out;
+    __u32 retval; int repeat; __u32 duration; __u32 flags; __u32 cpu; __u32 batch_size;
+};
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+
+struct lbctl_prog_info { __u32 type; __u32 id; __u8 tag[8]; };
+"""
+
+# Structs of lb_shared.h checked against BTF.
+SHARED_STRUCTS = (
+    "lb_svc_key", "lb_range_key", "lb_range", "lb_range_list", "lb_cidr", "lb_service",
+    "lb_backend", "lb_be_key", "lb_backend_list", "lb_sel_key", "lb_sel_chunk", "lb_ct_key",
+    "lb_ct", "lb_persist_key", "lb_persist", "lb_counters", "lb_attach_key", "lb_attach",
+)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    key: str
+    value: str
+    percpu: bool = False
+
+
+# Every map of lb_kern.c with its key and value types (C type names).
+MAPS: dict[str, MapSpec] = {
+    "lb_svc": MapSpec("struct lb_svc_key", "__u32"),
+    "lb_range": MapSpec("struct lb_range_key", "struct lb_range_list"),
+    "lb_conf": MapSpec("__u32", "struct lb_service"),
+    "lb_backends": MapSpec("struct lb_be_key", "struct lb_backend_list"),
+    "lb_sel": MapSpec("struct lb_sel_key", "struct lb_sel_chunk"),
+    "lb_ct": MapSpec("struct lb_ct_key", "struct lb_ct"),
+    "lb_persist": MapSpec("struct lb_persist_key", "struct lb_persist"),
+    "lb_svc_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
+    "lb_be_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
+    "lb_be_conns": MapSpec("__u32", "__u64"),
+    "lb_rr": MapSpec("__u32", "__u32", percpu=True),
+    "lb_stats": MapSpec("__u32", "__u64", percpu=True),
+    "lb_attach": MapSpec("struct lb_attach_key", "struct lb_attach"),
+}
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+BPF_TC_INGRESS = 1
+BPF_TC_F_REPLACE = 1
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+XDP_FLAGS_REPLACE = 16
+BTF_KIND_STRUCT = 4
+
+
+class BpfError(LbctlError):
+    """A libbpf or bpf(2) call failed; names what failed and the errno."""
+
+    def __init__(self, what: str, err: int, hint: str | None = None) -> None:
+        self.errno = abs(err)
+        name = errno_mod.errorcode.get(self.errno, "?")
+        super().__init__(f"{what}: {os.strerror(self.errno)} (errno {self.errno} {name})", hint)
+
+
+class LayoutError(LbctlError):
+    """lb_shared.h as cffi reads it does not match the object clang built."""
+
+
+def _header_cdef(path: str = SHARED_HEADER) -> str:
+    with open(path, encoding="utf-8") as fh:
+        lines = [ln for ln in fh.read().splitlines() if not ln.lstrip().startswith("#")]
+    return "\n".join(lines)
+
+
+class _Lib:
+    """The loaded ffi + library, created once per process."""
+
+    def __init__(self) -> None:
+        if cffi is None:
+            raise LbctlError("python cffi is not installed", "install python3-cffi (Debian) or pip install cffi")
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_PRELUDE + _LIBBPF_CDEF + _header_cdef())
+        try:
+            self.lib: Any = self.ffi.dlopen("libbpf.so.1")
+        except OSError as exc:
+            raise LbctlError(f"cannot load libbpf.so.1: {exc}", "install libbpf1 (Debian: apt-get install libbpf1)")
+        self.ncpus = int(self.lib.libbpf_num_possible_cpus())
+        if self.ncpus <= 0:
+            raise BpfError("libbpf_num_possible_cpus", self.ncpus)
+
+
+_LIB: _Lib | None = None
+
+
+def lib() -> _Lib:
+    global _LIB
+    if _LIB is None:
+        _LIB = _Lib()
+    return _LIB
+
+
+def const(name: str) -> int:
+    """An enum constant of lb_shared.h (e.g. ``LB_MAX_SERVICES``)."""
+    return int(getattr(lib().lib, name))
+
+
+def _check(rc: int, what: str, hint: str | None = None) -> int:
+    if rc < 0:
+        raise BpfError(what, rc, hint)
+    return rc
+
+
+class Map:
+    """One BPF map by fd, with typed cffi keys/values (per-CPU aware)."""
+
+    def __init__(self, name: str, fd: int, spec: MapSpec) -> None:
+        L = lib()
+        self.name = name
+        self.fd = fd
+        self.spec = spec
+        self.ffi = L.ffi
+        self.key_size = L.ffi.sizeof(spec.key)
+        self.value_size = L.ffi.sizeof(spec.value)
+        self.stride = (self.value_size + 7) // 8 * 8 if spec.percpu else self.value_size
+        self.ncpus = L.ncpus if spec.percpu else 1
+        self.buf_size = self.stride * self.ncpus
+        self.writes = 0
+
+    def key(self, **fields: Any) -> Any:
+        k = self.ffi.new(self.spec.key + " *")
+        for name, val in fields.items():
+            setattr(k, name, val)
+        return k
+
+    def value(self) -> Any:
+        return self.ffi.new(self.spec.value + " *")
+
+    def _kptr(self, key: Any) -> Any:
+        if isinstance(key, int):
+            k = self.ffi.new(self.spec.key + " *", key)
+            return k
+        return key
+
+    def lookup(self, key: Any) -> Any | None:
+        """The value, or None.  Per-CPU maps return a list of values, one per CPU."""
+        buf = self.ffi.new("char[]", self.buf_size)
+        rc = lib().lib.bpf_map_lookup_elem(self.fd, self._kptr(key), buf)
+        if rc == -errno_mod.ENOENT:
+            return None
+        _check(rc, f"lookup in map {self.name}")
+        return self._decode(buf, 0)
+
+    def _decode(self, buf: Any, off: int) -> Any:
+        if not self.spec.percpu:
+            v = self.ffi.new(self.spec.value + " *")
+            self.ffi.memmove(v, buf + off, self.value_size)
+            return v[0] if self.spec.value.startswith("__u") else v
+        out = []
+        for cpu in range(self.ncpus):
+            v = self.ffi.new(self.spec.value + " *")
+            self.ffi.memmove(v, buf + off + cpu * self.stride, self.value_size)
+            out.append(v[0] if self.spec.value.startswith("__u") else v)
+        return out
+
+    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        if isinstance(value, int):
+            value = self.ffi.new(self.spec.value + " *", value)
+        if self.spec.percpu:
+            buf = self.ffi.new("char[]", self.buf_size)
+            for cpu in range(self.ncpus):
+                self.ffi.memmove(buf + cpu * self.stride, value, self.value_size)
+            value = buf
+        _check(lib().lib.bpf_map_update_elem(self.fd, self._kptr(key), value, flags),
+               f"update of map {self.name}")
+        self.writes += 1
+
+    def delete(self, key: Any) -> bool:
+        rc = lib().lib.bpf_map_delete_elem(self.fd, self._kptr(key))
+        if rc == -errno_mod.ENOENT:
+            return False
+        _check(rc, f"delete from map {self.name}")
+        self.writes += 1
+        return True
+
+    def items(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
+        """All entries with BPF_MAP_LOOKUP_BATCH (pitfall 7: the last chunk comes with ENOENT)."""
+        L = lib()
+        ffi = self.ffi
+        keys = ffi.new("char[]", self.key_size * chunk)
+        vals = ffi.new("char[]", self.buf_size * chunk)
+        batch_size = max(self.key_size, 8)
+        in_b = ffi.new("char[]", batch_size)
+        out_b = ffi.new("char[]", batch_size)
+        first = True
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        while True:
+            count = ffi.new("__u32 *", chunk)
+            rc = L.lib.bpf_map_lookup_batch(self.fd, ffi.NULL if first else in_b, out_b, keys, vals, count, opts)
+            if rc < 0 and rc != -errno_mod.ENOENT:
+                _check(rc, f"lookup_batch of map {self.name}")
+            for i in range(count[0]):
+                k = ffi.new(self.spec.key + " *")
+                ffi.memmove(k, keys + i * self.key_size, self.key_size)
+                yield (k[0] if self.spec.key.startswith("__u") else k), self._decode(vals, i * self.buf_size)
+            if rc == -errno_mod.ENOENT:
+                return
+            ffi.memmove(in_b, out_b, batch_size)
+            first = False
+
+    def update_batch(self, keys: list[Any], values: list[Any]) -> None:
+        """Write many entries in one BPF_MAP_UPDATE_BATCH call."""
+        if not keys:
+            return
+        ffi = self.ffi
+        n = len(keys)
+        kbuf = ffi.new("char[]", self.key_size * n)
+        vbuf = ffi.new("char[]", self.buf_size * n)
+        for i, (k, v) in enumerate(zip(keys, values)):
+            ffi.memmove(kbuf + i * self.key_size, self._kptr(k), self.key_size)
+            if isinstance(v, int):
+                v = ffi.new(self.spec.value + " *", v)
+            for cpu in range(self.ncpus):
+                ffi.memmove(vbuf + i * self.buf_size + cpu * self.stride, v, self.value_size)
+        count = ffi.new("__u32 *", n)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        _check(lib().lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts), f"update_batch of map {self.name}")
+        self.writes += n
+
+    def delete_many(self, keys: list[Any]) -> int:
+        n = 0
+        for k in keys:
+            n += self.delete(k)
+        return n
+
+
+def obj_get(path: str) -> int:
+    fd = lib().lib.bpf_obj_get(path.encode())
+    return _check(fd, f"open pinned object {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(lib().lib.bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def prog_id(fd: int) -> int:
+    ffi = lib().ffi
+    info = ffi.new("struct lbctl_prog_info *")
+    ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_prog_info"))
+    _check(lib().lib.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(prog)")
+    return int(info.id)
+
+
+class BpfObject:
+    """An opened (and, after ``load()``, loaded) BPF object file."""
+
+    def __init__(self, path: str) -> None:
+        L = lib()
+        self.path = path
+        if not os.path.exists(path):
+            raise LbctlError(f"BPF object {path} not found", "build it with 'make build' (make -C bpf)")
+        self.obj = L.lib.bpf_object__open_file(path.encode(), L.ffi.NULL)
+        if self.obj == L.ffi.NULL:
+            raise BpfError(f"bpf_object__open_file({path})", L.ffi.errno or errno_mod.EINVAL)
+        self.loaded = False
+        self._log_bufs: list[Any] = []
+
+    def map_ptr(self, name: str) -> Any:
+        L = lib()
+        m = L.lib.bpf_object__find_map_by_name(self.obj, name.encode())
+        if m == L.ffi.NULL:
+            raise LbctlError(f"map {name} not found in {self.path}")
+        return m
+
+    def check_layout(self, maps: dict[str, MapSpec] = MAPS, structs: tuple[str, ...] = SHARED_STRUCTS) -> None:
+        """Refuse to run when cffi's view of lb_shared.h differs from the object's BTF."""
+        L = lib()
+        ffi, c = L.ffi, L.lib
+        problems: list[str] = []
+        for name, spec in maps.items():
+            m = self.map_ptr(name)
+            ks, vs = int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m))
+            if ks != ffi.sizeof(spec.key) or vs != ffi.sizeof(spec.value):
+                problems.append(f"map {name}: object key/value {ks}/{vs} bytes, "
+                                f"cffi {ffi.sizeof(spec.key)}/{ffi.sizeof(spec.value)}")
+        btf = c.bpf_object__btf(self.obj)
+        if btf == ffi.NULL:
+            raise LayoutError(f"{self.path} has no BTF; build it with clang -g")
+        for sname in structs:
+            tid = c.btf__find_by_name_kind(btf, sname.encode(), BTF_KIND_STRUCT)
+            if tid < 0:
+                problems.append(f"struct {sname}: not in the object's BTF")
+                continue
+            t = c.btf__type_by_id(btf, tid)
+            if t.size != ffi.sizeof("struct " + sname):
+                problems.append(f"struct {sname}: BTF size {t.size}, cffi {ffi.sizeof('struct ' + sname)}")
+            vlen = t.info & 0xFFFF
+            kflag = t.info >> 31
+            members = ffi.cast("struct btf_member *", t + 1)
+            for i in range(vlen):
+                mem = members[i]
+                mname = ffi.string(c.btf__name_by_offset(btf, mem.name_off)).decode()
+                bits = mem.offset & 0xFFFFFF if kflag else mem.offset
+                try:
+                    off = ffi.offsetof("struct " + sname, mname)
+                except (KeyError, TypeError):
+                    problems.append(f"struct {sname}: member {mname} unknown to cffi")
+                    continue
+                if bits != off * 8:
+                    problems.append(f"struct {sname}.{mname}: BTF offset {bits // 8}, cffi {off}")
+        if problems:
+            raise LayoutError(
+                "bpf/lb_shared.h and " + self.path + " disagree: " + "; ".join(problems),
+                "rebuild the object (make build) from the same source tree",
+            )
+
+    def set_pin_root(self, root: str, names: list[str] | None = None) -> None:
+        for name in names or list(MAPS):
+            _check(lib().lib.bpf_map__set_pin_path(self.map_ptr(name), os.path.join(root, name).encode()),
+                   f"set_pin_path of map {name}")
+
+    def load(self, programs: tuple[str, ...] = ()) -> None:
+        L = lib()
+        bufs = {}
+        for name in programs:
+            p = L.lib.bpf_object__find_program_by_name(self.obj, name.encode())
+            if p != L.ffi.NULL:
+                buf = L.ffi.new("char[]", 1 << 20)
+                L.lib.bpf_program__set_log_buf(p, buf, 1 << 20)
+                bufs[name] = buf
+        self._log_bufs = list(bufs.values())
+        rc = L.lib.bpf_object__load(self.obj)
+        if rc < 0:
+            logs = "".join(
+                f"\n--- verifier log of {n} ---\n" + L.ffi.string(b).decode(errors="replace")[-3000:]
+                for n, b in bufs.items() if b[0] != b"\0"
+            )
+            raise BpfError(
+                f"loading {self.path}" + logs, rc,
+                "a pinned map with an incompatible layout makes this fail: remove the pins (lbctl down)",
+            )
+        self.loaded = True
+
+    def map_fd(self, name: str) -> int:
+        return _check(lib().lib.bpf_map__fd(self.map_ptr(name)), f"fd of map {name}")
+
+    def prog_fd(self, name: str) -> int:
+        L = lib()
+        p = L.lib.bpf_object__find_program_by_name(self.obj, name.encode())
+        if p == L.ffi.NULL:
+            raise LbctlError(f"program {name} not found in {self.path}")
+        return _check(L.lib.bpf_program__fd(p), f"fd of program {name}")
+
+    def close(self) -> None:
+        if self.obj is not None:
+            lib().lib.bpf_object__close(self.obj)
+            self.obj = None
+
+
+@dataclass
+class TestRun:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096) -> TestRun:
+    """BPF_PROG_TEST_RUN: run a program on one packet (pitfall 12: it writes live maps)."""
+    L = lib()
+    ffi = L.ffi
+    din = ffi.new("char[]", data)
+    dout = ffi.new("char[]", max(out_size, len(data) + 256))
+    opts = ffi.new("struct bpf_test_run_opts *")
+    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+    opts.data_in = din
+    opts.data_size_in = len(data)
+    opts.data_out = dout
+    opts.data_size_out = len(dout)
+    opts.repeat = repeat
+    _check(L.lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
+    return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration))
+
+
+def _tc_hook(ifindex: int) -> Any:
+    ffi = lib().ffi
+    h = ffi.new("struct bpf_tc_hook *")
+    h.sz = ffi.sizeof("struct bpf_tc_hook")
+    h.ifindex = ifindex
+    h.attach_point = BPF_TC_INGRESS
+    return h
+
+
+def _tc_opts(prog_fd: int = 0, flags: int = 0) -> Any:
+    ffi = lib().ffi
+    o = ffi.new("struct bpf_tc_opts *")
+    o.sz = ffi.sizeof("struct bpf_tc_opts")
+    o.prog_fd = prog_fd
+    o.flags = flags
+    o.handle = 1
+    o.priority = 1
+    return o
+
+
+def tc_attach(ifindex: int, ifname: str, prog_fd: int) -> int:
+    """clsact qdisc (if missing) + our ingress filter, replaced in place when present."""
+    L = lib()
+    h = _tc_hook(ifindex)
+    rc = L.lib.bpf_tc_hook_create(h)
+    if rc < 0 and rc != -errno_mod.EEXIST:
+        _check(rc, f"create clsact qdisc on {ifname}")
+    o = _tc_opts(prog_fd, BPF_TC_F_REPLACE)
+    _check(L.lib.bpf_tc_attach(h, o), f"tc attach on {ifname}")
+    return int(o.prog_id)
+
+
+def tc_query(ifindex: int) -> int:
+    """Program id of our tc filter on ifindex, 0 if none."""
+    L = lib()
+    o = _tc_opts()
+    rc = L.lib.bpf_tc_query(_tc_hook(ifindex), o)
+    if rc < 0:
+        return 0
+    return int(o.prog_id)
+
+
+def tc_detach(ifindex: int, ifname: str) -> None:
+    L = lib()
+    rc = L.lib.bpf_tc_detach(_tc_hook(ifindex), _tc_opts())
+    if rc < 0 and rc not in (-errno_mod.ENOENT, -errno_mod.EINVAL, -errno_mod.ENODEV):
+        _check(rc, f"tc detach on {ifname}")
+
+
+def xdp_attach(ifindex: int, ifname: str, prog_fd: int, old_prog_fd: int = -1, flags: int = 0) -> None:
+    """Attach (netlink, survives the process); atomic replacement with XDP_FLAGS_REPLACE."""
+    L = lib()
+    ffi = L.ffi
+    o = ffi.new("struct bpf_xdp_attach_opts *")
+    o.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+    o.old_prog_fd = old_prog_fd if old_prog_fd >= 0 else 0
+    if old_prog_fd >= 0:
+        flags |= XDP_FLAGS_REPLACE
+    _check(L.lib.bpf_xdp_attach(ifindex, prog_fd, flags, o if old_prog_fd >= 0 else ffi.NULL),
+           f"xdp attach on {ifname}")
+
+
+def xdp_query(ifindex: int) -> int:
+    L = lib()
+    pid = L.ffi.new("__u32 *")
+    rc = L.lib.bpf_xdp_query_id(ifindex, 0, pid)
+    if rc < 0:
+        return 0
+    return int(pid[0])
+
+
+def xdp_detach(ifindex: int, ifname: str) -> None:
+    L = lib()
+    rc = L.lib.bpf_xdp_detach(ifindex, 0, L.ffi.NULL)
+    if rc < 0 and rc not in (-errno_mod.ENOENT, -errno_mod.ENODEV):
+        _check(rc, f"xdp detach on {ifname}")
+
+
+def prog_fd_by_id(pid: int) -> int:
+    return _check(lib().lib.bpf_prog_get_fd_by_id(pid), f"prog fd of id {pid}")
