@@ -1,0 +1,208 @@
+"""The reconcile commands end to end through ``lbctl`` with in-memory drivers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler import cli
+from reconciler.drivers import registry
+from reconciler.lock import StateLock
+from tests.reconciler.fakes import FakeDriver, fake_drivers
+
+Cap = pytest.CaptureFixture[str]
+
+WEB = """\
+apiVersion: lbctl.dev/v1alpha1
+kind: Service
+metadata: {name: web}
+spec:
+  vip: 198.51.100.10
+  ports: [{port: 80, protocol: TCP, targetPort: 8080}]
+  endpoints: [{address: 10.0.1.10}, {address: 10.0.1.11}]
+"""
+API = """\
+apiVersion: lbctl.dev/v1alpha1
+kind: Pool
+metadata: {name: edge}
+spec: {addresses: [203.0.113.0/30]}
+---
+apiVersion: lbctl.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec:
+  pool: edge
+  ports: [{port: 443}]
+  endpoints: [{address: 10.0.2.10}]
+"""
+DP = """\
+apiVersion: lbctl.dev/v1alpha1
+kind: Datapath
+metadata: {name: box}
+spec: {interfaces: [eth0]}
+"""
+
+
+@pytest.fixture()
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    drivers = list(fake_drivers())
+    monkeypatch.setattr(registry, "build_drivers", lambda ctx, vip_interface="lbctl0": drivers)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "web.yaml").write_text(WEB)
+    (conf / "api.yaml").write_text(API)
+    (conf / "dp.yaml").write_text(DP)
+    state, pins = tmp_path / "state", tmp_path / "pins"
+    common = ["--state-dir", str(state), "--pin-root", str(pins)]
+    return {"drivers": drivers, "conf": conf, "state": state, "pins": pins, "common": common}
+
+
+def lbctl(box: dict[str, Any], *argv: str) -> int:
+    return cli.main([*argv, *box["common"]])
+
+
+def writes(box: dict[str, Any]) -> int:
+    return sum(d.writes for d in box["drivers"])
+
+
+def test_plan_apply_noop(box: dict[str, Any], capsys: Cap) -> None:
+    conf = str(box["conf"])
+    assert lbctl(box, "plan", conf, "--detailed-exitcode") == 2
+    out = capsys.readouterr().out
+    assert "+ service \"tcp/198.51.100.10:80\"" in out and "Plan: 7 to add, 0 to change, 0 to destroy." in out
+    assert writes(box) == 0
+    assert lbctl(box, "apply", conf) == 0
+    out = capsys.readouterr().out
+    assert "Apply complete! Resources: 7 added, 0 changed, 0 destroyed." in out
+    assert "kernel programming" in out
+    assert writes(box) == 7
+    assert lbctl(box, "plan", conf, "--detailed-exitcode") == 0
+    assert "No changes. The datapath matches the configuration." in capsys.readouterr().out
+    assert lbctl(box, "apply", conf) == 0 and writes(box) == 7
+    assert json.loads((box["state"] / "allocations.json").read_text())["allocations"] == {
+        "api": {"pool": "edge", "vip": "203.0.113.0"}}
+
+
+def test_plan_json(box: dict[str, Any], capsys: Cap) -> None:
+    assert lbctl(box, "plan", str(box["conf"]), "-o", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format_version"] == 1 and data["summary"]["add"] == 7
+
+
+def test_apply_json_summary(box: dict[str, Any], capsys: Cap) -> None:
+    assert lbctl(box, "apply", str(box["conf"]), "-o", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["verified"] and data["writes"] == 7
+    assert set(data["timings"]) >= {"parse", "plan", "program", "verify"}
+
+
+def test_invalid_config_exit_1(box: dict[str, Any], capsys: Cap) -> None:
+    (box["conf"] / "web.yaml").write_text(WEB.replace("198.51.100.10", "not-an-ip"))
+    assert lbctl(box, "apply", str(box["conf"])) == 1
+    err = capsys.readouterr().err
+    assert "web.yaml:5:" in err and "nothing was changed" in err
+    assert writes(box) == 0
+
+
+def test_exhausted_pool_exit_1(box: dict[str, Any], capsys: Cap) -> None:
+    more = API.replace("[203.0.113.0/30]", "[203.0.113.0/32]") + "---\n" + API.split("---\n")[1].replace(
+        "name: api", "name: api2")
+    (box["conf"] / "api.yaml").write_text(more)
+    assert lbctl(box, "plan", str(box["conf"])) == 1
+    err = capsys.readouterr().err
+    assert "Pool/edge: spec.addresses: pool exhausted (1 address): 1 service does not fit: api2" in err
+
+
+def test_lock_held_fails_with_holder(box: dict[str, Any], capsys: Cap,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LBCTL_LOCK_TIMEOUT", "0.2")
+    with StateLock(box["state"], purpose="lbctl watch"):
+        assert lbctl(box, "apply", str(box["conf"])) == 1
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()} (lbctl watch)" in err
+
+
+def test_failed_apply_reports_and_rerun_converges(box: dict[str, Any], capsys: Cap) -> None:
+    bpf: FakeDriver = box["drivers"][0]
+    bpf.fail_at = 2
+    assert lbctl(box, "apply", str(box["conf"])) == 1
+    err = capsys.readouterr().err
+    assert "injected failure" in err and "did not:" in err and "Fix the cause" in err
+    bpf.fail_at = None
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 0
+
+
+def test_delete_file_removes_exactly_its_objects(box: dict[str, Any], capsys: Cap) -> None:
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    (box["conf"] / "api.yaml").unlink()
+    capsys.readouterr()
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    out = capsys.readouterr().out
+    assert "Plan: 0 to add, 0 to change, 3 to destroy." in out
+    assert "203.0.113.0" in out and "198.51.100.10" not in out.split("Plan:")[0].split("will perform")[1]
+    assert json.loads((box["state"] / "allocations.json").read_text())["allocations"] == {}
+
+
+def test_get_tables(box: dict[str, Any], capsys: Cap) -> None:
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    capsys.readouterr()
+    assert lbctl(box, "get", "services") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split("|")[1].strip() == "EXT IP"
+    assert "| 198.51.100.10 | 80   | tcp   | web  | rr  | default | 2" in out
+    assert lbctl(box, "get", "endpoints", "-o", "json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"ext_ip": "198.51.100.10", "port": "80", "proto": "tcp", "name": "web", "endpoint": "10.0.1.10",
+            "target_port": 8080, "weight": 1} in rows
+    assert lbctl(box, "get", "services", "-o", "wide") == 0
+    assert "TIMEOUT" in capsys.readouterr().out
+    assert lbctl(box, "get", "pools", "-o", "yaml") == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [
+        {"pool": "edge", "vip": "203.0.113.0", "services": "api"}]
+    assert lbctl(box, "get", "bgp") == 0
+    assert "not available" in capsys.readouterr().err
+    assert lbctl(box, "get", "conntrack") == 0
+    assert "not available" in capsys.readouterr().err
+
+
+def test_export_roundtrip(box: dict[str, Any], tmp_path: Path, capsys: Cap) -> None:
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    capsys.readouterr()
+    assert lbctl(box, "export") == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# Exported by 'lbctl export'")
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "all.yaml").write_text(text)
+    assert lbctl(box, "validate", str(out)) == 0
+    assert lbctl(box, "plan", str(out), "--detailed-exitcode") == 0
+    assert lbctl(box, "export", "--dir", str(tmp_path / "perfile")) == 0
+    assert len(list((tmp_path / "perfile").glob("*.yaml"))) == 3
+    assert lbctl(box, "plan", str(tmp_path / "perfile"), "--detailed-exitcode") == 0
+
+
+def test_down_removes_everything(box: dict[str, Any], capsys: Cap) -> None:
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    assert lbctl(box, "down") == 0
+    assert all(d.downed for d in box["drivers"])
+    assert all(not recs for d in box["drivers"] for recs in d.state.values())
+    assert not box["state"].exists()
+    assert "lbctl is down" in capsys.readouterr().out
+    assert lbctl(box, "down") == 0  # idempotent
+
+
+def test_netns_gives_own_state_dir(box: dict[str, Any], tmp_path: Path) -> None:
+    assert lbctl(box, "apply", str(box["conf"]), "--netns", "lb1") == 0
+    assert (box["state"] / "lb1" / "allocations.json").exists()
+
+
+def test_options_after_arguments_and_help() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["plan", "/x", "--detailed-exitcode", "--netns", "a", "-o", "json"])
+    assert (args.dir, args.detailed_exitcode, args.netns, args.output) == ("/x", True, "a", "json")
