@@ -30,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from reconciler import limits
+from reconciler import maglev
 from reconciler.model import (
     DEFAULT_VIP_INTERFACE,
     BGPPeerSpec,
@@ -58,40 +58,16 @@ from reconciler.records import (
 MutableState = dict[str, dict[str, Record]]
 TableBuilder = Callable[[Sequence[Backend], int], bytes]
 
-MAGLEV_MIN_TABLE_SIZE = 251
-MAGLEV_SLOTS_PER_BACKEND = 100  # the Maglev paper's M >= 100 N keeps imbalance under ~1%
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
 
 
 def default_maglev_size(backends: int) -> int:
-    """Smallest prime >= 100 x backends (at least 251, at most the u16 limit)."""
-    n = max(MAGLEV_MIN_TABLE_SIZE, MAGLEV_SLOTS_PER_BACKEND * backends)
-    if n >= limits.MAGLEV_MAX_TABLE_SIZE:
-        return limits.MAGLEV_MAX_TABLE_SIZE
-    while not _is_prime(n):
-        n += 1
-    return n
+    """The Maglev table size for ``backends`` endpoints (``reconciler.maglev.table_size``)."""
+    return maglev.table_size(backends)
 
 
-def _default_table_builder() -> TableBuilder:
-    import importlib
-
-    # the datapath's table builder; imported only when a maglev service exists
-    maglev = importlib.import_module("reconciler.maglev")
-    builder: TableBuilder = maglev.build_table
-    return builder
+def maglev_table(backends: Sequence[Backend], size: int) -> bytes:
+    """The datapath's Maglev table for ``backends`` (in ``EndpointSet.backends`` order)."""
+    return maglev.for_backends([(b.address, b.port, b.weight) for b in backends], size)
 
 
 def canonical_ip(text: str) -> str:
@@ -133,7 +109,7 @@ def _backends(spec: ServiceSpec, port: ServicePort) -> tuple[Backend, ...]:
 
 
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
-                     table_builder: Callable[[], TableBuilder]) -> None:
+                     table_builder: TableBuilder) -> None:
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
     services, endpoints = state["service"], state["endpoints"]
@@ -142,7 +118,7 @@ def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
         table = b""
         if spec.selection == "maglev" and backends:
             size = spec.maglev_table_size or default_maglev_size(len(backends))
-            table = table_builder()(backends, size)
+            table = table_builder(backends, size)
         timeout = session_timeout_for(spec, port.protocol)
         for vip in vips:
             key = _port_key(vip, port)
@@ -192,18 +168,12 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
 
     ``allocated`` maps a Service name to the VIP IPAM gave it (services with a
     literal ``vip`` need no entry).  ``table_builder`` replaces
-    ``reconciler.maglev.build_table`` (tests).  A Service without any VIP (its
+    ``maglev_table`` (tests).  A Service without any VIP (its
     pool was exhausted: IPAM reported that) is skipped.
     """
     allocated = allocated or {}
     state = empty_state()
-    cached: list[TableBuilder] = [table_builder] if table_builder else []
-
-    def builder() -> TableBuilder:
-        if not cached:
-            cached.append(_default_table_builder())
-        return cached[0]
-
+    build = table_builder or maglev_table
     resources = list(resources)
     datapath = next((r.spec for r in resources if isinstance(r.spec, DatapathSpec)), None)
     vip_if = datapath.vip_interface if datapath else DEFAULT_VIP_INTERFACE
@@ -215,7 +185,7 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
             vips = service_vips(res, allocated)
             if not vips:
                 continue
-            _compile_service(res, vips, state, builder)
+            _compile_service(res, vips, state, build)
             for vip in vips:
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
                 if spec.bgp and has_bgp:

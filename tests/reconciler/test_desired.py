@@ -70,14 +70,14 @@ def test_pool_vip_and_literal_wins() -> None:
 def test_maglev_table_uses_builder_and_default_size() -> None:
     st = compile_state([service("m", selection="maglev")], table_builder=fake_table)
     table = st["endpoints"]["tcp/198.51.100.10:80"].maglev
-    assert len(table) == 2 * default_maglev_size(2) == 2 * 251
+    assert len(table) == 2 * default_maglev_size(2) == 2 * 211
     st = compile_state([service("m", selection="maglev", maglev_table_size=997)], table_builder=fake_table)
     assert len(st["endpoints"]["tcp/198.51.100.10:80"].maglev) == 2 * 997
     assert compile_state([service("r")], table_builder=fake_table)["endpoints"][
         "tcp/198.51.100.10:80"].maglev == b""
 
 
-@pytest.mark.parametrize("n,size", [(1, 251), (3, 307), (256, 25601), (10_000, 65521)])
+@pytest.mark.parametrize("n,size", [(1, 101), (3, 307), (256, 25601), (10_000, 65521)])
 def test_default_maglev_size_is_prime(n: int, size: int) -> None:
     assert default_maglev_size(n) == size
 
@@ -98,3 +98,14 @@ def test_datapath_firewall_bgp() -> None:
 def test_shared_vip_is_one_address() -> None:
     st = compile_state([service("a", ports=[80]), service("b", ports=[443])])
     assert list(st["vip"]) == ["198.51.100.10"] and len(st["service"]) == 2
+
+
+def test_real_maglev_table_is_deterministic_and_indexes_sorted_backends() -> None:
+    from reconciler import maglev
+
+    st = compile_state([service("m", selection="maglev", endpoints=["10.0.0.3", "10.0.0.1", "10.0.0.2"])])
+    es = st["endpoints"]["tcp/198.51.100.10:80"]
+    table = maglev.unpack(es.maglev)
+    assert len(table) == default_maglev_size(3) and set(table) == {0, 1, 2}
+    again = compile_state([service("m", selection="maglev", endpoints=["10.0.0.1", "10.0.0.2", "10.0.0.3"])])
+    assert again == st
