@@ -41,6 +41,7 @@ class FileResult:
     resources: tuple[Resource, ...]
     errors: tuple[ConfigError, ...]
     digests: tuple[str, ...]
+    broken: tuple[str, ...] = ()  # "Kind" and "Kind/name" of documents that failed schema validation
 
 
 @dataclass(frozen=True)

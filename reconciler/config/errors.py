@@ -31,7 +31,9 @@ class ConfigError:
         """``Kind/name`` as far as known ("" when neither is)."""
         if self.kind and self.name:
             return f"{self.kind}/{self.name}"
-        return self.kind or (self.name or "")
+        if self.name:
+            return f"?/{self.name}"
+        return self.kind or ""
 
     def __str__(self) -> str:
         # line 0 means the whole file (unreadable, a symlink loop, ...)

@@ -80,8 +80,9 @@ def _doc(display: str, doc: Document, timings: dict[str, float]) -> tuple[Resour
             loc = root
         else:
             message, hint = schemas.unknown_kind(kind)
+            kind = kind if isinstance(kind, str) else None
             loc = find(root, ["kind"])[0] or root
-        return None, [ConfigError(display, loc.line, loc.column, None, name, "kind", message, hint)]
+        return None, [ConfigError(display, loc.line, loc.column, kind, name, "kind", message, hint)]
     t0 = time.perf_counter()
     errors = schemas.check(kind, value, display, root, name)
     t1 = time.perf_counter()
@@ -100,6 +101,7 @@ def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = Non
     parsed = parse_bytes(display, data)
     timings["parse"] += time.perf_counter() - t0
     resources: list[Resource] = []
+    broken: list[str] = []
     errors = list(parsed.errors)
     digests = [_document_digest(doc.value) for doc in parsed.documents]
     if parsed.errors:  # content that did not parse cleanly still has to change the digest
@@ -109,7 +111,11 @@ def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = Non
         errors.extend(errs)
         if res is not None:
             resources.append(res)
-    return FileResult(tuple(resources), tuple(errors), tuple(digests))
+        elif isinstance(kind := doc.value.get("kind"), str):
+            meta = doc.value.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            broken.extend([kind, f"{kind}/{name}"] if isinstance(name, str) else [kind])
+    return FileResult(tuple(resources), tuple(errors), tuple(digests), tuple(broken))
 
 
 def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
@@ -128,7 +134,7 @@ def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
     timings["read"] += time.perf_counter() - t0
     if error is not None or data is None:
         fail = error or ConfigError(found.display, 0, 0, None, None, "", "cannot read", None)
-        return FileResult((), (fail,), ("error:" + fail.message,)), True
+        return FileResult((), (fail,), ("error:" + fail.message,), ()), True
     sha = hashlib.sha256(data).hexdigest()
     if cache is not None and sig is not None and (hit := cache.by_content(found.display, sha, sig)):
         return hit, False
@@ -161,6 +167,7 @@ def _load_dir(root: str, cache: ParseCache | None) -> LoadResult:
     found, errors = discover(root)
     timings["discover"] = time.perf_counter() - start
     resources: list[Resource] = []
+    broken: set[str] = set()
     digests: list[str] = ["error:" + str(e) for e in errors]  # a new loop or broken link is a change too
     parsed: list[str] = []
     for item in found:
@@ -169,11 +176,12 @@ def _load_dir(root: str, cache: ParseCache | None) -> LoadResult:
             parsed.append(item.display)
         resources.extend(result.resources)
         errors.extend(result.errors)
+        broken.update(result.broken)
         digests.extend(result.digests)
     if cache is not None:
         cache.retain({f.display for f in found})
     t0 = time.perf_counter()
-    errors.extend(semantic.check(resources))
+    errors.extend(semantic.check(resources, broken))
     timings["semantic"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     digest = hashlib.sha256("\n".join(sorted(digests)).encode("ascii", "replace")).hexdigest()

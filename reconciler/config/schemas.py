@@ -105,7 +105,7 @@ def _describe(value: Any) -> str:
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
+    return f'did you mean "{close[0]}"?' if close else None
 
 
 class _Translator:
@@ -150,7 +150,7 @@ class _Translator:
                 if key not in allowed:
                     hint = _did_you_mean(key, allowed) or (
                         "allowed: " + ", ".join(sorted(allowed)) if allowed else None)
-                    self.emit(segments + [key], f"unknown field {key!r}", hint, at_key=True)
+                    self.emit(segments + [key], f'unknown field "{key}"', hint, at_key=True)
         elif keyword == "type":
             want = " or ".join(_TYPES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))
             hint = None
@@ -161,7 +161,7 @@ class _Translator:
             elif isinstance(inst, (int, float)) and want == "a string":
                 hint = "quote the value"
             elif inst is None:
-                hint = "give it a value or remove the field"
+                hint = "give it a value"
             self.emit(segments, f"must be {want}, not {_describe(inst)}", hint)
         elif keyword == "enum":
             choices = [str(c) for c in expected]
@@ -214,8 +214,11 @@ class _Translator:
                 self.translate(sub)
             return
         desc = sch.get("description", "").rstrip(".")
+        hint = f"not {_describe(error.instance)}"
+        if isinstance(error.instance, bool):
+            hint += "; YAML reads yes/no/on/off/true/false as booleans, quote the value"
         self.emit(segments, f"must be {desc[0].lower() + desc[1:]}" if desc else "matches none of the allowed forms",
-                  f"not {_describe(error.instance)}")
+                  hint)
 
 
 @cache
@@ -245,4 +248,4 @@ def unknown_kind(kind: Any) -> tuple[str, str]:
     if not isinstance(kind, str):
         return f"kind must be a string, not {_describe(kind)}", f"one of: {known}"
     hint = _did_you_mean(kind, KINDS)
-    return f"unknown kind {kind!r}", (hint + f" (kinds: {known})") if hint else f"kinds: {known}"
+    return f'unknown kind "{kind}"', (hint + f" kinds: {known}") if hint else f"kinds: {known}"

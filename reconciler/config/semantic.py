@@ -63,19 +63,19 @@ def _names(resources: Sequence[Resource], report: _Report) -> None:
     for res in resources:
         key = (res.kind, res.name)
         if key in first:
-            report.add(res, "metadata.name", f"duplicate {res.kind} name {res.name!r} "
+            report.add(res, "metadata.name", f"duplicate {res.kind} name \"{res.name}\" "
                        f"(first defined at {_at(first[key])})", "names must be unique per kind; rename one")
         else:
             first[key] = res
 
 
-def _singletons(resources: Sequence[Resource], report: _Report) -> None:
+def _singletons(resources: Sequence[Resource], report: _Report, broken: set[str]) -> None:
     for kind in ("Datapath", "BGPConfig"):
         found = [r for r in resources if r.kind == kind]
         for extra in found[1:]:
             report.add(extra, "metadata.name", f"only one {kind} is allowed; {kind}/{found[0].name} is "
                        f"already defined at {_at(found[0])}", "merge them into one resource")
-    has_bgp = any(r.kind == "BGPConfig" for r in resources)
+    has_bgp = any(r.kind == "BGPConfig" for r in resources) or "BGPConfig" in broken
     if not has_bgp:
         for res in resources:
             if res.kind == "BGPPeer":
@@ -139,13 +139,14 @@ def _is_prime(n: int) -> bool:
     return True
 
 
-def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: _Report) -> None:
+def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: _Report,
+             broken: set[str]) -> None:
     if spec.vip is None and spec.pool is None:
         report.add(res, "spec", "needs a vip or a pool", "add vip: ADDRESS or pool: POOL-NAME")
-    if spec.pool is not None and spec.pool not in pools:
+    if spec.pool is not None and spec.pool not in pools and f"Pool/{spec.pool}" not in broken:
         close = difflib.get_close_matches(spec.pool, list(pools), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"define a Pool named {spec.pool!r} or fix the name"
-        report.add(res, "spec.pool", f"Pool {spec.pool!r} does not exist", hint)
+        hint = f"did you mean \"{close[0]}\"?" if close else f"define a Pool named \"{spec.pool}\" or fix the name"
+        report.add(res, "spec.pool", f"Pool \"{spec.pool}\" does not exist", hint)
     vip = _parse(spec.vip) if spec.vip is not None else None
     if vip is not None and (why := _not_unicast(vip)):
         report.add(res, "spec.vip", f"VIP {spec.vip} is {why}", "a VIP must be a unicast address")
@@ -220,10 +221,12 @@ def _vip_claims(services: Iterable[tuple[Resource, ServiceSpec]], report: _Repor
     for res, spec in services:
         vips = [spec.vip] if spec.vip is not None else []
         vips += spec.secondary_vips
+        claimed: set[str] = set()
         for vip_text in vips:
             addr = _parse(vip_text)
-            if addr is None:
-                continue
+            if addr is None or addr.compressed in claimed:
+                continue  # a repeated VIP of one service is reported by _service
+            claimed.add(addr.compressed)
             for i, port in enumerate(spec.ports):
                 end = port.end_port if port.end_port is not None and port.end_port >= port.port else port.port
                 claims[(addr.compressed, port.protocol)].append((port.port, end, res, f"spec.ports[{i}]"))
@@ -323,15 +326,20 @@ def _datapath(res: Resource, spec: DatapathSpec, report: _Report) -> None:
             seen[iface.name] = i
 
 
-def check(resources: Sequence[Resource]) -> list[ConfigError]:
-    """Every semantic problem of a set of schema-valid resources."""
+def check(resources: Sequence[Resource], broken: Iterable[str] = ()) -> list[ConfigError]:
+    """Every semantic problem of a set of schema-valid resources.
+
+    ``broken`` names documents that failed earlier stages, as ``Kind`` and
+    ``Kind/name``: references to them are not reported again as missing.
+    """
     report = _Report()
+    gone = set(broken)
     _names(resources, report)
-    _singletons(resources, report)
+    _singletons(resources, report, gone)
     pools = _pools(resources, report)
     services = [(r, r.spec) for r in resources if isinstance(r.spec, ServiceSpec)]
     for res, spec in services:
-        _service(res, spec, pools, report)
+        _service(res, spec, pools, report, gone)
     _vip_claims(services, report)
     _service_total(services, report)
     _bgp_peers([(r, r.spec) for r in resources if isinstance(r.spec, BGPPeerSpec)], report)

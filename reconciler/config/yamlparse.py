@@ -131,14 +131,14 @@ class _Builder:
             except (ConstructorError, ValueError):
                 mark = ev.start_mark
                 self.errors.append(_error(self.file, mark.line + 1, mark.column + 1,
-                                          f"{ev.value!r} is not a valid {tag[len(_TAG):]}",
+                                          f'"{ev.value}" is not a valid {tag[len(_TAG):]}',
                                           "quote it to make it a string"))
                 return ev.value
         mark = ev.start_mark
         shown = "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
-        self.errors.append(_error(self.file, mark.line + 1, mark.column + 1,
-                                  f"unsupported YAML tag {shown}",
-                                  "use plain strings, numbers, booleans, lists and mappings"))
+        error = _error(self.file, mark.line + 1, mark.column + 1, f"unsupported YAML tag {shown}",
+                       "use plain strings, numbers, booleans, lists and mappings")
+        self.errors.append(replace(error, path=format_path(self._here())))
         return ev.value
 
     # -- the event loop --------------------------------------------------
@@ -262,13 +262,17 @@ class _Builder:
         if key in mapping:
             line, column = top.key_pos
             first = keys[key]
-            error = _error(self.file, line, column, f"duplicate key {key!r} (first at line {first[0]})",
+            error = _error(self.file, line, column, f'duplicate key "{key}" (first at line {first[0]})',
                            "remove one of them; YAML keys must be unique")
             self.errors.append(replace(error, path=format_path(self._path() + [key])))
             return
         mapping[key] = value
         keys[key] = top.key_pos
         top.loc.children[key] = loc  # type: ignore[index]
+
+    def _here(self) -> list[str | int]:
+        """Path of the scalar being read (all open frames)."""
+        return [f.key if f.is_map else len(f.value) for f in self.stack]  # type: ignore[misc]
 
     def _path(self) -> list[str | int]:
         """Path of the node being filled (for errors found mid-document)."""
@@ -309,7 +313,7 @@ class _Builder:
             return  # an empty document: nothing to do
         value, loc = root
         if not isinstance(value, dict):
-            what = "a list" if isinstance(value, list) else f"the scalar {value!r}"
+            what = "a list" if isinstance(value, list) else f'the scalar "{value}"'
             self.errors.append(_error(self.file, loc.line, loc.column,
                                       f"document {index + 1} is {what}, not a mapping",
                                       "each document must be a resource with apiVersion, kind, metadata "
