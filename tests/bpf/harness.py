@@ -1,0 +1,103 @@
+"""A throwaway datapath for BPF_PROG_TEST_RUN tests and benches.
+
+Why this exists: BPF_PROG_TEST_RUN writes the live maps (pitfall 12) and
+``bpf_fib_lookup`` uses the routing table of the calling thread's network
+namespace, so every test gets its own pin root and its own namespace with known
+routes and permanent neighbours, and removes both afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from typing import Sequence
+
+from reconciler.drivers import _libbpf as B
+from reconciler.drivers.bpf import BpfDriver
+from reconciler.drivers.netns import in_netns
+from reconciler.plan import Change
+from reconciler.records import Backend, EndpointSet, ServiceEntry, ServiceKey
+
+VIP4, VIP6 = "10.97.0.1", "fd00:97::1"
+CLIENT4, CLIENT6 = "10.98.0.5", "fd00:98::5"
+BACKENDS4 = ("10.99.0.10", "10.99.0.11", "10.99.0.12")
+BACKENDS6 = ("fd00:99::10", "fd00:99::11", "fd00:99::12")
+GW4, GW6 = "10.99.0.254", "fd00:99::fe"
+BACKEND_MAC = bytes.fromhex("02000000aa01")
+GW_MAC = bytes.fromhex("02000000bb01")
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+class Datapath:
+    """Namespace + pinned datapath; ``run()`` executes one packet."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.ns = f"lbt-{tag}"
+        self.pin_root = f"/sys/fs/bpf/lbctl-test-{tag}"
+        sh("ip", "netns", "add", self.ns)
+        try:
+            self._setup()
+        except Exception:
+            self.close()
+            raise
+        self.driver = BpfDriver(pin_root=self.pin_root, netns=self.ns)
+        self.driver.load()
+        with in_netns(self.ns):
+            import socket
+
+            self.ifindex = socket.if_nametoindex("v0")
+
+    def _setup(self) -> None:
+        ns = self.ns
+        cmds = [
+            "link set lo up",
+            "link add v0 type veth peer name v1",
+            "link set v0 up", "link set v1 up",
+            "addr add 10.99.0.1/24 dev v0", "addr add fd00:99::1/64 dev v0 nodad",
+            f"route add 10.98.0.0/24 via {GW4}", f"route add fd00:98::/64 via {GW6}",
+        ]
+        for c in cmds:
+            sh("ip", "-n", ns, *c.split())
+        for a in BACKENDS4 + BACKENDS6:
+            sh("ip", "-n", ns, "neigh", "add", a, "lladdr", BACKEND_MAC.hex(":"), "dev", "v0", "nud", "permanent")
+        for a in (GW4, GW6):
+            sh("ip", "-n", ns, "neigh", "add", a, "lladdr", GW_MAC.hex(":"), "dev", "v0", "nud", "permanent")
+        for k in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0"):
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", k)
+
+    def service(self, vip: str, proto: str, port: int, backends: Sequence[Backend], *, port_end: int | None = None,
+                selection: str = "rr", timeout: int = 240, persist: int = 10800,
+                allowed: tuple[str, ...] = (), maglev_table: bytes = b"") -> ServiceKey:
+        key = ServiceKey(vip, proto, port, port if port_end is None else port_end)
+        svc = ServiceEntry(key, "test", "default", selection, timeout, persist, allowed)
+        eps = EndpointSet(key, tuple(backends), maglev_table)
+        self.driver.apply([
+            Change("endpoints", str(key), "create", None, eps),
+            Change("service", str(key), "create", None, svc),
+        ])
+        return key
+
+    def set_endpoints(self, key: ServiceKey, backends: Sequence[Backend], maglev_table: bytes = b"") -> None:
+        cur = self.driver.read()["endpoints"][str(key)]
+        self.driver.apply([Change("endpoints", str(key), "update", cur, EndpointSet(key, tuple(backends),
+                                                                                     maglev_table))])
+
+    def run(self, hook: str, frame: bytes, repeat: int = 1) -> B.TestRun:
+        fd = self.driver.prog_fd(hook)
+        with in_netns(self.ns):
+            return B.test_run(fd, frame, repeat=repeat)
+
+    def close(self) -> None:
+        drv = getattr(self, "driver", None)
+        if drv is not None:
+            drv.down()
+        if os.path.isdir(self.pin_root):
+            for f in os.listdir(self.pin_root):
+                os.unlink(os.path.join(self.pin_root, f))
+            os.rmdir(self.pin_root)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
