@@ -24,7 +24,7 @@ the index never has to be trusted for long.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.desired import compile_state, host_prefixlen
@@ -77,6 +77,20 @@ def _placement(spec: ServiceSpec) -> tuple[object, ...]:
     return (spec.vip, spec.pool, spec.ports, spec.secondary_vips)
 
 
+def _same(a: Resource, b: Resource) -> bool:
+    """Same content (where it sits in its file does not change any record)."""
+    return a is b or (a.kind == b.kind and a.metadata == b.metadata and a.spec == b.spec)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """Resources compared for one delivery: what changed, within which files."""
+
+    updates: Mapping[ResId, Resource | None]  # changed Services: new version, None when removed
+    scope: frozenset[str] | None  # files compared (None: all)
+    resources: tuple[Resource, ...]  # the new resources of those files
+
+
 @dataclass(frozen=True)
 class Partial:
     """A plan restricted to ``touched`` keys, plus what to commit once it verified."""
@@ -84,7 +98,7 @@ class Partial:
     plan: Plan
     touched: Keys
     desired: Mapping[str, Mapping[str, Record]]  # desired records of the touched keys
-    resources: Mapping[ResId, Resource]
+    scan: _Scan
     changed: tuple[str, ...]  # Service names
     contributions: Mapping[str, Mapping[str, frozenset[str]]]  # new contributions of the changed names
 
@@ -98,6 +112,10 @@ class Index:
         owned = frozenset(owned)
         self.kinds = tuple(kind for kind in OWNED_KINDS if kind in owned)
         self.resources = _by_id(resources)
+        self.by_file: dict[str, tuple[Resource, ...]] = {}
+        for res in resources:
+            self.by_file[res.location.file] = (*self.by_file.get(res.location.file, ()), res)
+        self.context = tuple(r for r in resources if r.kind in CONTEXT_KINDS)
         self.desired: MutableState = {kind: dict(desired.get(kind, {})) for kind in self.kinds}
         self.allocated = dict(allocated)
         self.has_pools = any(isinstance(r.spec, PoolSpec) for r in resources)
@@ -111,23 +129,39 @@ class Index:
         # Live records as the last verification saw them (== desired after a verified reconcile).
         self.live: MutableState = {kind: dict(records) for kind, records in self.desired.items()}
 
-    def changed_services(
-            self, resources: Sequence[Resource]) -> tuple[list[ResId], dict[ResId, Resource]] | None:
-        """Ids of Services added, removed or edited; None when something else changed."""
-        new = _by_id(resources)
-        changed: list[ResId] = []
+    def changed_services(self, resources: Sequence[Resource], files: Collection[str] | None = None,
+                         parsed: Collection[str] | None = None) -> _Scan | None:
+        """Services added, removed or edited (id -> new resource or None); None when something else changed.
+
+        With ``files`` (every file loaded) and ``parsed`` (those the loader actually
+        re-parsed; the others' resources are the very objects it returned before),
+        only resources of parsed or vanished files are compared.
+        """
+        scope: frozenset[str] | None = None
+        if files is None or parsed is None:
+            scope_new = list(resources)
+            scope_old: list[Resource] = list(self.resources.values())
+        else:
+            scope = frozenset(parsed) | (self.by_file.keys() - set(files))
+            scope_new = [r for r in resources if r.location.file in scope]
+            scope_old = [r for f in scope for r in self.by_file.get(f, ())]
+        new = _by_id(scope_new)
+        updates: dict[ResId, Resource | None] = {}
         for rid, res in new.items():
             old = self.resources.get(rid)
-            if old is res or (old is not None and old == res):
+            if old is not None and _same(old, res):
                 continue
             if rid[0] != "Service":
                 return None
-            changed.append(rid)
-        for rid in self.resources.keys() - new.keys():
+            updates[rid] = res
+        for res in scope_old:
+            rid = (res.kind, res.name)
+            if rid in new:
+                continue
             if rid[0] != "Service":
                 return None
-            changed.append(rid)
-        return sorted(changed), new
+            updates[rid] = None
+        return _Scan(dict(sorted(updates.items())), scope, tuple(scope_new))
 
     def _vips_for(self, old: Resource | None, new: Resource) -> dict[str, str] | None:
         """Allocation for ``new`` without running IPAM, or None if IPAM must decide."""
@@ -141,16 +175,19 @@ class Index:
             return {}
         return None
 
-    def plan(self, resources: Sequence[Resource], read_keys: ReadKeys | None = None) -> Partial | None:
-        """The partial plan for ``resources``; None when a full reconcile is needed."""
-        found = self.changed_services(resources)
-        if found is None:
+    def plan(self, resources: Sequence[Resource], read_keys: ReadKeys | None = None, *,
+             files: Collection[str] | None = None, parsed: Collection[str] | None = None) -> Partial | None:
+        """The partial plan for ``resources``; None when a full reconcile is needed.
+
+        ``files``/``parsed``: see ``changed_services``.
+        """
+        scan = self.changed_services(resources, files, parsed)
+        if scan is None:
             return None
-        changed, new = found
+        updates = scan.updates
         allocated: dict[str, str] = {}
-        compile_set: list[Resource] = [r for (kind, _), r in new.items() if kind in CONTEXT_KINDS]
-        for rid in changed:
-            res = new.get(rid)
+        compile_set: list[Resource] = list(self.context)
+        for rid, res in updates.items():
             if res is None:
                 continue
             vips = self._vips_for(self.resources.get(rid), res)
@@ -160,8 +197,8 @@ class Index:
             compile_set.append(res)
         full = compile_state(compile_set, allocated)
         compiled = {kind: full.get(kind, {}) for kind in self.kinds}
-        names = {name for _, name in changed}
-        fresh = _contributions(compiled, new)
+        names = {name for _, name in updates}
+        fresh = _contributions(compiled, {rid: r for rid, r in updates.items() if r is not None})
         touched: dict[str, set[str]] = {kind: set() for kind in self.kinds}
         for name in names:
             for own in (self.contrib.get(name, {}), fresh.get(name, {})):
@@ -178,7 +215,7 @@ class Index:
                     desired[kind][key] = self.desired[kind][key]
         frozen_touched = {kind: frozenset(keys) for kind, keys in touched.items()}
         live = self._live(frozen_touched, read_keys)
-        return Partial(plan=diff(desired, live), touched=frozen_touched, desired=desired, resources=new,
+        return Partial(plan=diff(desired, live), touched=frozen_touched, desired=desired, scan=scan,
                        changed=tuple(sorted(names)),
                        contributions={name: {k: frozenset(v) for k, v in own.items()}
                                       for name, own in fresh.items() if name in names})
@@ -223,7 +260,23 @@ class Index:
                 else:
                     self.desired[kind].pop(key, None)
                     self.live[kind].pop(key, None)
-        self.resources = dict(partial.resources)
-        for name in names:
-            if ("Service", name) not in self.resources:
-                self.allocated.pop(name, None)
+        scan = partial.scan
+        for rid, res in scan.updates.items():
+            if res is None:
+                self.resources.pop(rid, None)
+                self.allocated.pop(rid[1], None)
+        for res in scan.resources:
+            self.resources[(res.kind, res.name)] = res
+        if scan.scope is None:
+            self.by_file = {}
+            scope: Iterable[str] = {r.location.file for r in scan.resources}
+        else:
+            scope = scan.scope
+        grouped: dict[str, list[Resource]] = {}
+        for res in scan.resources:
+            grouped.setdefault(res.location.file, []).append(res)
+        for f in scope:
+            if f in grouped:
+                self.by_file[f] = tuple(grouped[f])
+            else:
+                self.by_file.pop(f, None)

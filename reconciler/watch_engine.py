@@ -75,12 +75,12 @@ class ReconcileEngine:
         assert isinstance(loaded, LoadResult)
         try:
             with self.lock:
-                drivers = self._drivers_for(loaded)
-                if not full and self.incremental and self.index is not None:
-                    outcome = self._incremental(loaded, drivers, load_time)
+                if not full and self.incremental and self.index is not None and self._drivers is not None:
+                    # A Datapath change (the only thing that picks the drivers) is never incremental.
+                    outcome = self._incremental(loaded, self._drivers, load_time)
                     if outcome is not None:
                         return outcome
-                return self._full(loaded, drivers, load_time)
+                return self._full(loaded, self._drivers_for(loaded), load_time)
         except LbctlError as exc:
             self.index = None
             return Outcome(verified=False, error=str(exc))
@@ -132,7 +132,7 @@ class ReconcileEngine:
         assert self.index is not None
         t0 = time.perf_counter()
         read_keys = self._read_keys(drivers)
-        partial = self.index.plan(loaded.resources, read_keys)
+        partial = self.index.plan(loaded.resources, read_keys, files=loaded.files, parsed=loaded.parsed)
         if partial is None:
             return None
         t1 = time.perf_counter()

@@ -142,3 +142,29 @@ def test_random_edit_sequences_match_full_diffs() -> None:
         live = apply_to(live, partial.plan)
         index.commit(partial)
         assert live == compiled(new)
+
+
+def test_scoped_scan_compares_only_parsed_and_vanished_files() -> None:
+    a1 = service("a1", vip="198.51.100.1", file="a.yaml")
+    a2 = service("a2", vip="198.51.100.2", file="a.yaml")
+    b1 = service("b1", vip="198.51.100.3", file="b.yaml")
+    res = [datapath("eth0"), a1, a2, b1]
+    index = Index(res, compiled(res), {})
+    # b.yaml re-parsed with b1 edited; a.yaml not parsed (same objects)
+    b1e = service("b1", vip="198.51.100.3", endpoints=("10.0.0.9",), file="b.yaml")
+    new = [res[0], a1, a2, b1e]
+    partial = index.plan(new, files=["test.yaml", "a.yaml", "b.yaml"], parsed=["b.yaml"])
+    assert partial is not None and partial.changed == ("b1",)
+    index.commit(partial)
+    # a service moves from a.yaml to c.yaml (both parsed); then a.yaml vanishes
+    a2c = service("a2", vip="198.51.100.2", file="c.yaml")
+    new2 = [res[0], a1, a2c, b1e]
+    partial = index.plan(new2, files=["test.yaml", "a.yaml", "b.yaml", "c.yaml"], parsed=["a.yaml", "c.yaml"])
+    assert partial is not None and partial.changed == () and partial.plan.empty
+    index.commit(partial)
+    new3 = [res[0], a2c, b1e]
+    partial = index.plan(new3, files=["test.yaml", "b.yaml", "c.yaml"], parsed=[])
+    assert partial is not None and partial.changed == ("a1",)
+    assert partial.plan.changes == diff(compiled(new3), compiled(new2)).changes
+    index.commit(partial)
+    assert index.plan(new3, files=["test.yaml", "b.yaml", "c.yaml"], parsed=[]).changed == ()  # type: ignore[union-attr]
