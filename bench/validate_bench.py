@@ -32,7 +32,8 @@ def _endpoint(k: int) -> str:
 
 def service_doc(i: int, endpoints: int) -> str:
     vip = f"10.{100 + i // 65536}.{(i // 256) % 256}.{i % 256}"
-    eps = "\n".join(f"    - address: {_endpoint(i * endpoints + j + 1)}\n      weight: 1" for j in range(endpoints))
+    eps = "\n".join(f"    - address: {_endpoint(i * endpoints + j + 1)}\n      weight: 1"
+                    for j in range(endpoints))
     return (f"apiVersion: lbctl.dev/v1alpha1\nkind: Service\nmetadata:\n  name: svc-{i}\n"
             f"spec:\n  vip: {vip}\n  ports:\n    - port: 80\n      protocol: TCP\n      targetPort: 8080\n"
             f"  selection: rr\n  endpoints:\n{eps}\n")
@@ -81,12 +82,14 @@ def main() -> int:
         lines.append(f"| {name} | " + " | ".join(f"{t.get(p, 0.0):.3f}" for p in phases) +
                      f" | {nres} | {nparsed} |")
     cold = [t["total"] for name, t, _, _ in rows if name.startswith("cold")]
+    from importlib.metadata import version
+
     import jsonschema  # noqa: F401 - only for the version line
     import yaml
-    from importlib.metadata import version
     env = (f"{args.services} services x {args.endpoints} endpoints in {args.files} files "
            f"({size / 1e6:.1f} MB, generated in {gen:.1f} s); Python {platform.python_version()}, "
-           f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__}), jsonschema {version('jsonschema')}, "
+           f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__}), "
+           f"jsonschema {version('jsonschema')}, "
            f"{os.cpu_count()} CPUs")
     text = ("# lbctl validate benchmark\n\n" + env + "\n\n" + "\n".join(lines) +
             f"\n\nMedian cold total: {statistics.median(cold):.2f} s (target: < 5 s)\n")

@@ -54,7 +54,8 @@ def discover(root: str) -> tuple[list[Found], list[ConfigError]]:
         raise LbctlError(f"configuration directory {root} does not exist",
                          "pass the directory holding your *.yaml files") from None
     except OSError as exc:
-        raise LbctlError(f"cannot open {root}: {exc.strerror}", "check the path and its permissions") from None
+        raise LbctlError(f"cannot open {root}: {exc.strerror}",
+                         "check the path and its permissions") from None
     if not stat.S_ISDIR(top.st_mode):
         return [Found(root, os.path.realpath(root))], []
 
@@ -96,8 +97,8 @@ def discover(root: str) -> tuple[list[Found], list[ConfigError]]:
             real = os.path.realpath(path)
             if stat.S_ISDIR(st.st_mode):
                 if real in ancestors:
-                    errors.append(_whole_file(path, "symlink loop: this directory links back to "
-                                              f"{display_dir if real == ancestors[-1] else 'a parent directory'}",
+                    target = display_dir if real == ancestors[-1] else "a parent directory"
+                    errors.append(_whole_file(path, f"symlink loop: this directory links back to {target}",
                                               "remove the link or point it elsewhere"))
                 elif real not in seen_dirs:
                     seen_dirs.add(real)

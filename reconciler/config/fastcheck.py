@@ -76,8 +76,8 @@ class _Compiler:
         checks: list[Check] = []
         unknown = set(schema) - _ANNOTATIONS - {
             "$ref", "type", "const", "enum", "properties", "additionalProperties", "required", "minimum",
-            "maximum", "minLength", "maxLength", "pattern", "format", "items", "minItems", "maxItems", "anyOf",
-            "if", "then", "else", "propertyNames"}
+            "maximum", "minLength", "maxLength", "pattern", "format", "items", "minItems", "maxItems",
+            "anyOf", "if", "then", "else", "propertyNames"}
         if unknown:
             raise Unsupported(", ".join(sorted(unknown)))
         if "$ref" in schema:
@@ -93,10 +93,12 @@ class _Compiler:
         if "enum" in schema:
             choices = _scalar_set(schema["enum"])
             checks.append(lambda x: type(x) is str and x in choices)
-        for word, op in (("minimum", float.__ge__), ("maximum", float.__le__)):
-            if word in schema:
-                bound = float(schema[word])
-                checks.append(lambda x, b=bound, o=op: not _is_num(x) or o(float(x), b))
+        if "minimum" in schema:
+            low = schema["minimum"]
+            checks.append(lambda x: not _is_num(x) or x >= low)
+        if "maximum" in schema:
+            high = schema["maximum"]
+            checks.append(lambda x: not _is_num(x) or x <= high)
         if "minLength" in schema:
             n = schema["minLength"]
             checks.append(lambda x: type(x) is not str or len(x) >= n)

@@ -32,7 +32,8 @@ def ipv4_address(text: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
     except ValueError:
-        raise FormatProblem(f'"{text}" is not an IPv4 address (a router ID is written like 192.0.2.1)') from None
+        raise FormatProblem(f'"{text}" is not an IPv4 address '
+                            "(a router ID is written like 192.0.2.1)") from None
 
 
 def cidr(text: str) -> IPNetwork:

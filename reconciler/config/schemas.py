@@ -85,6 +85,11 @@ def _kind_of(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    text = _show_full(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show_full(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -152,7 +157,8 @@ class _Translator:
                         "allowed: " + ", ".join(sorted(allowed)) if allowed else None)
                     self.emit(segments + [key], f'unknown field "{key}"', hint, at_key=True)
         elif keyword == "type":
-            want = " or ".join(_TYPES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))
+            types = [expected] if isinstance(expected, str) else expected
+            want = " or ".join(_TYPES.get(t, t) for t in types)
             hint = None
             if isinstance(inst, str) and want in ("an integer", "a number"):
                 hint = "remove the quotes" if inst.strip().lstrip("-").isdigit() else None
@@ -191,12 +197,14 @@ class _Translator:
         elif keyword == "maxLength":
             self.emit(segments, f"is too long: at most {expected} characters")
         elif keyword == "minItems":
-            self.emit(segments, "must not be empty" if expected == 1 else f"needs at least {expected} entries")
+            self.emit(segments, "must not be empty" if expected == 1 else
+                      f"needs at least {expected} entries")
         elif keyword == "maxItems":
             self.emit(segments, f"has too many entries: at most {expected}")
         elif keyword == "format":
             cause = error.cause
-            self.emit(segments, str(cause) if cause is not None else f"{_show(inst)} is not a valid {expected}")
+            self.emit(segments, str(cause) if cause is not None else
+                      f"{_show(inst)} is not a valid {expected}")
         elif keyword in ("anyOf", "oneOf"):
             self._alternatives(error, segments, sch)
         else:
@@ -217,8 +225,8 @@ class _Translator:
         hint = f"not {_describe(error.instance)}"
         if isinstance(error.instance, bool):
             hint += "; YAML reads yes/no/on/off/true/false as booleans, quote the value"
-        self.emit(segments, f"must be {desc[0].lower() + desc[1:]}" if desc else "matches none of the allowed forms",
-                  hint)
+        message = f"must be {desc[0].lower() + desc[1:]}" if desc else "matches none of the allowed forms"
+        self.emit(segments, message, hint)
 
 
 @cache

@@ -36,7 +36,8 @@ class _Report:
 
     def add(self, res: Resource, path: str, message: str, hint: str | None = None) -> None:
         loc = res.where(path)
-        self.errors.append(ConfigError(loc.file, loc.line, loc.column, res.kind, res.name, path, message, hint))
+        self.errors.append(ConfigError(loc.file, loc.line, loc.column, res.kind, res.name, path, message,
+                                       hint))
 
 
 def _at(res: Resource, path: str = "metadata.name") -> str:
@@ -111,7 +112,7 @@ def _pools(resources: Sequence[Resource], report: _Report) -> dict[str, int | No
                        "fix family or the addresses")
         families.setdefault(res.name, want or (next(iter(versions)) if len(versions) == 1 else None))
     spans.sort(key=lambda s: (s[0], s[1], s[2]))
-    for prev, cur in zip(spans, spans[1:]):
+    for prev, cur in zip(spans, spans[1:], strict=False):
         if cur[0] == prev[0] and cur[1] <= prev[2]:
             other = prev[3]
             where = "in the same pool" if other is cur[3] else f"of Pool/{other.name}"
@@ -145,7 +146,8 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
         report.add(res, "spec", "needs a vip or a pool", "add vip: ADDRESS or pool: POOL-NAME")
     if spec.pool is not None and spec.pool not in pools and f"Pool/{spec.pool}" not in broken:
         close = difflib.get_close_matches(spec.pool, list(pools), n=1)
-        hint = f"did you mean \"{close[0]}\"?" if close else f"define a Pool named \"{spec.pool}\" or fix the name"
+        hint = (f"did you mean \"{close[0]}\"?" if close
+                else f"define a Pool named \"{spec.pool}\" or fix the name")
         report.add(res, "spec.pool", f"Pool \"{spec.pool}\" does not exist", hint)
     vip = _parse(spec.vip) if spec.vip is not None else None
     if vip is not None and (why := _not_unicast(vip)):
@@ -155,7 +157,8 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
     for i, port in enumerate(spec.ports):
         p = f"spec.ports[{i}]"
         if port.protocol == "ICMP":
-            for field, value in (("port", port.port), ("endPort", port.end_port), ("targetPort", port.target_port)):
+            fields = (("port", port.port), ("endPort", port.end_port), ("targetPort", port.target_port))
+            for field, value in fields:
                 if value:
                     report.add(res, f"{p}.{field}", "ICMP has no ports", f"remove {field}")
         elif port.end_port is not None and port.end_port < port.port:
@@ -180,7 +183,8 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
                        f"set mode: fullnat or use an IPv{family} endpoint")
         key = (addr.compressed, ep.target_port)
         if key in seen:
-            report.add(res, f"{p}.address", f"endpoint {ep.address} is listed twice (also endpoints[{seen[key]}])",
+            report.add(res, f"{p}.address",
+                       f"endpoint {ep.address} is listed twice (also endpoints[{seen[key]}])",
                        "remove the duplicate or raise its weight")
         else:
             seen[key] = i
@@ -264,8 +268,9 @@ def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: _Report) -
         addr = _parse(spec.address)
         if addr is not None:
             if addr.compressed in first:
+                other = first[addr.compressed]
                 report.add(res, "spec.address", f"peer {spec.address} is already defined by "
-                           f"BGPPeer/{first[addr.compressed].name} ({_at(first[addr.compressed], 'spec.address')})",
+                           f"BGPPeer/{other.name} ({_at(other, 'spec.address')})",
                            "keep one BGPPeer per neighbour")
             else:
                 first[addr.compressed] = res
@@ -291,7 +296,8 @@ def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: _Repor
         else:
             by_priority[spec.priority] = res
         match = spec.match
-        for field, rng in (("sourcePorts", match.source_ports), ("destinationPorts", match.destination_ports)):
+        ranges = (("sourcePorts", match.source_ports), ("destinationPorts", match.destination_ports))
+        for field, rng in ranges:
             if rng is None:
                 continue
             if rng.end < rng.start:
@@ -309,7 +315,8 @@ def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: _Repor
             report.add(res, "spec.action", "action rateLimit needs a rateLimit",
                        "add rateLimit: {packetsPerSecond: N, burst: N}")
         if spec.action != "rateLimit" and spec.rate_limit is not None:
-            report.add(res, "spec.rateLimit", f"rateLimit is only used with action rateLimit, not {spec.action}",
+            report.add(res, "spec.rateLimit",
+                       f"rateLimit is only used with action rateLimit, not {spec.action}",
                        "remove rateLimit or set action: rateLimit")
 
 

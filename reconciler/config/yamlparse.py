@@ -116,10 +116,10 @@ class _Builder:
         self.doc_errors_from = 0  # errors from here on belong to the current document
 
     # -- scalars ---------------------------------------------------------
-    def scalar(self, ev: ScalarEvent) -> Any:
+    def scalar(self, ev: Any) -> Any:
         tag = ev.tag
         if tag is None or tag == "!":
-            tag = self.resolver.resolve(ScalarNode, ev.value, ev.implicit)
+            tag = self.resolver.resolve(ScalarNode, ev.value, ev.implicit)  # type: ignore[no-untyped-call]
         if tag == _STR or tag == _TIMESTAMP:
             return ev.value
         if tag == _NULL:
@@ -190,7 +190,8 @@ class _Builder:
                 if len(stack) >= MAX_DEPTH:
                     raise _Fatal(_error(file, mark.line + 1, mark.column + 1,
                                         f"nesting deeper than {MAX_DEPTH} levels",
-                                        "lbctl resources are never this deep; is the file generated wrongly?"))
+                                        "lbctl resources are never this deep; "
+                                        "is the file generated wrongly?"))
                 loc = Loc(mark.line + 1, mark.column + 1)
                 if et is MappingStartEvent:
                     loc.children, loc.keys = {}, {}
@@ -268,7 +269,7 @@ class _Builder:
             return
         mapping[key] = value
         keys[key] = top.key_pos
-        top.loc.children[key] = loc  # type: ignore[index]
+        top.loc.children[key] = loc  # type: ignore[index,call-overload]
 
     def _here(self) -> list[str | int]:
         """Path of the scalar being read (all open frames)."""
@@ -286,7 +287,7 @@ class _Builder:
         assert frame.merges is not None
         mapping, loc = frame.value, frame.loc
         for value, vloc in frame.merges:
-            sources = list(zip(value, vloc.children)) if isinstance(value, list) and isinstance(
+            sources = list(zip(value, vloc.children, strict=True)) if isinstance(value, list) and isinstance(
                 vloc.children, list) else [(value, vloc)]
             for source, sloc in sources:
                 if not isinstance(source, dict):
@@ -297,7 +298,7 @@ class _Builder:
                 for key, item in source.items():
                     if key not in mapping:
                         mapping[key] = item
-                        loc.children[key] = sloc.children[key]  # type: ignore[index,call-overload]
+                        loc.children[key] = sloc.children[key]  # type: ignore[index]
                         loc.keys[key] = sloc.keys[key]  # type: ignore[index]
 
     def _blame(self, value: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@ from reconciler.config import load_bytes, load_dir, schemas
 names = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
 ports = st.integers(min_value=1, max_value=65535)
 v4 = st.integers(min_value=int(ipaddress.IPv4Address("10.0.0.1")),
-                 max_value=int(ipaddress.IPv4Address("10.255.255.254"))).map(lambda n: str(ipaddress.IPv4Address(n)))
+                 max_value=int(ipaddress.IPv4Address("10.255.255.254"))
+                 ).map(lambda n: str(ipaddress.IPv4Address(n)))
 
 
 @st.composite
@@ -60,7 +61,8 @@ def test_digest_is_order_independent(docs: list[dict[str, Any]], rnd: Any) -> No
 
 def _mutations() -> Any:
     junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=8),
-                     st.sampled_from(["10.0.0.300", "10.0.0.0/8", "TCP", "fulnat", "80"]), st.just([]), st.just({}))
+                     st.sampled_from(["10.0.0.300", "10.0.0.0/8", "TCP", "fulnat", "80"]),
+                     st.just([]), st.just({}))
     return st.lists(st.tuples(st.integers(0, 1000), junk), min_size=1, max_size=3)
 
 
