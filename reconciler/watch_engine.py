@@ -93,6 +93,8 @@ class ReconcileEngine:
                 continue
             out: dict[str, ServiceCounters] = {}
             for key, value in read().items():
+                if isinstance(value, Mapping) and "service" in value:
+                    value = value["service"]  # the bpf driver: {"service": Counters, "endpoints": {...}}
                 name = self._service_names.get(str(key), str(key))
                 prev = out.get(name, ServiceCounters(0, 0, 0))
                 out[name] = ServiceCounters(prev.packets + int(_field(value, "packets")),
