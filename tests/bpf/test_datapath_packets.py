@@ -1,0 +1,204 @@
+"""Packet-in/packet-out tests of lb_kern.o through BPF_PROG_TEST_RUN, both hooks.
+
+Each case builds an input frame, runs it through a fresh pinned datapath (its
+own pin root and namespace, pitfall 12) and checks the verdict, the rewritten
+fields and every checksum of the output frame.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from reconciler.records import Backend
+from tests.bpf import packets as P
+from tests.bpf.harness import BACKEND_MAC, BACKENDS4, BACKENDS6, CLIENT4, CLIENT6, GW_MAC, VIP4, VIP6, Datapath
+
+TC_OK, TC_SHOT, TC_REDIRECT = 0, 2, 7
+XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+PASS = {"tc": TC_OK, "xdp": XDP_PASS}
+REDIRECT = {"tc": TC_REDIRECT, "xdp": XDP_REDIRECT}
+DROP = {"tc": TC_SHOT, "xdp": XDP_DROP}
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def dp() -> Iterator[Datapath]:
+    d = Datapath()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _services(dp: Datapath) -> None:
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    dp.service(VIP4, "udp", 53, [Backend(BACKENDS4[1], 5353)])
+    dp.service(VIP4, "icmp", 0, [Backend(BACKENDS4[2], 0)])
+    dp.service(VIP4, "tcp", 9000, [Backend(BACKENDS4[0], 0)], port_end=9010)
+    dp.service(VIP6, "tcp", 80, [Backend(BACKENDS6[0], 8080)])
+    dp.service(VIP6, "udp", 53, [Backend(BACKENDS6[1], 5353)])
+    dp.service(VIP6, "icmp", 0, [Backend(BACKENDS6[2], 0)])
+
+
+FORWARD_CASES = [
+    # (name, packet, expected dst, expected dport)
+    ("v4-tcp-syn", P.Pkt(CLIENT4, VIP4, P.TCP, 40000, 80), BACKENDS4[0], 8080),
+    ("v4-udp", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 53), BACKENDS4[1], 5353),
+    ("v4-udp-zero-csum", P.Pkt(CLIENT4, VIP4, P.UDP, 40001, 53, udp_zero_csum=True), BACKENDS4[1], 5353),
+    ("v4-icmp-echo", P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8), BACKENDS4[2], 0),
+    ("v4-ip-options", P.Pkt(CLIENT4, VIP4, P.TCP, 40002, 80, ip_options=b"\x01\x01\x01\x00"), BACKENDS4[0], 8080),
+    ("v4-port-range", P.Pkt(CLIENT4, VIP4, P.TCP, 40003, 9005), BACKENDS4[0], 9005),
+    ("v6-tcp-syn", P.Pkt(CLIENT6, VIP6, P.TCP, 40000, 80), BACKENDS6[0], 8080),
+    ("v6-udp", P.Pkt(CLIENT6, VIP6, P.UDP, 40000, 53), BACKENDS6[1], 5353),
+    ("v6-icmp-echo", P.Pkt(CLIENT6, VIP6, P.ICMP6, icmp_type=128), BACKENDS6[2], 0),
+]
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("name,pkt,dst,dport", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+def test_forward_dnat(dp: Datapath, hook: str, name: str, pkt: P.Pkt, dst: str, dport: int) -> None:
+    _services(dp)
+    frame = pkt.bytes()
+    r = dp.run(hook, frame)
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    assert out.csum_ok, "checksums must be valid after DNAT"
+    assert (out.src, out.dst) == (pkt.src, dst)
+    if pkt.proto in (P.TCP, P.UDP):
+        assert (out.sport, out.dport) == (pkt.sport, dport)
+    assert out.ttl == pkt.ttl - 1
+    # Expected frame: the same packet built for the backend (payload and lengths unchanged).
+    expect = pkt.but(dst=dst, dport=dport if dport else pkt.dport, ttl=pkt.ttl - 1)
+    exp = expect.bytes()
+    if hook == "xdp":
+        exp = BACKEND_MAC + bytes(out.smac) + exp[12:]
+    if pkt.ip_options:
+        assert r.data[14:] == exp[14:]
+    else:
+        assert r.data == exp
+    # The second packet of the flow takes the conntrack path and lands identically.
+    r2 = dp.run(hook, frame)
+    assert r2.retval == REDIRECT[hook] and r2.data == r.data
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("v6", [False, True])
+def test_reply_reverse_nat(dp: Datapath, hook: str, v6: bool) -> None:
+    _services(dp)
+    client, vip, be = (CLIENT6, VIP6, BACKENDS6[0]) if v6 else (CLIENT4, VIP4, BACKENDS4[0])
+    assert dp.run(hook, P.Pkt(client, vip, P.TCP, 41000, 80).bytes()).retval == REDIRECT[hook]
+    reply = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.SYN | P.ACK)
+    r = dp.run(hook, reply.bytes())
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    assert out.csum_ok
+    assert (out.src, out.sport, out.dst, out.dport) == (vip, 80, client, 41000)
+    exp = reply.but(src=vip, sport=80, ttl=reply.ttl - 1).bytes()
+    if hook == "xdp":
+        exp = GW_MAC + bytes(out.smac) + exp[12:]
+    assert r.data == exp
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_icmp_echo_reply_reverse(dp: Datapath, hook: str) -> None:
+    _services(dp)
+    dp.run(hook, P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8, icmp_id=77).bytes())
+    r = dp.run(hook, P.Pkt(BACKENDS4[2], CLIENT4, P.ICMP, icmp_type=0, icmp_id=77).bytes())
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    assert out.csum_ok and out.src == VIP4 and out.dst == CLIENT4
+
+
+PASS_CASES = [
+    ("v4-non-vip", P.Pkt(CLIENT4, "10.97.0.99", P.TCP, 40000, 80)),
+    ("v4-other-port", P.Pkt(CLIENT4, VIP4, P.TCP, 40000, 81)),
+    ("v4-wrong-proto", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 80)),
+    ("v4-fragment-mf", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 53, frag=0x2000)),
+    ("v4-fragment-offset", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 53, frag=0x0010)),
+    ("v4-ttl1", P.Pkt(CLIENT4, VIP4, P.TCP, 40000, 80, ttl=1)),
+    ("v4-icmp-not-echo", P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=13)),
+    ("v6-fragment", P.Pkt(CLIENT6, VIP6, P.UDP, 40000, 53, v6_frag=True)),
+    ("v6-ndp", P.Pkt(CLIENT6, VIP6, P.ICMP6, icmp_type=135)),
+    ("v6-ttl1", P.Pkt(CLIENT6, VIP6, P.TCP, 40000, 80, ttl=1)),
+    ("v6-non-vip", P.Pkt(CLIENT6, "fd00:97::99", P.TCP, 40000, 80)),
+]
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("name,pkt", PASS_CASES, ids=[c[0] for c in PASS_CASES])
+def test_pass_untouched(dp: Datapath, hook: str, name: str, pkt: P.Pkt) -> None:
+    _services(dp)
+    frame = pkt.bytes()
+    r = dp.run(hook, frame)
+    assert r.retval == PASS[hook]
+    assert r.data == frame
+
+
+RAW_PASS = [
+    ("arp", bytes.fromhex("ffffffffffff020000000001") + b"\x08\x06" + bytes(28)),
+    ("truncated-ip", P.Pkt(CLIENT4, VIP4).bytes()[:14 + 12]),
+    ("truncated-tcp", P.Pkt(CLIENT4, VIP4).bytes()[:14 + 20 + 10]),
+    ("truncated-ip6", P.Pkt(CLIENT6, VIP6).bytes()[:14 + 30]),
+    ("runt", bytes.fromhex("ffffffffffff020000000001") + b"\x08\x00"),
+]
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("name,frame", RAW_PASS, ids=[c[0] for c in RAW_PASS])
+def test_pass_raw(dp: Datapath, hook: str, name: str, frame: bytes) -> None:
+    if hook == "tc" and name in ("truncated-ip", "truncated-ip6", "runt"):
+        # BPF_PROG_TEST_RUN refuses (EINVAL) to build an skb whose IP header is
+        # cut short, so the tc hook can only be shown such frames through XDP.
+        from reconciler.drivers import _libbpf as B
+
+        with pytest.raises(B.BpfError):
+            dp.run(hook, frame)
+        return
+    _services(dp)
+    r = dp.run(hook, frame)
+    assert r.retval == PASS[hook]
+    assert r.data[: len(frame)] == frame
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_no_backends_drops(dp: Datapath, hook: str) -> None:
+    key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080, weight=0)])
+    r = dp.run(hook, P.Pkt(CLIENT4, VIP4).bytes())
+    assert r.retval == DROP[hook]
+    assert dp.driver.counters()[str(key)]["service"].drops == 1
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_allowed_sources(dp: Datapath, hook: str) -> None:
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)], allowed=("10.98.0.0/28",))
+    assert dp.run(hook, P.Pkt(CLIENT4, VIP4).bytes()).retval == REDIRECT[hook]
+    assert dp.run(hook, P.Pkt("10.98.0.77", VIP4).bytes()).retval == DROP[hook]
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_tcp_reuse_after_rst_selects_again(dp: Datapath, hook: str) -> None:
+    key = dp.service(VIP4, "tcp", 80, [Backend(b, 8080) for b in BACKENDS4], selection="rr")
+    syn = P.Pkt(CLIENT4, VIP4, P.TCP, 42000, 80)
+    first = P.parse(dp.run(hook, syn.bytes()).data).dst
+    # Retransmitted SYN keeps the endpoint; after RST a new SYN selects again (rr moves on).
+    assert P.parse(dp.run(hook, syn.bytes()).data).dst == first
+    dp.run(hook, syn.but(flags=P.RST | P.ACK).bytes())
+    assert [f.state for f in dp.driver.conntrack()] == ["closed"]
+    second = P.parse(dp.run(hook, syn.bytes()).data).dst
+    assert second != first
+    assert dp.driver.counters()[str(key)]["service"].new_flows == 2
+
+
+def test_layout_matches_limits() -> None:
+    from reconciler import limits
+    from reconciler.drivers import _libbpf as B
+
+    assert B.const("LB_MAX_SERVICES") == limits.MAX_SERVICES
+    assert B.const("LB_MAX_ENDPOINTS") == limits.MAX_ENDPOINTS_PER_SERVICE
+    assert B.const("LB_MAGLEV_MAX") == limits.MAGLEV_MAX_TABLE_SIZE
+    assert B.const("LB_MAX_ALLOWED_SOURCES") == limits.MAX_ALLOWED_SOURCES
+    assert B.const("LB_MAX_RANGES") == limits.MAX_PORT_RANGES_PER_VIP
+    assert B.const("LB_NAME_LEN") == limits.MAX_SERVICE_NAME + 1
