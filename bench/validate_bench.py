@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "validate.md"))
     args = ap.parse_args()
 
+    load = os.getloadavg()  # other work on the box skews the numbers: say so
     rows: list[tuple[str, dict[str, float], int, int]] = []
     with tempfile.TemporaryDirectory(prefix="lbctl-bench-") as tmp:
         root = Path(tmp)
@@ -90,7 +91,7 @@ def main() -> int:
            f"({size / 1e6:.1f} MB, generated in {gen:.1f} s); Python {platform.python_version()}, "
            f"PyYAML {yaml.__version__} (libyaml: {yaml.__with_libyaml__}), "
            f"jsonschema {version('jsonschema')}, "
-           f"{os.cpu_count()} CPUs")
+           f"{os.cpu_count()} CPUs, load average before the run {load[0]:.2f}")
     text = ("# lbctl validate benchmark\n\n" + env + "\n\n" + "\n".join(lines) +
             f"\n\nMedian cold total: {statistics.median(cold):.2f} s (target: < 5 s)\n")
     print(text)

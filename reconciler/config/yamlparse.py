@@ -40,6 +40,7 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
 _MERGE, _TIMESTAMP = _TAG + "merge", _TAG + "timestamp"
+_MISS = object()
 _HINT_SYNTAX = "check the indentation and quoting around this line"
 
 
@@ -113,10 +114,24 @@ class _Builder:
         self.constructor = SafeConstructor()
         self.budget = ALIAS_BUDGET
         self.stack: list[_Frame] = []
+        self.memo: dict[tuple[str, Any], Any] = {}  # plain scalar text -> value, per file
         self.doc_errors_from = 0  # errors from here on belong to the current document
 
     # -- scalars ---------------------------------------------------------
     def scalar(self, ev: Any) -> Any:
+        if ev.tag is None:  # plain or quoted without a tag: the value depends on the text only
+            key = (ev.value, ev.implicit)
+            hit = self.memo.get(key, _MISS)
+            if hit is not _MISS:
+                return hit
+            errors_before = len(self.errors)
+            value = self._scalar(ev)
+            if len(self.errors) == errors_before:
+                self.memo[key] = value
+            return value
+        return self._scalar(ev)
+
+    def _scalar(self, ev: Any) -> Any:
         tag = ev.tag
         if tag is None or tag == "!":
             tag = self.resolver.resolve(ScalarNode, ev.value, ev.implicit)  # type: ignore[no-untyped-call]
