@@ -23,8 +23,10 @@ between.  Side effects here: the drivers' and the allocation store's only.
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -227,6 +229,20 @@ def _count(state: State) -> int:
 # --- the loop ----------------------------------------------------------------------------------
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: a reconcile allocates ~10^6 small acyclic objects, and
+    generation scans over them cost more than the work itself (measured 2-4x)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
               dry_run: bool, loaded: LoadedConfig | None = None, live: State | None = None,
               table_builder: TableBuilder | None = None) -> ReconcileResult:
@@ -238,6 +254,14 @@ def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_di
     configuration (``result.errors``) or a failed driver (``result.failure``);
     raises ``LbctlError`` for a broken state dir.
     """
+    with gc_paused():
+        return _reconcile(config_dir, drivers, state_dir, dry_run=dry_run, loaded=loaded, live=live,
+                          table_builder=table_builder)
+
+
+def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
+               dry_run: bool, loaded: LoadedConfig | None, live: State | None,
+               table_builder: TableBuilder | None) -> ReconcileResult:
     t0 = time.perf_counter()
     if loaded is None:
         if config_dir is None:

@@ -27,7 +27,9 @@ Rules (each in one place):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from reconciler import maglev
@@ -71,8 +73,32 @@ def maglev_table(backends: Sequence[Backend], size: int) -> bytes:
 
 
 def canonical_ip(text: str) -> str:
-    """``ipaddress`` text form, so keys from config and from the kernel compare equal."""
+    """``ipaddress`` text form, so keys from config and from the kernel compare equal.
+
+    Fast path: dotted-quad IPv4 without leading zeros (what validated config and
+    the kernel give) is already canonical; ``inet_pton`` checks it in C.
+    """
+    if ":" not in text:
+        try:
+            socket.inet_pton(socket.AF_INET, text)
+        except OSError:
+            pass
+        else:
+            if not any(part.startswith("0") and part != "0" for part in text.split(".")):
+                return text
+    return _canonical_slow(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_slow(text: str) -> str:
     return str(ipaddress.ip_address(text))
+
+
+def _ip_sort_key(text: str) -> bytes:
+    """Numeric order of canonical addresses (IPv4 before IPv6)."""
+    if ":" in text:
+        return b"\x06" + socket.inet_pton(socket.AF_INET6, text)
+    return b"\x04" + socket.inet_pton(socket.AF_INET, text)
 
 
 def service_vips(res: Resource, allocated: Mapping[str, str]) -> tuple[str, ...]:
@@ -105,7 +131,7 @@ def _backends(spec: ServiceSpec, port: ServicePort) -> tuple[Backend, ...]:
                 ep.target_port if ep.target_port is not None else default, ep.weight)
         for ep in spec.endpoints
     }
-    return tuple(sorted(out, key=lambda b: (ipaddress.ip_address(b.address).packed, b.port, b.weight)))
+    return tuple(sorted(out, key=lambda b: (_ip_sort_key(b.address), b.port, b.weight)))
 
 
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,

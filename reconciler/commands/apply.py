@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.output in ("json", "yaml"):
         dump(summary(result), ctx.output)
         return 0 if result.ok else 1
-    print_plan(result.plan.to_json(), file=sys.stdout)
+    print_plan(result.plan.to_dict(), file=sys.stdout)
     if result.failure is not None:
         f = result.failure
         print(f"\nError: {f.message}", file=sys.stderr)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.output in ("json", "yaml"):
         dump(result.plan.to_dict(), ctx.output)
     else:
-        print_plan(result.plan.to_json(), file=sys.stdout)
+        print_plan(result.plan.to_dict(), file=sys.stdout)
         if ctx.verbose:
             t = result.timings
             print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms)", file=sys.stderr)
