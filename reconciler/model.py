@@ -2,9 +2,10 @@
 
 Why this exists: every later layer (semantic checks, the desired-state compiler,
 export) works on these frozen dataclasses instead of raw YAML dictionaries, so a
-field has exactly one name, one type and one default.  Defaults are applied in
-exactly one place: the ``from_spec`` constructors below, fed by the loader after
-JSON-Schema validation succeeded (so they may trust the shape of ``spec``).
+field has exactly one name, one type and one default.  Defaults live in exactly
+one place: the dataclass defaults below.  ``reconciler/config/build.py`` turns a
+schema-valid document into these classes passing only the fields present in the
+YAML, so an omitted field always takes the default declared here.
 """
 
 from __future__ import annotations
