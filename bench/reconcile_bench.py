@@ -67,7 +67,8 @@ def service_doc(i: int, endpoints: int, edit: bool = False) -> str:
 def write_config(conf: Path, services: int, endpoints: int, files: int) -> None:
     conf.mkdir(parents=True, exist_ok=True)
     (conf / "00-datapath.yaml").write_text(
-        "apiVersion: lbctl.dev/v1alpha1\nkind: Datapath\nmetadata: {name: bench}\nspec: {interfaces: [eth0]}\n")
+        "apiVersion: lbctl.dev/v1alpha1\nkind: Datapath\nmetadata: {name: bench}\n"
+        "spec: {interfaces: [eth0]}\n")
     per = -(-services // files)
     for f in range(files):
         docs = [service_doc(i, endpoints) for i in range(f * per, min(services, (f + 1) * per))]
@@ -100,7 +101,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> int:
@@ -164,7 +166,8 @@ def main() -> int:
             rc = subprocess.run([*lbctl, "apply", str(conf), *common], cwd=REPO,
                                 stdout=subprocess.DEVNULL).returncode
             assert rc == 0
-            cli_rows.append(("lbctl apply (one change)", time.perf_counter() - t, rss_mb(resource.RUSAGE_CHILDREN)))
+            wall = time.perf_counter() - t
+            cli_rows.append(("lbctl apply (one change)", wall, rss_mb(resource.RUSAGE_CHILDREN)))
             subprocess.run([*lbctl, "down", *common], cwd=REPO, stdout=subprocess.DEVNULL, check=True)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -172,14 +175,15 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     ms = lambda s: f"{s * 1000:,.1f}"  # noqa: E731
-    lines = [f"| run ({n}) | parse+validate ms | plan ms | kernel programming ms | verify ms | total ms | target | notes |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = [f"| run ({n}) | parse+validate ms | plan ms | kernel programming ms | verify ms | total ms "
+             "| target | notes |", "|---|---:|---:|---:|---:|---:|---|---|"]
     for label, p, note in rows:
-        lines.append(f"| {label} | {ms(p['parse'])} | {ms(p['plan'])} | {ms(p['program'])} | {ms(p['verify'])} "
-                     f"| {ms(p['total'])} | {TARGETS[label]} | {note} |")
+        cols = " | ".join(ms(p[k]) for k in ("parse", "plan", "program", "verify", "total"))
+        lines.append(f"| {label} | {cols} | {TARGETS[label]} | {note} |")
     lines.append(f"\nPeak RSS of the in-process runs: {self_rss:,.0f} MB (target < 250 MB).")
     if cli_rows:
-        lines += ["", "| command (fresh process) | wall s | peak RSS MB (children, cumulative max) |", "|---|---:|---:|"]
+        lines += ["", "| command (fresh process) | wall s | peak RSS MB (children, cumulative max) |",
+                  "|---|---:|---:|"]
         lines += [f"| {label} | {wall:.2f} | {rss:,.0f} |" for label, wall, rss in cli_rows]
     table = "\n".join(lines)
     print(table)
@@ -187,10 +191,10 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# Reconcile benchmark\n\n{when} on {machine()}.\n\n"
-                   f"`sudo .venv/bin/python bench/reconcile_bench.py` -- {n} in {args.files} files, real pinned "
-                   "maps in a fresh network namespace; the datapath attached (tc) to one veth.\n\n"
-                   f"{table}\n\nAnchors (same machine, 10k x 10): iptables-restore ~14 s cold, kube-proxy partial "
-                   "sync ~0.7 s; hand-tuned nftables maps ~1 s cold, ~36 ms per change.\n")
+                   f"`sudo .venv/bin/python bench/reconcile_bench.py` -- {n} in {args.files} files, "
+                   "real pinned maps in a fresh network namespace; the datapath attached (tc) to one "
+                   f"veth.\n\n{table}\n\nAnchors (same machine, 10k x 10): iptables-restore ~14 s cold, "
+                   "kube-proxy partial sync ~0.7 s; hand-tuned nftables maps ~1 s cold, ~36 ms per change.\n")
     print(f"\nwrote {out}")
     return 0
 
