@@ -187,6 +187,7 @@ class Snapshot:
     records: Mapping[str, int] = field(default_factory=dict)
     drift_repairs: int = 0
     reconciles: int = 0
+    rejected: int = 0  # invalid deliveries seen (each rejected whole)
 
     def to_json(self) -> dict[str, Any]:
         last = self.last_reconcile
@@ -213,6 +214,7 @@ class Snapshot:
             "counts": {"resources": self.resources, "records": dict(sorted(self.records.items()))},
             "drift_repairs": self.drift_repairs,
             "reconciles": self.reconciles,
+            "invalid_deliveries": self.rejected,
         }
 
 
@@ -445,7 +447,7 @@ class Daemon:
         self.metrics.valid.set(0)
         self.metrics.results.inc(result="invalid")
         self._update(config_valid=False, last_error=delivery.errors, last_error_time=time.time(),
-                     rejected_digest=delivery.digest)
+                     rejected_digest=delivery.digest, rejected=snap.rejected + 1)
         if snap.rejected_digest == delivery.digest and snap.config_valid is False:
             return  # already reported this exact content
         self.log.error("config-invalid", trigger=trigger, digest=delivery.digest[:12],
@@ -495,7 +497,7 @@ class Daemon:
             self.metrics.last_success.set(time.time())
             self.log.info("verified" if outcome.changes or trigger != "resync" else "resync",
                           trigger=trigger, type=outcome.mode, digest=delivery.digest[:12],
-                          revision=(revision or "")[:12] or None, changes=outcome.changes,
+                          revision=revision[:12] if revision else "-", changes=outcome.changes,
                           duration_ms=round(duration * 1000, 1), timings=timings)
         else:
             self._applied = None  # never skip the next delivery as "unchanged" after a failure
