@@ -8,12 +8,18 @@ endpoints always give the same bytes, so desired and live state compare equal),
 and shipped to the kernel as packed little-endian u16 indexes into the
 service's endpoint list (``EndpointSet.maglev``).
 
-Table size: the smallest prime >= ``SIZE_FACTOR`` x the number of endpoints.
+Table size: a prime from a few fixed size classes, the smallest class with at
+least ``SIZE_FACTOR`` (100) entries per endpoint: 1021 for up to 8 endpoints,
+2039 up to 16, 4093 up to 32, 8191 up to 64, 16381 up to 128, 32749 up to 256.
+Classes (rather than "next prime >= 100 N") keep M unchanged when an endpoint
+comes or goes, which is what Maglev's small disruption relies on: a changed M
+reshuffles nearly every flow (this happens once when a set crosses a class
+boundary; set ``maglevTableSize`` to pin M).
 With M >= 100 N each endpoint owns ~M/N entries and the imbalance between
 endpoints stays around 1% (the paper recommends M >> N).  Removing one of N
 endpoints moves ~1/N of the flows plus some churn that grows with N/M
-(measured: <= 1.1/N for N <= 5 at the default size, 1.2/N at N = 10, ~2/N at
-N = 50; N = 50 with M = 50021 gives ~1.28/N).  A larger M costs
+(measured: <= 1.1/N for N <= 10 with >= 200 entries per endpoint, ~1.4/N at
+N = 20 with 4001, ~2/N at N = 50 with 5003, ~1.28/N at N = 50 with 50021).  A larger M costs
 memory (2 bytes per entry) and Python time on every endpoint change.  A
 Service's ``maglevTableSize`` overrides it; it must be a prime no larger than
 ``reconciler.limits.MAGLEV_MAX_TABLE_SIZE`` (indexes are u16) and no smaller
@@ -33,7 +39,8 @@ from typing import Sequence
 from reconciler.limits import MAGLEV_MAX_TABLE_SIZE
 
 SIZE_FACTOR = 100
-MIN_TABLE_SIZE = 7
+# (max endpoints, prime table size): each class has >= 127 entries per endpoint.
+SIZE_CLASSES = ((8, 1021), (16, 2039), (32, 4093), (64, 8191), (128, 16381), (256, 32749))
 
 
 def is_prime(n: int) -> bool:
@@ -65,10 +72,11 @@ def table_size(n_endpoints: int, configured: int | None = None) -> int:
         if configured < n_endpoints:
             raise ValueError(f"maglevTableSize {configured} is smaller than the {n_endpoints} endpoints")
         return configured
-    want = max(MIN_TABLE_SIZE, SIZE_FACTOR * max(n_endpoints, 1))
-    if want >= MAGLEV_MAX_TABLE_SIZE:
-        return MAGLEV_MAX_TABLE_SIZE
-    return next_prime(want)
+    for top, size in SIZE_CLASSES:
+        if n_endpoints <= top:
+            return size
+    want = SIZE_FACTOR * n_endpoints
+    return MAGLEV_MAX_TABLE_SIZE if want >= MAGLEV_MAX_TABLE_SIZE else next_prime(want)
 
 
 def _hashes(name: str) -> tuple[int, int]:

@@ -1,0 +1,129 @@
+"""Endpoint selection in the real datapath: 10,000 synthetic flows per algorithm.
+
+Flows are new 5-tuples run through BPF_PROG_TEST_RUN (tc hook; the XDP entry
+shares the code); the endpoint a flow got is read from the rewritten packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Iterator
+
+import pytest
+
+from reconciler import maglev
+from reconciler.records import Backend
+from tests.bpf import packets as P
+from tests.bpf.harness import BACKENDS4, VIP4, Datapath
+
+pytestmark = pytest.mark.root
+FLOWS = 10_000
+
+
+@pytest.fixture
+def dp() -> Iterator[Datapath]:
+    d = Datapath()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def client(i: int) -> str:
+    return str(ipaddress.IPv4Address("10.98.0.0") + 1 + i % 200)
+
+
+def flows(dp: Datapath, n: int = FLOWS, proto: int = P.TCP, start: int = 0) -> list[str]:
+    out = []
+    for i in range(start, start + n):
+        pkt = P.Pkt(client(i), VIP4, proto, 1024 + i // 200, 80, payload=b"")
+        r = dp.run("tc", pkt.bytes())
+        assert r.retval == 7
+        out.append(P.parse(r.data).dst)
+    return out
+
+
+def shares(dsts: list[str]) -> dict[str, float]:
+    c = Counter(dsts)
+    return {k: v / len(dsts) for k, v in c.items()}
+
+
+def backends(weights: tuple[int, ...] = (1, 1, 1)) -> list[Backend]:
+    return [Backend(a, 8080, w) for a, w in zip(BACKENDS4, weights)]
+
+
+def assert_weights(dsts: list[str], weights: tuple[int, ...], tol: float = 0.05) -> None:
+    """Shares within 5% of the weights; for hashed selections, within sampling noise (3 sigma) if larger."""
+    s = shares(dsts)
+    total = sum(weights)
+    for addr, w in zip(BACKENDS4, weights):
+        want = w / total
+        sigma = (want * (1 - want) / len(dsts)) ** 0.5
+        assert abs(s.get(addr, 0.0) - want) <= max(tol * want, 3 * sigma), (addr, s, want)
+
+
+@pytest.mark.parametrize("selection", ["rr", "hash", "priority", "maglev"])
+def test_even_distribution(dp: Datapath, selection: str) -> None:
+    bes = backends()
+    table = maglev.for_backends([(b.address, b.port, b.weight) for b in bes]) if selection == "maglev" else b""
+    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table)
+    assert_weights(flows(dp), (1, 1, 1))
+
+
+@pytest.mark.parametrize("selection", ["rr", "hash", "priority", "maglev", "lc"])
+def test_weights_honoured(dp: Datapath, selection: str) -> None:
+    w = (1, 2, 5)
+    bes = backends(w)
+    table = maglev.for_backends([(b.address, b.port, b.weight) for b in bes]) if selection == "maglev" else b""
+    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table)
+    assert_weights(flows(dp), w)
+
+
+def test_persist_keeps_a_source_on_one_endpoint(dp: Datapath) -> None:
+    dp.service(VIP4, "tcp", 80, backends(), selection="persist")
+    per_source: dict[str, set[str]] = {}
+    for i in range(FLOWS):
+        pkt = P.Pkt(client(i), VIP4, P.TCP, 1024 + i // 200, 80, payload=b"")
+        per_source.setdefault(pkt.src, set()).add(P.parse(dp.run("tc", pkt.bytes()).data).dst)
+    assert all(len(v) == 1 for v in per_source.values())
+    spread = Counter(next(iter(v)) for v in per_source.values())
+    assert len(spread) == 3  # sources are spread over all endpoints
+
+
+def test_persist_survives_endpoint_set_change(dp: Datapath) -> None:
+    key = dp.service(VIP4, "tcp", 80, backends(), selection="persist")
+    first = {P.parse(dp.run("tc", P.Pkt(client(i), VIP4, P.TCP, 2000, 80).bytes()).data).dst for i in range(1)}
+    # Add a fourth endpoint: the source keeps its endpoint on a new connection.
+    dp.set_endpoints(key, backends() + [Backend("10.99.0.13", 8080)])
+    again = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2001, 80).bytes()).data).dst
+    assert {again} == first
+
+
+def test_least_connections_prefers_idle_endpoint(dp: Datapath) -> None:
+    dp.service(VIP4, "tcp", 80, backends(), selection="lc")
+    dsts = flows(dp, 300)
+    assert Counter(dsts) == {b: 100 for b in BACKENDS4}
+    # Close every flow that went to the first endpoint: new flows go there first.
+    for i, d in enumerate(dsts):
+        if d == BACKENDS4[0]:
+            pkt = P.Pkt(client(i), VIP4, P.TCP, 1024 + i // 200, 80, flags=P.RST | P.ACK, payload=b"")
+            dp.run("tc", pkt.bytes())
+    assert set(flows(dp, 100, start=300)) == {BACKENDS4[0]}
+
+
+def test_maglev_moves_few_flows_when_one_endpoint_goes(dp: Datapath) -> None:
+    n = 5
+    bes = [Backend(f"10.99.0.{10 + i}", 8080) for i in range(n)]
+    key = dp.service(VIP4, "udp", 80, bes, selection="maglev",
+                     maglev_table=maglev.for_backends([(b.address, b.port, 1) for b in bes]))
+    before = flows(dp, proto=P.UDP)
+    kept = bes[:2] + bes[3:]
+    dp.set_endpoints(key, kept, maglev.for_backends([(b.address, b.port, 1) for b in kept]))
+    ct = dp.driver.map("lb_ct")
+    for k in [k for k, _ in ct.items()]:
+        ct.delete(k)  # forget flows so every packet is hashed through the new table
+    after = flows(dp, proto=P.UDP)
+    moved = sum(a != b for a, b in zip(before, after)) / FLOWS
+    assert moved <= 1.2 / n
+    assert bes[2].address not in after
