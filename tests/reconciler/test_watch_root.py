@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ import pytest
 from reconciler import cli
 from reconciler.apply import read_live
 from reconciler.drivers import Driver
+from reconciler.drivers.netns import in_netns
 from reconciler.drivers.registry import build_drivers
 from reconciler.plan import Change
 from reconciler.records import EndpointSet
@@ -361,3 +363,90 @@ def test_restarts_keep_the_pinned_datapath(box: Box) -> None:
         changes = doc["last_reconcile"]["changes"]
         assert changes == {"create": 0, "update": 0, "delete": 0}, (i, doc["last_reconcile"])
     box.stop()
+
+
+def _http_loop(netns: str, url_host: str, stop: threading.Event, results: list[str]) -> None:
+    """GET / through the VIP from inside ``netns`` until ``stop``; one result per request."""
+    with in_netns(netns):
+        while not stop.is_set():
+            try:
+                with socket.create_connection((url_host, 80), timeout=2) as s:
+                    s.sendall(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+                results.append("ok" if data.startswith(b"HTTP/1.0 200") else f"bad reply {data[:40]!r}")
+            except OSError as exc:
+                results.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.01)
+
+
+def test_request_loop_sees_no_failure_across_20_daemon_restarts(box: Box) -> None:
+    # client ns --(eth0p|eth0)-- LB ns (the box) --(eth1|b0)-- backend ns with an HTTP server.
+    # (A minimal topology of our own; reconciler.testbed was not in the tree when this was written.)
+    client, backend = f"{box.netns}-c", f"{box.netns}-b"
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        for ns in (client, backend):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", box.netns, "link", "set", "eth0p", "netns", client)
+        sh("ip", "-n", box.netns, "link", "add", "eth1", "type", "veth", "peer", "name", "b0",
+           "netns", backend)
+        for ns, dev, addr in ((box.netns, "eth0", "10.9.0.1/24"), (box.netns, "eth1", "10.0.0.254/24"),
+                              (client, "eth0p", "10.9.0.2/24"), (backend, "b0", "10.0.0.1/24")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", client, "route", "add", "default", "via", "10.9.0.1")
+        sh("ip", "-n", backend, "route", "add", "default", "via", "10.0.0.254")
+        for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0",
+                    "net.ipv4.conf.eth1.rp_filter=0"):
+            sh("ip", "netns", "exec", box.netns, "sysctl", "-qw", key)
+        server = subprocess.Popen(["ip", "netns", "exec", backend, sys.executable, "-m", "http.server",
+                                   "8080", "--bind", "10.0.0.1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conf = box.tmp / "conf.d"
+        conf.mkdir()
+        (conf / "00-datapath.yaml").write_text(
+            f"{HEADER}kind: Datapath\nmetadata: {{name: box}}\nspec: {{interfaces: [eth0, eth1]}}\n")
+        (conf / "web.yaml").write_text(web(1))
+        box.start(conf)
+        box.wait_ready()
+        warm: list[str] = []
+        box.wait("the VIP answers", lambda: _probe(client, warm), timeout=15)
+        stop = threading.Event()
+        results: list[str] = []
+        loop = threading.Thread(target=_http_loop, args=(client, "198.51.100.10", stop, results), daemon=True)
+        loop.start()
+        t0 = time.monotonic()
+        for i in range(20):
+            box.stop(signal.SIGKILL if i % 2 else signal.SIGTERM)
+            time.sleep(0.05)
+            box.start(conf)
+            box.wait_ready()
+        stop.set()
+        loop.join(10)
+        failures = [r for r in results if r != "ok"]
+        print(f"{len(results)} requests through the VIP during 20 daemon restarts "
+              f"({time.monotonic() - t0:.1f} s): {len(failures)} failed")
+        assert results and not failures, failures[:5]
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(5)
+        for ns in (client, backend):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _probe(client: str, out: list[str]) -> bool:
+    results: list[str] = []
+    with in_netns(client):
+        try:
+            with socket.create_connection(("198.51.100.10", 80), timeout=1) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                results.append("ok" if s.recv(12).startswith(b"HTTP/1.0 200") else "bad")
+        except OSError as exc:
+            results.append(str(exc))
+    out.extend(results)
+    return results == ["ok"]
