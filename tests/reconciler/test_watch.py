@@ -273,3 +273,20 @@ def test_status_json_shape() -> None:
     assert doc["last_reconcile"]["type"] == "full" and doc["last_reconcile"]["result"] == "ok"
     assert doc["drift_repairs"] == 0 and doc["ready"] is True
     json.dumps(doc)
+
+
+def test_durations_on_the_command_line() -> None:
+    import argparse
+
+    from reconciler.cli import build_parser
+    from reconciler.duration import format_duration, parse_duration
+
+    assert parse_duration("200ms") == pytest.approx(0.2)
+    assert parse_duration("2s") == 2 and parse_duration("1m") == 60 and parse_duration("0.5") == 0.5
+    for bad in ("", "fast", "-1s", "2 days"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_duration(bad)
+    assert format_duration(0.2) == "200ms" and format_duration(30) == "30s"
+    args = build_parser().parse_args(["watch", "/cfg", "--debounce", "50ms", "--resync", "5s",
+                                      "--log-format", "json"])
+    assert (args.dir, args.debounce, args.resync, args.log_format) == ("/cfg", 0.05, 5.0, "json")
