@@ -1,0 +1,218 @@
+"""A load-balancer topology in network namespaces for tests, demos and benches.
+
+Why this exists: end-to-end tests of the datapath need a client, the LB box and
+a few backends wired by veth pairs with routes, forwarding and simple servers,
+and they must run in parallel without colliding and leave nothing behind.
+Everything lives in namespaces named with a per-instance prefix and uses
+private addresses that exist only inside them::
+
+    client (10.200.0.2) --- cl0 [LB, ip_forward=1, rp_filter=0] be<i> --- backend i (10.201.<i>.2)
+                                          VIP 10.250.0.1 (routed to the LB)
+
+Backends run a tiny Python server per namespace: HTTP on 8080 answering its
+name, a UDP echo on 5353 answering ``name`` + payload, a TCP line echo on 7000
+answering ``name: line``.  ``teardown()`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+VIP4 = "10.250.0.1"
+VIP6 = "fd00:250::1"
+CLIENT4 = "10.200.0.2"
+CLIENT6 = "fd00:200::2"
+HTTP_PORT, UDP_PORT, ECHO_PORT = 8080, 5353, 7000
+
+_SERVER = r"""
+import socket, socketserver, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+name = sys.argv[1]
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = (name + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class Srv(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    request_queue_size = 1024
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+def udp():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", %(udp)d))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(name.encode() + b" " + data, peer)
+class E(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(name.encode() + b": " + line)
+class ESrv(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    allow_reuse_address = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+threading.Thread(target=udp, daemon=True).start()
+threading.Thread(target=ESrv(("::", %(echo)d), E).serve_forever, daemon=True).start()
+print("ready", flush=True)
+Srv(("::", %(http)d), H).serve_forever()
+""" % {"udp": UDP_PORT, "echo": ECHO_PORT, "http": HTTP_PORT}
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def _nsexec(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Testbed:
+    """Client, LB and ``n_backends`` backends; call ``setup()`` then ``teardown()``."""
+
+    n_backends: int = 3
+    prefix: str = field(default_factory=lambda: "lbtb" + uuid.uuid4().hex[:6])
+    servers: bool = True
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def lb(self) -> str:
+        return f"{self.prefix}-lb"
+
+    @property
+    def client(self) -> str:
+        return f"{self.prefix}-cl"
+
+    def backend_ns(self, i: int) -> str:
+        return f"{self.prefix}-b{i}"
+
+    @staticmethod
+    def backend4(i: int) -> str:
+        return f"10.201.{i}.2"
+
+    @staticmethod
+    def backend6(i: int) -> str:
+        return f"fd00:201:{i}::2"
+
+    def backend_name(self, i: int) -> str:
+        return f"backend{i}"
+
+    @property
+    def lb_interfaces(self) -> list[str]:
+        return ["cl0"] + [f"be{i}" for i in range(self.n_backends)]
+
+    def _add_ns(self, ns: str) -> None:
+        _ip("netns", "add", ns)
+        self.namespaces.append(ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+
+    def _veth(self, ns_a: str, a: str, ns_b: str, b: str) -> None:
+        _ip("link", "add", f"{self.prefix}t", "type", "veth", "peer", "name", f"{self.prefix}u")
+        _ip("link", "set", f"{self.prefix}t", "netns", ns_a, "name", a)
+        _ip("link", "set", f"{self.prefix}u", "netns", ns_b, "name", b)
+        _ip("-n", ns_a, "link", "set", a, "up")
+        _ip("-n", ns_b, "link", "set", b, "up")
+
+    def setup(self) -> Testbed:
+        try:
+            self._setup()
+        except Exception:
+            self.teardown()
+            raise
+        return self
+
+    def _setup(self) -> None:
+        self._add_ns(self.lb)
+        self._add_ns(self.client)
+        self._veth(self.client, "eth0", self.lb, "cl0")
+        _ip("-n", self.client, "addr", "add", f"{CLIENT4}/24", "dev", "eth0")
+        _ip("-n", self.client, "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
+        _ip("-n", self.lb, "addr", "add", "10.200.0.1/24", "dev", "cl0")
+        _ip("-n", self.lb, "addr", "add", "fd00:200::1/64", "dev", "cl0", "nodad")
+        _ip("-n", self.client, "route", "add", "default", "via", "10.200.0.1")
+        _ip("-n", self.client, "-6", "route", "add", "default", "via", "fd00:200::1")
+        for i in range(self.n_backends):
+            ns = self.backend_ns(i)
+            self._add_ns(ns)
+            self._veth(self.lb, f"be{i}", ns, "eth0")
+            _ip("-n", ns, "addr", "add", f"{self.backend4(i)}/24", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"{self.backend6(i)}/64", "dev", "eth0", "nodad")
+            _ip("-n", self.lb, "addr", "add", f"10.201.{i}.1/24", "dev", f"be{i}")
+            _ip("-n", self.lb, "addr", "add", f"fd00:201:{i}::1/64", "dev", f"be{i}", "nodad")
+            _ip("-n", ns, "route", "add", "default", "via", f"10.201.{i}.1")
+            _ip("-n", ns, "-6", "route", "add", "default", "via", f"fd00:201:{i}::1")
+        for k in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
+                  "net.ipv4.conf.default.rp_filter=0"):
+            _nsexec(self.lb, "sysctl", "-qw", k)
+        for ifname in self.lb_interfaces:
+            _nsexec(self.lb, "sysctl", "-qw", f"net.ipv4.conf.{ifname}.rp_filter=0")
+        if self.servers:
+            for i in range(self.n_backends):
+                self._start_server(i)
+
+    def _start_server(self, i: int) -> None:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", self.backend_ns(i), sys.executable, "-c", _SERVER, self.backend_name(i)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.procs.append(p)
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if b"ready" not in line:
+            raise RuntimeError(f"backend server {i} did not start")
+
+    def xdp_workarounds(self) -> None:
+        """Make XDP redirect work on veth (pitfalls 9, 10, 18): GRO on at the
+        receiving peers, tx checksum offload off at the senders, a root qdisc
+        on the senders."""
+        for ns in [self.client] + [self.backend_ns(i) for i in range(self.n_backends)]:
+            _nsexec(ns, "ethtool", "-K", "eth0", "tx", "off", "gro", "on", check=False)
+            _ip("-n", ns, "qdisc", "replace", "dev", "eth0", "root", "pfifo_fast", check=False)
+        for ifname in self.lb_interfaces:
+            _nsexec(self.lb, "ethtool", "-K", ifname, "tx", "off", "gro", "on", check=False)
+
+    def teardown(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 5
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        self.procs = []
+        for ns in reversed(self.namespaces):
+            _ip("netns", "del", ns, check=False)
+        self.namespaces = []
+
+    def __enter__(self) -> Testbed:
+        return self.setup()
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
