@@ -88,6 +88,8 @@ def _nsexec(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProc
 class Testbed:
     """Client, LB and ``n_backends`` backends; call ``setup()`` then ``teardown()``."""
 
+    __test__ = False  # not a pytest test class
+
     n_backends: int = 3
     prefix: str = field(default_factory=lambda: "lbtb" + uuid.uuid4().hex[:6])
     servers: bool = True
