@@ -105,14 +105,59 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def in_memory(args: argparse.Namespace) -> int:
+    """The same three runs against in-memory drivers: what the control plane itself costs."""
+    from tests.reconciler.fakes import fake_drivers
+
+    tmp = Path(tempfile.mkdtemp(prefix="lbctl-bench-"))
+    try:
+        conf, state = tmp / "conf", tmp / "state"
+        write_config(conf, args.services, args.endpoints, args.files)
+        drivers = list(fake_drivers())
+        rows = []
+        r = reconcile(conf, drivers, state, dry_run=False)
+        rows.append(("cold apply", phases(r), f"{len(r.plan)} changes"))
+        r = reconcile(conf, drivers, state, dry_run=True)
+        rows.append(("no-op plan", phases(r), f"{len(r.plan)} changes"))
+        edit_one(conf, args.services, args.endpoints, args.files)
+        r = reconcile(conf, drivers, state, dry_run=False)
+        rows.append(("one-service change", phases(r), f"{len(r.plan)} change, {r.writes} writes"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = ["| run | parse+validate ms | plan ms | apply ms | verify ms | total ms | notes |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for label, p, note in rows:
+        cols = " | ".join(f"{p[k] * 1000:,.1f}" for k in ("parse", "plan", "program", "verify", "total"))
+        lines.append(f"| {label} | {cols} | {note} |")
+    lines.append(f"\nPeak RSS: {rss_mb():,.0f} MB")
+    table = "\n".join(lines)
+    print(table)
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    load = os.getloadavg()[0]
+    out = Path(args.out.replace("reconcile.md", "reconcile-in-memory.md"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# Reconcile benchmark, control plane only\n\n{when} on {machine()} "
+                   f"(load {load:.1f}).\n\n"
+                   f"`.venv/bin/python bench/reconcile_bench.py --in-memory` -- {args.services} x "
+                   f"{args.endpoints} in {args.files} files, in-memory drivers: the cost of load+validate, "
+                   f"IPAM, compile and diff without the kernel.\n\n{table}\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=10_000)
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--no-cli", action="store_true", help="skip the lbctl subprocess runs")
+    ap.add_argument("--in-memory", action="store_true",
+                    help="control plane only: in-memory drivers (tests/reconciler/fakes.py) instead of the "
+                         "real maps; no root needed, no CLI runs")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "reconcile.md"))
     args = ap.parse_args()
+    if args.in_memory:
+        return in_memory(args)
     if os.geteuid() != 0:
         print("reconcile_bench: needs root (network namespace, bpffs)", file=sys.stderr)
         return 1
@@ -190,7 +235,7 @@ def main() -> int:
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Reconcile benchmark\n\n{when} on {machine()}.\n\n"
+    out.write_text(f"# Reconcile benchmark\n\n{when} on {machine()} (load {os.getloadavg()[0]:.1f}).\n\n"
                    f"`sudo .venv/bin/python bench/reconcile_bench.py` -- {n} in {args.files} files, "
                    "real pinned maps in a fresh network namespace; the datapath attached (tc) to one "
                    f"veth.\n\n{table}\n\nAnchors (same machine, 10k x 10): iptables-restore ~14 s cold, "
