@@ -185,3 +185,14 @@ def test_down_leaves_nothing(box: Box) -> None:
     assert not box.state.exists()
     assert box.lbctl("down") == 0
     assert os.path.exists(f"/var/run/netns/{box.netns}")
+
+
+def test_get_conntrack_and_endpoints(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    write_services(box, 1)
+    assert box.lbctl("apply", str(box.conf)) == 0
+    capsys.readouterr()
+    assert box.lbctl("get", "conntrack", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out) == []  # no traffic yet: an empty table, not "not available"
+    assert box.lbctl("get", "endpoints") == 0
+    out = capsys.readouterr().out
+    assert "10.0.0.1" in out and "10.0.0.2" in out and "8080" in out
