@@ -73,7 +73,9 @@ threading.Thread(target=udp, daemon=True).start()
 threading.Thread(target=ESrv(("::", %(echo)d), E).serve_forever, daemon=True).start()
 print("ready", flush=True)
 Srv(("::", %(http)d), H).serve_forever()
-""" % {"udp": UDP_PORT, "echo": ECHO_PORT, "http": HTTP_PORT}
+"""
+_SERVER = _SERVER.replace("%(udp)d", str(UDP_PORT)).replace("%(echo)d", str(ECHO_PORT))
+_SERVER = _SERVER.replace("%(http)d", str(HTTP_PORT))
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from reconciler.errors import LbctlError
 
@@ -165,13 +166,15 @@ class _Lib:
 
     def __init__(self) -> None:
         if cffi is None:
-            raise LbctlError("python cffi is not installed", "install python3-cffi (Debian) or pip install cffi")
+            raise LbctlError("python cffi is not installed",
+                             "install python3-cffi (Debian) or pip install cffi")
         self.ffi = cffi.FFI()
         self.ffi.cdef(_PRELUDE + _LIBBPF_CDEF + _header_cdef())
         try:
             self.lib: Any = self.ffi.dlopen("libbpf.so.1")
         except OSError as exc:
-            raise LbctlError(f"cannot load libbpf.so.1: {exc}", "install libbpf1 (Debian: apt-get install libbpf1)")
+            raise LbctlError(f"cannot load libbpf.so.1: {exc}",
+                             "install libbpf1 (Debian: apt-get install libbpf1)") from exc
         self.ncpus = int(self.lib.libbpf_num_possible_cpus())
         if self.ncpus <= 0:
             raise BpfError("libbpf_num_possible_cpus", self.ncpus)
@@ -283,7 +286,8 @@ class Map:
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
         while True:
             count = ffi.new("__u32 *", chunk)
-            rc = L.lib.bpf_map_lookup_batch(self.fd, ffi.NULL if first else in_b, out_b, keys, vals, count, opts)
+            start = ffi.NULL if first else in_b
+            rc = L.lib.bpf_map_lookup_batch(self.fd, start, out_b, keys, vals, count, opts)
             if rc < 0 and rc != -errno_mod.ENOENT:
                 _check(rc, f"lookup_batch of map {self.name}")
             for i in range(count[0]):
@@ -303,7 +307,7 @@ class Map:
         n = len(keys)
         kbuf = ffi.new("char[]", self.key_size * n)
         vbuf = ffi.new("char[]", self.buf_size * n)
-        for i, (k, v) in enumerate(zip(keys, values)):
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             ffi.memmove(kbuf + i * self.key_size, self._kptr(k), self.key_size)
             if isinstance(v, int):
                 v = ffi.new(self.spec.value + " *", v)
@@ -311,7 +315,8 @@ class Map:
                 ffi.memmove(vbuf + i * self.buf_size + cpu * self.stride, v, self.value_size)
         count = ffi.new("__u32 *", n)
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
-        _check(lib().lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts), f"update_batch of map {self.name}")
+        rc = lib().lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts)
+        _check(rc, f"update_batch of map {self.name}")
         self.writes += n
 
     def delete_many(self, keys: list[Any]) -> int:
@@ -359,7 +364,9 @@ class BpfObject:
             raise LbctlError(f"map {name} not found in {self.path}")
         return m
 
-    def check_layout(self, maps: dict[str, MapSpec] = MAPS, structs: tuple[str, ...] = SHARED_STRUCTS) -> None:
+    def check_layout(
+        self, maps: dict[str, MapSpec] = MAPS, structs: tuple[str, ...] = SHARED_STRUCTS
+    ) -> None:
         """Refuse to run when cffi's view of lb_shared.h differs from the object's BTF."""
         L = lib()
         ffi, c = L.ffi, L.lib

@@ -27,8 +27,9 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from reconciler import maglev
 from reconciler.drivers import _libbpf as B
@@ -182,7 +183,9 @@ class BpfDriver:
 
     kinds = frozenset({"service", "endpoints", "attach"})
 
-    def __init__(self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None) -> None:
+    def __init__(
+        self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None
+    ) -> None:
         self.netns = netns
         self.pin_root = pin_root or pin_root_for(netns)
         self.obj_path = obj_path or default_object_path()
@@ -334,7 +337,8 @@ class BpfDriver:
         if lst is not None:
             for i in range(int(lst.count)):
                 b = lst.be[i]
-                backends.append(Backend(_words_addr(int(b.family), b.addr), socket.ntohs(int(b.port)), int(b.weight)))
+                addr = _words_addr(int(b.family), b.addr)
+                backends.append(Backend(addr, socket.ntohs(int(b.port)), int(b.weight)))
             if int(lst.sel_kind) == 1:
                 table = maglev.pack(self._table(svc_id, int(conf.active), int(lst.sel_len)))
         return EndpointSet(key=key, backends=tuple(backends), maglev=table)
@@ -429,7 +433,8 @@ class BpfDriver:
     def _lookup_entries(self, key: ServiceKey) -> tuple[Any, Any, bool]:
         family, words = _addr_words(key.vip)
         if key.port == key.port_end or key.proto in ("icmp", "icmpv6"):
-            k = self._maps["lb_svc"].key(port=socket.htons(key.port), proto=_proto_num(key.proto), family=family)
+            k = self._maps["lb_svc"].key(
+                port=socket.htons(key.port), proto=_proto_num(key.proto), family=family)
             _set_words(k.addr, words)
             return "lb_svc", k, True
         k = self._maps["lb_range"].key(proto=_proto_num(key.proto), family=family)
@@ -474,7 +479,7 @@ class BpfDriver:
         lst = m.lookup(k)
         if lst is None:
             return
-        ranges = [(int(lst.r[i].start), int(lst.r[i].end), int(lst.r[i].svc_id)) for i in range(int(lst.count))]
+        ranges = [(int(r.start), int(r.end), int(r.svc_id)) for r in lst.r[0 : int(lst.count)]]
         kept = [r for r in ranges if r[2] != svc_id]
         if kept != ranges:
             self._write_ranges(m, k, kept)
@@ -695,7 +700,8 @@ class BpfDriver:
             try:
                 idx = socket.if_nametoindex(ifname)
             except OSError:
-                raise LbctlError(f"interface {ifname} not found" + (f" in netns {self.netns}" if self.netns else ""),
+                where = f" in netns {self.netns}" if self.netns else ""
+                raise LbctlError(f"interface {ifname} not found{where}",
                                  "check the Datapath resource's interfaces") from None
             if after.hook == "tc":
                 pid = B.tc_attach(idx, ifname, fd)
@@ -769,8 +775,7 @@ class BpfDriver:
                                      "endpoints": {}}
             if int(conf.flags) & F_HAS_ENDPOINTS:
                 lst = self._list(svc_id, int(conf.active))
-                for i in range(int(lst.count) if lst is not None else 0):
-                    b = lst.be[i]
+                for b in lst.be[0 : int(lst.count)] if lst is not None else []:
                     addr = _words_addr(int(b.family), b.addr)
                     host = f"[{addr}]" if ":" in addr else addr
                     c = self._sum(self._maps["lb_be_stats"].lookup(int(b.stat_id)) or [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers.bpf import BpfDriver
@@ -64,13 +64,15 @@ class Datapath:
         for c in cmds:
             sh("ip", "-n", ns, *c.split())
         for a in BACKENDS4 + BACKENDS6:
-            sh("ip", "-n", ns, "neigh", "add", a, "lladdr", BACKEND_MAC.hex(":"), "dev", "v0", "nud", "permanent")
+            mac = BACKEND_MAC.hex(":")
+            sh("ip", "-n", ns, "neigh", "add", a, "lladdr", mac, "dev", "v0", "nud", "permanent")
         for a in (GW4, GW6):
             sh("ip", "-n", ns, "neigh", "add", a, "lladdr", GW_MAC.hex(":"), "dev", "v0", "nud", "permanent")
         for k in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0"):
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", k)
 
-    def service(self, vip: str, proto: str, port: int, backends: Sequence[Backend], *, port_end: int | None = None,
+    def service(self, vip: str, proto: str, port: int, backends: Sequence[Backend], *,
+                port_end: int | None = None,
                 selection: str = "rr", timeout: int = 240, persist: int = 10800,
                 allowed: tuple[str, ...] = (), maglev_table: bytes = b"") -> ServiceKey:
         key = ServiceKey(vip, proto, port, port if port_end is None else port_end)

@@ -7,13 +7,23 @@ fields and every checksum of the output frame.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from reconciler.records import Backend
 from tests.bpf import packets as P
-from tests.bpf.harness import BACKEND_MAC, BACKENDS4, BACKENDS6, CLIENT4, CLIENT6, GW_MAC, VIP4, VIP6, Datapath
+from tests.bpf.harness import (
+    BACKEND_MAC,
+    BACKENDS4,
+    BACKENDS6,
+    CLIENT4,
+    CLIENT6,
+    GW_MAC,
+    VIP4,
+    VIP6,
+    Datapath,
+)
 
 TC_OK, TC_SHOT, TC_REDIRECT = 0, 2, 7
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
@@ -49,7 +59,8 @@ FORWARD_CASES = [
     ("v4-udp", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 53), BACKENDS4[1], 5353),
     ("v4-udp-zero-csum", P.Pkt(CLIENT4, VIP4, P.UDP, 40001, 53, udp_zero_csum=True), BACKENDS4[1], 5353),
     ("v4-icmp-echo", P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8), BACKENDS4[2], 0),
-    ("v4-ip-options", P.Pkt(CLIENT4, VIP4, P.TCP, 40002, 80, ip_options=b"\x01\x01\x01\x00"), BACKENDS4[0], 8080),
+    ("v4-ip-options", P.Pkt(CLIENT4, VIP4, P.TCP, 40002, 80, ip_options=b"\x01\x01\x01\x00"),
+     BACKENDS4[0], 8080),
     ("v4-port-range", P.Pkt(CLIENT4, VIP4, P.TCP, 40003, 9005), BACKENDS4[0], 9005),
     ("v6-tcp-syn", P.Pkt(CLIENT6, VIP6, P.TCP, 40000, 80), BACKENDS6[0], 8080),
     ("v6-udp", P.Pkt(CLIENT6, VIP6, P.UDP, 40000, 53), BACKENDS6[1], 5353),

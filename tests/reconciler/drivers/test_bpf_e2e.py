@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -44,7 +44,8 @@ class Box:
         for key, port in ((TCP_KEY, HTTP_PORT), (UDP_KEY, UDP_PORT), (ECHO_KEY, ECHO_PORT)):
             ch.append(Change("endpoints", str(key), "create", None, EndpointSet(key, self.backends(port))))
             ch.append(Change("service", str(key), "create", None,
-                             ServiceEntry(key, "svc", "default", "rr", 240 if key.proto == "tcp" else 20, 10800)))
+                             ServiceEntry(key, "svc", "default", "rr",
+                                          240 if key.proto == "tcp" else 20, 10800)))
         return ch
 
     def set_echo_backends(self, which: list[int]) -> None:

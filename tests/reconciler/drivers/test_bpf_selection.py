@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,24 +50,29 @@ def shares(dsts: list[str]) -> dict[str, float]:
 
 
 def backends(weights: tuple[int, ...] = (1, 1, 1)) -> list[Backend]:
-    return [Backend(a, 8080, w) for a, w in zip(BACKENDS4, weights)]
+    return [Backend(a, 8080, w) for a, w in zip(BACKENDS4, weights, strict=True)]
 
 
 def assert_weights(dsts: list[str], weights: tuple[int, ...], tol: float = 0.05) -> None:
     """Shares within 5% of the weights; for hashed selections, within sampling noise (3 sigma) if larger."""
     s = shares(dsts)
     total = sum(weights)
-    for addr, w in zip(BACKENDS4, weights):
+    for addr, w in zip(BACKENDS4, weights, strict=True):
         want = w / total
         sigma = (want * (1 - want) / len(dsts)) ** 0.5
         assert abs(s.get(addr, 0.0) - want) <= max(tol * want, 3 * sigma), (addr, s, want)
 
 
+def table_for(selection: str, bes: list[Backend]) -> bytes:
+    if selection != "maglev":
+        return b""
+    return maglev.for_backends([(b.address, b.port, b.weight) for b in bes])
+
+
 @pytest.mark.parametrize("selection", ["rr", "hash", "priority", "maglev"])
 def test_even_distribution(dp: Datapath, selection: str) -> None:
     bes = backends()
-    table = maglev.for_backends([(b.address, b.port, b.weight) for b in bes]) if selection == "maglev" else b""
-    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table)
+    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table_for(selection, bes))
     assert_weights(flows(dp), (1, 1, 1))
 
 
@@ -75,8 +80,7 @@ def test_even_distribution(dp: Datapath, selection: str) -> None:
 def test_weights_honoured(dp: Datapath, selection: str) -> None:
     w = (1, 2, 5)
     bes = backends(w)
-    table = maglev.for_backends([(b.address, b.port, b.weight) for b in bes]) if selection == "maglev" else b""
-    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table)
+    dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table_for(selection, bes))
     assert_weights(flows(dp), w)
 
 
@@ -93,7 +97,7 @@ def test_persist_keeps_a_source_on_one_endpoint(dp: Datapath) -> None:
 
 def test_persist_survives_endpoint_set_change(dp: Datapath) -> None:
     key = dp.service(VIP4, "tcp", 80, backends(), selection="persist")
-    first = {P.parse(dp.run("tc", P.Pkt(client(i), VIP4, P.TCP, 2000, 80).bytes()).data).dst for i in range(1)}
+    first = {P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2000, 80).bytes()).data).dst}
     # Add a fourth endpoint: the source keeps its endpoint on a new connection.
     dp.set_endpoints(key, backends() + [Backend("10.99.0.13", 8080)])
     again = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2001, 80).bytes()).data).dst
@@ -124,6 +128,6 @@ def test_maglev_moves_few_flows_when_one_endpoint_goes(dp: Datapath) -> None:
     for k in [k for k, _ in ct.items()]:
         ct.delete(k)  # forget flows so every packet is hashed through the new table
     after = flows(dp, proto=P.UDP)
-    moved = sum(a != b for a, b in zip(before, after)) / FLOWS
+    moved = sum(a != b for a, b in zip(before, after, strict=True)) / FLOWS
     assert moved <= 1.2 / n
     assert bes[2].address not in after
