@@ -44,7 +44,7 @@ def _mixed_plan() -> Plan:
                 endpoints=["10.0.1.10", Endpoint("10.0.1.11", weight=3), "10.0.1.13"]),
         service("dns", vip="198.51.100.53", ports=[(53, "UDP")], endpoints=["10.0.2.1"], mode="dsr"),
         service("api", vip="2001:db8::10", ports=[(443, "TCP", 8443)], endpoints=["2001:db8:1::1"],
-                selection="maglev", bgp=True),
+                selection="maglev", maglev_table_size=251, bgp=True),
         bgp_config(),
     ], table_builder=fake_table)
     return diff(desired, live)
