@@ -74,6 +74,7 @@ int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *co
                          const struct bpf_map_batch_opts *opts);
 int bpf_map_delete_batch(int fd, const void *keys, __u32 *count, const struct bpf_map_batch_opts *opts);
 int libbpf_num_possible_cpus(void);
+void *libbpf_set_print(void *fn);
 
 struct bpf_tc_hook { size_t sz; int ifindex; int attach_point; __u32 parent; };
 struct bpf_tc_opts { size_t sz; int prog_fd; __u32 flags; __u32 prog_id; __u32 handle; __u32 priority; };
@@ -175,6 +176,9 @@ class _Lib:
         except OSError as exc:
             raise LbctlError(f"cannot load libbpf.so.1: {exc}",
                              "install libbpf1 (Debian: apt-get install libbpf1)") from exc
+        # libbpf's print callback takes a va_list, which cffi cannot (pitfall 5): silence
+        # it; failures surface as BpfError and verifier logs through the log buffer.
+        self.lib.libbpf_set_print(self.ffi.NULL)
         self.ncpus = int(self.lib.libbpf_num_possible_cpus())
         if self.ncpus <= 0:
             raise BpfError("libbpf_num_possible_cpus", self.ncpus)
