@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 from reconciler.limits import MAGLEV_MAX_TABLE_SIZE
 
