@@ -194,6 +194,9 @@ class BpfDriver:
         self._own_fds: list[int] = []
         self._base_writes = 0
         self._checked = False
+        self._used_stats: set[int] | None = None
+        self._svc_hint = 0
+        self._stat_hint = 0
 
     # ----------------------------------------------------------------- plumbing
 
@@ -378,6 +381,10 @@ class BpfDriver:
         self._open(create=True)
         confs = self._confs()
         ids = {str(self._conf_key(c)): i for i, c in confs.items()}
+        # Allocation state for this apply, computed once (keeps big applies linear).
+        self._used_stats = None
+        self._svc_hint = 0
+        self._stat_hint = 0
         for ch in changes:
             if ch.kind == "service":
                 self._apply_service(ch, confs, ids)
@@ -393,7 +400,7 @@ class BpfDriver:
         if skey in ids:
             return ids[skey]
         limit = B.const("LB_MAX_SERVICES")
-        svc_id = next((i for i in range(limit) if i not in confs), -1)
+        svc_id = next((i for i in range(self._svc_hint, limit) if i not in confs), -1)
         if svc_id < 0:
             raise LbctlError(f"no free service id (limit {limit})")
         ffi = B.lib().ffi
@@ -409,6 +416,7 @@ class BpfDriver:
         self._maps["lb_rr"].update(svc_id, 0)
         confs[svc_id] = conf
         ids[skey] = svc_id
+        self._svc_hint = svc_id + 1
         return svc_id
 
     def _write_conf(self, svc_id: int, conf: Any, confs: dict[int, Any]) -> None:
@@ -574,7 +582,6 @@ class BpfDriver:
                 for i in range(int(cur.count)):
                     b = cur.be[i]
                     old_ids[(_words_addr(int(b.family), b.addr), socket.ntohs(int(b.port)))] = int(b.stat_id)
-        used: set[int] | None = None
         lm = self._maps["lb_backends"]
         lst = lm.value()
         stat_ids: dict[tuple[str, int], int] = {}
@@ -582,12 +589,15 @@ class BpfDriver:
             ident = (str(ipaddress.ip_address(be.address)), be.port)
             sid = old_ids.get(ident)
             if sid is None:
-                if used is None:
-                    used = self._active_stat_ids()
-                sid = next((n for n in range(B.const("LB_MAX_BACKEND_STATS")) if n not in used), -1)
+                if self._used_stats is None:
+                    self._used_stats = self._active_stat_ids()
+                used = self._used_stats
+                limit = B.const("LB_MAX_BACKEND_STATS")
+                sid = next((n for n in range(self._stat_hint, limit) if n not in used), -1)
                 if sid < 0:
                     raise LbctlError("no free endpoint counter slot")
                 used.add(sid)
+                self._stat_hint = sid + 1
                 self._maps["lb_be_stats"].update(sid, self._maps["lb_be_stats"].value())
                 self._maps["lb_be_conns"].update(sid, 0)
             stat_ids[ident] = sid
