@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reconciler.config.tree import Loc, LocationMap
+from reconciler.config.tree import Loc, LocationMap, RootSource
 from reconciler.model import (
     BGPConfigSpec,
     BGPPeerSpec,
@@ -139,9 +139,16 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], Spec]] = {
 }
 
 
-def resource(kind: str, value: Mapping[str, Any], file: str, root: Loc) -> Resource:
-    """The typed resource of a schema-valid document."""
+def resource(kind: str, value: Mapping[str, Any], file: str, root: Loc, source: RootSource | None = None,
+             index: int = 0) -> Resource:
+    """The typed resource of a schema-valid document.
+
+    ``root`` must hold the document's start; its children are used for
+    ``Resource.locations`` unless a ``source`` builds them lazily from ``index``.
+    """
     meta = value["metadata"]
     labels = tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items()))
+    locations = (LocationMap(file, source=source, index=index) if source is not None
+                 else LocationMap(file, root))
     return Resource(kind=kind, metadata=Metadata(meta["name"], labels), spec=BUILDERS[kind](value["spec"]),
-                    location=Location(file, root.line, root.column), locations=LocationMap(file, root))
+                    location=Location(file, root.line, root.column), locations=locations)

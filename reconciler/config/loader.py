@@ -23,8 +23,8 @@ from reconciler.config import build, schemas, semantic
 from reconciler.config.cache import FileResult, ParseCache, signature
 from reconciler.config.discover import Found, discover, read_limited
 from reconciler.config.errors import ConfigError, sort_key
-from reconciler.config.tree import find
-from reconciler.config.yamlparse import Document, parse_bytes
+from reconciler.config.tree import Loc, find
+from reconciler.config.yamlparse import Document, Positions, parse_bytes
 from reconciler.model import KINDS, Resource
 
 
@@ -69,27 +69,32 @@ def _document_digest(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _doc(display: str, doc: Document, timings: dict[str, float]) -> tuple[Resource | None, list[ConfigError]]:
-    value, root = doc.value, doc.loc
+def _doc(display: str, doc: Document, positions: Positions | None, timings: dict[str, float]
+         ) -> tuple[Resource | None, list[ConfigError]]:
+    value, start = doc.value, doc.loc
+
+    def tree() -> Loc:  # the document's full position tree, only for errors
+        return positions.root(doc.index) if positions is not None else start
     kind = value.get("kind")
     meta = value.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
     if kind not in KINDS:
         if "kind" not in value:
             message, hint = "required field is missing", f"add kind: one of {', '.join(KINDS)}"
-            loc = root
+            loc = start
         else:
             message, hint = schemas.unknown_kind(kind)
             kind = kind if isinstance(kind, str) else None
+            root = tree()
             loc = find(root, ["kind"])[0] or root
         return None, [ConfigError(display, loc.line, loc.column, kind, name, "kind", message, hint)]
     t0 = time.perf_counter()
-    errors = schemas.check(kind, value, display, root, name)
+    errors = [] if schemas.passes(kind, value) else schemas.check(kind, value, display, tree(), name)
     t1 = time.perf_counter()
     timings["schema"] += t1 - t0
     if errors:
         return None, errors
-    res = build.resource(kind, value, display, root)
+    res = build.resource(kind, value, display, start, positions, doc.index)
     timings["build"] += time.perf_counter() - t1
     return res, []
 
@@ -98,7 +103,7 @@ def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = Non
     """Parse and check one file's bytes (no I/O); ``display`` is used in errors."""
     timings = timings if timings is not None else {"parse": 0.0, "schema": 0.0, "build": 0.0}
     t0 = time.perf_counter()
-    parsed = parse_bytes(display, data)
+    parsed = parse_bytes(display, data, positions=False)
     timings["parse"] += time.perf_counter() - t0
     resources: list[Resource] = []
     broken: list[str] = []
@@ -107,7 +112,7 @@ def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = Non
     if parsed.errors:  # content that did not parse cleanly still has to change the digest
         digests.append("raw:" + hashlib.sha256(data).hexdigest())
     for doc in parsed.documents:
-        res, errs = _doc(display, doc, timings)
+        res, errs = _doc(display, doc, parsed.positions, timings)
         errors.extend(errs)
         if res is not None:
             resources.append(res)
@@ -170,10 +175,12 @@ def _load_dir(root: str, cache: ParseCache | None) -> LoadResult:
     broken: set[str] = set()
     digests: list[str] = ["error:" + str(e) for e in errors]  # a new loop or broken link is a change too
     parsed: list[str] = []
+    groups: list[tuple[Resource, ...]] = []
     for item in found:
         result, was_parsed = _load_file(item, cache, timings)
         if was_parsed:
             parsed.append(item.display)
+        groups.append(result.resources)
         resources.extend(result.resources)
         errors.extend(result.errors)
         broken.update(result.broken)
@@ -181,7 +188,10 @@ def _load_dir(root: str, cache: ParseCache | None) -> LoadResult:
     if cache is not None:
         cache.retain({f.display for f in found})
     t0 = time.perf_counter()
-    errors.extend(semantic.check(resources, broken))
+    if cache is not None:  # incremental: only what the changed files touch is checked again
+        errors.extend(cache.semantic.check(groups, broken))
+    else:
+        errors.extend(semantic.check(resources, broken))
     timings["semantic"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     digest = hashlib.sha256("\n".join(sorted(digests)).encode("ascii", "replace")).hexdigest()

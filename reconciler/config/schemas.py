@@ -238,10 +238,15 @@ def quick(kind: str) -> fastcheck.Check | None:
         return None
 
 
+def passes(kind: str, value: dict[str, Any]) -> bool:
+    """True when the fast predicate says the document is valid (no positions needed)."""
+    fast = quick(kind)
+    return fast is not None and fast(value)
+
+
 def check(kind: str, value: dict[str, Any], file: str, root: Loc, name: str | None) -> list[ConfigError]:
     """Schema errors of one document already known to be of ``kind``."""
-    fast = quick(kind)
-    if fast is not None and fast(value):
+    if passes(kind, value):
         return []
     val = validator(kind)
     translator = _Translator(file, root, kind, name)

@@ -5,12 +5,15 @@ long after the YAML parser is gone.  The parser records a compact tree of
 ``Loc`` objects (one per node) beside the plain values; ``LocationMap`` answers
 ``"spec.endpoints[2].address" -> Location`` lazily, so a 100k-node directory
 does not pay for building 100k path strings that are almost never looked up.
+The tree itself may be lazy too: a ``LocationMap`` over a ``RootSource`` asks
+for it (and the source re-parses the file) only on the first lookup.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
 
 from reconciler.model import Location
 
@@ -97,24 +100,45 @@ def key_position(root: Loc, segments: Sequence[str | int]) -> tuple[int, int] | 
     return parent.keys.get(segments[-1])
 
 
-class LocationMap(Mapping[str, Location]):
-    """Read-only ``path -> Location`` view over a ``Loc`` tree (exact paths only)."""
+class RootSource(Protocol):
+    """Something that builds the ``Loc`` tree of a file's document on demand."""
 
-    def __init__(self, file: str, root: Loc) -> None:
+    def root(self, index: int) -> Loc: ...
+
+
+class LocationMap(Mapping[str, Location]):
+    """Read-only ``path -> Location`` view over a ``Loc`` tree (exact paths only).
+
+    Give either the tree (``root``) or a ``source`` and the document's
+    ``index`` in its file, to build the tree only when a path is looked up.
+    """
+
+    def __init__(self, file: str, root: Loc | None = None, *, source: RootSource | None = None,
+                 index: int = 0) -> None:
+        if root is None and source is None:
+            raise ValueError("LocationMap needs a root or a source")
         self._file = file
         self._root = root
+        self._source = source
+        self._index = index
+
+    def _tree(self) -> Loc:
+        if self._root is not None:
+            return self._root
+        assert self._source is not None
+        return self._source.root(self._index)
 
     def __getitem__(self, path: str) -> Location:
         segments = parse_path(path)
         if segments is None:
             raise KeyError(path)
-        node, used = find(self._root, segments)
+        node, used = find(self._tree(), segments)
         if node is None or used != len(segments):
             raise KeyError(path)
         return Location(self._file, node.line, node.column)
 
     def __iter__(self) -> Iterator[str]:
-        stack: list[tuple[list[str | int], Loc]] = [([], self._root)]
+        stack: list[tuple[list[str | int], Loc]] = [([], self._tree())]
         while stack:
             segments, node = stack.pop()
             if segments:

@@ -8,6 +8,14 @@ otherwise) with an explicit stack instead of the recursive composer, so depth
 is bounded by a counter rather than by the C stack, anchors are measured when
 they are used, and every value gets a ``Loc``.  This is the only module that
 imports ``yaml``.
+
+Speed: almost every file is plain, valid YAML, and almost no position is ever
+looked up.  So ``parse_text(..., positions=False)`` first runs a lean loop
+that builds only the values and each document's start, and gives up (to the
+full, defensive loop above, which then reports exactly what it always did) at
+the first thing out of the ordinary: an error, an anchor or alias, a merge
+key, a duplicate key, deep nesting.  The position tree of a file is then
+built on first use by ``Positions``, which re-parses the file's text.
 """
 
 from __future__ import annotations
@@ -53,10 +61,47 @@ class Document:
     index: int  # 0-based position of the document in its file
 
 
+class Positions:
+    """The position trees of one file's documents, built on first use.
+
+    Holds the file's text; ``root(index)`` re-parses it with positions (once)
+    and returns the ``Loc`` tree of document ``index``.  Pickles as
+    (file, text) only, so a persisted parse result stays small.
+    """
+
+    __slots__ = ("file", "text", "_roots")
+
+    def __init__(self, file: str, text: str, roots: dict[int, Loc] | None = None) -> None:
+        self.file = file
+        self.text = text
+        self._roots = roots
+
+    def root(self, index: int) -> Loc:
+        roots = self._roots
+        if roots is None:  # a race only parses twice: the result is the same
+            parsed = _parse_full(self.file, self.text)
+            roots = {doc.index: doc.loc for doc in parsed.documents}
+            self._roots = roots
+        return roots[index]
+
+    def __getstate__(self) -> tuple[str, str]:
+        return (self.file, self.text)
+
+    def __setstate__(self, state: tuple[str, str]) -> None:
+        self.file, self.text = state
+        self._roots = None
+
+
 @dataclass(frozen=True)
 class ParsedFile:
     documents: tuple[Document, ...]
     errors: tuple[ConfigError, ...]
+    # full position trees of ``documents`` (by ``Document.index``); None when nothing was parsed
+    positions: Positions | None = None
+
+
+class _Unusual(Exception):
+    """The lean loop met something only the full loop handles."""
 
 
 class _Fatal(Exception):
@@ -369,8 +414,99 @@ def _syntax_error(file: str, text: str, exc: yaml.YAMLError) -> ConfigError:
     return _error(file, 1, 1, f"invalid YAML: {exc}", _HINT_SYNTAX)
 
 
-def parse_text(file: str, text: str) -> ParsedFile:
-    """All documents of ``text``; errors instead of exceptions, always."""
+def _lean(file: str, text: str) -> list[Document]:  # noqa: C901 - one flat state machine reads best
+    """Documents of plain, valid YAML without position trees; raises ``_Unusual`` otherwise.
+
+    Only each document's start is recorded (``Document.loc`` has no children).
+    Containers are attached to their parent when they open (there are no
+    merge keys here), so the values equal what the full loop builds.
+    """
+    builder = _Builder(file)
+    memo = builder.memo
+    documents: list[Document] = []
+    stack: list[Any] = []  # open containers
+    keys: list[str | None] = []  # per open mapping: the key waiting for its value (None for lists)
+    root: Any = None
+    root_loc: Loc | None = None
+    doc_index = -1
+    loader = _Loader(text)
+    try:
+        for ev in iter(loader.get_event, None):
+            et = type(ev)
+            if et is ScalarEvent:
+                if ev.anchor is not None:
+                    raise _Unusual
+                if stack:
+                    top = stack[-1]
+                    if type(top) is dict:
+                        key = keys[-1]
+                        if key is None:  # this scalar is a key
+                            text_ = ev.value
+                            if text_ == "<<" or text_ in top:
+                                raise _Unusual
+                            keys[-1] = text_
+                            continue
+                if ev.tag is None:
+                    if ev.implicit[0]:
+                        value = memo.get(ev.value, _MISS)
+                        if value is _MISS:
+                            value = builder._scalar(ev)
+                            if builder.errors:
+                                raise _Unusual
+                            memo[ev.value] = value
+                    else:
+                        value = ev.value  # quoted without a tag: always a string
+                else:
+                    value = builder._scalar(ev)
+                    if builder.errors:
+                        raise _Unusual
+                if not stack:
+                    if value is not None:
+                        raise _Unusual  # a scalar document: an error the full loop words
+                elif type(top) is dict:
+                    top[key] = value
+                    keys[-1] = None
+                else:
+                    top.append(value)
+            elif et is MappingStartEvent or et is SequenceStartEvent:
+                if ev.anchor is not None or len(stack) >= MAX_DEPTH - 1:
+                    raise _Unusual
+                new: Any = {} if et is MappingStartEvent else []
+                if stack:
+                    top = stack[-1]
+                    if type(top) is dict:
+                        key = keys[-1]
+                        if key is None:
+                            raise _Unusual  # a collection as a mapping key
+                        top[key] = new
+                        keys[-1] = None
+                    else:
+                        top.append(new)
+                else:
+                    if type(new) is not dict:
+                        raise _Unusual  # a list document: an error the full loop words
+                    mark = ev.start_mark
+                    root, root_loc = new, Loc(mark.line + 1, mark.column + 1)
+                stack.append(new)
+                keys.append(None)
+            elif et is MappingEndEvent or et is SequenceEndEvent:
+                stack.pop()
+                keys.pop()
+            elif et is AliasEvent:
+                raise _Unusual
+            elif et is DocumentStartEvent:
+                doc_index += 1
+                root = root_loc = None
+            elif et is DocumentEndEvent:
+                if root and root_loc is not None:
+                    documents.append(Document(root, root_loc, doc_index))
+                root = root_loc = None
+    finally:
+        loader.dispose()
+    return documents
+
+
+def _parse_full(file: str, text: str) -> ParsedFile:
     builder = _Builder(file)
     try:
         builder.run(text)
@@ -384,8 +520,24 @@ def parse_text(file: str, text: str) -> ParsedFile:
     return ParsedFile(tuple(builder.documents), tuple(builder.errors))
 
 
-def parse_bytes(file: str, data: bytes) -> ParsedFile:
+def parse_text(file: str, text: str, positions: bool = True) -> ParsedFile:
+    """All documents of ``text``; errors instead of exceptions, always.
+
+    With ``positions=False`` the documents' ``loc`` may carry only the start
+    of the document; ``ParsedFile.positions`` gives the full trees on demand.
+    """
+    if not positions:
+        try:
+            return ParsedFile(tuple(_lean(file, text)), (), Positions(file, text))
+        except (_Unusual, yaml.YAMLError, RecursionError):
+            pass  # the full loop reports it exactly
+    parsed = _parse_full(file, text)
+    roots = {doc.index: doc.loc for doc in parsed.documents}
+    return ParsedFile(parsed.documents, parsed.errors, Positions(file, text, roots))
+
+
+def parse_bytes(file: str, data: bytes, positions: bool = True) -> ParsedFile:
     text, error = decode(file, data)
     if error is not None or text is None:
         return ParsedFile((), (error,) if error else ())
-    return parse_text(file, text)
+    return parse_text(file, text, positions)
