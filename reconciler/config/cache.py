@@ -14,7 +14,9 @@ displayed path, the file's stat signature, the SHA-256 of its bytes and its
   ``..data`` swap);
 * otherwise the file is parsed and checked again.
 
-Semantic checks always run over the whole set (they are cheap and global).
+Semantic checks run over the whole set, but with the cache's
+``SemanticMemo`` (``cache.semantic``) a service whose file was reused is not
+checked again: only the checks across resources are redone (see ``semantic``).
 Entries of files that disappeared are dropped.  A cache may be shared by
 threads; it holds a lock around its own dictionary only.
 """
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from reconciler.config.errors import ConfigError
+from reconciler.config.semantic_index import SemanticMemo
 from reconciler.model import Resource
 
 RACY_SECONDS = 2.0  # a file modified this recently may change again within one mtime tick
@@ -61,6 +64,7 @@ class ParseCache:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self.semantic = SemanticMemo()  # per-service semantic results across loads
 
     def by_signature(self, display: str, sig: Signature) -> FileResult | None:
         with self._lock:

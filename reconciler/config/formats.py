@@ -28,6 +28,35 @@ def ip_address(text: str) -> IPAddress:
         raise FormatProblem(f'"{text}" is not a valid IP address') from None
 
 
+def canonical_ipv4(text: str) -> int | None:
+    """The value of a dotted-quad IPv4 address written as ``ipaddress`` would print it, else ``None``.
+
+    A fast path for the common case (``ipaddress`` needs ~6 us per address,
+    100,000 endpoints are common): anything else (IPv6, leading zeros,
+    garbage) returns ``None`` and the caller asks ``ipaddress``, which is
+    the authority on what is valid.
+    """
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    n = 0
+    for p in parts:
+        if not (0 < len(p) <= 3 and p.isascii() and p.isdigit()) or (p[0] == "0" and len(p) > 1):
+            return None
+        octet = int(p)
+        if octet > 255:
+            return None
+        n = (n << 8) | octet
+    return n
+
+
+def _check_ip_address(text: str) -> object:
+    """``ip_address`` for validity only: canonical IPv4 skips ``ipaddress``."""
+    if canonical_ipv4(text) is not None:
+        return text
+    return ip_address(text)
+
+
 def ipv4_address(text: str) -> ipaddress.IPv4Address:
     try:
         return ipaddress.IPv4Address(text)
@@ -73,8 +102,8 @@ def _guard(check: Any) -> Any:
     return run
 
 
-PARSERS = {
-    "ip-address": ip_address,
+PARSERS = {  # validity checks for the fast schema predicate (raise ValueError when invalid)
+    "ip-address": _check_ip_address,
     "ipv4-address": ipv4_address,
     "cidr": cidr,
     "ip-pool-range": pool_range,

@@ -6,18 +6,23 @@ does not exist, a multicast endpoint, more entries than the datapath's maps
 hold.  Each check here works on typed resources, reports every problem (never
 just the first) at the exact node via ``Resource.where``, and takes its
 numbers from ``reconciler.limits`` only.
+
+``check`` is the plain, whole-set version; ``semantic_index`` runs the same
+checks incrementally for the watch daemon and is tested against it.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from reconciler import limits
 from reconciler.config.errors import ConfigError
-from reconciler.config.formats import FormatProblem, IPAddress, pool_range
+from reconciler.config.formats import FormatProblem, IPAddress, canonical_ipv4, pool_range
 from reconciler.model import (
     BGPPeerSpec,
     DatapathSpec,
@@ -30,7 +35,9 @@ from reconciler.model import (
 _PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
-class _Report:
+class Report:
+    """Errors found so far, each placed at its resource's node."""
+
     def __init__(self) -> None:
         self.errors: list[ConfigError] = []
 
@@ -59,18 +66,22 @@ def _not_unicast(addr: IPAddress) -> str | None:
     return None
 
 
-def _names(resources: Sequence[Resource], report: _Report) -> None:
+def duplicate_name(res: Resource, first: Resource, report: Report) -> None:
+    report.add(res, "metadata.name", f"duplicate {res.kind} name \"{res.name}\" "
+               f"(first defined at {_at(first)})", "names must be unique per kind; rename one")
+
+
+def _names(resources: Sequence[Resource], report: Report) -> None:
     first: dict[tuple[str, str], Resource] = {}
     for res in resources:
         key = (res.kind, res.name)
         if key in first:
-            report.add(res, "metadata.name", f"duplicate {res.kind} name \"{res.name}\" "
-                       f"(first defined at {_at(first[key])})", "names must be unique per kind; rename one")
+            duplicate_name(res, first[key], report)
         else:
             first[key] = res
 
 
-def _singletons(resources: Sequence[Resource], report: _Report, broken: set[str]) -> None:
+def singletons(resources: Sequence[Resource], report: Report, broken: set[str]) -> None:
     for kind in ("Datapath", "BGPConfig"):
         found = [r for r in resources if r.kind == kind]
         for extra in found[1:]:
@@ -87,7 +98,7 @@ def _singletons(resources: Sequence[Resource], report: _Report, broken: set[str]
                            "add a BGPConfig resource or set bgp: false")
 
 
-def _pools(resources: Sequence[Resource], report: _Report) -> dict[str, int | None]:
+def check_pools(resources: Sequence[Resource], report: Report) -> dict[str, int | None]:
     """Check pools; return name -> IP version (None when unknown)."""
     families: dict[str, int | None] = {}
     spans: list[tuple[int, int, int, Resource, int, str]] = []  # version, first, last, pool, index, text
@@ -129,6 +140,43 @@ def _parse(text: str) -> IPAddress | None:
         return None  # already reported by the schema
 
 
+@dataclass(frozen=True)
+class _Addr:
+    """What the checks need of an address: version, canonical text, why it is not unicast."""
+
+    version: int
+    compressed: str
+    not_unicast: str | None
+
+
+def _v4_not_unicast(n: int) -> str | None:
+    """``_not_unicast`` of an IPv4 address given as an integer (same answers, no object)."""
+    first = n >> 24
+    if n == 0:
+        return "the unspecified address"
+    if first == 127:
+        return "a loopback address"
+    if 224 <= first <= 239:
+        return "a multicast address"
+    if n == 0xFFFFFFFF:
+        return "the broadcast address"
+    if first >= 240:
+        return "a reserved address"
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _addr(text: str) -> _Addr | None:
+    """Parsed ``text`` (``None`` when invalid); canonical IPv4 skips ``ipaddress``."""
+    n = canonical_ipv4(text)
+    if n is not None:
+        return _Addr(4, text, _v4_not_unicast(n))
+    addr = _parse(text)
+    if addr is None:
+        return None
+    return _Addr(addr.version, addr.compressed, _not_unicast(addr))
+
+
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False
@@ -140,7 +188,7 @@ def _is_prime(n: int) -> bool:
     return True
 
 
-def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: _Report,
+def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: Report,
              broken: set[str]) -> None:
     if spec.vip is None and spec.pool is None:
         report.add(res, "spec", "needs a vip or a pool", "add vip: ADDRESS or pool: POOL-NAME")
@@ -149,8 +197,8 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
         hint = (f"did you mean \"{close[0]}\"?" if close
                 else f"define a Pool named \"{spec.pool}\" or fix the name")
         report.add(res, "spec.pool", f"Pool \"{spec.pool}\" does not exist", hint)
-    vip = _parse(spec.vip) if spec.vip is not None else None
-    if vip is not None and (why := _not_unicast(vip)):
+    vip = _addr(spec.vip) if spec.vip is not None else None
+    if vip is not None and (why := vip.not_unicast):
         report.add(res, "spec.vip", f"VIP {spec.vip} is {why}", "a VIP must be a unicast address")
     family = vip.version if vip is not None else (pools.get(spec.pool) if spec.pool else None)
 
@@ -171,10 +219,10 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
     seen: dict[tuple[str, int | None], int] = {}
     for i, ep in enumerate(spec.endpoints):
         p = f"spec.endpoints[{i}]"
-        addr = _parse(ep.address)
+        addr = _addr(ep.address)
         if addr is None:
             continue
-        if why := _not_unicast(addr):
+        if why := addr.not_unicast:
             report.add(res, f"{p}.address", f"endpoint {ep.address} is {why}",
                        "endpoints must be unicast addresses of real backends")
         elif family is not None and addr.version != family and spec.mode != "fullnat":
@@ -198,16 +246,16 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
                        f"{limits.MAX_SECONDARY_VIPS} are allowed", "drop the extra addresses")
         claimed = {vip.compressed} if vip is not None else set()
         for i, text in enumerate(spec.secondary_vips):
-            addr = _parse(text)
-            if addr is None:
+            sec = _addr(text)
+            if sec is None:
                 continue
-            if why := _not_unicast(addr):
+            if why := sec.not_unicast:
                 report.add(res, f"spec.secondaryVips[{i}]", f"secondary VIP {text} is {why}",
                            "a VIP must be a unicast address")
-            elif addr.compressed in claimed:
+            elif sec.compressed in claimed:
                 report.add(res, f"spec.secondaryVips[{i}]", f"{text} is already a VIP of this service",
                            "remove the duplicate")
-            claimed.add(addr.compressed)
+            claimed.add(sec.compressed)
 
     if spec.maglev_table_size is not None:
         size = spec.maglev_table_size
@@ -219,25 +267,43 @@ def _service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], rep
                    f"{spec.probe.interval}s", "make the timeout shorter than the interval")
 
 
-def _vip_claims(services: Iterable[tuple[Resource, ServiceSpec]], report: _Report) -> None:
+Claim = tuple[str, str, int, int, str]  # VIP (canonical), protocol, first port, last port, path
+
+
+def claims_of(spec: ServiceSpec) -> tuple[Claim, ...]:
+    """The (VIP, protocol, port range) entries one service claims."""
+    vips = [spec.vip] if spec.vip is not None else []
+    vips += spec.secondary_vips
+    claimed: set[str] = set()
+    out: list[Claim] = []
+    for vip_text in vips:
+        addr = _addr(vip_text)
+        if addr is None or addr.compressed in claimed:
+            continue  # a repeated VIP of one service is reported by _service
+        claimed.add(addr.compressed)
+        for i, port in enumerate(spec.ports):
+            end = port.end_port if port.end_port is not None and port.end_port >= port.port else port.port
+            out.append((addr.compressed, port.protocol, port.port, end, f"spec.ports[{i}]"))
+    return tuple(out)
+
+
+def _vip_claims(services: Iterable[tuple[Resource, Sequence[Claim]]], report: Report) -> None:
     """Two services must not claim the same VIP, protocol and (overlapping) port."""
     claims: dict[tuple[str, str], list[tuple[int, int, Resource, str]]] = defaultdict(list)
-    for res, spec in services:
-        vips = [spec.vip] if spec.vip is not None else []
-        vips += spec.secondary_vips
-        claimed: set[str] = set()
-        for vip_text in vips:
-            addr = _parse(vip_text)
-            if addr is None or addr.compressed in claimed:
-                continue  # a repeated VIP of one service is reported by _service
-            claimed.add(addr.compressed)
-            for i, port in enumerate(spec.ports):
-                end = port.end_port if port.end_port is not None and port.end_port >= port.port else port.port
-                claims[(addr.compressed, port.protocol)].append((port.port, end, res, f"spec.ports[{i}]"))
+    for res, own in services:
+        for vip, proto, start, end, path in own:
+            claims[(vip, proto)].append((start, end, res, path))
     for (vip, proto), entries in claims.items():
         if len(entries) < 2:
             continue
         entries.sort(key=lambda e: (e[0], e[1]))
+        claim_conflicts(vip, proto, entries, report)
+
+
+def claim_conflicts(vip: str, proto: str, entries: Sequence[tuple[int, int, Resource, str]],
+                    report: Report) -> None:
+    """Overlapping port ranges among the claims of one VIP and protocol, sorted by (first, last)."""
+    if entries:
         reach = entries[0]
         for cur in entries[1:]:
             if cur[0] <= reach[1]:
@@ -251,18 +317,23 @@ def _vip_claims(services: Iterable[tuple[Resource, ServiceSpec]], report: _Repor
                 reach = cur
 
 
-def _service_total(services: Sequence[tuple[Resource, ServiceSpec]], report: _Report) -> None:
+def too_many_entries(res: Resource, report: Report) -> None:
+    """``res`` is the service whose entries pass the datapath's limit."""
+    report.add(res, "metadata.name", f"the configuration needs more than {limits.MAX_SERVICES} "
+               "service entries (VIP, protocol, port range); the datapath cannot hold them",
+               "remove services or merge ports into ranges")
+
+
+def service_total(services: Sequence[tuple[Resource, int]], report: Report) -> None:
     total = 0
-    for res, spec in services:
-        total += len(spec.ports) * (1 + len(spec.secondary_vips))
+    for res, entries in services:
+        total += entries
         if total > limits.MAX_SERVICES:
-            report.add(res, "metadata.name", f"the configuration needs more than {limits.MAX_SERVICES} "
-                       "service entries (VIP, protocol, port range); the datapath cannot hold them",
-                       "remove services or merge ports into ranges")
+            too_many_entries(res, report)
             return
 
 
-def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: _Report) -> None:
+def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: Report) -> None:
     first: dict[str, Resource] = {}
     for res, spec in peers:
         addr = _parse(spec.address)
@@ -282,7 +353,7 @@ def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: _Report) -
                        f"{spec.hold_time}s", "use a keepalive of about a third of the hold time")
 
 
-def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: _Report) -> None:
+def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: Report) -> None:
     by_priority: dict[int, Resource] = {}
     for n, (res, spec) in enumerate(rules):
         if n == limits.MAX_FIREWALL_RULES:
@@ -320,7 +391,7 @@ def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: _Repor
                        "remove rateLimit or set action: rateLimit")
 
 
-def _datapath(res: Resource, spec: DatapathSpec, report: _Report) -> None:
+def _datapath(res: Resource, spec: DatapathSpec, report: Report) -> None:
     if len(spec.interfaces) > limits.MAX_INTERFACES:
         report.add(res, "spec.interfaces", f"has {len(spec.interfaces)} interfaces; at most "
                    f"{limits.MAX_INTERFACES} are supported", "attach to fewer interfaces")
@@ -333,25 +404,37 @@ def _datapath(res: Resource, spec: DatapathSpec, report: _Report) -> None:
             seen[iface.name] = i
 
 
+def entries_of(spec: ServiceSpec) -> int:
+    """Service map entries one service needs."""
+    return len(spec.ports) * (1 + len(spec.secondary_vips))
+
+
+def check_others(others: Sequence[Resource], report: Report) -> None:
+    """The checks of the kinds that come in small numbers (everything but Service)."""
+    _bgp_peers([(r, r.spec) for r in others if isinstance(r.spec, BGPPeerSpec)], report)
+    _firewall([(r, r.spec) for r in others if isinstance(r.spec, FirewallRuleSpec)], report)
+    for res in others:
+        if isinstance(res.spec, DatapathSpec):
+            _datapath(res, res.spec, report)
+
+
 def check(resources: Sequence[Resource], broken: Iterable[str] = ()) -> list[ConfigError]:
     """Every semantic problem of a set of schema-valid resources.
 
     ``broken`` names documents that failed earlier stages, as ``Kind`` and
     ``Kind/name``: references to them are not reported again as missing.
+    This is the reference: ``semantic_index.check_groups`` gives the same
+    errors incrementally.
     """
-    report = _Report()
+    report = Report()
     gone = set(broken)
     _names(resources, report)
-    _singletons(resources, report, gone)
-    pools = _pools(resources, report)
+    singletons(resources, report, gone)
+    pools = check_pools(resources, report)
     services = [(r, r.spec) for r in resources if isinstance(r.spec, ServiceSpec)]
     for res, spec in services:
-        _service(res, spec, pools, report, gone)
-    _vip_claims(services, report)
-    _service_total(services, report)
-    _bgp_peers([(r, r.spec) for r in resources if isinstance(r.spec, BGPPeerSpec)], report)
-    _firewall([(r, r.spec) for r in resources if isinstance(r.spec, FirewallRuleSpec)], report)
-    for res in resources:
-        if isinstance(res.spec, DatapathSpec):
-            _datapath(res, res.spec, report)
+        check_service(res, spec, pools, report, gone)
+    _vip_claims([(res, claims_of(spec)) for res, spec in services], report)
+    service_total([(res, entries_of(spec)) for res, spec in services], report)
+    check_others([r for r in resources if not isinstance(r.spec, ServiceSpec)], report)
     return report.errors
