@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=WHAT, metavar="KIND", help="one of: " + ", ".join(WHAT))
 
 
-def _read(ctx: Any, *kinds: str) -> Mapping[str, Mapping[str, Record]] | None:
-    owner = drivers_by_kind(drivers_for(ctx))
+def _read(ctx: Any, *kinds: str,
+          drivers: Sequence[Any] | None = None) -> Mapping[str, Mapping[str, Record]] | None:
+    owner = drivers_by_kind(list(drivers_for(ctx) if drivers is None else drivers))
     out: dict[str, Mapping[str, Record]] = {}
     for kind in kinds:
         drv = owner.get(kind)
@@ -73,19 +74,39 @@ def services(ctx: Any, wide: bool) -> list[Row] | None:
     return rows
 
 
+def _endpoint_counters(drivers: Sequence[Any]) -> dict[str, dict[str, Any]] | None:
+    """Per service key, per ``addr:port``: the datapath's counters (None: no driver keeps any)."""
+    for drv in drivers:
+        read_counters = getattr(drv, "counters", None)
+        if callable(read_counters):
+            return {k: dict(v.get("endpoints", {})) for k, v in read_counters().items()}
+    return None
+
+
 def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
-    live = _read(ctx, "service", "endpoints")
+    drivers = drivers_for(ctx)
+    live = _read(ctx, "service", "endpoints", drivers=drivers)
     if live is None:
         return None
+    counters = _endpoint_counters(drivers)
     names = {k: r.name for k, r in live.get("service", {}).items() if isinstance(r, ServiceEntry)}
     rows = []
     for s in _sorted_entries(live, "endpoints"):
         assert isinstance(s, EndpointSet)
         for b in s.backends:
             ports = str(s.key.port) if s.key.port == s.key.port_end else f"{s.key.port}-{s.key.port_end}"
-            rows.append({"EXT IP": s.key.vip, "PORT": ports, "PROTO": s.key.proto,
-                         "NAME": names.get(str(s.key), ""), "ENDPOINT": b.address,
-                         "TARGET PORT": b.port or ports, "WEIGHT": b.weight})
+            row: Row = {"EXT IP": s.key.vip, "PORT": ports, "PROTO": s.key.proto,
+                        "NAME": names.get(str(s.key), ""), "ENDPOINT": b.address,
+                        "TARGET PORT": b.port or ports, "WEIGHT": b.weight}
+            if counters is not None:
+                host = f"[{b.address}]" if ":" in b.address else b.address
+                c = counters.get(str(s.key), {}).get(f"{host}:{b.port or s.key.port}")
+                row |= {"FLOWS": getattr(c, "new_flows", 0), "PACKETS": getattr(c, "packets", 0),
+                        "BYTES": getattr(c, "bytes", 0)}
+                if wide:
+                    row |= {"REPLY PACKETS": getattr(c, "reply_packets", 0),
+                            "REPLY BYTES": getattr(c, "reply_bytes", 0), "DROPS": getattr(c, "drops", 0)}
+            rows.append(row)
     return rows
 
 
