@@ -11,7 +11,12 @@ private addresses that exist only inside them::
 
 Backends run a tiny Python server per namespace: HTTP on 8080 answering its
 name, a UDP echo on 5353 answering ``name`` + payload, a TCP line echo on 7000
-answering ``name: line``.  ``teardown()`` is idempotent.
+answering ``name: line``.  ``teardown()`` is idempotent and also ends any
+process still running inside the namespaces.
+
+The demo (``examples/demo/``) builds one with a fixed prefix from one process
+and removes it from another: ``Testbed.existing(prefix)`` adopts the
+namespaces of a topology built earlier so ``teardown()`` can remove them.
 """
 
 from __future__ import annotations
@@ -80,6 +85,14 @@ _SERVER = _SERVER.replace("%(http)d", str(HTTP_PORT))
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _nsexec(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -176,7 +189,8 @@ class Testbed:
     def _start_server(self, i: int) -> None:
         p = subprocess.Popen(
             ["ip", "netns", "exec", self.backend_ns(i), sys.executable, "-c", _SERVER, self.backend_name(i)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.procs.append(p)
         assert p.stdout is not None
@@ -211,9 +225,43 @@ class Testbed:
             if p.stdout is not None:
                 p.stdout.close()
         self.procs = []
+        for ns in self.namespaces:
+            self._kill_netns_pids(ns)
         for ns in reversed(self.namespaces):
             _ip("netns", "del", ns, check=False)
         self.namespaces = []
+
+    @staticmethod
+    def _kill_netns_pids(ns: str) -> None:
+        """End processes left in ``ns`` (servers started by another process, e.g. the demo's)."""
+        out = _ip("netns", "pids", ns, check=False).stdout.split()
+        pids = [int(p) for p in out if p.isdigit() and int(p) != os.getpid()]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 3
+            while pids and time.monotonic() < deadline:
+                pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+                if pids:
+                    time.sleep(0.02)
+            if not pids:
+                return
+
+    def all_namespaces(self) -> list[str]:
+        """Every namespace name this topology uses (whether it exists or not)."""
+        return [self.lb, self.client] + [self.backend_ns(i) for i in range(self.n_backends)]
+
+    @classmethod
+    def existing(cls, prefix: str, n_backends: int = 3) -> Testbed:
+        """Adopt the namespaces of a topology with ``prefix`` built by another process
+        (only those that exist), so that ``teardown()`` removes them and their processes."""
+        tb = cls(n_backends=n_backends, prefix=prefix, servers=False)
+        listed = {line.split()[0] for line in _ip("netns", "list").stdout.splitlines() if line.strip()}
+        tb.namespaces = [ns for ns in tb.all_namespaces() if ns in listed]
+        return tb
 
     def __enter__(self) -> Testbed:
         return self.setup()
