@@ -34,11 +34,12 @@ APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iptables nftables
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
 
-.PHONY: help setup apt bpffs venv build lint test root-check test-venv test-debian demo bench clean distclean
+.PHONY: help setup apt bpffs venv build lint test root-check test-venv test-debian demo demo-down bench clean distclean
 
 help:
 	@echo "lbctl make targets (run as root where noted):"
-	@echo "  sudo make demo   set up, build, run the demo (today: validate examples/configs)"
+	@echo "  sudo make demo   set up, build, run the demo (namespaces: client, LB, 3 backends; left running)"
+	@echo "  sudo make demo-down  remove the demo (datapath, pins, namespaces, backend servers)"
 	@echo "  sudo make test   set up, build, lint, all tests in .venv, unit tests under Debian's python3"
 	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
 	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o)"
@@ -144,14 +145,18 @@ test-debian: root-check setup build
 
 # --- demo / bench ------------------------------------------------------------
 
-# Until examples/demo/run.sh exists, the demo validates the example edge box;
-# `lbctl validate` prints the summary of what it found.
+# The demo (examples/demo/run.sh) builds namespaces, applies examples/demo/,
+# shows traffic move on an edit and leaves the box running; demo-down removes it.
+# Without run.sh (a partial tree) it validates the example edge box instead.
 demo: setup build
 	@if [ -f examples/demo/run.sh ]; then exec bash examples/demo/run.sh; fi; \
 	echo "== lbctl validate examples/configs"; \
 	$(LBCTL) validate examples/configs; \
 	echo; echo "The files: $$(cd examples/configs && ls | tr '\n' ' ')"; \
 	echo "Next: 'sudo make test' runs the whole test suite."
+
+demo-down: venv
+	@exec bash examples/demo/run.sh down
 
 # Every bench/*.py (not _helpers.py) prints a table and writes bench/results/NAME.md
 # with date and machine; none asserts a time. A failing script fails the target.
