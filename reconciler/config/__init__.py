@@ -11,11 +11,15 @@ Public API (other layers import only from here)::
     result.resources                  # tuple[reconciler.model.Resource, ...]
     result.digest                     # content hash, independent of file names and order
 
+    # a CLI run: reuse the parse results persisted in the state dir (see ``persist``)
+    result = load_dir_persisted("/etc/lbctl/conf.d", "/var/lib/lbctl")
+
 See ``loader`` for the stages and ``cache`` for how re-loads reuse work.
 """
 
 from reconciler.config.cache import ParseCache
 from reconciler.config.errors import ConfigError
 from reconciler.config.loader import LoadResult, load_bytes, load_dir
+from reconciler.config.persist import load_dir_persisted
 
-__all__ = ["ConfigError", "LoadResult", "ParseCache", "load_bytes", "load_dir"]
+__all__ = ["ConfigError", "LoadResult", "ParseCache", "load_bytes", "load_dir", "load_dir_persisted"]

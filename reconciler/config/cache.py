@@ -35,6 +35,7 @@ from reconciler.model import Resource
 RACY_SECONDS = 2.0  # a file modified this recently may change again within one mtime tick
 
 Signature = tuple[int, int, int, int]
+_NO_SIGNATURE: Signature = (-1, -1, -1, -1)  # matches no file
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,24 @@ class ParseCache:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self.semantic = SemanticMemo()  # per-service semantic results across loads
+        self.semantic = SemanticMemo()  # per-file semantic facts and indexes across loads
+        self.generation = 0  # bumped whenever an entry is stored or dropped (persist saves only then)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (see ``persist``) without the lock and without stat signatures.
+
+        A cache read back from disk must never trust a file on its mtime: with
+        the signatures zeroed, every file is hashed and matched on content.
+        """
+        with self._lock:
+            entries = {d: _Entry(_NO_SIGNATURE, e.sha256, e.result) for d, e in self._entries.items()}
+        return {"entries": entries, "semantic": self.semantic}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+        entries, memo = state["entries"], state["semantic"]
+        assert isinstance(entries, dict) and isinstance(memo, SemanticMemo)
+        self._entries, self.semantic = entries, memo
 
     def by_signature(self, display: str, sig: Signature) -> FileResult | None:
         with self._lock:
@@ -86,12 +104,14 @@ class ParseCache:
     def store(self, display: str, sig: Signature, sha256: str, result: FileResult) -> None:
         with self._lock:
             self._entries[display] = _Entry(sig, sha256, result)
+            self.generation += 1
 
     def retain(self, displays: set[str]) -> None:
         """Forget files that are no longer part of the directory."""
         with self._lock:
             for gone in set(self._entries) - displays:
                 del self._entries[gone]
+                self.generation += 1
 
     def __len__(self) -> int:
         with self._lock:

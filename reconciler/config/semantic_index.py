@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler import limits
 from reconciler.config import semantic
@@ -111,6 +112,29 @@ class SemanticMemo:
         self._name_errors: dict[NameKey, tuple[ConfigError, ...]] = {}  # keys with > 1 owner
         self._claim_errors: dict[ClaimKey, tuple[ConfigError, ...]] = {}  # keys with > 1 claim
         self.reused = 0  # files whose services' errors were reused by the last check
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (see ``persist``) with files numbered: ``id()`` keys mean nothing in another process."""
+        with self._lock:
+            number = {gid: n for n, gid in enumerate(self._shapes)}
+            return {
+                "shapes": list(self._shapes.values()),
+                "checked": {number[gid]: c for gid, c in self._checked.items()},
+                "names": {k: {number[gid]: v for gid, v in held.items()} for k, held in self._names.items()},
+                "claims": {k: {number[gid]: v for gid, v in held.items()}
+                           for k, held in self._claims.items()},
+                "name_errors": self._name_errors, "claim_errors": self._claim_errors,
+            }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        shapes: list[_Shape] = state["shapes"]
+        gid = [id(shape.resources) for shape in shapes]  # the tuples the unpickled FileResults hold
+        self._shapes = dict(zip(gid, shapes, strict=True))
+        self._checked = {gid[n]: c for n, c in state["checked"].items()}
+        self._names = {k: {gid[n]: v for n, v in held.items()} for k, held in state["names"].items()}
+        self._claims = {k: {gid[n]: v for n, v in held.items()} for k, held in state["claims"].items()}
+        self._name_errors, self._claim_errors = state["name_errors"], state["claim_errors"]
 
     def check(self, groups: Sequence[tuple[Resource, ...]], broken: Iterable[str] = ()) -> list[ConfigError]:
         with self._lock:
