@@ -53,9 +53,15 @@ def print_warnings(warnings: Iterable[str]) -> None:
         print(f"Warning: {w}", file=sys.stderr)
 
 
-def load_timed(config_dir: str) -> tuple[LoadedConfig, float]:
+def load_timed(config_dir: str, state_dir: Any = None) -> tuple[LoadedConfig, float]:
+    """Load (and time) the configuration; with ``state_dir``, through the parse cache persisted there."""
     t = time.perf_counter()
-    loaded = load_config(config_dir)
+    if state_dir is None:
+        loaded = load_config(config_dir)
+    else:
+        from reconciler.config.persist import load_dir_persisted
+
+        loaded = load_dir_persisted(config_dir, state_dir, create=True)
     return loaded, time.perf_counter() - t
 
 
@@ -63,7 +69,7 @@ def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str) -> 
     """Load, then (holding the state lock) plan or apply; the CLI's one path into ``reconcile``."""
     from reconciler.drivers.registry import vip_interface_of
 
-    loaded, t_parse = load_timed(config_dir)
+    loaded, t_parse = load_timed(config_dir, ctx.state_dir)
     if loaded.errors:
         return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
                                timings=Timings(parse=t_parse), digest=loaded.digest)

@@ -4,7 +4,7 @@ Why this exists: the datapath deliberately outlives lbctl (pinned maps and
 programs, VIP addresses) so traffic survives restarts; ``down`` is the one
 way to take it all away: programs detached, maps and pins removed, the VIP
 interface and its addresses deleted, and lbctl's files in the state dir
-(allocations, lock) removed.  Idempotent: running it twice is fine.
+(allocations, lock, parse cache) removed.  Idempotent: running it twice is fine.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
+from reconciler.config.persist import FILE_NAME as PARSE_CACHE
 from reconciler.ipam import STORE_NAME
 from reconciler.lock import LOCK_NAME, StateLock
 from reconciler.model import DEFAULT_VIP_INTERFACE
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             os.unlink(state_dir / STORE_NAME)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_dir / LOCK_NAME)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_dir / PARSE_CACHE)
     _rmdir_if_empty(state_dir)
     _rmdir_if_empty(Path(ctx.pin_root))
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items()) if n) or "nothing was live"

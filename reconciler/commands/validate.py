@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from reconciler.config import LoadResult, load_dir
+from reconciler.config import LoadResult, load_dir_persisted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def _summary(result: LoadResult) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    result = load_dir(args.dir)
+    result = load_dir_persisted(args.dir, getattr(ctx, "state_dir", None))  # never creates the state dir
     if ctx.output == "json":
         json.dump(to_json(result), sys.stdout, indent=2)
         sys.stdout.write("\n")
