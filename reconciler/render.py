@@ -80,9 +80,11 @@ def _list_block(lines: list[Line], sym: str, name: str, width: int, items: list[
 
 
 def _whole(lines: list[Line], sym: str, rec: Mapping[str, Any]) -> None:
-    width = max((len(k) for k in rec), default=0)
-    for name in sorted(rec):
-        v = rec[name]
+    # Like terraform, a created or destroyed object lists only the attributes it has.
+    shown = {k: v for k, v in rec.items() if v is not None}
+    width = max((len(k) for k in shown), default=0)
+    for name in sorted(shown):
+        v = shown[name]
         if _is_backend_list(v):
             _list_block(lines, sym, name, width, v)
         else:
