@@ -220,6 +220,7 @@ class Map:
         self.ncpus = L.ncpus if spec.percpu else 1
         self.buf_size = self.stride * self.ncpus
         self.writes = 0
+        self._raw_buf: Any = None
 
     def key(self, **fields: Any) -> Any:
         k = self.ffi.new(self.spec.key + " *")
@@ -322,6 +323,82 @@ class Map:
         rc = lib().lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts)
         _check(rc, f"update_batch of map {self.name}")
         self.writes += n
+
+    # Raw-bytes variants: no cffi object per entry (the driver's hot paths at 10k services).
+
+    def lookup_raw(self, key: bytes) -> bytes | None:
+        """The value bytes (per-CPU maps: all CPUs, ``stride`` apart), or None."""
+        buf = self._raw_buf
+        if buf is None:
+            buf = self._raw_buf = self.ffi.new("char[]", self.buf_size)
+        rc = lib().lib.bpf_map_lookup_elem(self.fd, key, buf)
+        if rc == -errno_mod.ENOENT:
+            return None
+        _check(rc, f"lookup in map {self.name}")
+        out: bytes = self.ffi.buffer(buf, self.buf_size)[:]
+        return out
+
+    def items_raw(self, chunk: int = 1024) -> Iterator[tuple[bytes, bytes]]:
+        """All (key bytes, value bytes) pairs, one BPF_MAP_LOOKUP_BATCH per chunk (pitfall 7)."""
+        ffi = self.ffi
+        keys = ffi.new("char[]", self.key_size * chunk)
+        vals = ffi.new("char[]", self.buf_size * chunk)
+        batch_size = max(self.key_size, 8)
+        in_b = ffi.new("char[]", batch_size)
+        out_b = ffi.new("char[]", batch_size)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        count = ffi.new("__u32 *")
+        start = ffi.NULL
+        ks, vs = self.key_size, self.buf_size
+        while True:
+            count[0] = chunk
+            rc = lib().lib.bpf_map_lookup_batch(self.fd, start, out_b, keys, vals, count, opts)
+            if rc < 0 and rc != -errno_mod.ENOENT:
+                _check(rc, f"lookup_batch of map {self.name}")
+            n = int(count[0])
+            kb = ffi.buffer(keys, ks * n)[:]
+            vb = ffi.buffer(vals, vs * n)[:]
+            for i in range(n):
+                yield kb[i * ks : (i + 1) * ks], vb[i * vs : (i + 1) * vs]
+            if rc == -errno_mod.ENOENT:
+                return
+            ffi.memmove(in_b, out_b, batch_size)
+            start = in_b
+
+    def update_batch_raw(self, items: list[tuple[bytes, bytes]], per_call: int = 4096) -> None:
+        """Write many (key bytes, value bytes) with BPF_MAP_UPDATE_BATCH, in order.
+
+        Values are ``value_size`` bytes; per-CPU maps get the same value on every CPU.
+        Later entries win over earlier ones with the same key (the kernel applies them
+        one by one, in order).
+        """
+        if not items:
+            return
+        ffi = self.ffi
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        pad = b"\0" * (self.stride - self.value_size)
+        for lo in range(0, len(items), per_call):
+            part = items[lo : lo + per_call]
+            n = len(part)
+            kbuf = b"".join(k for k, _ in part)
+            if self.ncpus == 1:
+                vbuf = b"".join(v for _, v in part)
+            else:
+                vbuf = b"".join((v + pad) * self.ncpus for _, v in part)
+            count = ffi.new("__u32 *", n)
+            rc = lib().lib.bpf_map_update_batch(self.fd, kbuf, vbuf, count, opts)
+            if rc < 0:
+                self.writes += int(count[0])
+                _check(rc, f"update_batch of map {self.name}")
+            self.writes += n
+
+    def delete_raw(self, key: bytes) -> bool:
+        rc = lib().lib.bpf_map_delete_elem(self.fd, key)
+        if rc == -errno_mod.ENOENT:
+            return False
+        _check(rc, f"delete from map {self.name}")
+        self.writes += 1
+        return True
 
     def delete_many(self, keys: list[Any]) -> int:
         n = 0

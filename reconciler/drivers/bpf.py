@@ -22,13 +22,15 @@ maps, so a restarted process finds them:
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import math
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import maglev
@@ -137,6 +139,160 @@ def _proto_num(proto: str) -> int:
 
 
 _PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
+_SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
+_MODE_NAMES = {v: k for k, v in MODES.items()}
+
+
+# Raw layouts of lb_shared.h used on the hot paths (checked against cffi, and so
+# against the object's BTF, by _check_raw_layout()).
+_U32 = struct.Struct("<I")
+_BE_KEY = struct.Struct("<II")  # struct lb_be_key
+_SEL_KEY = struct.Struct("<IHH")  # struct lb_sel_key
+_SVC_KEY_TAIL = struct.Struct("<HBB")  # struct lb_svc_key after addr[4]
+_LIST_HDR = struct.Struct("<IIII")  # struct lb_backend_list before be[]
+_BE = struct.Struct("<16sHBxII")  # struct lb_backend
+_SVC_HDR = struct.Struct("<16sHBBHBBIIIII")  # struct lb_service up to allowed[]
+_CIDR = struct.Struct("<16s16sBBxx")  # struct lb_cidr
+_MAX_ENDPOINTS = 256
+_MAX_ALLOWED = 16
+_NAME_LEN = 64
+_SEL_CHUNK = 512
+_SEL_BYTES = 2 * _SEL_CHUNK
+_LIST_SIZE = _LIST_HDR.size + _MAX_ENDPOINTS * _BE.size
+_CONF_SIZE = _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size + _NAME_LEN
+_CT_SVC_OFF, _CT_STAT_OFF, _BE_STAT_OFF = 20, 24, 24  # lb_ct.svc_id, lb_ct.stat_id, lb_backend.stat_id
+_ZERO_COUNTERS = bytes(48)  # struct lb_counters
+# Order in which buffered writes reach the kernel (see BpfDriver.apply).
+_FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
+                "lb_svc")
+FLUSH_BYTES = 8 << 20
+
+
+def _check_raw_layout() -> None:
+    ffi = B.lib().ffi
+    want = {
+        ("struct lb_be_key", None): _BE_KEY.size, ("struct lb_sel_key", None): _SEL_KEY.size,
+        ("struct lb_svc_key", None): 16 + _SVC_KEY_TAIL.size, ("struct lb_backend", None): _BE.size,
+        ("struct lb_backend_list", None): _LIST_SIZE, ("struct lb_backend_list", "be"): _LIST_HDR.size,
+        ("struct lb_service", None): _CONF_SIZE, ("struct lb_service", "allowed"): _SVC_HDR.size,
+        ("struct lb_service", "name"): _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size,
+        ("struct lb_cidr", None): _CIDR.size, ("struct lb_sel_chunk", None): _SEL_BYTES,
+        ("struct lb_ct", "svc_id"): _CT_SVC_OFF, ("struct lb_ct", "stat_id"): _CT_STAT_OFF,
+        ("struct lb_backend", "stat_id"): _BE_STAT_OFF, ("struct lb_persist", "be"): 0,
+        ("struct lb_persist_key", "svc_id"): 0, ("struct lb_counters", None): len(_ZERO_COUNTERS),
+        ("struct lb_backend", "port"): 16, ("struct lb_backend", "weight"): 20,
+        ("struct lb_service", "active"): 36, ("struct lb_service", "n_allowed"): 40,
+    }
+    bad = []
+    for (st, member), n in want.items():
+        got = ffi.sizeof(st) if member is None else ffi.offsetof(st, member)
+        if got != n:
+            bad.append(f"{st}{'.' + member if member else ''}: {got}, driver assumes {n}")
+    consts = {"LB_MAX_ENDPOINTS": _MAX_ENDPOINTS, "LB_MAX_ALLOWED_SOURCES": _MAX_ALLOWED,
+              "LB_NAME_LEN": _NAME_LEN, "LB_SEL_CHUNK": _SEL_CHUNK}
+    bad += [f"{c}: {B.const(c)}, driver assumes {v}" for c, v in consts.items() if B.const(c) != v]
+    if bad:
+        raise B.LayoutError("bpf driver raw layout disagrees with lb_shared.h: " + "; ".join(bad))
+
+
+def _pack_addr(address: str) -> tuple[int, bytes]:
+    """(family, the 16 bytes of lb_* addr[4]) of an address."""
+    if ":" in address:
+        return 6, socket.inet_pton(socket.AF_INET6, address)
+    return 4, socket.inet_pton(socket.AF_INET, address) + bytes(12)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _addr_str6(raw: bytes) -> str:
+    return str(ipaddress.IPv6Address(raw))
+
+
+@functools.lru_cache(maxsize=1024)
+def _weighted_bytes(weights: tuple[int, ...]) -> bytes:
+    """weighted_table() packed like ``EndpointSet.maglev`` (cached: most services share weights)."""
+    t = weighted_table(weights)
+    return struct.pack(f"<{len(t)}H", *t)
+
+
+@functools.cache
+def _limit(name: str) -> int:
+    return B.const(name)
+
+
+def _canon(address: str) -> str:
+    return _addr_str(*_pack_addr(address))
+
+
+def _addr_str(family: int, raw: bytes) -> str:
+    """Canonical text (as ``ipaddress``) of a 16-byte addr[4]."""
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return _addr_str6(raw[:16])
+
+
+@dataclass
+class _Conf:
+    """A ``struct lb_service`` as Python values (decoded from / encoded to map bytes)."""
+
+    addr: bytes
+    port_n: int  # network order
+    proto: int
+    family: int
+    port_end: int
+    selection: int = 0
+    mode: int = 0
+    flags: int = 0
+    session_timeout: int = 0
+    persist_timeout: int = 0
+    active: int = 0
+    n_allowed: int = 0
+    allowed: bytes = b""  # n_allowed packed lb_cidr (zero padded on encode)
+    name: bytes = b""  # zero padded on encode
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Conf:
+        addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed = (
+            _SVC_HDR.unpack_from(raw))
+        na = _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size
+        return cls(addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed,
+                   allowed=raw[_SVC_HDR.size : na], name=raw[na : na + _NAME_LEN])
+
+    def encode(self) -> bytes:
+        hdr = _SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
+                            self.mode, self.flags, self.session_timeout, self.persist_timeout, self.active,
+                            self.n_allowed)
+        allowed = self.allowed + bytes(_MAX_ALLOWED * _CIDR.size - len(self.allowed))
+        return hdr + allowed + self.name + bytes(_NAME_LEN - len(self.name))
+
+    def service_key(self) -> ServiceKey:
+        return ServiceKey(_addr_str(self.family, self.addr), _PROTO_NAMES.get(self.proto, str(self.proto)),
+                          socket.ntohs(self.port_n), self.port_end)
+
+    def service_record(self, key: ServiceKey) -> ServiceEntry:
+        allowed = []
+        for i in range(self.n_allowed):
+            addr, _, plen, fam = _CIDR.unpack_from(self.allowed, i * _CIDR.size)
+            allowed.append(f"{_addr_str(fam, addr)}/{plen}")
+        return ServiceEntry(
+            key=key, name=self.name.split(b"\0", 1)[0].decode(), mode=_MODE_NAMES[self.mode],
+            selection=_SELECTION_NAMES[self.selection], session_timeout=self.session_timeout,
+            persist_timeout=self.persist_timeout, allowed_sources=tuple(allowed),
+        )
+
+
+@dataclass
+class _Index:
+    """What the driver knows about the maps: built by one pass, kept current by its writes."""
+
+    confs: dict[int, _Conf] = field(default_factory=dict)
+    raw: dict[int, bytes] = field(default_factory=dict)  # lb_conf value bytes as in the map
+    keys: dict[int, ServiceKey] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)  # str(ServiceKey) -> service id
+    eps: dict[int, EndpointSet] = field(default_factory=dict)  # active endpoint set
+    stat: dict[int, tuple[int, ...]] = field(default_factory=dict)  # stat id of each backend in eps
+    used_stats: set[int] = field(default_factory=set)
+    svc_hint: int = 0  # no free service id below this
+    stat_hint: int = 0  # no free stat id below this
 
 
 def _ensure_bpffs() -> None:
@@ -194,9 +350,10 @@ class BpfDriver:
         self._own_fds: list[int] = []
         self._base_writes = 0
         self._checked = False
-        self._used_stats: set[int] | None = None
-        self._svc_hint = 0
-        self._stat_hint = 0
+        self._index: _Index | None = None
+        self._pend: dict[str, dict[bytes, bytes]] = {}
+        self._pend_bytes = 0
+        self._touched: set[int] = set()
 
     # ----------------------------------------------------------------- plumbing
 
@@ -218,6 +375,7 @@ class BpfDriver:
             obj.check_layout()
         finally:
             obj.close()
+        _check_raw_layout()
         self._checked = True
 
     def _open(self, create: bool) -> bool:
@@ -244,6 +402,7 @@ class BpfDriver:
         os.makedirs(self.pin_root, exist_ok=True)
         obj = B.BpfObject(self.obj_path)
         obj.check_layout()
+        _check_raw_layout()
         self._checked = True
         obj.set_pin_root(self.pin_root)
         obj.load(tuple(PROGS.values()))
@@ -276,6 +435,7 @@ class BpfDriver:
         for m in self._maps.values():
             self._base_writes += m.writes
         self._maps = {}
+        self._index = None
         if self._obj is not None:
             self._obj.close()
             self._obj = None
@@ -286,7 +446,6 @@ class BpfDriver:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---------------------------------------------------------------- decoding
 
     def _confs(self) -> dict[int, Any]:
         return {int(k): v for k, v in self._maps["lb_conf"].items()}
@@ -299,65 +458,77 @@ class BpfDriver:
         return ServiceKey(_words_addr(family, k.addr), _PROTO_NAMES.get(int(k.proto), str(int(k.proto))),
                           port, int(conf.port_end))
 
-    def _service_record(self, conf: Any) -> ServiceEntry:
-        ffi = B.lib().ffi
-        sel = {v: k for k, v in SELECTIONS.items()}[int(conf.selection)]
-        mode = {v: k for k, v in MODES.items()}[int(conf.mode)]
-        allowed = []
-        for i in range(int(conf.n_allowed)):
-            c = conf.allowed[i]
-            allowed.append(f"{_words_addr(int(c.family), c.addr)}/{int(c.prefixlen)}")
-        return ServiceEntry(
-            key=self._conf_key(conf),
-            name=ffi.string(conf.name).decode(),
-            mode=mode,
-            selection=sel,
-            session_timeout=int(conf.session_timeout),
-            persist_timeout=int(conf.persist_timeout),
-            allowed_sources=tuple(allowed),
-        )
-
     def _list(self, svc_id: int, slot: int) -> Any | None:
         bk = self._maps["lb_backends"].key(svc_id=svc_id, slot=slot)
         return self._maps["lb_backends"].lookup(bk)
 
-    def _table(self, svc_id: int, slot: int, length: int) -> list[int]:
-        chunk = B.const("LB_SEL_CHUNK")
-        out: list[int] = []
+    def _table_raw(self, svc_id: int, slot: int, length: int) -> bytes:
+        """The selection table of (service, slot) in the ``EndpointSet.maglev`` format."""
         m = self._maps["lb_sel"]
-        for c in range(-(-length // chunk)):
-            v = m.lookup(m.key(svc_id=svc_id, slot=slot, chunk=c))
+        parts = []
+        for c in range(-(-length // _SEL_CHUNK)):
+            v = m.lookup_raw(_SEL_KEY.pack(svc_id, slot, c))
             if v is None:
                 raise LbctlError(f"lb_sel chunk {c} of service {svc_id} slot {slot} is missing")
-            out.extend(int(v.idx[i]) for i in range(chunk))
-        return out[:length]
+            parts.append(v)
+        return b"".join(parts)[: 2 * length]
 
-    def _endpoints_record(self, svc_id: int, conf: Any) -> EndpointSet:
-        key = self._conf_key(conf)
-        lst = self._list(svc_id, int(conf.active))
+    def _decode_list(self, svc_id: int, conf: _Conf, key: ServiceKey,
+                     raw: bytes | None) -> tuple[EndpointSet, tuple[int, ...]]:
         backends: list[Backend] = []
+        stat_ids: list[int] = []
         table = b""
-        if lst is not None:
-            for i in range(int(lst.count)):
-                b = lst.be[i]
-                addr = _words_addr(int(b.family), b.addr)
-                backends.append(Backend(addr, socket.ntohs(int(b.port)), int(b.weight)))
-            if int(lst.sel_kind) == 1:
-                table = maglev.pack(self._table(svc_id, int(conf.active), int(lst.sel_len)))
-        return EndpointSet(key=key, backends=tuple(backends), maglev=table)
+        if raw is not None:
+            count, sel_len, sel_kind, _ = _LIST_HDR.unpack_from(raw)
+            ntohs, unpack, size = socket.ntohs, _BE.unpack_from, _BE.size
+            for i in range(min(count, _MAX_ENDPOINTS)):
+                a, port_n, fam, weight, sid = unpack(raw, _LIST_HDR.size + size * i)
+                backends.append(Backend(_addr_str(fam, a), ntohs(port_n), weight))
+                stat_ids.append(sid)
+            if sel_kind == 1:
+                table = self._table_raw(svc_id, conf.active, sel_len)
+        return EndpointSet(key=key, backends=tuple(backends), maglev=table), tuple(stat_ids)
+
+    def _build_index(self) -> _Index:
+        """One pass over the maps: every service, its active endpoint list and stat ids."""
+        idx = _Index()
+        lm = self._maps["lb_backends"]
+        for kb, vb in self._maps["lb_conf"].items_raw():
+            svc_id = _U32.unpack(kb)[0]
+            conf = _Conf.decode(vb)
+            key = conf.service_key()
+            idx.confs[svc_id] = conf
+            idx.raw[svc_id] = vb
+            idx.keys[svc_id] = key
+            idx.ids[str(key)] = svc_id
+            if conf.flags & F_HAS_ENDPOINTS:
+                eps, stat_ids = self._decode_list(svc_id, conf, key,
+                                                  lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active)))
+                idx.eps[svc_id] = eps
+                idx.stat[svc_id] = stat_ids
+                idx.used_stats.update(stat_ids)
+        while idx.svc_hint in idx.confs:
+            idx.svc_hint += 1
+        while idx.stat_hint in idx.used_stats:
+            idx.stat_hint += 1
+        return idx
 
     # -------------------------------------------------------------------- read
 
     def read(self) -> Mapping[str, Mapping[str, Record]]:
         out: dict[str, dict[str, Record]] = {"service": {}, "endpoints": {}, "attach": {}}
         if not self._open(create=False):
+            self._index = None
             return out
-        for svc_id, conf in self._confs().items():
-            key = str(self._conf_key(conf))
-            if int(conf.flags) & F_HAS_SERVICE:
-                out["service"][key] = self._service_record(conf)
-            if int(conf.flags) & F_HAS_ENDPOINTS:
-                out["endpoints"][key] = self._endpoints_record(svc_id, conf)
+        # The index this read builds is what the next apply() starts from (no second dump).
+        idx = self._index = self._build_index()
+        for svc_id, conf in idx.confs.items():
+            key = idx.keys[svc_id]
+            skey = str(key)
+            if conf.flags & F_HAS_SERVICE:
+                out["service"][skey] = conf.service_record(key)
+            if conf.flags & F_HAS_ENDPOINTS:
+                out["endpoints"][skey] = idx.eps[svc_id]
         for k, v in self._maps["lb_attach"].items():
             ifname = B.lib().ffi.string(k.ifname).decode()
             hook = {1: "tc", 2: "xdp"}.get(int(v.hook), "?")
@@ -374,68 +545,152 @@ class BpfDriver:
             return B.tc_query(idx) if hook == "tc" else B.xdp_query(idx)
 
     # ------------------------------------------------------------------- apply
+    #
+    # Writes are buffered per map and flushed with BPF_MAP_UPDATE_BATCH in a fixed
+    # order (counters, then inactive-slot lists and tables, then lb_conf swaps, then
+    # lookup entries), which keeps every service's own order: a packet never finds a
+    # service whose configuration, list or table is not written yet.  Anything that
+    # deletes or must read back first flushes the buffer.  The service/stat-id state
+    # comes from the index of the last read() (or one dump); touched services are
+    # checked against lb_conf, and the index is dropped on any failure.
 
     def apply(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
         self._open(create=True)
-        confs = self._confs()
-        ids = {str(self._conf_key(c)): i for i, c in confs.items()}
-        # Allocation state for this apply, computed once (keeps big applies linear).
-        self._used_stats = None
-        self._svc_hint = 0
-        self._stat_hint = 0
-        for ch in changes:
-            if ch.kind == "service":
-                self._apply_service(ch, confs, ids)
-            elif ch.kind == "endpoints":
-                self._apply_endpoints(ch, confs, ids)
-            elif ch.kind == "attach":
-                self._apply_attach(ch)
-            else:
-                raise LbctlError(f"bpf driver cannot apply record kind {ch.kind!r}")
+        if self._index is None:
+            self._index = self._build_index()
+        self._pend = {}
+        self._pend_bytes = 0
+        self._touched = set()
+        ok = False
+        try:
+            for ch in changes:
+                if ch.kind == "service":
+                    self._apply_service(ch)
+                elif ch.kind == "endpoints":
+                    self._apply_endpoints(ch)
+                elif ch.kind == "attach":
+                    self._flush()
+                    self._apply_attach(ch)
+                else:
+                    raise LbctlError(f"bpf driver cannot apply record kind {ch.kind!r}")
+                if self._pend_bytes > FLUSH_BYTES:
+                    self._flush()
+            ok = True
+        finally:
+            try:
+                self._flush()
+            finally:
+                if not ok:
+                    self._index = None
 
-    def _alloc_service(self, key: ServiceKey, confs: dict[int, Any], ids: dict[str, int]) -> int:
+    @property
+    def _idx(self) -> _Index:
+        assert self._index is not None
+        return self._index
+
+    def _put(self, name: str, key: bytes, value: bytes) -> None:
+        self._pend.setdefault(name, {})[key] = value
+        self._pend_bytes += len(key) + len(value)
+
+    def _flush(self) -> None:
+        pend, self._pend, self._pend_bytes = self._pend, {}, 0
+        try:
+            for name in _FLUSH_ORDER:
+                items = pend.get(name)
+                if items:
+                    self._maps[name].update_batch_raw(list(items.items()))
+        except Exception:
+            self._index = None
+            raise
+
+    def _validate(self, svc_id: int) -> None:
+        """Check one service of the index against lb_conf; rebuild the index if it drifted."""
+        if svc_id in self._touched:
+            return
+        self._touched.add(svc_id)
+        if self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id)) != self._idx.raw.get(svc_id):
+            self._flush()
+            self._index = self._build_index()
+            self._touched = set()
+
+    def _service_id(self, key: ServiceKey) -> int | None:
         skey = str(key)
-        if skey in ids:
-            return ids[skey]
-        limit = B.const("LB_MAX_SERVICES")
-        svc_id = next((i for i in range(self._svc_hint, limit) if i not in confs), -1)
-        if svc_id < 0:
-            raise LbctlError(f"no free service id (limit {limit})")
-        ffi = B.lib().ffi
-        conf = ffi.new("struct lb_service *")
-        family, words = _addr_words(key.vip)
-        _set_words(conf.key.addr, words)
-        conf.key.port = socket.htons(key.port)
-        conf.key.proto = _proto_num(key.proto)
-        conf.key.family = family
-        conf.port_end = key.port_end
-        # Fresh counters for a fresh id.
-        self._maps["lb_svc_stats"].update(svc_id, self._maps["lb_svc_stats"].value())
-        self._maps["lb_rr"].update(svc_id, 0)
-        confs[svc_id] = conf
-        ids[skey] = svc_id
-        self._svc_hint = svc_id + 1
+        svc_id = self._idx.ids.get(skey)
+        if svc_id is not None:
+            self._validate(svc_id)
+            svc_id = self._idx.ids.get(skey)
         return svc_id
 
-    def _write_conf(self, svc_id: int, conf: Any, confs: dict[int, Any]) -> None:
-        m = self._maps["lb_conf"]
-        old = m.lookup(svc_id)
-        ffi = B.lib().ffi
-        if old is not None and bytes(ffi.buffer(old)) == bytes(ffi.buffer(conf)):
-            confs[svc_id] = old
-            return
-        m.update(svc_id, conf)
-        confs[svc_id] = conf
+    def _alloc_service(self, key: ServiceKey) -> int:
+        svc_id = self._service_id(key)
+        if svc_id is not None:
+            return svc_id
+        idx = self._idx
+        limit = _limit("LB_MAX_SERVICES")
+        svc_id = idx.svc_hint
+        while svc_id < limit and svc_id in idx.confs:
+            svc_id += 1
+        if svc_id >= limit:
+            raise LbctlError(f"no free service id (limit {limit})")
+        family, addr = _pack_addr(key.vip)
+        conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
+                     family=family, port_end=key.port_end)
+        # Fresh counters for a fresh id.
+        k = _U32.pack(svc_id)
+        self._put("lb_svc_stats", k, _ZERO_COUNTERS)
+        self._put("lb_rr", k, b"\0\0\0\0")
+        idx.confs[svc_id] = conf
+        idx.keys[svc_id] = key
+        idx.ids[str(key)] = svc_id
+        idx.svc_hint = svc_id + 1
+        self._touched.add(svc_id)
+        return svc_id
 
-    def _drop_conf_if_empty(self, svc_id: int, conf: Any, confs: dict[int, Any], ids: dict[str, int]) -> None:
-        if int(conf.flags) & (F_HAS_SERVICE | F_HAS_ENDPOINTS):
-            self._write_conf(svc_id, conf, confs)
+    def _alloc_stat(self) -> int:
+        idx = self._idx
+        limit = _limit("LB_MAX_BACKEND_STATS")
+        sid = idx.stat_hint
+        while sid < limit and sid in idx.used_stats:
+            sid += 1
+        if sid >= limit:
+            raise LbctlError("no free endpoint counter slot")
+        idx.used_stats.add(sid)
+        idx.stat_hint = sid + 1
+        k = _U32.pack(sid)
+        self._put("lb_be_stats", k, _ZERO_COUNTERS)
+        self._put("lb_be_conns", k, b"\0" * 8)
+        return sid
+
+    def _release_stats(self, stat_ids: Iterable[int]) -> None:
+        idx = self._idx
+        for sid in stat_ids:
+            idx.used_stats.discard(sid)
+            idx.stat_hint = min(idx.stat_hint, sid)
+
+    def _write_conf(self, svc_id: int, conf: _Conf) -> None:
+        idx = self._idx
+        raw = conf.encode()
+        idx.confs[svc_id] = conf
+        if idx.raw.get(svc_id) == raw:
             return
-        self._maps["lb_conf"].delete(svc_id)
-        confs.pop(svc_id, None)
-        ids.pop(str(self._conf_key(conf)), None)
+        idx.raw[svc_id] = raw
+        self._put("lb_conf", _U32.pack(svc_id), raw)
+
+    def _drop_conf_if_empty(self, svc_id: int, conf: _Conf) -> None:
+        if conf.flags & (F_HAS_SERVICE | F_HAS_ENDPOINTS):
+            self._write_conf(svc_id, conf)
+            return
+        idx = self._idx
+        self._flush()
+        self._maps["lb_conf"].delete_raw(_U32.pack(svc_id))
+        idx.confs.pop(svc_id, None)
+        idx.raw.pop(svc_id, None)
+        key = idx.keys.pop(svc_id, None)
+        if key is not None:
+            idx.ids.pop(str(key), None)
+        idx.svc_hint = min(idx.svc_hint, svc_id)
         self._purge_flows(svc_id, None)
 
     def _lookup_entries(self, key: ServiceKey) -> tuple[Any, Any, bool]:
@@ -449,13 +704,17 @@ class BpfDriver:
         _set_words(k.addr, words)
         return "lb_range", k, False
 
-    def _publish(self, key: ServiceKey, svc_id: int) -> None:
-        name, k, exact = self._lookup_entries(key)
-        m = self._maps[name]
-        if exact:
-            if m.lookup(k) != svc_id:
-                m.update(k, svc_id)
+    def _publish(self, key: ServiceKey, svc_id: int, was_published: bool) -> None:
+        if key.port == key.port_end or key.proto in ("icmp", "icmpv6"):
+            family, addr = _pack_addr(key.vip)
+            k = addr + _SVC_KEY_TAIL.pack(socket.htons(key.port), _proto_num(key.proto), family)
+            v = _U32.pack(svc_id)
+            if not was_published or self._maps["lb_svc"].lookup_raw(k) != v:
+                self._put("lb_svc", k, v)
             return
+        self._flush()
+        name, k, _ = self._lookup_entries(key)
+        m = self._maps[name]
         lst = m.lookup(k)
         ranges = [] if lst is None else [
             (int(lst.r[i].start), int(lst.r[i].end), int(lst.r[i].svc_id)) for i in range(int(lst.count))]
@@ -478,6 +737,7 @@ class BpfDriver:
         m.update(k, v)
 
     def _unpublish(self, key: ServiceKey, svc_id: int) -> None:
+        self._flush()
         name, k, exact = self._lookup_entries(key)
         m = self._maps[name]
         if exact:
@@ -492,174 +752,126 @@ class BpfDriver:
         if kept != ranges:
             self._write_ranges(m, k, kept)
 
-    def _apply_service(self, ch: Change, confs: dict[int, Any], ids: dict[str, int]) -> None:
-        key = ServiceKey.parse(ch.key)
+    def _apply_service(self, ch: Change) -> None:
         after = ch.after
+        key = after.key if isinstance(after, ServiceEntry) else ServiceKey.parse(ch.key)
         if ch.action == "delete" or after is None:
-            svc_id = ids.get(str(key))
+            svc_id = self._service_id(key)
             if svc_id is None:
                 return
-            conf = confs[svc_id]
+            conf = self._idx.confs[svc_id]
             self._unpublish(key, svc_id)
-            new = self._copy(conf)
-            new.flags = int(conf.flags) & ~F_HAS_SERVICE
-            self._drop_conf_if_empty(svc_id, new, confs, ids)
+            self._drop_conf_if_empty(svc_id, replace(conf, flags=conf.flags & ~F_HAS_SERVICE))
             return
         assert isinstance(after, ServiceEntry)
-        svc_id = self._alloc_service(key, confs, ids)
-        new = self._copy(confs[svc_id])
-        new.flags = int(new.flags) | F_HAS_SERVICE
-        new.selection = SELECTIONS[after.selection]
-        new.mode = MODES[after.mode]
-        new.session_timeout = after.session_timeout
-        new.persist_timeout = after.persist_timeout
         name = after.name.encode()
         if len(name) >= B.const("LB_NAME_LEN"):
             raise LbctlError(f"service name {after.name!r} is longer than {B.const('LB_NAME_LEN') - 1} bytes")
-        new.name = name
         limit = B.const("LB_MAX_ALLOWED_SOURCES")
         if len(after.allowed_sources) > limit:
             raise LbctlError(f"service {after.name}: more than {limit} allowed sources")
-        ffi = B.lib().ffi
-        ffi.memmove(ffi.addressof(new, "allowed"), b"\0" * ffi.sizeof(new.allowed), ffi.sizeof(new.allowed))
-        new.n_allowed = len(after.allowed_sources)
-        for i, cidr in enumerate(after.allowed_sources):
+        allowed = []
+        for cidr in after.allowed_sources:
             net = ipaddress.ip_network(cidr, strict=False)
-            fam, words = _addr_words(str(net.network_address))
-            _, mask = _addr_words(str(net.netmask))
-            c = new.allowed[i]
-            _set_words(c.addr, words)
-            _set_words(c.mask, mask)
-            c.prefixlen = net.prefixlen
-            c.family = fam
+            fam, addr = _pack_addr(str(net.network_address))
+            _, mask = _pack_addr(str(net.netmask))
+            allowed.append(_CIDR.pack(addr, mask, net.prefixlen, fam))
+        svc_id = self._alloc_service(key)
+        old = self._idx.confs[svc_id]
+        new = replace(
+            old, flags=old.flags | F_HAS_SERVICE, selection=SELECTIONS[after.selection],
+            mode=MODES[after.mode], session_timeout=after.session_timeout,
+            persist_timeout=after.persist_timeout, n_allowed=len(allowed), allowed=b"".join(allowed),
+            name=name,
+        )
         # Configuration first, then the lookup entry that makes it reachable.
-        self._write_conf(svc_id, new, confs)
-        self._publish(key, svc_id)
+        self._write_conf(svc_id, new)
+        self._publish(key, svc_id, bool(old.flags & F_HAS_SERVICE))
 
-    @staticmethod
-    def _copy(conf: Any) -> Any:
-        ffi = B.lib().ffi
-        new = ffi.new("struct lb_service *")
-        ffi.memmove(new, conf, ffi.sizeof("struct lb_service"))
-        return new
-
-    def _active_stat_ids(self) -> set[int]:
-        used: set[int] = set()
-        for svc_id, conf in self._confs().items():
-            if not int(conf.flags) & F_HAS_ENDPOINTS:
-                continue
-            lst = self._list(svc_id, int(conf.active))
-            if lst is not None:
-                used.update(int(lst.be[i].stat_id) for i in range(int(lst.count)))
-        return used
-
-    def _apply_endpoints(self, ch: Change, confs: dict[int, Any], ids: dict[str, int]) -> None:
-        key = ServiceKey.parse(ch.key)
+    def _apply_endpoints(self, ch: Change) -> None:
         after = ch.after
-        svc_id = ids.get(str(key))
+        key = after.key if isinstance(after, EndpointSet) else ServiceKey.parse(ch.key)
+        idx = self._idx
         if ch.action == "delete" or after is None:
+            svc_id = self._service_id(key)
             if svc_id is None:
                 return
-            conf = self._copy(confs[svc_id])
-            conf.flags = int(conf.flags) & ~F_HAS_ENDPOINTS
-            self._write_conf(svc_id, conf, confs)
+            conf = replace(idx.confs[svc_id], flags=idx.confs[svc_id].flags & ~F_HAS_ENDPOINTS)
+            self._write_conf(svc_id, conf)
+            self._flush()
             for slot in (0, 1):
                 self._delete_slot(svc_id, slot)
-            self._drop_conf_if_empty(svc_id, conf, confs, ids)
+            idx.eps.pop(svc_id, None)
+            freed = idx.stat.pop(svc_id, ())
+            self._drop_conf_if_empty(svc_id, conf)
             self._purge_flows(svc_id, None)
+            self._release_stats(freed)
             return
         assert isinstance(after, EndpointSet)
-        if len(after.backends) > B.const("LB_MAX_ENDPOINTS"):
-            raise LbctlError(f"{key}: more than {B.const('LB_MAX_ENDPOINTS')} endpoints")
-        svc_id = self._alloc_service(key, confs, ids)
-        conf = confs[svc_id]
-        if int(conf.flags) & F_HAS_ENDPOINTS and self._endpoints_record(svc_id, conf) == after:
+        if len(after.backends) > _MAX_ENDPOINTS:
+            raise LbctlError(f"{key}: more than {_MAX_ENDPOINTS} endpoints")
+        if after.maglev:
+            table = after.maglev
+            if max(maglev.unpack(table)) >= len(after.backends):
+                raise LbctlError(f"{key}: maglev table points past the endpoint list")
+            sel_kind = 1
+        else:
+            table = _weighted_bytes(tuple(b.weight for b in after.backends))
+            sel_kind = 0
+        svc_id = self._alloc_service(key)
+        conf = idx.confs[svc_id]
+        had = bool(conf.flags & F_HAS_ENDPOINTS)
+        if had and idx.eps.get(svc_id) == after:
             return
         old_ids: dict[tuple[str, int], int] = {}
-        if int(conf.flags) & F_HAS_ENDPOINTS:
-            cur = self._list(svc_id, int(conf.active))
-            if cur is not None:
-                for i in range(int(cur.count)):
-                    b = cur.be[i]
-                    old_ids[(_words_addr(int(b.family), b.addr), socket.ntohs(int(b.port)))] = int(b.stat_id)
-        lm = self._maps["lb_backends"]
-        lst = lm.value()
+        if had:
+            old = idx.eps[svc_id].backends
+            for b, old_sid in zip(old, idx.stat[svc_id], strict=True):
+                old_ids[(_canon(b.address), b.port)] = old_sid
         stat_ids: dict[tuple[str, int], int] = {}
-        for i, be in enumerate(after.backends):
-            ident = (str(ipaddress.ip_address(be.address)), be.port)
-            sid = old_ids.get(ident)
-            if sid is None:
-                if self._used_stats is None:
-                    self._used_stats = self._active_stat_ids()
-                used = self._used_stats
-                limit = B.const("LB_MAX_BACKEND_STATS")
-                sid = next((n for n in range(self._stat_hint, limit) if n not in used), -1)
-                if sid < 0:
-                    raise LbctlError("no free endpoint counter slot")
-                used.add(sid)
-                self._stat_hint = sid + 1
-                self._maps["lb_be_stats"].update(sid, self._maps["lb_be_stats"].value())
-                self._maps["lb_be_conns"].update(sid, 0)
+        parts = [_LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
+        for be in after.backends:
+            fam, addr = _pack_addr(be.address)
+            ident = (_addr_str(fam, addr), be.port)
+            sid = stat_ids.get(ident, old_ids.get(ident, -1))
+            if sid < 0:
+                sid = self._alloc_stat()
             stat_ids[ident] = sid
-            fam, words = _addr_words(be.address)
-            b = lst.be[i]
-            _set_words(b.addr, words)
-            b.port = socket.htons(be.port)
-            b.family = fam
-            b.weight = be.weight
-            b.stat_id = sid
-        lst.count = len(after.backends)
-        if after.maglev:
-            table = maglev.unpack(after.maglev)
-            if any(t >= len(after.backends) for t in table):
-                raise LbctlError(f"{key}: maglev table points past the endpoint list")
-            lst.sel_kind = 1
-        else:
-            table = weighted_table([b.weight for b in after.backends])
-            lst.sel_kind = 0
-        lst.sel_len = len(table)
-        slot = 1 - int(conf.active) if int(conf.flags) & F_HAS_ENDPOINTS else int(conf.active)
+            parts.append(_BE.pack(addr, socket.htons(be.port), fam, be.weight, sid))
+        lst = b"".join(parts)
+        lst += bytes(_LIST_SIZE - len(lst))
+        slot = 1 - conf.active if had else conf.active
         # Write the inactive slot completely, then publish it with one lb_conf swap.
-        old_len = 0
-        prev = self._list(svc_id, slot)
-        if prev is not None:
-            old_len = int(prev.sel_len)
-        self._write_table(svc_id, slot, table, old_len)
-        lm.update(lm.key(svc_id=svc_id, slot=slot), lst)
-        new = self._copy(conf)
-        new.active = slot
-        new.flags = int(conf.flags) | F_HAS_ENDPOINTS
-        self._write_conf(svc_id, new, confs)
+        n = -(-len(table) // _SEL_BYTES)
+        if had:
+            prev = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, slot))
+            if prev is not None:
+                old_n = -(-_LIST_HDR.unpack_from(prev)[1] // _SEL_CHUNK)
+                for c in range(n, old_n):
+                    self._maps["lb_sel"].delete_raw(_SEL_KEY.pack(svc_id, slot, c))
+        for c in range(n):
+            part = table[c * _SEL_BYTES : (c + 1) * _SEL_BYTES]
+            self._put("lb_sel", _SEL_KEY.pack(svc_id, slot, c), part + bytes(_SEL_BYTES - len(part)))
+        self._put("lb_backends", _BE_KEY.pack(svc_id, slot), lst)
+        self._write_conf(svc_id, replace(conf, active=slot, flags=conf.flags | F_HAS_ENDPOINTS))
+        idx.eps[svc_id] = after
+        idx.stat[svc_id] = tuple(stat_ids[(_canon(b.address), b.port)] for b in after.backends)
         gone = {sid for ident, sid in old_ids.items() if ident not in stat_ids}
         if gone:
+            self._flush()
             self._purge_flows(svc_id, gone)
-
-    def _write_table(self, svc_id: int, slot: int, table: list[int], old_len: int) -> None:
-        chunk = B.const("LB_SEL_CHUNK")
-        m = self._maps["lb_sel"]
-        n = -(-len(table) // chunk)
-        keys, vals = [], []
-        for c in range(n):
-            v = m.value()
-            part = table[c * chunk : (c + 1) * chunk]
-            for i, x in enumerate(part):
-                v.idx[i] = x
-            keys.append(m.key(svc_id=svc_id, slot=slot, chunk=c))
-            vals.append(v)
-        m.update_batch(keys, vals)
-        for c in range(n, -(-old_len // chunk)):
-            m.delete(m.key(svc_id=svc_id, slot=slot, chunk=c))
+            self._release_stats(gone)
 
     def _delete_slot(self, svc_id: int, slot: int) -> None:
         lm = self._maps["lb_backends"]
-        prev = self._list(svc_id, slot)
+        k = _BE_KEY.pack(svc_id, slot)
+        prev = lm.lookup_raw(k)
         if prev is None:
             return
-        chunk = B.const("LB_SEL_CHUNK")
         m = self._maps["lb_sel"]
-        for c in range(-(-int(prev.sel_len) // chunk)):
-            m.delete(m.key(svc_id=svc_id, slot=slot, chunk=c))
-        lm.delete(lm.key(svc_id=svc_id, slot=slot))
+        for c in range(-(-_LIST_HDR.unpack_from(prev)[1] // _SEL_CHUNK)):
+            m.delete_raw(_SEL_KEY.pack(svc_id, slot, c))
+        lm.delete_raw(k)
 
     def _purge_flows(self, svc_id: int, stat_ids: set[int] | None) -> None:
         """End flows (both directions) and affinities of removed endpoints or services.
@@ -667,15 +879,18 @@ class BpfDriver:
         The next packet of such a flow is a new flow: it goes to a live endpoint,
         which answers a stray TCP segment with RST, so the client sees the flow end.
         """
-        for name in ("lb_ct", "lb_persist"):
+        for name, id_off, stat_off, id_in_key in (("lb_ct", _CT_SVC_OFF, _CT_STAT_OFF, False),
+                                                  ("lb_persist", 0, _BE_STAT_OFF, True)):
             m = self._maps[name]
             doomed = []
-            for k, v in m.items():
-                sid = int(v.svc_id) if name == "lb_ct" else int(k.svc_id)
-                st = int(v.stat_id) if name == "lb_ct" else int(v.be.stat_id)
-                if sid == svc_id and (stat_ids is None or st in stat_ids):
+            for k, v in m.items_raw():
+                sid = _U32.unpack_from(k if id_in_key else v, id_off)[0]
+                if sid != svc_id:
+                    continue
+                if stat_ids is None or _U32.unpack_from(v, stat_off)[0] in stat_ids:
                     doomed.append(k)
-            m.delete_many(doomed)
+            for k in doomed:
+                m.delete_raw(k)
 
     # ------------------------------------------------------------------ attach
 
@@ -831,7 +1046,7 @@ class BpfDriver:
             if int(v.dir) == 0 and int(v.state) < 3 and now - int(v.seen_ns) <= int(v.timeout) * 10**9:
                 counts[int(v.stat_id)] = counts.get(int(v.stat_id), 0) + 1
         m = self._maps["lb_be_conns"]
-        for sid in self._active_stat_ids():
+        for sid in sorted(self._build_index().used_stats):
             if (m.lookup(sid) or 0) != counts.get(sid, 0):
                 m.update(sid, counts.get(sid, 0))
 
