@@ -98,7 +98,7 @@ class Engine(Protocol):
     """What the daemon needs from config loading and reconciling."""
 
     def load(self, *, full: bool) -> Delivery:
-        """Load the directory; ``full`` bypasses the per-file cache."""
+        """Load the directory; ``full`` re-reads and hashes every file instead of trusting stat data."""
         ...
 
     def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:

@@ -62,7 +62,8 @@ class ReconcileEngine:
 
     def load(self, *, full: bool) -> Delivery:
         if full:
-            self.cache = ParseCache()  # a full reload re-reads and re-parses every file
+            # A full reload re-reads and hashes every file; only changed bytes are parsed again.
+            self.cache.distrust_metadata()
         t0 = time.perf_counter()
         loaded = load_dir(self.directory, cache=self.cache)
         took = time.perf_counter() - t0

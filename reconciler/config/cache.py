@@ -11,7 +11,7 @@ displayed path, the file's stat signature, the SHA-256 of its bytes and its
   ``RACY_SECONDS`` -> reused without reading the file;
 * otherwise the bytes are read and hashed; same hash -> reused (this covers
   ``touch``, ``git checkout`` of identical content and kubelet's atomic
-  ``..data`` swap);
+  ``..data`` swap; ``distrust_metadata()`` forces this step for every file);
 * otherwise the file is parsed and checked again.
 
 Semantic checks run over the whole set, but with the cache's
@@ -100,6 +100,16 @@ class ParseCache:
                 return None
             self._entries[display] = _Entry(sig, sha256, entry.result)
             return entry.result
+
+    def distrust_metadata(self) -> None:
+        """Make the next load read and hash every file instead of trusting stat data.
+
+        Used by the daemon's full resync: every file is re-read, and only files
+        whose bytes changed are parsed and checked again.  Identical bytes give
+        an identical result, so reusing it is exact.
+        """
+        with self._lock:
+            self._entries = {d: _Entry(_NO_SIGNATURE, e.sha256, e.result) for d, e in self._entries.items()}
 
     def store(self, display: str, sig: Signature, sha256: str, result: FileResult) -> None:
         with self._lock:

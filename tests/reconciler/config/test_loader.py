@@ -84,6 +84,28 @@ def test_cache_reparses_only_the_changed_file(tmp_path: Path) -> None:
     assert third.parsed == () and len(third.resources) == 4 and len(cache) == 4
 
 
+def test_distrust_metadata_catches_an_edit_that_kept_size_and_mtime(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"s{i}.yaml"
+        path.write_text(SVC.format(name=f"s{i}", vip=f"198.51.100.{i + 1}"))
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # old: trusted by stat signature
+        paths.append(path)
+    cache = ParseCache()
+    load_dir(tmp_path, cache=cache)
+    # Same length, same mtime, same inode: invisible to the stat signature.
+    st = paths[1].stat()
+    with open(paths[1], "r+b") as f:
+        f.write(paths[1].read_bytes().replace(b"198.51.100.2", b"198.51.100.7"))
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert load_dir(tmp_path, cache=cache).parsed == ()  # stat data trusted: edit missed
+    cache.distrust_metadata()
+    resynced = load_dir(tmp_path, cache=cache)
+    assert resynced.parsed == (str(paths[1]),)  # every file hashed, only the changed one parsed
+    vips = {r.name: r.spec.vip for r in resynced.resources if isinstance(r.spec, ServiceSpec)}
+    assert vips["s1"] == "198.51.100.7"
+
+
 def test_digest_ignores_layout_and_comments(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
