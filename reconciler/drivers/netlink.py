@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -183,6 +183,17 @@ class NetlinkDriver:
             except NetlinkError as exc:
                 raise self._fail(f"read addresses of {self.ifname}", exc) from None
         return {"vip": dict(sorted(vips.items()))}
+
+    def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
+        """Live records of just ``keys`` (for the daemon's incremental verify).
+
+        Netlink has no lookup of one address, so this filters one dump of the
+        VIP interface's addresses; it is called only when VIP keys were touched.
+        """
+        if kind != "vip":
+            raise ValueError(f"netlink driver does not own record kind {kind!r}")
+        live = self.read()["vip"]
+        return {key: live[key] for key in keys if key in live}
 
     def apply(self, changes: Sequence[Change]) -> None:
         """Carry out ``vip`` changes in order; each is idempotent."""

@@ -133,6 +133,17 @@ def test_create_read_delete_v4_v6(netns: str) -> None:
 
 
 @pytest.mark.root
+def test_read_keys_returns_only_the_asked_live_addresses(netns: str) -> None:
+    driver = NetlinkDriver(netns=netns)
+    driver.apply([create(V4), create(V6)])
+    assert driver.read_keys("vip", [V4.address, "203.0.113.99"]) == {V4.address: V4}
+    ip("-n", netns, "addr", "del", "2001:db8::10/128", "dev", "lbctl0")  # drift behind lbctl's back
+    assert driver.read_keys("vip", [V6.address]) == {}
+    with pytest.raises(ValueError):
+        driver.read_keys("service", ["x"])
+
+
+@pytest.mark.root
 def test_idempotent(netns: str) -> None:
     driver = NetlinkDriver(netns=netns)
     driver.apply([create(V4), create(V6)])
