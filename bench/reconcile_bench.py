@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,6 +86,34 @@ def edit_one(conf: Path, services: int, endpoints: int, files: int) -> None:
 
 def rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
+
+
+class DriverClock:
+    """Seconds spent in each driver's read() and apply() (wraps the instances)."""
+
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def wrap(self, drivers: list[Any]) -> list[Any]:
+        for d in drivers:
+            name = type(d).__name__.replace("Driver", "").lower()
+            for meth in ("read", "apply"):
+                orig = getattr(d, meth)
+
+                def timed(*a: Any, _orig: Any = orig, _k: str = f"{name} {meth}") -> Any:
+                    t = time.perf_counter()
+                    try:
+                        return _orig(*a)
+                    finally:
+                        self.t[_k] = self.t.get(_k, 0.0) + time.perf_counter() - t
+
+                setattr(d, meth, timed)
+        return drivers
+
+    def take(self) -> str:
+        out = ", ".join(f"{k} {v * 1000:,.1f} ms" for k, v in sorted(self.t.items()))
+        self.t = {}
+        return out
 
 
 def phases(r: ReconcileResult) -> dict[str, float]:
@@ -178,20 +207,23 @@ def main() -> int:
         n = f"{args.services} x {args.endpoints}"
 
         # 1. in-process reconcile
-        drivers = build_drivers(ctx)
+        clock = DriverClock()
+        drivers = clock.wrap(build_drivers(ctx))
         r = reconcile(conf, drivers, ctx.state_dir, dry_run=False)
         assert r.ok, (r.errors[:3], r.failure, r.leftover and len(r.leftover))
-        rows.append(("cold apply", phases(r), f"{len(r.plan)} changes, {r.writes} writes"))
+        rows.append(("cold apply", phases(r), f"{len(r.plan)} changes, {r.writes} writes; {clock.take()}"))
 
-        drivers = build_drivers(ctx)  # a fresh process's view: everything from the pinned maps
+        # a fresh process's view: everything from the pinned maps
+        drivers = clock.wrap(build_drivers(ctx))
         r = reconcile(conf, drivers, ctx.state_dir, dry_run=True)
         assert r.ok and r.plan.empty, len(r.plan)
-        rows.append(("no-op plan", phases(r), "0 changes"))
+        rows.append(("no-op plan", phases(r), f"0 changes; {clock.take()}"))
 
         edit_one(conf, args.services, args.endpoints, args.files)
         r = reconcile(conf, drivers, ctx.state_dir, dry_run=False)
         assert r.ok and len(r.plan) == 1, len(r.plan)
-        rows.append(("one-service change", phases(r), f"{len(r.plan)} change, {r.writes} writes"))
+        rows.append(("one-service change", phases(r),
+                     f"{len(r.plan)} change, {r.writes} writes; {clock.take()}"))
         self_rss = rss_mb()
 
         # 2. the lbctl command (fresh processes), from empty again
