@@ -41,7 +41,7 @@ DEFAULT_HOLD_TIME = 90
 DEFAULT_KEEPALIVE = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     """Where a node came from: file, 1-based line and column."""
 
@@ -53,13 +53,13 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metadata:
     name: str
     labels: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortRange:
     """An inclusive port range; ``start == end`` for a single port."""
 
@@ -67,7 +67,7 @@ class PortRange:
     end: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     port: int
     protocol: Protocol = "TCP"
@@ -76,14 +76,14 @@ class ServicePort:
     name: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     address: str
     weight: int = 1
     target_port: int | None = None  # overrides the service port's targetPort
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     type: ProbeType = "none"
     port: int | None = None
@@ -94,7 +94,7 @@ class Probe:
     retries: int = DEFAULT_PROBE_RETRIES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     ports: tuple[ServicePort, ...]
     vip: str | None = None  # literal VIP; wins over pool when both are given
@@ -111,14 +111,14 @@ class ServiceSpec:
     probe: Probe = field(default_factory=Probe)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     addresses: tuple[str, ...]  # CIDRs or "first-last" ranges
     sharing: Sharing = "shared"
     family: Family | None = None  # None: taken from the addresses
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BGPConfigSpec:
     local_as: int
     router_id: str
@@ -126,7 +126,7 @@ class BGPConfigSpec:
     listen_addresses: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BGPPeerSpec:
     address: str
     remote_as: int
@@ -137,7 +137,7 @@ class BGPPeerSpec:
     password: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FirewallMatch:
     source: str | None = None  # CIDR
     destination: str | None = None  # CIDR
@@ -147,13 +147,13 @@ class FirewallMatch:
     in_interface: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     packets_per_second: int
     burst: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FirewallRuleSpec:
     priority: int
     match: FirewallMatch
@@ -162,13 +162,13 @@ class FirewallRuleSpec:
     rate_limit: RateLimit | None = None  # with action "rateLimit"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DatapathInterface:
     name: str
     hook: Hook = DEFAULT_HOOK
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DatapathSpec:
     interfaces: tuple[DatapathInterface, ...]
     hook: Hook = DEFAULT_HOOK  # default for interfaces that do not name one
@@ -180,7 +180,7 @@ Spec = ServiceSpec | PoolSpec | BGPConfigSpec | BGPPeerSpec | FirewallRuleSpec |
 KINDS: tuple[str, ...] = ("Service", "Pool", "BGPConfig", "BGPPeer", "FirewallRule", "Datapath")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
     """One validated document: envelope plus typed spec."""
 

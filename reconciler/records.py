@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:
     """(VIP, protocol, port range): what the datapath matches a packet on.
 
@@ -64,7 +64,7 @@ class ServiceKey:
         return cls(str(ipaddress.ip_address(host)), proto, int(start), int(end or start))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceEntry:
     """One datapath service: how packets to ``key`` are balanced."""
 
@@ -77,14 +77,14 @@ class ServiceEntry:
     allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Backend:
     address: str
     port: int  # destination port after translation; 0 keeps the original port
     weight: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSet:
     """The backends of one service, swapped atomically as a whole.
 
@@ -98,7 +98,7 @@ class EndpointSet:
     maglev: bytes = b""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FirewallEntry:
     name: str
     priority: int
@@ -114,7 +114,7 @@ class FirewallEntry:
     rate_burst: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attachment:
     """The datapath program attached to one interface."""
 
@@ -122,7 +122,7 @@ class Attachment:
     hook: str  # tc | xdp
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipAddress:
     """A VIP address on lbctl's dummy interface, so the kernel answers ARP/NDP."""
 
@@ -131,7 +131,7 @@ class VipAddress:
     ifname: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BgpPeer:
     address: str
     remote_as: int
@@ -142,7 +142,7 @@ class BgpPeer:
     password: str | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Announcement:
     prefix: str  # VIP/32 or VIP/128
 
