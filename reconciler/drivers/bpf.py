@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -535,6 +535,56 @@ class BpfDriver:
             if self._attached_prog(ifname, hook):
                 out["attach"][ifname] = Attachment(ifname, hook)
         return out
+
+    def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
+        """Live records of just ``keys``, by point lookups (the daemon's incremental verify).
+
+        Service ids come from the driver's index (kept current by its own writes) or,
+        for a key the index does not know, from the published lookup entry; every
+        record is then decoded from the kernel's ``lb_conf`` and ``lb_backends``
+        values, so what was written is checked, not what the driver believes.
+        Orphans under ids nobody points at are left to the full ``read()``.
+        """
+        if kind == "attach":
+            return {k: v for k, v in self.read()["attach"].items() if k in keys}
+        if kind not in ("service", "endpoints"):
+            raise ValueError(f"bpf driver does not own record kind {kind!r}")
+        out: dict[str, Record] = {}
+        if not keys or not self._open(create=False):
+            return out
+        if self._index is None:
+            self._index = self._build_index()
+        flag = F_HAS_SERVICE if kind == "service" else F_HAS_ENDPOINTS
+        for skey in keys:
+            key = ServiceKey.parse(skey)
+            svc_id = self._index.ids.get(skey)
+            if svc_id is None:
+                svc_id = self._published_id(key)
+            raw = None if svc_id is None else self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
+            if svc_id is None or raw is None:
+                continue
+            conf = _Conf.decode(raw)
+            if conf.service_key() != key or not conf.flags & flag:
+                continue
+            if kind == "service":
+                out[skey] = conf.service_record(key)
+            else:
+                lst = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, conf.active))
+                out[skey] = self._decode_list(svc_id, conf, key, lst)[0]
+        return out
+
+    def _published_id(self, key: ServiceKey) -> int | None:
+        """The service id the datapath's lookup maps give ``key``, if published."""
+        name, k, exact = self._lookup_entries(key)
+        found = self._maps[name].lookup(k)
+        if found is None:
+            return None
+        if exact:
+            return int(found)
+        for r in found.r[0 : int(found.count)]:
+            if (int(r.start), int(r.end)) == (key.port, key.port_end):
+                return int(r.svc_id)
+        return None
 
     def _attached_prog(self, ifname: str, hook: str) -> int:
         with in_netns(self.netns):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,12 +31,14 @@ def records(n: int) -> list[Change]:
         bes = tuple(Backend(f"10.99.0.{10 + j}", 8080, j + 1) for j in range(3))
         out.append(Change("endpoints", str(key), "create", None, EndpointSet(key, bes)))
         out.append(Change("service", str(key), "create", None,
-                          ServiceEntry(key, f"svc{i}", "default", "hash", 240, 10800, ("10.0.0.0/8", "fd00::/8"))))
+                          ServiceEntry(key, f"svc{i}", "default", "hash", 240, 10800,
+                                       ("10.0.0.0/8", "fd00::/8"))))
     rk = ServiceKey("fd00:97::1", "udp", 1000, 1999)
     bes6 = (Backend("fd00:99::10", 0), Backend("fd00:99::11", 0))
     out.append(Change("endpoints", str(rk), "create", None,
                       EndpointSet(rk, bes6, maglev.for_backends([(b.address, b.port, 1) for b in bes6]))))
-    out.append(Change("service", str(rk), "create", None, ServiceEntry(rk, "range", "default", "maglev", 20, 10800)))
+    out.append(Change("service", str(rk), "create", None,
+                      ServiceEntry(rk, "range", "default", "maglev", 20, 10800)))
     return out
 
 
@@ -67,6 +69,30 @@ def test_reapply_is_a_noop_and_one_endpoint_edit_is_local(dp: Datapath) -> None:
     delta = dp.driver.writes - w
     assert 0 < delta <= 8  # new list + table chunk + lb_conf swap + the new endpoint's counters
     assert dp.driver.read()["endpoints"][ch[0].key] == after
+
+
+def test_read_keys_reads_the_kernel_for_just_those_keys(dp: Datapath) -> None:
+    ch = records(20)
+    dp.driver.apply(ch)
+    state = as_state(ch)
+    # a single-port service, a port range, and a key that does not exist
+    keys = [ch[0].key, ch[-1].key, str(ServiceKey("10.97.9.9", "tcp", 80, 80))]
+    for kind in ("service", "endpoints"):
+        assert dp.driver.read_keys(kind, keys) == {k: state[kind][k] for k in keys if k in state[kind]}
+    # A fresh process (no index yet) finds them too, through the published lookup entries.
+    fresh = BpfDriver(pin_root=dp.pin_root, netns=dp.ns)
+    try:
+        assert fresh.read_keys("service", keys[:2]) == {k: state["service"][k] for k in keys[:2]}
+    finally:
+        fresh.close()
+    # Drift behind the driver's back (a service's conf entry deleted) shows up at once.
+    svc_id = dp.driver._index.ids[ch[0].key] if dp.driver._index else None
+    assert svc_id is not None
+    dp.driver.map("lb_conf").delete(svc_id)
+    assert dp.driver.read_keys("service", [ch[0].key]) == {}
+    assert dp.driver.read_keys("endpoints", [ch[0].key]) == {}
+    with pytest.raises(ValueError):
+        dp.driver.read_keys("vip", ["10.0.0.1"])
 
 
 def test_restart_finds_ids_and_state(dp: Datapath) -> None:
