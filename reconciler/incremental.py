@@ -11,9 +11,10 @@ that only adds, removes or edits Services it
    change, so this is a pointer comparison per resource);
 2. compiles only those Services (``desired.compile_state`` on the subset plus
    the Datapath/BGPConfig context they depend on);
-3. diffs only the keys their old and new records own, against the live
-   records of just those keys (``read_keys`` when a driver offers it, else the
-   state verified by the last reconcile);
+3. diffs only the keys their old and new records own and whose desired record
+   actually changed, against the live records of just those keys
+   (``read_keys`` when a driver offers it, else the state verified by the last
+   reconcile);
 4. after the apply, verifies those keys the same way.
 
 Anything else (a Pool, Datapath, firewall or BGP change; a Service that would
@@ -213,6 +214,13 @@ class Index:
                     desired[kind][key] = compiled[kind][key]
                 elif others:
                     desired[kind][key] = self.desired[kind][key]
+        # Only keys whose desired record changes go to the kernel: the others were
+        # verified by the last reconcile, and drift on them is the full resync's job.
+        # (An endpoint edit must not re-read the 10,000 VIPs that share the netlink dump.)
+        for kind, keys in touched.items():
+            was, want = self.desired[kind], desired[kind]
+            keys.difference_update([key for key in keys if want.get(key) == was.get(key)])
+            desired[kind] = {key: want[key] for key in keys if key in want}
         frozen_touched = {kind: frozenset(keys) for kind, keys in touched.items()}
         live = self._live(frozen_touched, read_keys)
         return Partial(plan=diff(desired, live), touched=frozen_touched, desired=desired, scan=scan,
