@@ -7,6 +7,7 @@ host's interfaces.  ``make test`` runs this file under both interpreters.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import threading
@@ -242,3 +243,178 @@ def test_ensure_forwarding_touches_only_the_namespace(netns: str) -> None:
     assert result == [["net.ipv4.ip_forward=1"]]
     assert read_sysctl("net.ipv4.ip_forward", netns) == "1"
     assert {name: read_sysctl(name) for name in host} == host
+
+
+# -- bulk programming through the raw rtnetlink socket ----------------------------
+
+
+def v4s(n: int, prefix: str = "198.18") -> list[VipAddress]:
+    return [VipAddress(f"{prefix}.{i // 250}.{i % 250 + 1}", 32, "lbctl0") for i in range(n)]
+
+
+def v6s(n: int) -> list[VipAddress]:
+    return [VipAddress(f"2001:db8:1::{i + 1:x}", 128, "lbctl0") for i in range(n)]
+
+
+def as_live(vips: list[VipAddress]) -> dict[str, dict[str, VipAddress]]:
+    return {"vip": {v.address: v for v in sorted(vips, key=lambda v: v.address)}}
+
+
+def live_lines(netns: str, *extra: str) -> list[str]:
+    return ip("-n", netns, "-o", *extra, "addr", "show", "dev", "lbctl0", "scope", "global").splitlines()
+
+
+def test_bad_records_are_refused_before_anything_changes() -> None:
+    driver = NetlinkDriver(netns="lbt-nl-never-created")  # entering it would raise NetnsError
+    for bad in (VipAddress("198.51.100.300", 32, "lbctl0"), VipAddress("198.51.100.1", 33, "lbctl0"),
+                VipAddress("2001:db8::1", 129, "lbctl0"), VipAddress("0.0.0.0", 32, "lbctl0")):
+        with pytest.raises(ValueError, match="198.51.100|2001:db8::1|0.0.0.0"):
+            driver.apply([create(V4), create(bad)])
+    assert driver.writes == 0
+
+
+@pytest.mark.root
+def test_bulk_add_read_back_and_idempotent(netns: str) -> None:
+    vips = v4s(2000) + v6s(500)
+    driver = NetlinkDriver(netns=netns)
+    driver.apply([create(v) for v in vips])
+    assert driver.writes == 2 + len(vips)  # link created + set up, then one per address
+    assert driver.read() == as_live(vips)
+    assert len(live_lines(netns)) == len(vips)
+    assert ",UP" in ip("-n", netns, "-o", "link", "show", "lbctl0")
+    assert not [line for line in live_lines(netns, "-6") if "tentative" in line]
+    # Usable at once: the kernel holds a local route for every VIP.
+    assert len(ip("-n", netns, "route", "show", "table", "local", "dev", "lbctl0").splitlines()) == 2000
+
+    writes = driver.writes
+    driver.apply([create(v) for v in vips])  # everything already there
+    assert driver.writes == writes
+    driver.apply([delete(v) for v in v4s(300, "198.19") + v6s(600)[500:]])  # nothing of it there
+    assert driver.writes == writes
+    assert NetlinkDriver(netns=netns).read() == as_live(vips)
+
+
+@pytest.mark.root
+def test_mixed_batch_counts_only_real_changes(netns: str) -> None:
+    old = v4s(1000)
+    driver = NetlinkDriver(netns=netns)
+    driver.apply([create(v) for v in old])
+    writes = driver.writes
+    new = v4s(700, "198.19") + v6s(50)
+    wider = [VipAddress(v.address, 31, v.ifname) for v in old[:20:2]]  # .1/31, .3/31, ...
+    changes = ([create(v) for v in old[500:]]  # 500 already there
+               + [delete(v) for v in old[:10] if v.address.endswith((".2", ".4", ".6", ".8", ".10"))]
+               + [Change("vip", o.address, "update", o, w) for o, w in zip(old[:20:2], wider, strict=True)]
+               + [delete(v) for v in v4s(400, "198.20")]  # never there
+               + [create(v) for v in new])
+    driver.apply(changes)
+    # 5 deletes + 10 updates (delete + add each) + the new addresses
+    assert driver.writes == writes + 5 + 2 * 10 + len(new)
+    gone = {v.address for v in old[:10] if v.address.endswith((".2", ".4", ".6", ".8", ".10"))}
+    expected = [v for v in old[20:]] + [v for v in old[1:20:2] if v.address not in gone] + wider + new
+    assert driver.read() == as_live(expected)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("refused", ["ff02::1", "::1"])
+def test_kernel_error_mid_batch_names_the_address_and_the_next_apply_converges(netns: str,
+                                                                               refused: str) -> None:
+    good = v4s(1500) + v6s(100)
+    bad = VipAddress(refused, 128, "lbctl0")  # the kernel refuses multicast/loopback (EADDRNOTAVAIL)
+    driver = NetlinkDriver(netns=netns)
+    order = good[:100] + [bad] + good[100:]
+    with pytest.raises(NetlinkDriverError) as info:
+        driver.apply([create(v) for v in order])
+    message = str(info.value)
+    assert f"add {refused}/128 to lbctl0" in message and "errno 99" in message
+    assert netns in message and "kernel says" in message
+    assert "fix the VIP in the configuration" in message  # the hint
+    live = driver.read()["vip"]
+    # The batch holding the bad address was carried out around it; later ones were not sent.
+    sent = [v for v in order if v.address in live]
+    assert sent == good[:len(sent)] and 100 < len(sent) < len(good)
+    assert driver.writes == 2 + len(sent)
+
+    # The next run (without the bad VIP) converges and adds only what is missing.
+    driver.apply([create(v) for v in good])
+    assert driver.writes == 2 + len(good)
+    assert driver.read() == as_live(good)
+
+
+@pytest.mark.root
+def test_drift_and_foreign_addresses(netns: str) -> None:
+    vips = v4s(600) + v6s(20)
+    driver = NetlinkDriver(netns=netns)
+    driver.apply([create(v) for v in vips])
+    # Behind lbctl's back: two VIPs removed, a host-scope address on lbctl0, an
+    # address on another interface.
+    ip("-n", netns, "addr", "del", f"{vips[7].address}/32", "dev", "lbctl0")
+    ip("-n", netns, "addr", "del", f"{vips[-1].address}/128", "dev", "lbctl0")
+    ip("-n", netns, "addr", "add", "203.0.113.1/32", "dev", "lbctl0", "scope", "host")
+    ip("-n", netns, "link", "add", "other0", "type", "ifb")
+    ip("-n", netns, "addr", "add", "203.0.113.2/32", "dev", "other0")
+    drifted = [v for v in vips if v not in (vips[7], vips[-1])]
+    assert driver.read() == as_live(drifted)
+    assert driver.read_keys("vip", [vips[7].address, vips[8].address]) == {vips[8].address: vips[8]}
+    writes = driver.writes
+    driver.apply([create(v) for v in vips])
+    assert driver.writes == writes + 2
+    assert driver.read() == as_live(vips)
+
+
+# -- wire format (no root) --------------------------------------------------------
+
+
+def addr_msg(family: int, raw: bytes, prefixlen: int, index: int, scope: int = 0,
+             peer: bytes | None = None) -> bytes:
+    from reconciler.drivers import netlink as nl
+
+    attrs = nl._rta(nl.IFA_ADDRESS, peer or raw)
+    if peer is not None or family == socket.AF_INET:
+        attrs += nl._rta(nl.IFA_LOCAL, raw)
+    attrs += nl._rta(3, b"lbctl0\0")  # IFA_LABEL, skipped
+    body = nl.IFADDRMSG.pack(family, prefixlen, 0, scope, index) + attrs
+    return nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(body), nl.RTM_NEWADDR, 2, 1, 0) + body
+
+
+def test_parse_addrs_filters_and_spells_like_ipaddress() -> None:
+    from reconciler.drivers.netlink import _parse_addrs
+
+    v4 = socket.inet_pton(socket.AF_INET, "198.51.100.10")
+    peer = socket.inet_pton(socket.AF_INET, "198.51.100.99")
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:198.51.100.11")
+    v6 = socket.inet_pton(socket.AF_INET6, "2001:db8:0:0:0:0:0:10")
+    msgs = [addr_msg(socket.AF_INET, v4, 32, 7),
+            addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "198.51.100.12"), 24, 7, peer=peer),
+            addr_msg(socket.AF_INET6, mapped, 128, 7),
+            addr_msg(socket.AF_INET6, v6, 128, 7),
+            addr_msg(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fe80::1"), 64, 7, scope=253),
+            addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "203.0.113.1"), 32, 8)]
+    got = _parse_addrs(msgs, 7, "lbctl0")
+    assert got == {
+        "198.51.100.10": VipAddress("198.51.100.10", 32, "lbctl0"),
+        "198.51.100.12": VipAddress("198.51.100.12", 24, "lbctl0"),  # IFA_LOCAL, not the peer
+        "::ffff:c633:640b": VipAddress("::ffff:c633:640b", 128, "lbctl0"),
+        "2001:db8::10": VipAddress("2001:db8::10", 128, "lbctl0"),
+    }
+    assert str(ipaddress.ip_address("::ffff:198.51.100.11")) in got
+
+
+def test_error_ack_with_extended_message() -> None:
+    from reconciler.drivers import netlink as nl
+
+    inner = nl.NLMSGHDR.pack(60, nl.RTM_NEWADDR, 0x605, 42, 0)
+    text = b"ipv6: Cannot assign multicast address\0"
+    tlv = nl._rta(nl.NLMSGERR_ATTR_MSG, text)
+    payload = nl.ERRNO.pack(-22) + inner + tlv
+    flags = nl.NLM_F_CAPPED | nl.NLM_F_ACK_TLVS
+    msg = nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(payload), nl.NLMSG_ERROR, flags, 42, 0) + payload
+    ack = nl._RtnlSocket._error(memoryview(msg), 0, len(msg), flags)
+    assert ack == (22, "ipv6: Cannot assign multicast address")
+    # Not capped: the whole request is echoed before the TLVs.
+    request = nl.NLMSGHDR.pack(24, nl.RTM_NEWADDR, 0x605, 43, 0) + b"\1" * 8
+    payload = nl.ERRNO.pack(-17) + request + tlv
+    flags = nl.NLM_F_ACK_TLVS
+    msg = nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(payload), nl.NLMSG_ERROR, flags, 43, 0) + payload
+    assert nl._RtnlSocket._error(memoryview(msg), 0, len(msg), flags) == (
+        17, "ipv6: Cannot assign multicast address")
