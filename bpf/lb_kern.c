@@ -139,9 +139,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_be_conns SEC(".maps");
 
-/* Round-robin position per service, per CPU. */
+/* Round-robin position per service, shared by all CPUs (atomic add), so
+ * consecutive new flows go to consecutive endpoints whichever CPU they hit
+ * (a per-CPU position gave runs like a,a,b,b,c,c on two CPUs). */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LB_MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, __u32);
@@ -580,8 +582,11 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 
 		if (!pos)
 			return -1;
-		h = *pos;
-		*pos = h + 1;
+		/* Atomic add (BPF_XADD; its fetching form needs -mcpu=v3, whose
+		 * codegen this program does not pass the verifier with), then read:
+		 * two new flows racing on two CPUs may share a pick, nothing worse. */
+		__sync_fetch_and_add(pos, 1);
+		h = *pos - 1;
 	} else if (s->selection == LB_SEL_PERSIST) {
 		h = hash_src(&p->t);
 	} else {

@@ -126,7 +126,7 @@ MAPS: dict[str, MapSpec] = {
     "lb_svc_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
     "lb_be_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
     "lb_be_conns": MapSpec("__u32", "__u64"),
-    "lb_rr": MapSpec("__u32", "__u32", percpu=True),
+    "lb_rr": MapSpec("__u32", "__u32"),
     "lb_stats": MapSpec("__u32", "__u64", percpu=True),
     "lb_attach": MapSpec("struct lb_attach_key", "struct lb_attach"),
 }

@@ -7,6 +7,7 @@ shares the code); the endpoint a flow got is read from the rewritten packet.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -74,6 +75,22 @@ def test_even_distribution(dp: Datapath, selection: str) -> None:
     bes = backends()
     dp.service(VIP4, "tcp", 80, bes, selection=selection, maglev_table=table_for(selection, bes))
     assert_weights(flows(dp), (1, 1, 1))
+
+
+def test_round_robin_is_exact_across_cpus(dp: Datapath) -> None:
+    """New flows landing on alternating CPUs still take the endpoints in turn."""
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "this test needs two CPUs to alternate between"
+    dp.service(VIP4, "tcp", 80, backends(), selection="rr")
+    dsts: list[str] = []
+    try:
+        for i in range(30):
+            os.sched_setaffinity(0, {cpus[i % 2]})
+            dsts += flows(dp, 1, start=i)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert Counter(dsts) == {b: 10 for b in BACKENDS4}
+    assert all(dsts[i] != dsts[i + 1] for i in range(len(dsts) - 1)), dsts
 
 
 @pytest.mark.parametrize("selection", ["rr", "hash", "priority", "maglev", "lc"])
