@@ -36,7 +36,7 @@ from reconciler.desired import TableBuilder, compile_state
 from reconciler.drivers import Driver
 from reconciler.errors import LbctlError
 from reconciler.ipam import Allocation, AllocationStore, allocate
-from reconciler.model import Resource
+from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
 from reconciler.records import Record, ServiceEntry
 
@@ -243,6 +243,50 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+# What an operator configured that nothing on the box carries out yet, by record kind.
+_UNOWNED_MEANS = {
+    "firewall": "FirewallRule resources are not enforced",
+    "bgp-peer": "BGPPeer resources open no session",
+    "announce": "VIPs with bgp: true are not announced",
+}
+
+
+def _names(names: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def capability_warnings(resources: Sequence[Resource], full: State, desired: State,
+                        owner: Mapping[str, Driver]) -> tuple[str, ...]:
+    """Warnings for configuration the box accepts but does not (fully) carry out.
+
+    Three sources: record kinds no driver manages; records a driver applies only
+    in part (a driver may offer ``unsupported(record) -> str | None``); health
+    probes, which nothing runs yet.  Grouped by message, so 10,000 services
+    give one line each, not 10,000.
+    """
+    out = [f"{len(recs)} {kind} record(s) not applied: no driver manages {kind!r} on this box"
+           + (f" ({_UNOWNED_MEANS[kind]})" if kind in _UNOWNED_MEANS else "")
+           for kind, recs in sorted(full.items()) if recs and kind not in owner]
+    partial: dict[str, list[str]] = {}
+    for kind, records in sorted(desired.items()):
+        check = getattr(owner.get(kind), "unsupported", None)
+        if check is None:
+            continue
+        for key, record in sorted(records.items()):
+            why = check(record)
+            if why is not None:
+                name = getattr(record, "name", None)
+                partial.setdefault(why, []).append(f"{name} ({key})" if name else key)
+    out += [f"{why}: {_names(keys)}" for why, keys in sorted(partial.items())]
+    probed = sorted(r.name for r in resources
+                    if isinstance(r.spec, ServiceSpec) and r.spec.probe.type != "none")
+    if probed:
+        out.append("health probes are not run yet, so endpoints get traffic whether they answer or not: "
+                   + _names(probed))
+    return tuple(out)
+
+
 def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
               dry_run: bool, loaded: LoadedConfig | None = None, live: State | None = None,
               table_builder: TableBuilder | None = None) -> ReconcileResult:
@@ -284,9 +328,8 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
     full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder)
-    warnings = tuple(f"{len(recs)} {kind} record(s) not applied: no driver manages {kind!r} on this box"
-                     for kind, recs in sorted(full.items()) if recs and kind not in owner)
     desired = restrict(full, owner)
+    warnings = capability_warnings(loaded.resources, full, desired, owner)
     plan = diff(desired, live_state)
     t_plan = time.perf_counter() - t1
     base = ReconcileResult(plan=plan, dry_run=dry_run, digest=digest, warnings=warnings,

@@ -536,6 +536,17 @@ class BpfDriver:
                 out["attach"][ifname] = Attachment(ifname, hook)
         return out
 
+    @staticmethod
+    def unsupported(record: Record) -> str | None:
+        """What this datapath does not (yet) carry out of ``record``, for the operator's warnings."""
+        if not isinstance(record, ServiceEntry):
+            return None
+        if record.key.proto == "sctp":
+            return "SCTP is not balanced yet: its packets go to the kernel untouched"
+        if record.mode != "default":
+            return f"mode {record.mode} is not implemented yet: forwarded as plain DNAT"
+        return None
+
     def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
         """Live records of just ``keys``, by point lookups (the daemon's incremental verify).
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from reconciler.apply import ReconcileResult, apply_plan, reconcile, summary
 from reconciler.config.errors import ConfigError
 from reconciler.ipam import AllocationStore
-from reconciler.model import Resource
+from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
 from reconciler.records import empty_state
 from tests.reconciler.fakes import FakeDriver, bgp_config, datapath, fake_drivers, fake_table, pool, service
@@ -141,7 +141,28 @@ def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
     bpf, nl = fake_drivers()
     r = run(config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)], [bpf, nl], tmp_path)
     assert r.ok and r.warnings == (
-        "1 announce record(s) not applied: no driver manages 'announce' on this box",)
+        "1 announce record(s) not applied: no driver manages 'announce' on this box "
+        "(VIPs with bgp: true are not announced)",)
+
+
+def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> None:
+    """What the box accepts but does not carry out is said, grouped, never silent."""
+    bpf, nl = fake_drivers()
+
+    def unsupported(record: object) -> str | None:
+        mode = getattr(record, "mode", "default")
+        return None if mode == "default" else f"mode {mode} is not implemented yet"
+
+    bpf.unsupported = unsupported  # type: ignore[attr-defined]
+    res = config(1) + [service(f"f{i}", vip=f"198.51.100.{20 + i}", mode="fullnat") for i in range(7)]
+    res.append(service("probed", vip="198.51.100.40", probe=Probe(type="tcp", port=80)))
+    r = run(res, [bpf, nl], tmp_path)
+    assert r.ok and r.warnings == (
+        "mode fullnat is not implemented yet: f0 (tcp/198.51.100.20:80), f1 (tcp/198.51.100.21:80), "
+        "f2 (tcp/198.51.100.22:80), f3 (tcp/198.51.100.23:80), f4 (tcp/198.51.100.24:80) and 2 more",
+        "health probes are not run yet, so endpoints get traffic whether they answer or not: probed",
+    )
+    assert len(bpf.state["service"]) == 9  # warnings never stop the apply
 
 
 def test_apply_plan_to_fakes_matches_pure_model(tmp_path: Path) -> None:

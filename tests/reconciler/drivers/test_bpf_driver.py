@@ -134,3 +134,13 @@ def test_weighted_table() -> None:
     big = weighted_table([1000, 3000])
     assert len(big) == 4 and big.count(1) == 3
     assert weighted_table([0, 0]) == []
+
+
+def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
+    key = ServiceKey("10.97.0.1", "tcp", 80, 80)
+    entry = ServiceEntry(key, "web", "default", "rr", 240, 10800)
+    assert BpfDriver.unsupported(entry) is None
+    assert BpfDriver.unsupported(EndpointSet(key, ())) is None
+    assert "fullnat" in (BpfDriver.unsupported(ServiceEntry(key, "web", "fullnat", "rr", 240, 10800)) or "")
+    sctp = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "default", "rr", 240, 10800)
+    assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
