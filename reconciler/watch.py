@@ -81,6 +81,7 @@ class Outcome:
     error: str | None = None
     timings: Mapping[str, float] = field(default_factory=dict)  # phase -> seconds
     fixed: tuple[str, ...] = ()  # "~ endpoints tcp/198.51.100.1:80", what the apply changed
+    warnings: tuple[str, ...] | None = None  # configured but not carried out; None: not re-evaluated
 
     @property
     def changes(self) -> int:
@@ -188,6 +189,7 @@ class Snapshot:
     drift_repairs: int = 0
     reconciles: int = 0
     rejected: int = 0  # invalid deliveries seen (each rejected whole)
+    warnings: tuple[str, ...] = ()  # what the applied config asks for that the box does not carry out
 
     def to_json(self) -> dict[str, Any]:
         last = self.last_reconcile
@@ -215,6 +217,7 @@ class Snapshot:
             "drift_repairs": self.drift_repairs,
             "reconciles": self.reconciles,
             "invalid_deliveries": self.rejected,
+            "warnings": list(self.warnings),
         }
 
 
@@ -484,6 +487,10 @@ class Daemon:
             self.metrics.repairs.inc(outcome.changes)
             changes["drift_repairs"] = snap.drift_repairs + outcome.changes
             self.log.warning("drift-repaired", repairs=outcome.changes, fixed="; ".join(outcome.fixed[:20]))
+        if outcome.warnings is not None and outcome.warnings != snap.warnings:
+            for warning in outcome.warnings:  # logged when they change, not at every resync
+                self.log.warning("not-carried-out", detail=warning)
+            changes["warnings"] = outcome.warnings
         if outcome.verified:
             self._applied = delivery
             revision = git_commit(Path(self.options.directory))

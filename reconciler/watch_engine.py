@@ -198,7 +198,7 @@ class ReconcileEngine:
         vips = {name: alloc.vip for name, alloc in result.allocations.items()}
         self.index = Index(loaded.resources, result.desired, vips, owned) if self.incremental else None
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
-                       timings=timings, fixed=_describe(result.applied))
+                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings)
 
 
 def _field(value: Any, *names: str) -> int:

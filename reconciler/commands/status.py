@@ -95,6 +95,11 @@ def render(doc: dict[str, Any]) -> None:
         console.print(f"[bold red]Last error[/] ({error.get('time')}):")
         for line in error.get("errors", []):
             console.print(f"  {line}", markup=False, highlight=False)
+    warnings = doc.get("warnings") or []
+    if warnings:
+        console.print("[bold yellow]Configured but not carried out by this box:[/]")
+        for line in warnings:
+            console.print(f"  {line}", markup=False, highlight=False)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:

@@ -275,6 +275,21 @@ def test_status_json_shape() -> None:
     json.dumps(doc)
 
 
+def test_warnings_are_logged_when_they_change_and_shown_in_status() -> None:
+    engine = ScriptedEngine(warnings=("firewall not enforced",))
+    daemon, clock, out = make(engine, resync=30.0)
+    daemon.cycle("startup")
+    assert daemon.status_json()["warnings"] == ["firewall not enforced"]
+    assert events(out).count("not-carried-out") == 1
+    clock.now += 31
+    daemon.cycle("resync")  # same warnings: not logged again
+    assert events(out).count("not-carried-out") == 1
+    engine.warnings = ()
+    clock.now += 31
+    daemon.cycle("resync")
+    assert daemon.status_json()["warnings"] == []
+
+
 def test_durations_on_the_command_line() -> None:
     import argparse
 

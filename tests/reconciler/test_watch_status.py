@@ -106,13 +106,15 @@ def test_metrics_text(running: tuple[Daemon, ScriptedEngine, str]) -> None:
 
 def test_lbctl_status_prints_a_table_and_json(running: tuple[Daemon, ScriptedEngine, str],
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    daemon, _, _ = running
+    daemon, engine, _ = running
+    engine.warnings = ("5 firewall record(s) not applied",)
     daemon.cycle("startup")
     assert daemon.server is not None
     listen = str(daemon.server.address)
     assert main(["status", "--listen", listen]) == 0
     out = capsys.readouterr().out
     assert "ready" in out and "d1 (digest)" in out and "drift repairs" in out
+    assert "not carried out" in out and "5 firewall record(s) not applied" in out
     assert main(["status", "--listen", listen, "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["revision"]["value"] == "d1"
 

@@ -33,6 +33,7 @@ class ScriptedEngine:
     calls: list[Call] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
     service_counters: dict[str, ServiceCounters] = field(default_factory=dict)
+    warnings: tuple[str, ...] | None = None  # what full reconciles report as not carried out
 
     def load(self, *, full: bool) -> Delivery:
         self.calls.append(Call("load", full, self.current.digest))
@@ -50,7 +51,8 @@ class ScriptedEngine:
         self.applied.append(delivery.digest)
         return Outcome(verified=True, mode="full" if full else "incremental", updated=changed,
                        records={"service": delivery.resources},
-                       fixed=tuple(f"~ service s{i}" for i in range(changed)))
+                       fixed=tuple(f"~ service s{i}" for i in range(changed)),
+                       warnings=self.warnings if full else None)
 
     def counters(self) -> Mapping[str, ServiceCounters]:
         return self.service_counters
