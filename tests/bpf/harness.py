@@ -40,17 +40,17 @@ class Datapath:
         self.ns = f"lbt-{tag}"
         self.pin_root = f"/sys/fs/bpf/lbctl-test-{tag}"
         sh("ip", "netns", "add", self.ns)
-        try:
+        try:  # a failure anywhere below (e.g. the verifier refusing the object) must leave nothing behind
             self._setup()
-        except Exception:
+            self.driver = BpfDriver(pin_root=self.pin_root, netns=self.ns)
+            self.driver.load()
+            with in_netns(self.ns):
+                import socket
+
+                self.ifindex = socket.if_nametoindex("v0")
+        except BaseException:
             self.close()
             raise
-        self.driver = BpfDriver(pin_root=self.pin_root, netns=self.ns)
-        self.driver.load()
-        with in_netns(self.ns):
-            import socket
-
-            self.ifindex = socket.if_nametoindex("v0")
 
     def _setup(self) -> None:
         ns = self.ns
@@ -97,7 +97,10 @@ class Datapath:
     def close(self) -> None:
         drv = getattr(self, "driver", None)
         if drv is not None:
-            drv.down()
+            try:
+                drv.down()
+            except Exception:  # noqa: BLE001 - a half-loaded driver; the pins go below anyway
+                pass
         if os.path.isdir(self.pin_root):
             for f in os.listdir(self.pin_root):
                 os.unlink(os.path.join(self.pin_root, f))
