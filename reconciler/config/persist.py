@@ -20,7 +20,10 @@ Rules that keep it safe:
   (pickle runs code), written with mode 0600 through a temp file, fsync and
   rename, so readers never see a partial file;
 * a state dir that is missing or not writable just means no persistence:
-  ``validate`` then loads from scratch, exactly as before.
+  ``validate`` then loads from scratch, exactly as before;
+* it is re-written only when the files parsed again since the last save reach
+  1/``SAVE_FRACTION`` of the directory: one edited file among a hundred costs
+  the next run a 20 ms re-parse, while re-writing the cache costs 0.3 s.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from reconciler.config.loader import LoadResult, load_dir
 
 FILE_NAME = "parse-cache"
 _MAGIC = b"lbctl-parse-cache\n"
+SAVE_FRACTION = 20  # save when 1/20 of the files had to be parsed again
 
 
 @cache
@@ -170,6 +174,10 @@ def load_dir_persisted(path: str | os.PathLike[str], state_dir: str | os.PathLik
     parse_cache = load_cache(file)
     before = parse_cache.generation
     result = load_dir(path, cache=parse_cache)
-    if parse_cache.generation != before or not file.exists():
+    # Re-writing the whole cache (13 MB at 10,000 services) costs far more than
+    # re-parsing a file or two on the next run: save only once the files parsed
+    # again since the last save are 5% of the directory (or there was no cache).
+    stale = len(result.parsed) >= max(1, len(result.files) // SAVE_FRACTION)
+    if not file.exists() or (parse_cache.generation != before and stale):
         save_cache(parse_cache, file)
     return result

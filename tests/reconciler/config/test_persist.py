@@ -46,6 +46,25 @@ def test_second_run_parses_nothing_and_gives_the_same_result(tmp_path: Path) -> 
     assert not second.valid
 
 
+def test_the_cache_is_rewritten_only_once_enough_files_changed(tmp_path: Path) -> None:
+    conf, state = tmp_path / "conf", tmp_path / "state"
+    conf.mkdir()
+    state.mkdir()
+    for i in range(40):
+        (conf / f"s{i}.yaml").write_text(SVC.format(name=f"s{i}", vip=f"198.51.100.{i + 1}"))
+    load_dir_persisted(conf, state)
+    saved = (state / FILE_NAME).stat().st_mtime_ns
+    (conf / "s0.yaml").write_text(SVC.format(name="s0", vip="198.51.100.200"))
+    one = load_dir_persisted(conf, state)  # 1 of 40 files changed: not worth 13 MB of writing
+    assert one.parsed == (str(conf / "s0.yaml"),) and (state / FILE_NAME).stat().st_mtime_ns == saved
+    _same(one, load_dir(conf))
+    (conf / "s1.yaml").write_text(SVC.format(name="s1", vip="198.51.100.201"))
+    two = load_dir_persisted(conf, state)  # s0 and s1 parsed again: 2 of 40 is 5%, so save
+    assert len(two.parsed) == 2 and (state / FILE_NAME).stat().st_mtime_ns != saved
+    assert load_dir_persisted(conf, state).parsed == ()
+    _same(two, load_dir(conf))
+
+
 def test_changed_bytes_are_parsed_even_with_the_same_size_and_mtime(tmp_path: Path) -> None:
     conf, state = _config(tmp_path), tmp_path / "state"
     state.mkdir()
