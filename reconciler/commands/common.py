@@ -85,7 +85,14 @@ def dump(data: Any, output: str, stream: IO[str] | None = None) -> None:
     if output == "yaml":
         stream.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
     else:
-        stream.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        # Streamed in batches of chunks: a 30,000-change plan never becomes one string.
+        batch: list[str] = []
+        for chunk in json.JSONEncoder(indent=2).iterencode(data):
+            batch.append(chunk)
+            if len(batch) >= 8192:
+                stream.write("".join(batch))
+                batch.clear()
+        stream.write("".join(batch) + "\n")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
