@@ -121,6 +121,21 @@ class DriverClock:
         return out
 
 
+def cli_run(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one fresh lbctl process, measured by GNU time.
+
+    (``RUSAGE_CHILDREN`` would not do: a forked child is charged the pages it
+    shares with this large bench process until it execs.)
+    """
+    with tempfile.NamedTemporaryFile("r") as out:
+        t = time.perf_counter()
+        rc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL).returncode
+        wall = time.perf_counter() - t
+        assert rc == 0, (argv, rc)
+        return wall, int(out.read().split()[-1]) / 1024
+
+
 def cli_reconcile(conf: Path, drivers: list[Any], state_dir: Path, *, dry_run: bool) -> ReconcileResult:
     """``reconcile`` with the configuration loaded as ``lbctl plan/apply`` load it.
 
@@ -252,21 +267,14 @@ def main() -> int:
         if not args.no_cli:
             lbctl = [sys.executable, "-m", "reconciler.cli"]
             write_config(conf, args.services, args.endpoints, args.files)
-            for label, argv in (("lbctl down", ["down"]), ("lbctl apply (cold)", ["apply", str(conf)]),
-                                ("lbctl plan (no-op)", ["plan", str(conf), "--detailed-exitcode"])):
-                before = rss_mb(resource.RUSAGE_CHILDREN)
-                t = time.perf_counter()
-                rc = subprocess.run([*lbctl, *argv, *common], cwd=REPO, stdout=subprocess.DEVNULL).returncode
-                wall = time.perf_counter() - t
-                assert rc == 0, (label, rc)
-                cli_rows.append((label, wall, max(before, rss_mb(resource.RUSAGE_CHILDREN))))
-            edit_one(conf, args.services, args.endpoints, args.files)
-            t = time.perf_counter()
-            rc = subprocess.run([*lbctl, "apply", str(conf), *common], cwd=REPO,
-                                stdout=subprocess.DEVNULL).returncode
-            assert rc == 0
-            wall = time.perf_counter() - t
-            cli_rows.append(("lbctl apply (one change)", wall, rss_mb(resource.RUSAGE_CHILDREN)))
+            runs = (("lbctl down", ["down"], False), ("lbctl apply (cold)", ["apply", str(conf)], False),
+                    ("lbctl plan (no-op)", ["plan", str(conf), "--detailed-exitcode"], False),
+                    ("lbctl apply (one change)", ["apply", str(conf)], True))
+            for label, argv, edit in runs:
+                if edit:
+                    edit_one(conf, args.services, args.endpoints, args.files)
+                wall, rss = cli_run([*lbctl, *argv, *common])
+                cli_rows.append((label, wall, rss))
             subprocess.run([*lbctl, "down", *common], cwd=REPO, stdout=subprocess.DEVNULL, check=True)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -279,9 +287,11 @@ def main() -> int:
     for label, p, note in rows:
         cols = " | ".join(ms(p[k]) for k in ("parse", "plan", "program", "verify", "total"))
         lines.append(f"| {label} | {cols} | {TARGETS[label]} | {note} |")
-    lines.append(f"\nPeak RSS of the in-process runs: {self_rss:,.0f} MB (target < 250 MB).")
+    lines.append(f"\nPeak RSS of this bench process (all three in-process runs, with the drivers and results "
+                 f"of one still alive during the next): {self_rss:,.0f} MB. The RSS of one lbctl command, "
+                 "which the < 250 MB target is about, is in the next table.")
     if cli_rows:
-        lines += ["", "| command (fresh process) | wall s | peak RSS MB (children, cumulative max) |",
+        lines += ["", "| command (fresh process, plan text to /dev/null) | wall s | peak RSS MB (GNU time) |",
                   "|---|---:|---:|"]
         lines += [f"| {label} | {wall:.2f} | {rss:,.0f} |" for label, wall, rss in cli_rows]
     table = "\n".join(lines)
