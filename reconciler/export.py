@@ -36,10 +36,10 @@ from reconciler.records import (
     Record,
     ServiceEntry,
     ServiceKey,
+    State,
     VipAddress,
 )
 
-State = Mapping[str, Mapping[str, Record]]
 Doc = dict[str, Any]
 
 PROTO_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "icmp": "ICMP"}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from reconciler import limits
 from reconciler.config.errors import ConfigError
 from reconciler.config.formats import FormatProblem, IPAddress, canonical_ipv4, pool_range
+from reconciler.maglev import is_prime
 from reconciler.model import (
     BGPPeerSpec,
     DatapathSpec,
@@ -177,17 +178,6 @@ def _addr(text: str) -> _Addr | None:
     return _Addr(addr.version, addr.compressed, _not_unicast(addr))
 
 
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    f = 2
-    while f * f <= n:
-        if n % f == 0:
-            return False
-        f += 1
-    return True
-
-
 def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None], report: Report,
              broken: set[str]) -> None:
     if spec.vip is None and spec.pool is None:
@@ -259,7 +249,7 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
 
     if spec.maglev_table_size is not None:
         size = spec.maglev_table_size
-        if size > limits.MAGLEV_MAX_TABLE_SIZE or not _is_prime(size):
+        if size > limits.MAGLEV_MAX_TABLE_SIZE or not is_prime(size):
             report.add(res, "spec.maglevTableSize", f"{size} is not a prime of at most "
                        f"{limits.MAGLEV_MAX_TABLE_SIZE}", "use a prime such as 251, 4093 or 65521")
     if spec.probe.timeout >= spec.probe.interval and spec.probe.type != "none":
