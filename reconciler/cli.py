@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -97,6 +98,16 @@ def context_from(args: argparse.Namespace) -> Context:
                    verbose=args.verbose)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the exit-time flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (tests capture stdout): nothing to flush later
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -108,7 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     ctx = context_from(args)
     try:
-        return int(args._module.run(args, ctx))
+        code = int(args._module.run(args, ctx))
+        sys.stdout.flush()  # a closed pipe must fail here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `lbctl ... | head`: the reader is gone, nothing left to say
+        _silence_stdout()
+        return 1
     except LbctlError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

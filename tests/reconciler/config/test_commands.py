@@ -68,3 +68,22 @@ def test_schemas_describe_every_field_and_are_closed(kind: str) -> None:
     assert _walk(s) == []
     assert s["additionalProperties"] is False and s["properties"]["spec"]["additionalProperties"] is False
     assert schemas.quick(kind) is not None  # the fast path covers every schema
+
+
+def test_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
+    """`lbctl validate -o json | head -1`: the reader goes away; no traceback, no "internal error"."""
+    import subprocess
+    import sys
+
+    for i in range(400):  # enough output to outlast the pipe buffer
+        (tmp_path / f"s{i}.yaml").write_text(f"apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from reconciler.cli import main; "
+                             "sys.exit(main(sys.argv[1:]))", "validate", str(tmp_path), "-o", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[3])
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert err == ""
