@@ -87,10 +87,11 @@ def pool_range(text: str) -> tuple[int, int, int]:
         if int(last) < int(first):
             raise FormatProblem(f'range "{text}" ends before it starts')
         return first.version, int(first), int(last)
-    try:
-        net = cidr(text)
-    except FormatProblem:
-        raise FormatProblem(f'"{text}" is neither a CIDR nor a first-last address range') from None
+    if "/" in text:
+        net = cidr(text)  # its own message: host bits set, bad prefix
+    else:
+        raise FormatProblem(f'"{text}" is neither a CIDR nor a first-last address range '
+                            "(write e.g. 198.51.100.0/28 or 198.51.100.10-198.51.100.20)")
     return net.version, int(net.network_address), int(net.broadcast_address)
 
 

@@ -171,7 +171,14 @@ class _Translator:
             self.emit(segments, f"must be {want}, not {_describe(inst)}", hint)
         elif keyword == "enum":
             choices = [str(c) for c in expected]
-            hint = _did_you_mean(str(inst), choices) if isinstance(inst, str) else None
+            hint = None
+            if isinstance(inst, bool):
+                hint = ("YAML reads unquoted yes/no/on/off/true/false as booleans; "
+                        "use one of the values listed")
+            elif isinstance(inst, str):
+                same = [c for c in choices if c.lower() == inst.lower()]
+                hint = (f'did you mean "{same[0]}"? values are case-sensitive' if same
+                        else _did_you_mean(inst, choices))
             self.emit(segments, f"{_show(inst)} is not one of: {', '.join(choices)}", hint)
         elif keyword == "const":
             if segments == ["kind"]:
