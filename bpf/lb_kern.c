@@ -964,9 +964,13 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 
 	ct = bpf_map_lookup_elem(&lb_ct, &p.t);
 	if (ct && now - ct->seen_ns > ct_timeout_ns(ct)) {
-		/* Stale: forget it so it never captures an unrelated flow (pitfall 13). */
-		if (ct->dir == LB_CT_FORWARD && ct_open(ct->state) && p.t.proto == IPPROTO_TCP)
+		/* Stale: forget it so it never captures an unrelated flow (pitfall 13).
+		 * Its connection count goes once: the entry stays in the map (and is
+		 * met again) when no new flow replaces it, e.g. a source now refused. */
+		if (ct->dir == LB_CT_FORWARD && ct_open(ct->state)) {
 			conns_add(ct->stat_id, -1);
+			ct->state = LB_CT_CLOSED;
+		}
 		ct = 0;
 	}
 	if (ct && p.ttl <= 1) {

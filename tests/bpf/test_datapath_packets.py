@@ -213,3 +213,42 @@ def test_layout_matches_limits() -> None:
     assert B.const("LB_MAX_ALLOWED_SOURCES") == limits.MAX_ALLOWED_SOURCES
     assert B.const("LB_MAX_RANGES") == limits.MAX_PORT_RANGES_PER_VIP
     assert B.const("LB_NAME_LEN") == limits.MAX_SERVICE_NAME + 1
+
+
+def _conns(dp: Datapath, key: object) -> list[int]:
+    """lb_be_conns of each endpoint of ``key`` (least-connection counts)."""
+    dp.driver.read()
+    idx = dp.driver._index
+    assert idx is not None
+    m = dp.driver.map("lb_be_conns")
+    return [int(m.lookup(sid)) for sid in idx.stat[idx.ids[str(key)]]]
+
+
+@pytest.mark.parametrize("proto", [P.TCP, P.UDP])
+def test_stale_flow_releases_its_connection_once(dp: Datapath, proto: int) -> None:
+    import time
+
+    from reconciler.plan import Change
+    from reconciler.records import ServiceEntry
+
+    port = 80 if proto == P.TCP else 53
+    key = dp.service(VIP4, "tcp" if proto == P.TCP else "udp", port, [Backend(BACKENDS4[0], 8080)],
+                     selection="lc", timeout=1)
+    a = P.Pkt(CLIENT4, VIP4, proto, 43000, port, flags=P.SYN)
+    b = P.Pkt("10.98.0.6", VIP4, proto, 43000, port, flags=P.SYN)
+    assert dp.run("tc", a.bytes()).retval == TC_REDIRECT
+    assert dp.run("tc", b.bytes()).retval == TC_REDIRECT
+    assert _conns(dp, key) == [2]
+    time.sleep(1.2)
+    # b's source is refused now: its stale entry is met again and again, never replaced.
+    cur = dp.driver.read()["service"][str(key)]
+    assert isinstance(cur, ServiceEntry)
+    new = ServiceEntry(key, cur.name, cur.mode, cur.selection, cur.session_timeout, cur.persist_timeout,
+                       (f"{CLIENT4}/32",))
+    dp.driver.apply([Change("service", str(key), "update", cur, new)])
+    for _ in range(3):
+        assert dp.run("tc", b.but(flags=P.ACK).bytes()).retval == TC_SHOT
+    assert _conns(dp, key) == [1], "a stale flow gives back its connection exactly once"
+    # a's stale entry is replaced by a new flow: one connection again, not two.
+    assert dp.run("tc", a.but(flags=P.ACK).bytes()).retval == TC_REDIRECT
+    assert _conns(dp, key) == [1]
