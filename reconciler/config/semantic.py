@@ -54,6 +54,8 @@ def _at(res: Resource, path: str = "metadata.name") -> str:
 
 def _not_unicast(addr: IPAddress) -> str | None:
     """Why ``addr`` cannot be a VIP or endpoint, or ``None`` when it can."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return f"an IPv4-mapped IPv6 address; write it as {addr.ipv4_mapped}"
     if addr.is_unspecified:
         return "the unspecified address"
     if addr.is_loopback:
@@ -99,6 +101,24 @@ def singletons(resources: Sequence[Resource], report: Report, broken: set[str]) 
                            "add a BGPConfig resource or set bgp: false")
 
 
+# Address blocks a pool must not hand out as VIPs: (version, first, last, what they are).
+_NOT_UNICAST_BLOCKS = tuple(
+    (net.version, int(net.network_address), int(net.broadcast_address), what)
+    for text, what in (("0.0.0.0/32", "the unspecified address"), ("127.0.0.0/8", "loopback addresses"),
+                       ("224.0.0.0/4", "multicast addresses"), ("240.0.0.0/4", "reserved addresses"),
+                       ("::/128", "the unspecified address"), ("::1/128", "the loopback address"),
+                       ("::ffff:0:0/96", "IPv4-mapped addresses"), ("ff00::/8", "multicast addresses"))
+    for net in (ipaddress.ip_network(text),))
+
+
+def _pool_not_unicast(version: int, first: int, last: int) -> str | None:
+    """What a pool span includes that cannot be a VIP, or ``None``."""
+    for v, lo, hi, what in _NOT_UNICAST_BLOCKS:
+        if v == version and first <= hi and lo <= last:
+            return what
+    return None
+
+
 def check_pools(resources: Sequence[Resource], report: Report) -> dict[str, int | None]:
     """Check pools; return name -> IP version (None when unknown)."""
     families: dict[str, int | None] = {}
@@ -115,6 +135,9 @@ def check_pools(resources: Sequence[Resource], report: Report) -> dict[str, int 
                 continue  # already reported by the schema
             versions.add(version)
             spans.append((version, first, last, res, i, text))
+            if what := _pool_not_unicast(version, first, last):
+                report.add(res, f"spec.addresses[{i}]", f"{text} includes {what}, which cannot be VIPs",
+                           "a pool hands out VIPs: use unicast addresses only")
         want = {"IPv4": 4, "IPv6": 6}.get(spec.family or "")
         if len(versions) > 1:
             report.add(res, "spec.addresses", "mixes IPv4 and IPv6 addresses",
@@ -190,7 +213,10 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
     vip = _addr(spec.vip) if spec.vip is not None else None
     if vip is not None and (why := vip.not_unicast):
         report.add(res, "spec.vip", f"VIP {spec.vip} is {why}", "a VIP must be a unicast address")
-    family = vip.version if vip is not None else (pools.get(spec.pool) if spec.pool else None)
+    if vip is not None:  # a VIP already reported as not unicast says nothing about the family
+        family = vip.version if vip.not_unicast is None else None
+    else:
+        family = pools.get(spec.pool) if spec.pool else None
 
     for i, port in enumerate(spec.ports):
         p = f"spec.ports[{i}]"
@@ -202,6 +228,15 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
         elif port.end_port is not None and port.end_port < port.port:
             report.add(res, f"{p}.endPort", f"port range {port.port}-{port.end_port} ends before it starts",
                        "endPort must be at least port")
+
+    if vip is None and spec.pool is not None:  # literal VIPs: _vip_claims compares the ports
+        own: dict[str, list[tuple[int, int, Resource, str]]] = defaultdict(list)
+        for i, port in enumerate(spec.ports):
+            end = port.end_port if port.end_port is not None and port.end_port >= port.port else port.port
+            own[port.protocol].append((port.port, end, res, f"spec.ports[{i}]"))
+        for proto, entries in own.items():
+            entries.sort(key=lambda e: (e[0], e[1]))
+            claim_conflicts(f"the VIP from Pool/{spec.pool}", proto, entries, report)
 
     if len(spec.endpoints) > limits.MAX_ENDPOINTS_PER_SERVICE:
         report.add(res, "spec.endpoints", f"has {len(spec.endpoints)} endpoints; the datapath holds at most "
