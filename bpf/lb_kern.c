@@ -183,6 +183,7 @@ struct pkt {
 	__u32 timeout;		/* session timeout of a new flow */
 	__u8 tcp_flags;
 	__u8 ttl;
+	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
 };
 
 enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
@@ -395,9 +396,10 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 			return LB_STAT_PASS_TRUNCATED;
 		if (ih->type == ICMP_ECHO)
 			p->t.sport = ih->un.echo.id;
-		else if (ih->type == ICMP_ECHOREPLY)
+		else if (ih->type == ICMP_ECHOREPLY) {
 			p->t.dport = ih->un.echo.id;
-		else
+			p->echo_reply = 1;
+		} else
 			return LB_STAT_PASS_NOT_OURS;
 		p->csum = 0;	/* the ICMPv4 checksum has no pseudo header */
 	} else if (proto == IPPROTO_ICMPV6 && p->t.family == 6) {
@@ -407,9 +409,10 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 			return LB_STAT_PASS_TRUNCATED;
 		if (ih->icmp6_type == ICMPV6_ECHO_REQ)
 			p->t.sport = ih->icmp6_dataun.u_echo.identifier;
-		else if (ih->icmp6_type == ICMPV6_ECHO_REP)
+		else if (ih->icmp6_type == ICMPV6_ECHO_REP) {
 			p->t.dport = ih->icmp6_dataun.u_echo.identifier;
-		else
+			p->echo_reply = 1;
+		} else
 			return LB_STAT_PASS_NOT_OURS;	/* NDP, errors, ... */
 		p->t.proto = IPPROTO_ICMP;	/* one protocol number for echo services */
 		p->csum = &ih->icmp6_cksum;
@@ -905,7 +908,8 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 	__u32 svc_id;
 	__u16 nat_port;
 
-	if (!find_service(p, &svc_id)) {
+	/* An echo reply to a VIP answers a ping of the box, not a client's flow. */
+	if (p->echo_reply || !find_service(p, &svc_id)) {
 		stat_inc(LB_STAT_PASS_NOT_OURS);
 		return V_PASS;
 	}

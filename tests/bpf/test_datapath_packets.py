@@ -114,13 +114,25 @@ def test_reply_reverse_nat(dp: Datapath, hook: str, v6: bool) -> None:
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
-def test_icmp_echo_reply_reverse(dp: Datapath, hook: str) -> None:
+@pytest.mark.parametrize("v6", [False, True])
+def test_icmp_echo_reply_reverse(dp: Datapath, hook: str, v6: bool) -> None:
     _services(dp)
-    dp.run(hook, P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8, icmp_id=77).bytes())
-    r = dp.run(hook, P.Pkt(BACKENDS4[2], CLIENT4, P.ICMP, icmp_type=0, icmp_id=77).bytes())
+    client, vip, be, proto, req, rep = ((CLIENT6, VIP6, BACKENDS6[2], P.ICMP6, 128, 129) if v6
+                                        else (CLIENT4, VIP4, BACKENDS4[2], P.ICMP, 8, 0))
+    assert dp.run(hook, P.Pkt(client, vip, proto, icmp_type=req, icmp_id=77).bytes()).retval == REDIRECT[hook]
+    reply = P.Pkt(be, client, proto, icmp_type=rep, icmp_id=77)
+    r = dp.run(hook, reply.bytes())
     assert r.retval == REDIRECT[hook]
     out = P.parse(r.data)
-    assert out.csum_ok and out.src == VIP4 and out.dst == CLIENT4
+    assert out.csum_ok and out.src == vip and out.dst == client and out.sport == 77
+    exp = reply.but(src=vip, ttl=reply.ttl - 1).bytes()
+    if hook == "xdp":
+        exp = GW_MAC + bytes(out.smac) + exp[12:]
+    assert r.data == exp
+    # Another echo id from the same client is not this flow's reply.
+    other = P.Pkt(be, client, proto, icmp_type=rep, icmp_id=78).bytes()
+    r = dp.run(hook, other)
+    assert r.retval == PASS[hook] and r.data == other
 
 
 PASS_CASES = [
@@ -131,6 +143,8 @@ PASS_CASES = [
     ("v4-fragment-offset", P.Pkt(CLIENT4, VIP4, P.UDP, 40000, 53, frag=0x0010)),
     ("v4-ttl1", P.Pkt(CLIENT4, VIP4, P.TCP, 40000, 80, ttl=1)),
     ("v4-icmp-not-echo", P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=13)),
+    ("v4-icmp-echo-reply-to-vip", P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=0)),
+    ("v6-icmp-echo-reply-to-vip", P.Pkt(CLIENT6, VIP6, P.ICMP6, icmp_type=129)),
     ("v6-fragment", P.Pkt(CLIENT6, VIP6, P.UDP, 40000, 53, v6_frag=True)),
     ("v6-ndp", P.Pkt(CLIENT6, VIP6, P.ICMP6, icmp_type=135)),
     ("v6-ttl1", P.Pkt(CLIENT6, VIP6, P.TCP, 40000, 80, ttl=1)),
@@ -146,6 +160,7 @@ def test_pass_untouched(dp: Datapath, hook: str, name: str, pkt: P.Pkt) -> None:
     r = dp.run(hook, frame)
     assert r.retval == PASS[hook]
     assert r.data == frame
+    assert dp.driver.conntrack() == [], "a passed packet must not start a flow"
 
 
 RAW_PASS = [
