@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"reconciler.commands.{module}":
                 raise
             p.set_defaults(_module=None)
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # `import k8s ...`
         else:
             mod.add_arguments(p)
             p.set_defaults(_module=mod)

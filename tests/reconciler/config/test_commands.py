@@ -87,3 +87,14 @@ def test_closed_pipe_is_not_an_internal_error(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert err == ""
+
+
+def test_command_not_built_takes_its_arguments_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lbctl import k8s` (README) says "not available", exit 1 -- not an argparse usage error (exit 2)."""
+    from reconciler.cli import COMMANDS, build_parser
+
+    subs = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in COMMANDS:
+        if subs[name].get_default("_module") is None:
+            assert main([name, "k8s", "--netns", "x"]) == 1
+            assert f"'{name}' is not available in this build" in capsys.readouterr().err
