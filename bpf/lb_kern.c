@@ -876,9 +876,17 @@ static __noinline void ct_create(const struct pkt *p, const struct lb_backend *b
 	v.nat_port = p->t.dport;
 	v.dir = LB_CT_REPLY;
 	v.state = LB_CT_ACTIVE;
-	if (p->t.proto == IPPROTO_TCP)
-		v.state = (p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN ? LB_CT_SYN_SENT
-									   : LB_CT_ESTABLISHED;
+	if (p->t.proto == IPPROTO_TCP) {
+		/* A stray RST/FIN of an unknown flow is forwarded but opens nothing. */
+		if (p->tcp_flags & TCPF_RST)
+			v.state = LB_CT_CLOSED;
+		else if (p->tcp_flags & TCPF_FIN)
+			v.state = LB_CT_FIN_WAIT;
+		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			v.state = LB_CT_SYN_SENT;
+		else
+			v.state = LB_CT_ESTABLISHED;
+	}
 	v.svc_id = svc_id;
 	v.stat_id = be->stat_id;
 	v.timeout = p->timeout;

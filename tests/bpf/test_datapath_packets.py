@@ -267,3 +267,13 @@ def test_stale_flow_releases_its_connection_once(dp: Datapath, proto: int) -> No
     # a's stale entry is replaced by a new flow: one connection again, not two.
     assert dp.run("tc", a.but(flags=P.ACK).bytes()).retval == TC_REDIRECT
     assert _conns(dp, key) == [1]
+
+
+def test_stray_rst_or_fin_opens_no_connection(dp: Datapath) -> None:
+    key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)], selection="lc")
+    for sport, flags in ((44000, P.RST | P.ACK), (44001, P.FIN | P.ACK)):
+        assert dp.run("tc", P.Pkt(CLIENT4, VIP4, P.TCP, sport, 80, flags=flags).bytes()).retval == TC_REDIRECT
+    assert sorted(f.state for f in dp.driver.conntrack()) == ["closed", "fin-wait"]
+    assert _conns(dp, key) == [0]
+    assert dp.run("tc", P.Pkt(CLIENT4, VIP4, P.TCP, 44002, 80).bytes()).retval == TC_REDIRECT
+    assert _conns(dp, key) == [1]
