@@ -735,14 +735,15 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 		if (redirect)
 			ip6->hop_limit -= 1;
 	}
-	if (dst && p->dport_p) {
+	/* An unchanged port costs nothing (no write, no second checksum helper call). */
+	if (dst && p->dport_p && oldport != port) {
 		void *end = ctx_end(ctx, xdp);
 
 		if ((void *)(p->dport_p + 1) > end)
 			return V_PASS;
 		*p->dport_p = port;
 		pdiff = csum_diff16(oldport, port);
-	} else if (!dst && p->sport_p) {
+	} else if (!dst && p->sport_p && oldport != port) {
 		void *end = ctx_end(ctx, xdp);
 
 		if ((void *)(p->sport_p + 1) > end)
