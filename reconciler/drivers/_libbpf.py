@@ -97,6 +97,9 @@ struct bpf_test_run_opts {
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 
 struct lbctl_prog_info { __u32 type; __u32 id; __u8 tag[8]; };
+struct lbctl_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries;
+                        __u32 map_flags; char name[16]; };
+int bpf_map__type(const struct bpf_map *map);
 """
 
 # Structs of lb_shared.h checked against BTF.
@@ -424,6 +427,29 @@ def prog_id(fd: int) -> int:
     return int(info.id)
 
 
+def map_info(fd: int) -> tuple[int, int, int, int]:
+    """(type, key_size, value_size, max_entries) of the map behind ``fd``."""
+    ffi = lib().ffi
+    info = ffi.new("struct lbctl_map_info *")
+    ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_map_info"))
+    _check(lib().lib.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(map)")
+    return int(info.type), int(info.key_size), int(info.value_size), int(info.max_entries)
+
+
+PIN_MISMATCH_HINT = ("the pins come from an lbctl whose datapath layout differs: run 'lbctl down' "
+                     "(detaches the datapath and drops its flows and counters), then apply again")
+
+
+def check_pinned_map(name: str, path: str, fd: int, want: tuple[int, int, int, int]) -> None:
+    """Refuse a pinned map whose (type, key size, value size, max entries) is not ``want``."""
+    got = map_info(fd)
+    if got != want:
+        fields = ("type", "key size", "value size", "max entries")
+        diff = ", ".join(f"{f} {g} (this lbctl: {w})" for f, g, w in zip(fields, got, want, strict=True)
+                         if g != w)
+        raise LayoutError(f"pinned map {path} does not fit this lbctl's {name}: {diff}", PIN_MISMATCH_HINT)
+
+
 class BpfObject:
     """An opened (and, after ``load()``, loaded) BPF object file."""
 
@@ -488,6 +514,25 @@ class BpfObject:
                 "bpf/lb_shared.h and " + self.path + " disagree: " + "; ".join(problems),
                 "rebuild the object (make build) from the same source tree",
             )
+
+    def map_def(self, name: str) -> tuple[int, int, int, int]:
+        """(type, key_size, value_size, max_entries) the object declares for map ``name``."""
+        c = lib().lib
+        m = self.map_ptr(name)
+        return (int(c.bpf_map__type(m)), int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m)),
+                int(c.bpf_map__max_entries(m)))
+
+    def check_pins(self, root: str, names: list[str] | None = None) -> None:
+        """Refuse maps pinned under ``root`` that libbpf could not reuse (it says only EINVAL)."""
+        for name in names or list(MAPS):
+            path = os.path.join(root, name)
+            if not os.path.exists(path):
+                continue
+            fd = obj_get(path)
+            try:
+                check_pinned_map(name, path, fd, self.map_def(name))
+            finally:
+                os.close(fd)
 
     def set_pin_root(self, root: str, names: list[str] | None = None) -> None:
         for name in names or list(MAPS):

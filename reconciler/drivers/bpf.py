@@ -367,27 +367,36 @@ class BpfDriver:
     def _pins_exist(self) -> bool:
         return all(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS)
 
-    def _check_layout(self) -> None:
-        if self._checked:
-            return
+    def _check_layout(self) -> dict[str, tuple[int, int, int, int]]:
+        """Check the object against lb_shared.h; its map definitions (for the pins)."""
         obj = B.BpfObject(self.obj_path)
         try:
-            obj.check_layout()
+            if not self._checked:
+                obj.check_layout()
+            defs = {name: obj.map_def(name) for name in B.MAPS}
         finally:
             obj.close()
-        _check_raw_layout()
-        self._checked = True
+        if not self._checked:
+            _check_raw_layout()
+            self._checked = True
+        return defs
 
     def _open(self, create: bool) -> bool:
         """Make map handles available; False when nothing is installed and not create."""
         if self._maps:
             return True
         if self._pins_exist():
-            self._check_layout()
-            for name, spec in B.MAPS.items():
-                fd = B.obj_get(os.path.join(self.pin_root, name))
-                self._own_fds.append(fd)
-                self._maps[name] = B.Map(name, fd, spec)
+            defs = self._check_layout()
+            try:
+                for name, spec in B.MAPS.items():
+                    path = os.path.join(self.pin_root, name)
+                    fd = B.obj_get(path)
+                    self._own_fds.append(fd)
+                    B.check_pinned_map(name, path, fd, defs[name])
+                    self._maps[name] = B.Map(name, fd, spec)
+            except BaseException:
+                self.close()
+                raise
             return True
         if not create:
             return False
@@ -401,11 +410,16 @@ class BpfDriver:
         _ensure_bpffs()
         os.makedirs(self.pin_root, exist_ok=True)
         obj = B.BpfObject(self.obj_path)
-        obj.check_layout()
-        _check_raw_layout()
-        self._checked = True
-        obj.set_pin_root(self.pin_root)
-        obj.load(tuple(PROGS.values()))
+        try:
+            obj.check_layout()
+            _check_raw_layout()
+            self._checked = True
+            obj.check_pins(self.pin_root)
+            obj.set_pin_root(self.pin_root)
+            obj.load(tuple(PROGS.values()))
+        except BaseException:
+            obj.close()
+            raise
         self._obj = obj
         for m in self._maps.values():
             self._base_writes += m.writes

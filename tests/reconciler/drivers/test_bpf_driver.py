@@ -144,3 +144,32 @@ def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
     assert "fullnat" in (BpfDriver.unsupported(ServiceEntry(key, "web", "fullnat", "rr", 240, 10800)) or "")
     sctp = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "default", "rr", 240, 10800)
     assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
+
+
+def test_pinned_map_of_another_layout_is_refused_with_what_to_do(dp: Datapath) -> None:
+    import os
+    import shutil
+
+    from reconciler.drivers import _libbpf as B
+
+    dp.driver.apply(records(1))
+    # lb_svc_stats has lb_be_stats' key and value but half its entries: an "older layout".
+    other = dp.pin_root + "-old"
+    os.makedirs(other)
+    try:
+        for name in B.MAPS:
+            src = dp.driver.map("lb_svc_stats" if name == "lb_be_stats" else name).fd
+            B.obj_pin(src, os.path.join(other, name))
+        for action in ("open", "load"):
+            drv = BpfDriver(pin_root=other, netns=dp.ns)
+            with pytest.raises(B.LayoutError) as exc:
+                drv.read() if action == "open" else drv.load()
+            msg = str(exc.value)
+            assert "lb_be_stats" in msg and "max entries 65536 (this lbctl: 131072)" in msg, msg
+            assert exc.value.hint is not None and "lbctl down" in exc.value.hint
+            assert drv._own_fds == [] and drv._maps == {} and drv._obj is None
+            drv.close()
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    # The real pins still open and read.
+    assert dp.driver.read()["service"]
