@@ -190,11 +190,15 @@ def test_pass_raw(dp: Datapath, hook: str, name: str, frame: bytes) -> None:
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
-def test_no_backends_drops(dp: Datapath, hook: str) -> None:
-    key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080, weight=0)])
+@pytest.mark.parametrize("selection", ["rr", "lc"])
+@pytest.mark.parametrize("bes", ["weight0", "empty"])
+def test_no_backends_drops(dp: Datapath, hook: str, selection: str, bes: str) -> None:
+    backends = [Backend(BACKENDS4[0], 8080, weight=0)] if bes == "weight0" else []
+    key = dp.service(VIP4, "tcp", 80, backends, selection=selection)
     r = dp.run(hook, P.Pkt(CLIENT4, VIP4).bytes())
     assert r.retval == DROP[hook]
     assert dp.driver.counters()[str(key)]["service"].drops == 1
+    assert dp.driver.conntrack() == []
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
