@@ -57,6 +57,13 @@ class ReconcileEngine:
         self._drivers: Sequence[Driver] | None = None
         self._vip_if: str | None = None
         self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
+        # Loads are numbered; the index reflects load ``_index_load``.  A load's
+        # ``parsed`` lists files re-read since the *previous load*, so it tells what
+        # changed since the index only when that previous load is the one the index
+        # reflects (not after a rejected or skipped delivery, or a resync that fell
+        # back to the last good config).
+        self._loads = 0
+        self._index_load: int | None = None
 
     # --- Engine protocol ---
 
@@ -67,21 +74,28 @@ class ReconcileEngine:
         t0 = time.perf_counter()
         loaded = load_dir(self.directory, cache=self.cache)
         took = time.perf_counter() - t0
+        self._loads += 1
         return Delivery(digest=loaded.digest, errors=tuple(str(e) for e in loaded.errors),
                         resources=len(loaded.resources), files_parsed=len(loaded.parsed),
-                        payload=(loaded, took))
+                        payload=(loaded, took, self._loads))
 
     def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
-        loaded, load_time = delivery.payload
+        loaded, load_time, seq = delivery.payload
         assert isinstance(loaded, LoadResult)
         try:
             with self.lock:
                 if not full and self.incremental and self.index is not None and self._drivers is not None:
                     # A Datapath change (the only thing that picks the drivers) is never incremental.
-                    outcome = self._incremental(loaded, self._drivers, load_time)
+                    outcome = self._incremental(loaded, self._drivers, load_time,
+                                                consecutive=self._index_load == seq - 1)
                     if outcome is not None:
+                        if outcome.verified:
+                            self._index_load = seq
                         return outcome
-                return self._full(loaded, self._drivers_for(loaded), load_time)
+                outcome = self._full(loaded, self._drivers_for(loaded), load_time)
+                if outcome.verified:
+                    self._index_load = seq
+                return outcome
         except LbctlError as exc:
             self.index = None
             return Outcome(verified=False, error=str(exc))
@@ -131,11 +145,17 @@ class ReconcileEngine:
 
         return read
 
-    def _incremental(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome | None:
+    def _incremental(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float, *,
+                     consecutive: bool) -> Outcome | None:
+        """``consecutive``: ``loaded`` directly follows the load the index reflects, so only its
+        re-parsed files need comparing; otherwise every resource is compared."""
         assert self.index is not None
         t0 = time.perf_counter()
         read_keys = self._read_keys(drivers)
-        partial = self.index.plan(loaded.resources, read_keys, files=loaded.files, parsed=loaded.parsed)
+        if consecutive:
+            partial = self.index.plan(loaded.resources, read_keys, files=loaded.files, parsed=loaded.parsed)
+        else:
+            partial = self.index.plan(loaded.resources, read_keys)
         if partial is None:
             return None
         t1 = time.perf_counter()

@@ -111,3 +111,25 @@ def test_daemon_with_the_real_engine_keeps_last_good(tmp_path: Path) -> None:
     assert last is not None and last.mode == "incremental"
     rec = bpf.state["endpoints"]["tcp/198.51.100.3:80"]
     assert isinstance(rec, EndpointSet) and [b.address for b in rec.backends] == ["10.0.0.7"]
+
+
+def test_an_edit_delivered_with_an_invalid_file_is_applied_once_the_file_is_fixed(tmp_path: Path) -> None:
+    # The loader's cache already holds a.yaml's edit from the rejected load, so the fixing
+    # load re-parses only b.yaml: the engine must still compare a.yaml against what it applied.
+    conf, engine, (bpf, _) = make_box(tmp_path)
+    daemon = Daemon(Options(directory=str(conf)), engine, EventLog("kv", io.StringIO()))
+    daemon.cycle("startup")
+    (conf / "a.yaml").write_text(svc("a1", "198.51.100.1", 80, ["10.0.0.9"])
+                                 + svc("a2", "198.51.100.2", 80, ["10.0.0.3"]))
+    (conf / "b.yaml").write_text(svc("b1", "198.51.100.3", 70000, ["10.0.0.4"]))
+    daemon.cycle("delivery")
+    assert daemon.status_json()["config_valid"] is False
+    (conf / "b.yaml").write_text(svc("b1", "198.51.100.3", 80, ["10.0.0.4"]))
+    daemon.cycle("delivery")
+    last = daemon.snapshot().last_reconcile
+    assert last is not None and last.result == "ok" and last.mode == "incremental" and last.updated == 1
+    rec = bpf.state["endpoints"]["tcp/198.51.100.1:80"]
+    assert isinstance(rec, EndpointSet) and [b.address for b in rec.backends] == ["10.0.0.9"]
+    # and a resync of that content finds nothing to repair (it is not drift)
+    daemon.cycle("resync")
+    assert daemon.snapshot().drift_repairs == 0
