@@ -82,6 +82,9 @@ class Outcome:
     timings: Mapping[str, float] = field(default_factory=dict)  # phase -> seconds
     fixed: tuple[str, ...] = ()  # "~ endpoints tcp/198.51.100.1:80", what the apply changed
     warnings: tuple[str, ...] | None = None  # configured but not carried out; None: not re-evaluated
+    # Configuration errors only reconciling could find (a pool exhausted): the delivery is
+    # invalid after all, and nothing was touched.
+    invalid: tuple[str, ...] = ()
 
     @property
     def changes(self) -> int:
@@ -431,39 +434,53 @@ class Daemon:
             self._reject(delivery, trigger)
             if not full or self._last_good is None:
                 return
-            self.log.info("resync-last-good", digest=self._last_good.digest[:12],
-                          reason="directory is invalid; repairing drift against the last good config")
-            delivery = self._last_good
-        else:
-            self._last_good = delivery
-            self._update(config_valid=True)
-            self.metrics.valid.set(1)
+            self._resync_last_good(trigger, started)
+            return
+        prior, last_good = self.snapshot(), self._last_good
+        self._last_good = delivery
+        self._update(config_valid=True)
+        self.metrics.valid.set(1)
         applied = self._applied
         if not full and applied is not None and applied.digest == delivery.digest:
             self.metrics.results.inc(result="unchanged")
             self.log.info("unchanged", digest=delivery.digest[:12], action="nothing to do")
             return
-        self._reconcile(delivery, trigger, full, started)
+        outcome = self._reconcile(delivery, trigger, full, started)
+        if outcome.invalid:  # e.g. a pool exhausted: rejected whole, like a parse error
+            self._last_good = last_good
+            self._reject(replace(delivery, errors=outcome.invalid), trigger, prior)
+            if full and last_good is not None:
+                self._resync_last_good(trigger, started)
 
-    def _reject(self, delivery: Delivery, trigger: str) -> None:
+    def _resync_last_good(self, trigger: Trigger, started: float) -> None:
+        assert self._last_good is not None
+        self.log.info("resync-last-good", digest=self._last_good.digest[:12],
+                      reason="directory is invalid; repairing drift against the last good config")
+        self._reconcile(self._last_good, trigger, True, started)
+
+    def _reject(self, delivery: Delivery, trigger: str, prior: Snapshot | None = None) -> None:
+        """``prior``: the status before this delivery was (wrongly) taken as valid."""
         snap = self.snapshot()
+        seen = prior or snap
         self.metrics.valid.set(0)
         self.metrics.results.inc(result="invalid")
         self._update(config_valid=False, last_error=delivery.errors, last_error_time=time.time(),
                      rejected_digest=delivery.digest, rejected=snap.rejected + 1)
-        if snap.rejected_digest == delivery.digest and snap.config_valid is False:
+        if seen.rejected_digest == delivery.digest and seen.config_valid is False:
             return  # already reported this exact content
         self.log.error("config-invalid", trigger=trigger, digest=delivery.digest[:12],
                        errors=len(delivery.errors), action="rejected whole; live state left as it was")
         for line in delivery.errors:
             self.log.error("config-error", error=line)
 
-    def _reconcile(self, delivery: Delivery, trigger: Trigger, full: bool, started: float) -> None:
+    def _reconcile(self, delivery: Delivery, trigger: Trigger, full: bool, started: float) -> Outcome:
         previous = self._applied
         try:
             outcome = self.engine.reconcile(delivery, full=full)
         except Exception as exc:  # noqa: BLE001 - keep running; the next trigger retries
             outcome = Outcome(verified=False, error=f"internal error: {type(exc).__name__}: {exc}")
+        if outcome.invalid:
+            return outcome  # nothing was touched; the caller rejects the delivery
         duration = self.clock() - started
         result = "ok" if outcome.verified else "failed"
         self.metrics.duration.observe(duration, type=outcome.mode)
@@ -514,3 +531,4 @@ class Daemon:
                            digest=delivery.digest[:12], error=error,
                            action=f"will retry at the next resync (within {self.options.resync:g}s)")
         self._update(**changes)
+        return outcome

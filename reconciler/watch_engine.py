@@ -197,7 +197,8 @@ class ReconcileEngine:
         records = {kind: len(recs) for kind, recs in result.desired.items()}
         if result.errors:  # IPAM (pool exhausted): a configuration error found late
             self.index = None
-            return Outcome(verified=False, error="; ".join(str(e) for e in result.errors), timings=timings)
+            return Outcome(verified=False, error="; ".join(str(e) for e in result.errors), timings=timings,
+                           invalid=tuple(str(e) for e in result.errors))
         if result.failure is not None:
             self.index = None
             return Outcome(verified=False, created=created, updated=updated, deleted=deleted, records=records,

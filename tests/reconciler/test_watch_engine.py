@@ -133,3 +133,39 @@ def test_an_edit_delivered_with_an_invalid_file_is_applied_once_the_file_is_fixe
     # and a resync of that content finds nothing to repair (it is not drift)
     daemon.cycle("resync")
     assert daemon.snapshot().drift_repairs == 0
+
+
+def test_an_exhausted_pool_is_rejected_whole_and_resync_keeps_the_last_good(tmp_path: Path) -> None:
+    conf, engine, (bpf, netlink) = make_box(tmp_path)
+    (conf / "pool.yaml").write_text(f"{HEADER}kind: Pool\nmetadata: {{name: p}}\nspec:\n"
+                                    "  addresses: [203.0.113.7/32]\n  sharing: exclusive\n")
+    (conf / "c.yaml").write_text(svc("c1", "", 90, ["10.0.0.9"], pool="p"))
+    out = io.StringIO()
+    daemon = Daemon(Options(directory=str(conf)), engine, EventLog("kv", out))
+    daemon.cycle("startup")
+    assert daemon.snapshot().ready and "tcp/203.0.113.7:90" in bpf.state["service"]
+    before = {k: dict(v) for k, v in bpf.state.items()}
+    vips = dict(netlink.state["vip"])
+    (conf / "d.yaml").write_text(svc("d1", "", 91, ["10.0.0.8"], pool="p"))  # no address left for it
+    daemon.cycle("delivery")
+    doc = daemon.status_json()
+    assert doc["config_valid"] is False and doc["invalid_deliveries"] == 1
+    assert "pool exhausted" in doc["last_error"]["errors"][0] and "d1" in doc["last_error"]["errors"][0]
+    assert daemon.metrics.valid.value() == 0
+    assert bpf.state == before and netlink.state["vip"] == vips
+    assert out.getvalue().count("pool exhausted") == 1
+    # a resync while the directory stays invalid repairs drift against the last good config
+    del bpf.state["endpoints"]["tcp/198.51.100.1:80"]
+    daemon.cycle("resync")
+    assert bpf.state == before
+    snap = daemon.snapshot()
+    assert snap.drift_repairs == 1 and snap.config_valid is False and snap.rejected == 2
+    assert out.getvalue().count("pool exhausted") == 1  # the same content is reported once
+    # the fix applies normally
+    (conf / "d.yaml").unlink()
+    (conf / "c.yaml").write_text(svc("c1", "", 90, ["10.0.0.9", "10.0.0.10"], pool="p"))
+    daemon.cycle("delivery")
+    doc = daemon.status_json()
+    assert doc["config_valid"] is True and doc["last_error"] is None
+    rec = bpf.state["endpoints"]["tcp/203.0.113.7:90"]
+    assert isinstance(rec, EndpointSet) and len(rec.backends) == 2
