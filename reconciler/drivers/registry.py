@@ -10,6 +10,7 @@ here, lazily, when a command actually touches the live system.  Tests swap
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,19 @@ def netlink_driver(ctx: BoxContext, vip_interface: str = DEFAULT_VIP_INTERFACE) 
     return driver
 
 
+def check_netns(ctx: BoxContext) -> None:
+    """A missing ``--netns`` is the operator's typo, not an internal error: say so up front."""
+    if ctx.netns is None:
+        return
+    from reconciler.drivers.netns import netns_path
+
+    path = netns_path(ctx.netns)
+    if not os.path.exists(path):
+        raise LbctlError(f"network namespace {ctx.netns!r} does not exist (no {path})",
+                         hint=f"check the name ('ip netns list'), or create it: ip netns add {ctx.netns}")
+
+
 def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
     """The drivers of the box: datapath maps/programs (``bpf``) and VIP addresses (``netlink``)."""
+    check_netns(ctx)
     return [bpf_driver(ctx), netlink_driver(ctx, vip_interface)]

@@ -206,3 +206,15 @@ def test_options_after_arguments_and_help() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["plan", "/x", "--detailed-exitcode", "--netns", "a", "-o", "json"])
     assert (args.dir, args.detailed_exitcode, args.netns, args.output) == ("/x", True, "a", "json")
+
+
+def test_a_missing_netns_is_a_clear_error_not_an_internal_one(tmp_path: Path, capsys: Cap) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "web.yaml").write_text(WEB)
+    code = cli.main(["plan", str(conf), "--netns", "lbctl-test-no-such-ns",
+                     "--state-dir", str(tmp_path / "s"), "--pin-root", str(tmp_path / "pins")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "network namespace 'lbctl-test-no-such-ns' does not exist" in err and "ip netns add" in err
+    assert "internal error" not in err and "Traceback" not in err
