@@ -69,8 +69,13 @@ class StateLock:
         if self._fd is not None:
             self._depth += 1
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError as exc:
+            raise LbctlError(f"cannot take the lock {self.path}: {exc.strerror}",
+                             hint="run lbctl as root (it reads and programs the datapath), or point "
+                                  "--state-dir at a directory you can write") from None
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -58,3 +58,15 @@ def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_state_dir_the_user_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
+    from reconciler.errors import LbctlError
+
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(LbctlError, match="cannot take the lock .*Permission denied") as info:
+        StateLock(ro / "state").acquire()
+    assert info.value.hint is not None and "root" in info.value.hint
