@@ -215,6 +215,14 @@ class ReconcileEngine:
         self.records = records
         self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
                                if isinstance(r, ServiceEntry)}
+        if any(isinstance(r, ServiceEntry) and r.selection == "lc"
+               for r in result.desired.get("service", {}).values()):
+            # Flows that age out or are evicted never say goodbye: recount open
+            # connections from conntrack at every full reconcile (resync).
+            for driver in drivers:
+                sync = getattr(driver, "sync_conn_counts", None)
+                if sync is not None:
+                    sync()
         owned = frozenset(drivers_by_kind(drivers))
         vips = {name: alloc.vip for name, alloc in result.allocations.items()}
         self.index = Index(loaded.resources, result.desired, vips, owned) if self.incremental else None

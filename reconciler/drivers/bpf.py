@@ -1121,7 +1121,8 @@ class BpfDriver:
             if int(v.dir) == 0 and int(v.state) < 3 and now - int(v.seen_ns) <= int(v.timeout) * 10**9:
                 counts[int(v.stat_id)] = counts.get(int(v.stat_id), 0) + 1
         m = self._maps["lb_be_conns"]
-        for sid in sorted(self._build_index().used_stats):
+        idx = self._index if self._index is not None else self._build_index()
+        for sid in sorted(idx.used_stats):
             if (m.lookup(sid) or 0) != counts.get(sid, 0):
                 m.update(sid, counts.get(sid, 0))
 

@@ -169,3 +169,17 @@ def test_an_exhausted_pool_is_rejected_whole_and_resync_keeps_the_last_good(tmp_
     assert doc["config_valid"] is True and doc["last_error"] is None
     rec = bpf.state["endpoints"]["tcp/203.0.113.7:90"]
     assert isinstance(rec, EndpointSet) and len(rec.backends) == 2
+
+
+def test_full_reconciles_recount_least_connection_counts_only_when_lc_is_used(tmp_path: Path) -> None:
+    conf, engine, (bpf, _) = make_box(tmp_path)
+    calls: list[int] = []
+    bpf.sync_conn_counts = lambda: calls.append(1)  # type: ignore[attr-defined]
+    assert engine.reconcile(engine.load(full=True), full=True).verified
+    assert calls == []  # no lc service: no conntrack scan
+    (conf / "c.yaml").write_text(svc("c1", "198.51.100.9", 80, ["10.0.0.9"]).replace(
+        "  endpoints:", "  selection: lc\n  endpoints:"))
+    assert engine.reconcile(engine.load(full=False), full=False).verified
+    assert calls == []  # the incremental path does not scan conntrack
+    assert engine.reconcile(engine.load(full=True), full=True).verified
+    assert calls == [1]  # the resync does
