@@ -273,6 +273,28 @@ def test_stale_flow_releases_its_connection_once(dp: Datapath, proto: int) -> No
     assert _conns(dp, key) == [1]
 
 
+def test_sync_conn_counts_recounts_open_flows_from_conntrack(dp: Datapath) -> None:
+    """Counts that drifted (flows evicted or aged out without a FIN) are rebuilt from conntrack."""
+    key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080), Backend(BACKENDS4[1], 8080)],
+                     selection="lc")
+    for sport in (45000, 45001, 45002):
+        assert dp.run("tc", P.Pkt(CLIENT4, VIP4, P.TCP, sport, 80).bytes()).retval == TC_REDIRECT
+    truth = _conns(dp, key)
+    assert sorted(truth) == [1, 2]
+    m = dp.driver.map("lb_be_conns")
+    idx = dp.driver._index
+    assert idx is not None
+    for sid in idx.stat[idx.ids[str(key)]]:
+        m.update(sid, 99)  # drift: as if closing packets had never been seen
+    dp.driver.sync_conn_counts()
+    assert _conns(dp, key) == truth
+    # a closed flow no longer counts
+    rst = P.Pkt(CLIENT4, VIP4, P.TCP, 45000, 80, flags=P.RST | P.ACK)
+    assert dp.run("tc", rst.bytes()).retval == TC_REDIRECT
+    dp.driver.sync_conn_counts()
+    assert sum(_conns(dp, key)) == 2
+
+
 def test_stray_rst_or_fin_opens_no_connection(dp: Datapath) -> None:
     key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)], selection="lc")
     for sport, flags in ((44000, P.RST | P.ACK), (44001, P.FIN | P.ACK)):
