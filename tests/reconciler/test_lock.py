@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -63,10 +64,29 @@ def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
 def test_a_state_dir_the_user_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
     from reconciler.errors import LbctlError
 
-    if os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    with pytest.raises(LbctlError, match="cannot take the lock .*Permission denied") as info:
-        StateLock(ro / "state").acquire()
-    assert info.value.hint is not None and "root" in info.value.hint
+    if os.geteuid() != 0:
+        with pytest.raises(LbctlError, match="cannot take the lock .*Permission denied") as info:
+            StateLock(ro / "state").acquire()
+        assert info.value.hint is not None and "root" in info.value.hint
+        return
+    # Root may write anywhere: check what an unprivileged operator sees, in a child
+    # process that drops to nobody (the directory stays readable to it).
+    os.chmod(tmp_path, 0o755)
+    code = (
+        "import os\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "from reconciler.errors import LbctlError\n"
+        "from reconciler.lock import StateLock\n"
+        "try:\n"
+        f"    StateLock({str(ro / 'state')!r}).acquire()\n"
+        "except LbctlError as exc:\n"
+        "    print(str(exc)); print('HINT', exc.hint)\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": repo}, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"cannot take the lock .*Permission denied", out.stdout), out.stdout
+    assert "HINT" in out.stdout and "root" in out.stdout.split("HINT", 1)[1]
