@@ -60,19 +60,12 @@ class _Metric:
         raise NotImplementedError
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _Labelled(_Metric):
+    """One value per label set: what counters and gauges have in common."""
 
     def __init__(self, name: str, help_text: str) -> None:
         super().__init__(name, help_text)
         self._values: dict[Labels, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = _key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
         with self._lock:
@@ -83,12 +76,19 @@ class Counter(_Metric):
             return [f"{self.name}{_labels(k)} {_number(v)}" for k, v in sorted(self._values.items())]
 
 
-class Gauge(_Metric):
-    kind = "gauge"
+class Counter(_Labelled):
+    kind = "counter"
 
-    def __init__(self, name: str, help_text: str) -> None:
-        super().__init__(name, help_text)
-        self._values: dict[Labels, float] = {}
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        key = _key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+
+class Gauge(_Labelled):
+    kind = "gauge"
 
     def set(self, value: float, **labels: str) -> None:
         with self._lock:
@@ -98,14 +98,6 @@ class Gauge(_Metric):
         """Swap the whole labelled set (series that vanished disappear)."""
         with self._lock:
             self._values = dict(values)
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(_key(labels), 0.0)
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return [f"{self.name}{_labels(k)} {_number(v)}" for k, v in sorted(self._values.items())]
 
 
 class SampledCounter(Gauge):
