@@ -4,16 +4,19 @@ Why this exists: a datapath test that silently skips proves nothing.  Tests that
 need root, bpffs or network namespaces carry ``@pytest.mark.root``; when the
 machine cannot run them they are skipped, unless ``CI`` is set, in which case
 the skip becomes a failure (the product rule: CI must fail if a root test was
-skipped).
+skipped).  Also the ``dp`` fixture shared by the datapath tests.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.bpf.harness import Datapath
 
 
 def _ci() -> bool:
@@ -55,3 +58,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"root/datapath test skipped in CI (a failure there): {reason}"
+
+
+@pytest.fixture
+def dp() -> Iterator[Datapath]:
+    """A fresh namespace with the datapath loaded under its own pin root; removed afterwards."""
+    from tests.bpf.harness import Datapath  # libbpf is loaded only by tests that ask for it
+
+    d = Datapath()
+    try:
+        yield d
+    finally:
+        d.close()

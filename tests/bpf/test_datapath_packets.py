@@ -7,8 +7,6 @@ fields and every checksum of the output frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from reconciler.records import Backend
@@ -32,15 +30,6 @@ REDIRECT = {"tc": TC_REDIRECT, "xdp": XDP_REDIRECT}
 DROP = {"tc": TC_SHOT, "xdp": XDP_DROP}
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def dp() -> Iterator[Datapath]:
-    d = Datapath()
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def _services(dp: Datapath) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from reconciler import maglev
@@ -13,15 +11,6 @@ from reconciler.records import Backend, EndpointSet, ServiceEntry, ServiceKey
 from tests.bpf.harness import Datapath
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def dp() -> Iterator[Datapath]:
-    d = Datapath()
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def records(n: int) -> list[Change]:

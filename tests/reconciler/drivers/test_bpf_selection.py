@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,15 +19,6 @@ from tests.bpf.harness import BACKENDS4, VIP4, Datapath
 
 pytestmark = pytest.mark.root
 FLOWS = 10_000
-
-
-@pytest.fixture
-def dp() -> Iterator[Datapath]:
-    d = Datapath()
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def client(i: int) -> str:
