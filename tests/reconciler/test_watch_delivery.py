@@ -21,7 +21,7 @@ import pytest
 from reconciler.fswatch import DirWatcher, Target, watch_targets
 from reconciler.logs import EventLog
 from reconciler.watch import Daemon, Options
-from tests.reconciler.watch_fakes import DirectoryEngine
+from tests.reconciler.watch_fakes import DirectoryEngine, configmap_publish
 
 DEBOUNCE = 0.05
 
@@ -99,31 +99,15 @@ def test_editor_save_via_rename(tmp_path: Path, run_daemon: Callable[[Path], Run
     r.deliver("editor save-via-rename", save)
 
 
-def _configmap_publish(conf: Path, stamp: str, files: dict[str, str]) -> None:
-    """What kubelet's AtomicWriter does: new timestamped dir, ..data_tmp link, rename over ..data."""
-    data = conf / f"..{stamp}"
-    data.mkdir()
-    for name, text in files.items():
-        (data / name).write_text(text)
-    old = os.readlink(conf / "..data") if (conf / "..data").is_symlink() else None
-    os.symlink(data.name, conf / "..data_tmp")
-    os.replace(conf / "..data_tmp", conf / "..data")
-    for name in files:
-        if not (conf / name).is_symlink():
-            os.symlink(f"..data/{name}", conf / name)
-    if old:
-        shutil.rmtree(conf / old)
-
-
 def test_configmap_data_swap(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
     conf = tmp_path / "volume"
     conf.mkdir()
-    _configmap_publish(conf, "2024_01_01_00_00_00.1", {"svc.yaml": "v: 1\n"})
+    configmap_publish(conf, "2024_01_01_00_00_00.1", {"svc.yaml": "v: 1\n"})
     r = run_daemon(conf)
     r.deliver("configmap ..data swap",
-              lambda: _configmap_publish(conf, "2024_01_01_00_00_01.2", {"svc.yaml": "v: 2\n"}))
+              lambda: configmap_publish(conf, "2024_01_01_00_00_01.2", {"svc.yaml": "v: 2\n"}))
     r.deliver("configmap ..data swap again",
-              lambda: _configmap_publish(conf, "2024_01_01_00_00_02.3", {"svc.yaml": "v: 3\n"}))
+              lambda: configmap_publish(conf, "2024_01_01_00_00_02.3", {"svc.yaml": "v: 3\n"}))
 
 
 def _gitsync_flip(root: Path, sha: str, files: dict[str, str], link: str = "current") -> None:
@@ -182,7 +166,7 @@ def test_watch_targets_for_the_layouts(tmp_path: Path) -> None:
     assert Target(real_root, False, frozenset({"current"})) in targets
     conf = tmp_path / "cm"
     conf.mkdir()
-    _configmap_publish(conf, "x", {"a.yaml": "a: 1\n"})
+    configmap_publish(conf, "x", {"a.yaml": "a: 1\n"})
     targets = watch_targets(str(conf))
     assert Target(os.path.realpath(conf), True) in targets
     assert {t.path for t in targets} == {os.path.realpath(conf), os.path.realpath(tmp_path)}

@@ -37,6 +37,7 @@ from reconciler.drivers.netns import in_netns
 from reconciler.drivers.registry import build_drivers
 from reconciler.plan import Change
 from reconciler.records import EndpointSet
+from tests.reconciler.watch_fakes import configmap_publish
 
 pytestmark = pytest.mark.root
 
@@ -170,21 +171,6 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _configmap(conf: Path, stamp: int, files: dict[str, str]) -> None:
-    data = conf / f"..2026_01_01_00_00_{stamp:02d}.{stamp}"
-    data.mkdir()
-    for name, text in files.items():
-        (data / name).write_text(text)
-    old = os.readlink(conf / "..data") if (conf / "..data").is_symlink() else None
-    os.symlink(data.name, conf / "..data_tmp")
-    os.replace(conf / "..data_tmp", conf / "..data")
-    for name in files:
-        if not (conf / name).is_symlink():
-            os.symlink(f"..data/{name}", conf / name)
-    if old:
-        shutil.rmtree(conf / old)
-
-
 def _gitsync(root: Path, rev: int, files: dict[str, str]) -> None:
     wt = root / ".worktrees" / f"{rev:040x}"
     (wt / "lb").mkdir(parents=True)
@@ -210,8 +196,9 @@ def _layout(style: str, tmp: Path) -> tuple[Path, Callable[[int], object]]:
     if style == "configmap":
         conf = tmp / "volume"
         conf.mkdir()
-        _configmap(conf, 1, {"datapath.yaml": DATAPATH, "web.yaml": web(1)})
-        return conf, lambda n: _configmap(conf, n, {"datapath.yaml": DATAPATH, "web.yaml": web(n)})
+        configmap_publish(conf, "2026_01_01_00_00_01.1", {"datapath.yaml": DATAPATH, "web.yaml": web(1)})
+        return conf, lambda n: configmap_publish(conf, f"2026_01_01_00_00_{n:02d}.{n}",
+                                                 {"datapath.yaml": DATAPATH, "web.yaml": web(n)})
     root = tmp / "git"
     _gitsync(root, 1, {"datapath.yaml": DATAPATH, "web.yaml": web(1)})
     return root / "current" / "lb", lambda n: _gitsync(root, n,

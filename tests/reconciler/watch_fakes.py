@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from reconciler.watch import Delivery, Outcome, ServiceCounters
 
@@ -100,3 +102,19 @@ class DirectoryEngine(ScriptedEngine):
         out = super().reconcile(delivery, full=full)
         self.changed.set()
         return out
+
+
+def configmap_publish(conf: Path, stamp: str, files: dict[str, str]) -> None:
+    """What kubelet's AtomicWriter does: new timestamped dir, ..data_tmp link, rename over ..data."""
+    data = conf / f"..{stamp}"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    old = os.readlink(conf / "..data") if (conf / "..data").is_symlink() else None
+    os.symlink(data.name, conf / "..data_tmp")
+    os.replace(conf / "..data_tmp", conf / "..data")
+    for name in files:
+        if not (conf / name).is_symlink():
+            os.symlink(f"..data/{name}", conf / name)
+    if old:
+        shutil.rmtree(conf / old)
