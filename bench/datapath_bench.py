@@ -214,91 +214,17 @@ def traffic(rounds: int, seconds: int) -> dict[str, dict[str, list[float]]]:
         drv.apply(changes)
 
         def iptables(on: bool) -> None:
-            op = "-A" if on else "-D"
-            cmds = [
-                [
-                    "-t",
-                    "nat",
-                    op,
-                    "PREROUTING",
-                    "-d",
-                    VIP4,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "5201",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    f"{tb.backend4(0)}:5201",
-                ],
-                [
-                    "-t",
-                    "nat",
-                    op,
-                    "PREROUTING",
-                    "-d",
-                    VIP4,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "80",
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "nth",
-                    "--every",
-                    "3",
-                    "--packet",
-                    "0",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    f"{tb.backend4(0)}:8081",
-                ],
-                [
-                    "-t",
-                    "nat",
-                    op,
-                    "PREROUTING",
-                    "-d",
-                    VIP4,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "80",
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "nth",
-                    "--every",
-                    "2",
-                    "--packet",
-                    "0",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    f"{tb.backend4(1)}:8081",
-                ],
-                [
-                    "-t",
-                    "nat",
-                    op,
-                    "PREROUTING",
-                    "-d",
-                    VIP4,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "80",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    f"{tb.backend4(2)}:8081",
-                ],
+            rule = ["-t", "nat", "-A" if on else "-D", "PREROUTING", "-d", VIP4, "-p", "tcp"]
+            nth = ["-m", "statistic", "--mode", "nth", "--packet", "0", "--every"]
+            rules = [
+                ["--dport", "5201", "-j", "DNAT", "--to-destination", f"{tb.backend4(0)}:5201"],
+                # kube-proxy style round robin: 1 in 3, then 1 in 2 of the rest, then the rest
+                ["--dport", "80", *nth, "3", "-j", "DNAT", "--to-destination", f"{tb.backend4(0)}:8081"],
+                ["--dport", "80", *nth, "2", "-j", "DNAT", "--to-destination", f"{tb.backend4(1)}:8081"],
+                ["--dport", "80", "-j", "DNAT", "--to-destination", f"{tb.backend4(2)}:8081"],
             ]
-            for c in cmds:
-                sh("ip", "netns", "exec", tb.lb, "iptables", *c)
+            for r in rules:
+                sh("ip", "netns", "exec", tb.lb, "iptables", *rule, *r)
 
         nft_rules = f"""table ip lbbench {{
   chain pre {{
