@@ -27,7 +27,10 @@ PYTEST_ARGS ?=
 # root under Debian's interpreter too (the unit tests there are `-m "not root"`).
 DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py
 
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iptables nftables \
+# Every package the build, the demo and the tests use. The datapath compiles
+# against the headers of these packages only (bpf/Makefile: -nostdinc), so a
+# header from an unlisted package fails the build here too.
+APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool iptables nftables \
 	iperf3 wrk nginx-light curl socat python3-venv python3-pip python3-yaml \
 	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
 	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev time
@@ -92,7 +95,7 @@ $(VENV_STAMP): pyproject.toml | $(PY)
 
 build: setup
 	@if [ -f bpf/Makefile ]; then \
-		$(MAKE) -C bpf; \
+		$(MAKE) -C bpf PACKAGES="$(APT_PACKAGES)"; \
 	else \
 		echo "make build: bpf/Makefile does not exist yet; skipping the datapath build"; \
 	fi
@@ -169,7 +172,7 @@ bench: setup build
 # --- clean -------------------------------------------------------------------
 
 clean:
-	@if [ -f bpf/Makefile ]; then $(MAKE) -C bpf clean || true; fi
+	@if [ -f bpf/Makefile ]; then $(MAKE) -C bpf clean PACKAGES=none || true; fi
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./.venv -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 

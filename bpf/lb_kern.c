@@ -20,7 +20,6 @@
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
-#include <linux/icmp.h>
 #include <linux/icmpv6.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +41,19 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define NEXTHDR_FRAGMENT 44
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
+
+/*
+ * The ICMPv4 header, declared here: <linux/icmp.h> pulls in <linux/if.h> and
+ * through it glibc's <sys/socket.h>, which a -target bpf build cannot use
+ * (gnu/stubs-32.h).  The datapath builds from UAPI and libbpf headers only.
+ */
+struct lb_icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 echo_id;
+	__be16 echo_seq;
+};
 #define ICMPV6_ECHO_REQ 128
 #define ICMPV6_ECHO_REP 129
 
@@ -390,14 +402,14 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->csum = &uh->check;
 		p->csum_off = l4off + 6;
 	} else if (proto == IPPROTO_ICMP && p->t.family == 4) {
-		struct icmphdr *ih = l4;
+		struct lb_icmphdr *ih = l4;
 
 		if ((void *)(ih + 1) > end)
 			return LB_STAT_PASS_TRUNCATED;
 		if (ih->type == ICMP_ECHO)
-			p->t.sport = ih->un.echo.id;
+			p->t.sport = ih->echo_id;
 		else if (ih->type == ICMP_ECHOREPLY) {
-			p->t.dport = ih->un.echo.id;
+			p->t.dport = ih->echo_id;
 			p->echo_reply = 1;
 		} else
 			return LB_STAT_PASS_NOT_OURS;
