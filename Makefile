@@ -5,7 +5,7 @@
 # set up here, idempotently and quickly when already done, so the README's two
 # commands work anywhere and CI (.ci/run) runs exactly what a developer runs.
 #
-# Targets: setup build lint test demo bench clean distclean help.
+# Targets: setup lock build lint test demo bench clean distclean help.
 # No sudo inside: run the targets that need root (setup, test, demo) as root.
 
 SHELL := /bin/bash
@@ -18,6 +18,7 @@ PY          := $(VENV)/bin/python
 LBCTL       := $(VENV)/bin/lbctl
 DEBIAN_PY   := /usr/bin/python3
 VENV_STAMP  := $(VENV)/.lbctl-installed
+LOCK        := requirements/dev.lock
 RESULTS     := build/test-results
 # The whole venv run must finish well inside CI's 20 minutes.
 TEST_TIMEOUT ?= 1080
@@ -37,7 +38,7 @@ APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool ip
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
 
-.PHONY: help setup apt bpffs venv build lint test root-check test-venv test-debian demo demo-down bench clean distclean
+.PHONY: help setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench clean distclean
 
 help:
 	@echo "lbctl make targets (run as root where noted):"
@@ -45,6 +46,7 @@ help:
 	@echo "  sudo make demo-down  remove the demo (datapath, pins, namespaces, backend servers)"
 	@echo "  sudo make test   set up, build, lint, all tests in .venv, unit tests under Debian's python3"
 	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
+	@echo "  make lock        re-resolve the dev/test venv's dependencies into requirements/dev.lock"
 	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o)"
 	@echo "  make lint        ruff + mypy (strict)"
 	@echo "  make bench       run bench/*.py (tables to stdout, results in bench/results/)"
@@ -86,10 +88,29 @@ venv: $(VENV_STAMP)
 $(PY):
 	$(DEBIAN_PY) -m venv $(VENV)
 
-# pip runs only when pyproject.toml changed since the last install (or the venv is new).
-$(VENV_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The venv installs exactly the committed lock (versions and hashes; the build
+# backend too, so the editable install fetches nothing unpinned), then lbctl
+# itself without dependencies; `pip check` proves the lock satisfies
+# pyproject.toml. pip runs only when the lock or pyproject.toml changed since the
+# last install (or the venv is new). `make lock` refreshes the lock on purpose.
+$(VENV_STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(PY) -m pip check --disable-pip-version-check >/dev/null || { $(PY) -m pip check; \
+		echo "make venv: $(LOCK) does not satisfy pyproject.toml: run 'make lock' and commit it"; exit 1; }
 	@touch $@
+
+# Re-resolve every dev/test dependency to its newest release and rewrite the lock
+# (with hashes). Run on purpose, review the diff, run `sudo make test`, commit.
+lock:
+	rm -rf build/lock-venv
+	$(DEBIAN_PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --disable-pip-version-check 'pip-tools==7.6.2'
+	build/lock-venv/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --extra dev \
+		-o $(LOCK) pyproject.toml requirements/build.in
+	rm -rf build/lock-venv
+	@echo "make lock: $(LOCK) rewritten; review 'git diff $(LOCK)', run 'sudo make test', commit"
 
 # --- build -------------------------------------------------------------------
 
