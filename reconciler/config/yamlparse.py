@@ -16,6 +16,15 @@ full, defensive loop above, which then reports exactly what it always did) at
 the first thing out of the ordinary: an error, an anchor or alias, a merge
 key, a duplicate key, deep nesting.  The position tree of a file is then
 built on first use by ``Positions``, which re-parses the file's text.
+
+Depth: lbctl's own limit (``MAX_DEPTH``) must decide, whatever the PyYAML and
+libyaml versions.  Newer libyaml builds (PyYAML 6.0.4's wheels) refuse deep flow
+nesting themselves, and because libyaml's scanner reads ahead over ``[[[...``
+before the first event is delivered, their refusal comes first, with their own
+wording and position.  When libyaml reports its nesting limit, the file is read
+again through the pure-Python ``SafeLoader`` (no such limit; its state machine
+does not recurse), so the builder's counter reports lbctl's message at the
+first level too deep, the same on every version.  Only such files pay for it.
 """
 
 from __future__ import annotations
@@ -202,8 +211,8 @@ class _Builder:
         return ev.value
 
     # -- the event loop --------------------------------------------------
-    def run(self, text: str) -> None:
-        loader = _Loader(text)
+    def run(self, text: str, loader_class: Any = None) -> None:
+        loader = (loader_class or _Loader)(text)
         try:
             self._loop(loader)
         finally:
@@ -506,13 +515,21 @@ def _lean(file: str, text: str) -> list[Document]:  # noqa: C901 - one flat stat
     return documents
 
 
-def _parse_full(file: str, text: str) -> ParsedFile:
+def _libyaml_depth_limit(exc: yaml.YAMLError) -> bool:
+    """libyaml's own nesting limit (newer builds), whatever its exact wording."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return "nesting depth" in problem
+
+
+def _parse_full(file: str, text: str, loader_class: Any = None) -> ParsedFile:
     builder = _Builder(file)
     try:
-        builder.run(text)
+        builder.run(text, loader_class)
     except _Fatal as exc:
         builder.errors.append(exc.error)
     except yaml.YAMLError as exc:
+        if loader_class is None and _Loader is not yaml.SafeLoader and _libyaml_depth_limit(exc):
+            return _parse_full(file, text, yaml.SafeLoader)  # lbctl's limit reports it
         builder.errors.append(_syntax_error(file, text, exc))
     except RecursionError:  # the pure-Python scanner on pathological input
         builder.errors.append(_error(file, 1, 1, f"nesting deeper than {MAX_DEPTH} levels",
