@@ -38,7 +38,7 @@ APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool ip
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
 
-.PHONY: help setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench clean distclean
+.PHONY: help print-packages setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench clean distclean
 
 help:
 	@echo "lbctl make targets (run as root where noted):"
@@ -73,6 +73,10 @@ apt:
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq; \
 	apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+
+# The package list, for tests/bpf/test_build.py (which drops one and sees the build fail).
+print-packages:
+	@echo $(APT_PACKAGES)
 
 bpffs:
 	@if ! mountpoint -q /sys/fs/bpf; then \
