@@ -22,7 +22,9 @@ Rules (each in one place):
 * one ``Attachment`` per Datapath interface, one ``FirewallEntry`` per
   FirewallRule;
 * BGP peers and announcements (the VIPs of services with ``bgp: true``) only
-  when a BGPConfig exists: without one there is no speaker to announce them.
+  when a BGPConfig exists: without one there is no speaker to announce them;
+* the kernel settings the datapath needs (``kernel_settings``) for each
+  Datapath interface and each address family some VIP uses.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from reconciler.records import (
     BgpPeer,
     EndpointSet,
     FirewallEntry,
+    KernelSetting,
     Record,
     ServiceEntry,
     ServiceKey,
@@ -184,6 +187,42 @@ def _peer(spec: BGPPeerSpec) -> BgpPeer:
                    password=spec.password)
 
 
+def kernel_settings(interfaces: Iterable[str], families: Iterable[int]) -> list[KernelSetting]:
+    """The sysctls the datapath needs on ``interfaces`` for the VIP ``families`` (4, 6).
+
+    A fresh box has forwarding off, and then ``bpf_fib_lookup`` answers
+    "forwarding disabled" for every packet the datapath would redirect (it
+    checks the *ingress* interface's forwarding flag), so ``lbctl apply``
+    verified and no traffic flowed (issue #8; DESIGN pitfalls 11, 19, 21):
+
+    * IPv4: ``net.ipv4.conf.IF.forwarding=1`` on each attached interface (the
+      flag ``bpf_fib_lookup`` and the kernel's own forwarding both check; the
+      global ``ip_forward`` is left alone), and ``rp_filter=0`` on each
+      interface and on ``all`` (the effective value is the maximum of the two):
+      a reply handed to the kernel's slow path after reverse NAT carries the VIP,
+      a local address, as its source, which any reverse-path filter drops.
+    * IPv6: ``net.ipv6.conf.all.forwarding=1`` (the kernel's ``ip6_forward``
+      checks only ``all``) and ``net.ipv6.conf.IF.forwarding=1`` (what
+      ``bpf_fib_lookup`` checks).  IPv6 forwarding makes the kernel ignore router
+      advertisements on those interfaces, so it is set only when an IPv6 VIP
+      exists.
+
+    Names use sysctl(8)'s ``/`` for a ``.`` inside an interface name.
+    """
+    names = [i.replace(".", "/") for i in interfaces]
+    fams = set(families)
+    out: list[KernelSetting] = []
+    if 4 in fams and names:
+        out.append(KernelSetting("net.ipv4.conf.all.rp_filter", "0"))
+        for n in names:
+            out.append(KernelSetting(f"net.ipv4.conf.{n}.forwarding", "1"))
+            out.append(KernelSetting(f"net.ipv4.conf.{n}.rp_filter", "0"))
+    if 6 in fams and names:
+        out.append(KernelSetting("net.ipv6.conf.all.forwarding", "1"))
+        out.extend(KernelSetting(f"net.ipv6.conf.{n}.forwarding", "1") for n in names)
+    return out
+
+
 def host_prefixlen(ip: str) -> int:
     return 128 if ":" in ip else 32
 
@@ -225,4 +264,8 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
         elif isinstance(spec, BGPPeerSpec) and has_bgp:
             peer = _peer(spec)
             state["bgp-peer"][peer.address] = peer
+    if datapath is not None:
+        families = {6 if ":" in vip else 4 for vip in state["vip"]}
+        for setting in kernel_settings((i.name for i in datapath.interfaces), families):
+            state["sysctl"][setting.name] = setting
     return state

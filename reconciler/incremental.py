@@ -18,13 +18,17 @@ that only adds, removes or edits Services it
 4. after the apply, verifies those keys the same way.
 
 Anything else (a Pool, Datapath, firewall or BGP change; a Service that would
-need a new pool allocation) returns ``None``: the caller does a full reconcile.
+need a new pool allocation; a delivery that adds the first VIP of an address
+family or removes the last one, which changes the kernel settings the box
+needs, ``desired.kernel_settings``) returns ``None``: the caller does a full
+reconcile.
 The periodic full resync re-reads everything and repairs drift on all keys, so
 the index never has to be trusted for long.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +133,9 @@ class Index:
                     self.owners.setdefault((kind, key), set()).add(name)
         # Live records as the last verification saw them (== desired after a verified reconcile).
         self.live: MutableState = {kind: dict(records) for kind, records in self.desired.items()}
+        # Services per VIP family (4, 6): the kernel settings depend on which families exist.
+        entries = self.desired.get("service", {}).values()
+        self.families: Counter[int] = Counter(e.key.family for e in entries if isinstance(e, ServiceEntry))
 
     def changed_services(self, resources: Sequence[Resource], files: Collection[str] | None = None,
                          parsed: Collection[str] | None = None) -> _Scan | None:
@@ -221,12 +228,29 @@ class Index:
             was, want = self.desired[kind], desired[kind]
             keys.difference_update([key for key in keys if want.get(key) == was.get(key)])
             desired[kind] = {key: want[key] for key in keys if key in want}
+        if "service" in touched and self._families_change(touched["service"], desired["service"]):
+            return None  # the kernel settings change with the set of families: a full reconcile
         frozen_touched = {kind: frozenset(keys) for kind, keys in touched.items()}
         live = self._live(frozen_touched, read_keys)
         return Partial(plan=diff(desired, live), touched=frozen_touched, desired=desired, scan=scan,
                        changed=tuple(sorted(names)),
                        contributions={name: {k: frozenset(v) for k, v in own.items()}
                                       for name, own in fresh.items() if name in names})
+
+    def _family_delta(self, keys: Iterable[str], want: Mapping[str, Record]) -> Counter[int]:
+        delta: Counter[int] = Counter()
+        was = self.desired.get("service", {})
+        for key in keys:
+            for state, sign in ((was, -1), (want, 1)):
+                rec = state.get(key)
+                if isinstance(rec, ServiceEntry):
+                    delta[rec.key.family] += sign
+        return delta
+
+    def _families_change(self, keys: Iterable[str], want: Mapping[str, Record]) -> bool:
+        after = self.families.copy()
+        after.update(self._family_delta(keys, want))
+        return {f for f, n in after.items() if n > 0} != {f for f, n in self.families.items() if n > 0}
 
     def _live(self, touched: Keys, read_keys: ReadKeys | None) -> MutableState:
         if read_keys is not None:
@@ -259,6 +283,9 @@ class Index:
             for kind, keys in own.items():
                 for key in keys:
                     self.owners.setdefault((kind, key), set()).add(name)
+        if "service" in partial.touched:
+            self.families.update(self._family_delta(partial.touched["service"],
+                                                    partial.desired.get("service", {})))
         for kind, keys in partial.touched.items():
             want = partial.desired.get(kind, {})
             for key in keys:

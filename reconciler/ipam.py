@@ -29,11 +29,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.atomicfile import write_atomic
 from reconciler.config.errors import ConfigError
 from reconciler.errors import LbctlError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
@@ -259,26 +259,7 @@ class AllocationStore:
                                   "finds live and allocates the rest anew") from None
 
     def save(self, allocations: Mapping[str, Allocation]) -> None:
-        """Write to a temp file, fsync, rename over the store, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Replace the store atomically and durably (``reconciler.atomicfile``)."""
         data = {"format_version": STORE_FORMAT,
                 "allocations": {n: {"pool": a.pool, "vip": a.vip} for n, a in sorted(allocations.items())}}
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{STORE_NAME}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -24,9 +24,12 @@ Actions per record (``diff``):
     endpoint set is swapped atomically as a whole); ``announce`` records are
     all key.
 
-Order (``ORDER``): teardown first, innermost consumer first, then build-up,
-dependencies first, then detaching programs last:
+Order (``ORDER``): kernel settings the datapath needs first, then teardown,
+innermost consumer first, then build-up, dependencies first, then detaching
+programs, and giving kernel settings back last:
 
+0. kernel settings (``sysctl``: forwarding, rp_filter) are set before anything
+   else, so traffic is never steered into a box that cannot forward it;
 1. withdraw announcements (never announce a VIP that is going away), remove BGP
    peers, delete services (before their endpoints, so no lookup ever finds a
    service without endpoints), delete endpoint sets, delete VIP addresses (after
@@ -36,7 +39,9 @@ dependencies first, then detaching programs last:
 2. attach programs, firewall rules (before anything is announced), endpoint
    sets (before the service that points at them), services, VIP addresses, BGP
    peers, and finally announcements;
-3. detach programs that are no longer configured.
+3. detach programs that are no longer configured;
+4. restore kernel settings lbctl no longer needs to the values they had before
+   lbctl set them (only after the programs that needed them are gone).
 
 Within one step, changes are sorted by key, so the same inputs give the same
 plan and byte-identical ``Plan.to_json()``.
@@ -71,6 +76,7 @@ REPLACE_FIELDS: dict[str, frozenset[str]] = {
 # (kind, phase) in execution order; phase "destroy" is delete, "build" is
 # create/update/replace, "detach" is delete of attach only.
 ORDER: tuple[tuple[str, str], ...] = (
+    ("sysctl", "build"),
     ("announce", "destroy"),
     ("bgp-peer", "destroy"),
     ("service", "destroy"),
@@ -85,6 +91,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("bgp-peer", "build"),
     ("announce", "build"),
     ("attach", "destroy"),
+    ("sysctl", "destroy"),
 )
 _RANK = {step: i for i, step in enumerate(ORDER)}
 

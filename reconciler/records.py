@@ -12,6 +12,7 @@ and the driver that owns each:
 =============  ====================  ===========
 kind           record                driver
 =============  ====================  ===========
+``sysctl``     ``KernelSetting``     sysctl
 ``service``    ``ServiceEntry``      bpf
 ``endpoints``  ``EndpointSet``       bpf
 ``firewall``   ``FirewallEntry``     bpf
@@ -147,15 +148,29 @@ class Announcement:
     prefix: str  # VIP/32 or VIP/128
 
 
-Record = ServiceEntry | EndpointSet | FirewallEntry | Attachment | VipAddress | BgpPeer | Announcement
+@dataclass(frozen=True, slots=True)
+class KernelSetting:
+    """A kernel setting (sysctl) the datapath needs, e.g. forwarding on an attached interface.
+
+    ``name`` is the dotted sysctl(8) name, with ``/`` standing for a ``.``
+    inside an interface name (``net.ipv4.conf.eth0/100.forwarding``).
+    """
+
+    name: str
+    value: str
+
+
+Record = (ServiceEntry | EndpointSet | FirewallEntry | Attachment | VipAddress | BgpPeer | Announcement
+          | KernelSetting)
 
 # Record kinds in the order a from-scratch build creates them.
-KINDS: tuple[str, ...] = ("attach", "firewall", "endpoints", "service", "vip", "bgp-peer", "announce")
+KINDS: tuple[str, ...] = ("sysctl", "attach", "firewall", "endpoints", "service", "vip", "bgp-peer",
+                          "announce")
 
 State = Mapping[str, Mapping[str, Record]]
 """kind -> key -> record.  Keys are ``str(ServiceKey)`` for service and
 endpoints, the rule name for firewall, the interface name for attach, the
-address for vip and bgp-peer, the prefix for announce."""
+address for vip and bgp-peer, the prefix for announce, the sysctl name for sysctl."""
 
 
 def empty_state() -> dict[str, dict[str, Record]]:

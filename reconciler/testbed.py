@@ -108,6 +108,10 @@ class Testbed:
     n_backends: int = 3
     prefix: str = field(default_factory=lambda: "lbtb" + uuid.uuid4().hex[:6])
     servers: bool = True
+    # True: the LB namespace gets forwarding on and rp_filter off here (tests of the
+    # datapath alone). False: it starts like a hardened fresh box (forwarding off,
+    # strict rp_filter everywhere), and only ``lbctl apply`` can make it forward.
+    forwarding: bool = True
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
 
@@ -177,11 +181,13 @@ class Testbed:
             _ip("-n", self.lb, "addr", "add", f"fd00:201:{i}::1/64", "dev", f"be{i}", "nodad")
             _ip("-n", ns, "route", "add", "default", "via", f"10.201.{i}.1")
             _ip("-n", ns, "-6", "route", "add", "default", "via", f"fd00:201:{i}::1")
-        for k in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
-                  "net.ipv4.conf.default.rp_filter=0"):
-            _nsexec(self.lb, "sysctl", "-qw", k)
+        on, rpf = ("1", "0") if self.forwarding else ("0", "1")
+        settings = [f"net.ipv4.ip_forward={on}", f"net.ipv6.conf.all.forwarding={on}",
+                    f"net.ipv4.conf.all.rp_filter={rpf}", f"net.ipv4.conf.default.rp_filter={rpf}"]
         for ifname in self.lb_interfaces:
-            _nsexec(self.lb, "sysctl", "-qw", f"net.ipv4.conf.{ifname}.rp_filter=0")
+            settings += [f"net.ipv4.conf.{ifname}.forwarding={on}", f"net.ipv4.conf.{ifname}.rp_filter={rpf}",
+                         f"net.ipv6.conf.{ifname}.forwarding={on}"]
+        _nsexec(self.lb, "sysctl", "-qw", *settings)
         if self.servers:
             for i in range(self.n_backends):
                 self._start_server(i)

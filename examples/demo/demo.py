@@ -26,11 +26,14 @@ UDP_VIP_PORT = 53
 
 
 def up(prefix: str) -> None:
-    tb = Testbed(n_backends=N_BACKENDS, prefix=prefix).setup()
+    # The LB box starts like a fresh edge box, forwarding off: lbctl apply turns it on.
+    tb = Testbed(n_backends=N_BACKENDS, prefix=prefix, forwarding=False).setup()
     for i in range(N_BACKENDS):
         print(f"  {tb.backend_ns(i):<14} {tb.backend_name(i)}  {tb.backend4(i)}  (HTTP :8080, UDP :5353)")
     print(f"  {tb.client:<14} client    10.200.0.2  (default route via the LB)")
     print(f"  {tb.lb:<14} LB        10.200.0.1 on cl0, 10.201.<i>.1 on be<i>; VIP {VIP4} after apply")
+    print("  (the LB box starts with forwarding off, as a fresh edge box does: lbctl apply turns it on\n"
+          "   for the attached interfaces, and lbctl down gives the old values back)")
 
 
 def down(prefix: str) -> None:

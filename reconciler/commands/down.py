@@ -3,8 +3,10 @@
 Why this exists: the datapath deliberately outlives lbctl (pinned maps and
 programs, VIP addresses) so traffic survives restarts; ``down`` is the one
 way to take it all away: programs detached, maps and pins removed, the VIP
-interface and its addresses deleted, and lbctl's files in the state dir
-(allocations, lock, parse cache) removed.  Idempotent: running it twice is fine.
+interface and its addresses deleted, the kernel settings lbctl changed
+(forwarding, rp_filter) given back the values they had before, and lbctl's files
+in the state dir (allocations, lock, parse cache) removed.  Idempotent: running
+it twice is fine.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         os.unlink(state_dir / PARSE_CACHE)
     _rmdir_if_empty(state_dir)
     _rmdir_if_empty(Path(ctx.pin_root))
+    restored = removed.pop("sysctl", 0)
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items()) if n) or "nothing was live"
+    if restored:
+        what += f"; restored {restored} kernel setting{'s' if restored != 1 else ''} to their earlier values"
     print(f"lbctl is down: removed {what}; pins under {ctx.pin_root} and state in {state_dir} cleaned up.",
           file=sys.stderr if ctx.output in ("json", "yaml") else sys.stdout)
     return 0

@@ -44,11 +44,8 @@ versions, Debian bookworm's 0.7.2 and 0.9):
   real error: IPv6 multicast, ``::`` and ``::1`` are refused with it (and an
   extended-ack message we pass on).  IPv4 ``0.0.0.0`` is "added" without error
   and without effect, so the driver refuses unspecified addresses itself.
-- ``/proc/sys/net/...`` resolves to the network namespace of the *calling
-  thread* at ``open()`` time (and the open file keeps pointing there), so
-  ``ensure_forwarding`` opens the sysctl files inside ``in_netns``.  By
-  contrast ``/proc/self/net`` and ``/proc/net`` follow the process's main
-  thread and only ``/proc/thread-self/net`` follows the calling thread.
+- Kernel settings (forwarding, rp_filter) are not this driver's: they are
+  records of their own (``reconciler.drivers.sysctl``).
 
 Each call opens its own sockets inside the namespace (a socket keeps pointing
 at the namespace it was created in), so a driver object can be used from any
@@ -654,86 +651,3 @@ def _describe(op: _Op) -> str:
     if op.delete:
         return f"delete {vip.address}/{vip.prefixlen} from {vip.ifname}"
     return f"add {vip.address}/{vip.prefixlen} to {vip.ifname}"
-
-
-# -- sysctls ------------------------------------------------------------------
-
-
-def _sysctl_path(name: str) -> str:
-    """``net.ipv4.conf.eth0/100.rp_filter`` -> ``/proc/sys/net/ipv4/conf/eth0.100/rp_filter``.
-
-    As in sysctl(8), a ``/`` inside a dotted name stands for a ``.`` in the
-    path component (interface names such as VLAN ``eth0.100`` contain dots).
-    """
-    parts = name.split(".")
-    if not all(parts) or any(p in ("/", "//") or p.startswith("/") for p in parts):
-        raise ValueError(f"invalid sysctl name {name!r}")
-    return "/proc/sys/" + name.translate(str.maketrans("./", "/."))
-
-
-def read_sysctl(name: str, netns: str | None = None) -> str:
-    """Read ``name`` (dotted, e.g. ``net.ipv4.ip_forward``) as seen in ``netns``."""
-    with in_netns(netns):
-        with open(_sysctl_path(name), encoding="ascii") as f:
-            return f.read().strip()
-
-
-def write_sysctl(name: str, value: str, netns: str | None = None) -> bool:
-    """Set ``name`` in ``netns``; return True when the value changed.
-
-    Both open() calls happen inside the namespace: /proc/sys/net resolves
-    against the calling thread's namespace when the file is opened.
-    """
-    with in_netns(netns):
-        path = _sysctl_path(name)
-        with open(path, encoding="ascii") as f:
-            if f.read().strip() == value:
-                return False
-        with open(path, "w", encoding="ascii") as f:
-            f.write(value)
-    return True
-
-
-def forwarding_sysctls(interfaces: Sequence[str] = (), ipv6: bool = True) -> dict[str, str]:
-    """The sysctls the datapath's fallback paths need (DESIGN pitfalls 11, 19).
-
-    ``bpf_fib_lookup`` and packets passed to the kernel need IPv4 forwarding;
-    replies and redirected flows must not meet reverse-path filtering, whose
-    effective value per interface is max(all, interface), hence both.
-    Note for operators: IPv6 forwarding makes the kernel ignore router
-    advertisements on interfaces with ``accept_ra=1``.
-    """
-    wanted = {
-        "net.ipv4.ip_forward": "1",
-        "net.ipv4.conf.all.rp_filter": "0",
-        "net.ipv4.conf.default.rp_filter": "0",
-    }
-    for ifname in interfaces:
-        if not ifname or ifname in (".", "..") or "/" in ifname or any(c.isspace() for c in ifname):
-            raise ValueError(f"invalid interface name {ifname!r}")
-        wanted[f"net.ipv4.conf.{ifname.replace('.', '/')}.rp_filter"] = "0"
-    if ipv6:
-        wanted["net.ipv6.conf.all.forwarding"] = "1"
-    return wanted
-
-
-def ensure_forwarding(netns: str | None = None, interfaces: Sequence[str] = (),
-                      ipv6: bool = True) -> list[str]:
-    """Enable forwarding and disable rp_filter in ``netns``; return what changed.
-
-    Interfaces that do not exist (yet) are skipped: their rp_filter is set
-    when they are attached and this is called again.
-    """
-    changed: list[str] = []
-    for name, value in forwarding_sysctls(interfaces, ipv6).items():
-        try:
-            if write_sysctl(name, value, netns):
-                changed.append(f"{name}={value}")
-        except FileNotFoundError:
-            if name.startswith("net.ipv4.conf.") and name.split(".")[3] not in ("all", "default"):
-                continue
-            raise LbctlError(f"sysctl {name} does not exist{_where(netns)}") from None
-        except PermissionError:
-            raise LbctlError(f"cannot set sysctl {name}{_where(netns)}",
-                             hint="run lbctl as root") from None
-    return changed

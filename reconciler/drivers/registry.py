@@ -29,6 +29,9 @@ class BoxContext(Protocol):
     @property
     def pin_root(self) -> Path: ...
 
+    @property
+    def state_dir(self) -> Path: ...
+
 
 def vip_interface_of(resources: Iterable[Resource]) -> str:
     """The Datapath's ``vipInterface`` (default ``lbctl0``)."""
@@ -59,6 +62,12 @@ def netlink_driver(ctx: BoxContext, vip_interface: str = DEFAULT_VIP_INTERFACE) 
     return driver
 
 
+def sysctl_driver(ctx: BoxContext) -> Driver:
+    mod = _module("sysctl")
+    driver: Driver = mod.SysctlDriver(state_dir=ctx.state_dir, netns=ctx.netns)
+    return driver
+
+
 def check_netns(ctx: BoxContext) -> None:
     """A missing ``--netns`` is the operator's typo, not an internal error: say so up front."""
     if ctx.netns is None:
@@ -72,6 +81,11 @@ def check_netns(ctx: BoxContext) -> None:
 
 
 def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
-    """The drivers of the box: datapath maps/programs (``bpf``) and VIP addresses (``netlink``)."""
+    """The drivers of the box: datapath maps/programs (``bpf``), VIP addresses (``netlink``) and
+    the kernel settings the datapath needs (``sysctl``).
+
+    The order is the order ``lbctl down`` takes the box apart: programs first,
+    kernel settings given back last.
+    """
     check_netns(ctx)
-    return [bpf_driver(ctx), netlink_driver(ctx, vip_interface)]
+    return [bpf_driver(ctx), netlink_driver(ctx, vip_interface), sysctl_driver(ctx)]

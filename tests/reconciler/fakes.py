@@ -79,10 +79,12 @@ class FakeDriver:
         self.downed = True
 
 
-def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None) -> tuple[FakeDriver, FakeDriver]:
-    """A 'bpf' and a 'netlink' fake, owning the kinds the real ones own."""
+def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None
+                 ) -> tuple[FakeDriver, FakeDriver, FakeDriver]:
+    """A 'bpf', a 'netlink' and a 'sysctl' fake, owning the kinds the real ones own."""
     return (FakeDriver({"service", "endpoints", "attach", "firewall"}, initial, name="bpf"),
-            FakeDriver({"vip"}, initial, name="netlink"))
+            FakeDriver({"vip"}, initial, name="netlink"),
+            FakeDriver({"sysctl"}, initial, name="sysctl"))
 
 
 def fake_table(backends: Sequence[Backend], size: int) -> bytes:

@@ -34,93 +34,95 @@ def config(n: int = 3) -> list[Resource]:
 
 
 def test_apply_from_empty_then_noop(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    r = run(config(), [bpf, nl], tmp_path)
+    bpf, nl, ks = fake_drivers()
+    r = run(config(), [bpf, nl, ks], tmp_path)
     assert r.ok and r.verified and not r.dry_run
-    assert r.plan.counts() == {"add": 10, "change": 0, "destroy": 0}
-    assert r.writes == 10 and len(r.applied) == 10
+    assert r.plan.counts() == {"add": 13, "change": 0, "destroy": 0}  # 3 of them kernel settings
+    assert r.writes == 13 and len(r.applied) == 13
     assert len(bpf.state["service"]) == 3 and len(nl.state["vip"]) == 3
     assert set(r.timings.as_dict()) == {"parse", "plan", "program", "verify", "total"}
-    again = run(config(), [bpf, nl], tmp_path)
+    again = run(config(), [bpf, nl, ks], tmp_path)
     assert again.ok and again.plan.empty and again.writes == 0
     assert summary(again)["writes"] == 0
 
 
 def test_batches_consecutive_changes_per_driver(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    run(config(), [bpf, nl], tmp_path)
+    bpf, nl, ks = fake_drivers()
+    run(config(), [bpf, nl, ks], tmp_path)
     assert len(bpf.calls) == 1 and len(nl.calls) == 1  # attach..service in one call, vips in one
 
 
 def test_one_endpoint_edit_touches_only_that_service(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    run(config(), [bpf, nl], tmp_path)
+    bpf, nl, ks = fake_drivers()
+    run(config(), [bpf, nl, ks], tmp_path)
     edited = config()
     edited[2] = service("s1", vip="198.51.100.2", endpoints=["10.0.1.1"])
-    r = run(edited, [bpf, nl], tmp_path)
+    r = run(edited, [bpf, nl, ks], tmp_path)
     assert r.ok and r.writes == 1
     assert [(c.action, c.kind, c.key) for c in r.applied] == [("update", "endpoints", "tcp/198.51.100.2:80")]
 
 
 def test_dry_run_touches_nothing(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    r = run(config() + [pool("p", "203.0.113.0/30"), service("x", vip=None, pool="p")], [bpf, nl], tmp_path,
-            dry_run=True)
-    assert r.ok and not r.verified and len(r.plan) == 13
-    assert bpf.writes == nl.writes == 0 and not (tmp_path / "allocations.json").exists()
+    bpf, nl, ks = fake_drivers()
+    r = run(config() + [pool("p", "203.0.113.0/30"), service("x", vip=None, pool="p")], [bpf, nl, ks],
+            tmp_path, dry_run=True)
+    assert r.ok and not r.verified and len(r.plan) == 16
+    assert bpf.writes == nl.writes == ks.writes == 0 and not (tmp_path / "allocations.json").exists()
 
 
 def test_invalid_config_touches_nothing(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
+    bpf, nl, ks = fake_drivers()
     err = ConfigError("a.yaml", 3, 5, "Service", "web", "spec.vip", "not an IP address")
-    r = reconcile(None, [bpf, nl], tmp_path, dry_run=False, loaded=Loaded(tuple(config()), (err,)))
+    r = reconcile(None, [bpf, nl, ks], tmp_path, dry_run=False, loaded=Loaded(tuple(config()), (err,)))
     assert not r.ok and r.errors == (err,) and r.plan.empty and bpf.calls == []
 
 
 def test_exhausted_pool_touches_nothing(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
+    bpf, nl, ks = fake_drivers()
     res = config() + [pool("p", "203.0.113.9/32", sharing="exclusive"),
                       service("x", vip=None, pool="p"), service("y", vip=None, pool="p")]
-    r = run(res, [bpf, nl], tmp_path)
+    r = run(res, [bpf, nl, ks], tmp_path)
     assert not r.ok and "Pool/p" in str(r.errors[0]) and "y" in str(r.errors[0])
     assert bpf.calls == [] and not (tmp_path / "allocations.json").exists()
 
 
 def test_pool_allocations_persist_and_release(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
+    bpf, nl, ks = fake_drivers()
     p = pool("p", "203.0.113.0/30", sharing="exclusive")
-    run(config(0) + [p, service("b", vip=None, pool="p")], [bpf, nl], tmp_path)
+    run(config(0) + [p, service("b", vip=None, pool="p")], [bpf, nl, ks], tmp_path)
     assert "tcp/203.0.113.0:80" in bpf.state["service"]
     r = run(config(0) + [p, service("a", vip=None, pool="p"), service("b", vip=None, pool="p")],
-            [bpf, nl], tmp_path)
+            [bpf, nl, ks], tmp_path)
     assert r.ok and "tcp/203.0.113.1:80" in bpf.state["service"]  # 'a' sorts first but b keeps .0
     assert {a.vip for a in AllocationStore(tmp_path).load().values()} == {"203.0.113.0", "203.0.113.1"}
-    run(config(0) + [p, service("a", vip=None, pool="p")], [bpf, nl], tmp_path)
+    run(config(0) + [p, service("a", vip=None, pool="p")], [bpf, nl, ks], tmp_path)
     assert set(AllocationStore(tmp_path).load()) == {"a"}
 
 
 def test_store_lost_keeps_live_vips(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
+    bpf, nl, ks = fake_drivers()
     p = pool("p", "203.0.113.0/30", sharing="exclusive")
-    run(config(0) + [p, service("b", vip=None, pool="p")], [bpf, nl], tmp_path)
+    run(config(0) + [p, service("b", vip=None, pool="p")], [bpf, nl, ks], tmp_path)
     (tmp_path / "allocations.json").unlink()
     r = run(config(0) + [p, service("a", vip=None, pool="p"), service("b", vip=None, pool="p")],
-            [bpf, nl], tmp_path)
+            [bpf, nl, ks], tmp_path)
     assert r.allocations["b"].vip == "203.0.113.0" and r.allocations["a"].vip == "203.0.113.1"
 
 
 def test_failure_midway_reports_and_next_run_converges(tmp_path: Path) -> None:
     bpf = FakeDriver({"service", "endpoints", "attach", "firewall"}, fail_at=4, name="bpf")
     nl = FakeDriver({"vip"}, name="netlink")
-    r = run(config(), [bpf, nl], tmp_path)
+    ks = FakeDriver({"sysctl"}, name="sysctl")
+    r = run(config(), [bpf, nl, ks], tmp_path)
     assert not r.ok and r.failure is not None and "injected failure" in r.failure.message
-    assert len(r.failure.applied) == 4 and len(r.failure.not_applied) == 6
-    assert [c.kind for c in r.failure.applied] == ["attach", "endpoints", "endpoints", "endpoints"]
+    assert len(r.failure.applied) == 7 and len(r.failure.not_applied) == 6
+    assert [c.kind for c in r.failure.applied] == ["sysctl"] * 3 + ["attach", "endpoints", "endpoints",
+                                                                    "endpoints"]
     assert summary(r)["failure"]["not_applied"][0] == "+ service tcp/198.51.100.1:80"
     bpf.fail_at = None
-    again = run(config(), [bpf, nl], tmp_path)
+    again = run(config(), [bpf, nl, ks], tmp_path)
     assert again.ok and len(again.applied) == 6
-    assert run(config(), [bpf, nl], tmp_path).writes == 0
+    assert run(config(), [bpf, nl, ks], tmp_path).writes == 0
 
 
 class LossyDriver(FakeDriver):
@@ -131,15 +133,15 @@ class LossyDriver(FakeDriver):
 
 
 def test_verify_reports_leftover(tmp_path: Path) -> None:
-    bpf, _ = fake_drivers()
+    bpf, _, _ = fake_drivers()
     r = run(config(1), [bpf, LossyDriver({"vip"})], tmp_path)
     assert not r.ok and r.leftover is not None
     assert [(c.kind, c.key) for c in r.leftover.changes] == [("vip", "198.51.100.1")]
 
 
 def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    r = run(config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)], [bpf, nl], tmp_path)
+    bpf, nl, ks = fake_drivers()
+    r = run(config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)], [bpf, nl, ks], tmp_path)
     assert r.ok and r.warnings == (
         "1 announce record(s) not applied: no driver manages 'announce' on this box "
         "(VIPs with bgp: true are not announced)",)
@@ -147,7 +149,7 @@ def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
 
 def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> None:
     """What the box accepts but does not carry out is said, grouped, never silent."""
-    bpf, nl = fake_drivers()
+    bpf, nl, ks = fake_drivers()
 
     def unsupported(record: object) -> str | None:
         mode = getattr(record, "mode", "default")
@@ -156,7 +158,7 @@ def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> Non
     bpf.unsupported = unsupported  # type: ignore[attr-defined]
     res = config(1) + [service(f"f{i}", vip=f"198.51.100.{20 + i}", mode="fullnat") for i in range(7)]
     res.append(service("probed", vip="198.51.100.40", probe=Probe(type="tcp", port=80)))
-    r = run(res, [bpf, nl], tmp_path)
+    r = run(res, [bpf, nl, ks], tmp_path)
     assert r.ok and r.warnings == (
         "mode fullnat is not implemented yet: f0 (tcp/198.51.100.20:80), f1 (tcp/198.51.100.21:80), "
         "f2 (tcp/198.51.100.22:80), f3 (tcp/198.51.100.23:80), f4 (tcp/198.51.100.24:80) and 2 more",
@@ -166,12 +168,12 @@ def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> Non
 
 
 def test_apply_plan_to_fakes_matches_pure_model(tmp_path: Path) -> None:
-    bpf, nl = fake_drivers()
-    run(config(5), [bpf, nl], tmp_path)
-    live = {**bpf.read(), **nl.read()}
+    bpf, nl, ks = fake_drivers()
+    run(config(5), [bpf, nl, ks], tmp_path)
+    live = {**bpf.read(), **nl.read(), **ks.read()}
     from reconciler.desired import compile_state
     desired = compile_state(config(2) + [service("z", vip="198.51.100.200")])
     plan = diff(desired, live)
-    apply_plan(plan, [bpf, nl])
-    assert diff(desired, {**bpf.read(), **nl.read()}).empty
+    apply_plan(plan, [bpf, nl, ks])
+    assert diff(desired, {**bpf.read(), **nl.read(), **ks.read()}).empty
     assert diff(empty_state(), empty_state()).empty

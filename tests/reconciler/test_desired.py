@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.desired import compile_state, default_maglev_size
+from reconciler.desired import compile_state, default_maglev_size, kernel_settings
 from reconciler.model import Endpoint, ServicePort
 from reconciler.records import Attachment, Backend, ServiceKey, VipAddress
 from tests.reconciler.fakes import (
@@ -114,3 +114,19 @@ def test_real_maglev_table_is_deterministic_and_indexes_sorted_backends() -> Non
     assert len(table) == default_maglev_size(3) and set(table) == {0, 1, 2}
     again = compile_state([service("m", selection="maglev", endpoints=["10.0.0.1", "10.0.0.2", "10.0.0.3"])])
     assert again == st
+
+
+def test_kernel_settings_follow_interfaces_and_vip_families() -> None:
+    v4 = compile_state([datapath("eth0", "eth0.100"), service("web", vip="198.51.100.10")])["sysctl"]
+    assert sorted(v4) == ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth0.forwarding",
+                          "net.ipv4.conf.eth0.rp_filter", "net.ipv4.conf.eth0/100.forwarding",
+                          "net.ipv4.conf.eth0/100.rp_filter"]
+    assert {s.value for n, s in v4.items() if n.endswith("forwarding")} == {"1"}
+    assert {s.value for n, s in v4.items() if n.endswith("rp_filter")} == {"0"}
+    dual = compile_state([datapath("eth0"), service("web", vip="198.51.100.10"),
+                          service("v6", vip="2001:db8::1", endpoints=["2001:db8:1::1"])])["sysctl"]
+    assert {"net.ipv6.conf.all.forwarding", "net.ipv6.conf.eth0.forwarding"} <= set(dual)
+    # no VIP, or no interface: the box needs nothing
+    assert compile_state([datapath("eth0")])["sysctl"] == {}
+    assert compile_state([service("web", vip="198.51.100.10")])["sysctl"] == {}
+    assert kernel_settings([], [4, 6]) == []

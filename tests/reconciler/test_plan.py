@@ -34,16 +34,18 @@ def test_from_empty_orders_dependencies_first() -> None:
     desired = compile_state([datapath("eth0"), firewall("fw", 1), service("web", bgp=True), bgp_config()])
     plan = diff(desired, empty_state())
     kinds = [c.kind for c in plan.changes]
-    assert kinds == ["attach", "firewall", "endpoints", "service", "vip", "announce"]
+    # forwarding on eth0 (and rp_filter on it and on all) before traffic is steered
+    assert kinds == ["sysctl"] * 3 + ["attach", "firewall", "endpoints", "service", "vip", "announce"]
     assert all(c.action == "create" for c in plan.changes)
-    assert plan.counts() == {"add": 6, "change": 0, "destroy": 0}
+    assert plan.counts() == {"add": 9, "change": 0, "destroy": 0}
 
 
 def test_teardown_order_is_reverse() -> None:
     live = compile_state([datapath("eth0"), firewall("fw", 1), service("web", bgp=True), bgp_config()])
     plan = diff(empty_state(), live)
-    assert [c.kind for c in plan.changes] == ["announce", "service", "endpoints", "vip", "firewall", "attach"]
-    assert plan.counts() == {"add": 0, "change": 0, "destroy": 6}
+    assert [c.kind for c in plan.changes] == ["announce", "service", "endpoints", "vip", "firewall", "attach",
+                                              *["sysctl"] * 3]  # settings given back last
+    assert plan.counts() == {"add": 0, "change": 0, "destroy": 9}
 
 
 def test_deletes_come_before_creates() -> None:
@@ -85,7 +87,7 @@ def test_json_is_versioned_and_deterministic() -> None:
     assert a == b
     data = json.loads(a)
     assert data["format_version"] == FORMAT_VERSION
-    assert data["summary"] == {"add": 58, "change": 0, "destroy": 0}
+    assert data["summary"] == {"add": 61, "change": 0, "destroy": 0}
 
 
 def test_sensitive_and_binary_fields_in_json() -> None:

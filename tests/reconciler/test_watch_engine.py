@@ -21,7 +21,7 @@ def svc(name: str, vip: str, port: int, endpoints: list[str], pool: str | None =
             f"  ports: [{{port: {port}, protocol: TCP}}]\n  endpoints: [{eps}]\n---\n")
 
 
-def make_box(tmp_path: Path) -> tuple[Path, ReconcileEngine, tuple[FakeDriver, FakeDriver]]:
+def make_box(tmp_path: Path) -> tuple[Path, ReconcileEngine, tuple[FakeDriver, FakeDriver, FakeDriver]]:
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "a.yaml").write_text(svc("a1", "198.51.100.1", 80, ["10.0.0.1", "10.0.0.2"])
@@ -33,7 +33,7 @@ def make_box(tmp_path: Path) -> tuple[Path, ReconcileEngine, tuple[FakeDriver, F
 
 
 def test_full_then_incremental_then_full(tmp_path: Path) -> None:
-    conf, engine, (bpf, netlink) = make_box(tmp_path)
+    conf, engine, (bpf, netlink, _) = make_box(tmp_path)
     first = engine.reconcile(engine.load(full=True), full=True)
     assert first.verified and first.mode == "full" and first.created == 9  # 3 x (service, endpoints, vip)
     assert first.records["service"] == 3
@@ -60,7 +60,7 @@ def test_full_then_incremental_then_full(tmp_path: Path) -> None:
 
 
 def test_pool_services_go_through_ipam(tmp_path: Path) -> None:
-    conf, engine, (bpf, _) = make_box(tmp_path)
+    conf, engine, (bpf, _, _) = make_box(tmp_path)
     (conf / "pool.yaml").write_text(f"{HEADER}kind: Pool\nmetadata: {{name: p}}\nspec:\n"
                                     "  addresses: [203.0.113.0/30]\n")
     assert engine.reconcile(engine.load(full=True), full=True).verified
@@ -82,7 +82,7 @@ def test_invalid_delivery_reports_file_line_and_field(tmp_path: Path) -> None:
 
 
 def test_driver_failure_is_an_outcome_and_the_next_run_converges(tmp_path: Path) -> None:
-    conf, engine, (bpf, netlink) = make_box(tmp_path)
+    conf, engine, (bpf, netlink, _) = make_box(tmp_path)
     bpf.fail_at = 2
     out = engine.reconcile(engine.load(full=True), full=True)
     assert not out.verified and out.error and "injected failure" in out.error
@@ -93,7 +93,7 @@ def test_driver_failure_is_an_outcome_and_the_next_run_converges(tmp_path: Path)
 
 
 def test_daemon_with_the_real_engine_keeps_last_good(tmp_path: Path) -> None:
-    conf, engine, (bpf, _) = make_box(tmp_path)
+    conf, engine, (bpf, _, _) = make_box(tmp_path)
     daemon = Daemon(Options(directory=str(conf)), engine, EventLog("kv", io.StringIO()))
     daemon.cycle("startup")
     before = {k: dict(v) for k, v in bpf.state.items()}
@@ -116,7 +116,7 @@ def test_daemon_with_the_real_engine_keeps_last_good(tmp_path: Path) -> None:
 def test_an_edit_delivered_with_an_invalid_file_is_applied_once_the_file_is_fixed(tmp_path: Path) -> None:
     # The loader's cache already holds a.yaml's edit from the rejected load, so the fixing
     # load re-parses only b.yaml: the engine must still compare a.yaml against what it applied.
-    conf, engine, (bpf, _) = make_box(tmp_path)
+    conf, engine, (bpf, _, _) = make_box(tmp_path)
     daemon = Daemon(Options(directory=str(conf)), engine, EventLog("kv", io.StringIO()))
     daemon.cycle("startup")
     (conf / "a.yaml").write_text(svc("a1", "198.51.100.1", 80, ["10.0.0.9"])
@@ -136,7 +136,7 @@ def test_an_edit_delivered_with_an_invalid_file_is_applied_once_the_file_is_fixe
 
 
 def test_an_exhausted_pool_is_rejected_whole_and_resync_keeps_the_last_good(tmp_path: Path) -> None:
-    conf, engine, (bpf, netlink) = make_box(tmp_path)
+    conf, engine, (bpf, netlink, _) = make_box(tmp_path)
     (conf / "pool.yaml").write_text(f"{HEADER}kind: Pool\nmetadata: {{name: p}}\nspec:\n"
                                     "  addresses: [203.0.113.7/32]\n  sharing: exclusive\n")
     (conf / "c.yaml").write_text(svc("c1", "", 90, ["10.0.0.9"], pool="p"))
@@ -172,7 +172,7 @@ def test_an_exhausted_pool_is_rejected_whole_and_resync_keeps_the_last_good(tmp_
 
 
 def test_full_reconciles_recount_least_connection_counts_only_when_lc_is_used(tmp_path: Path) -> None:
-    conf, engine, (bpf, _) = make_box(tmp_path)
+    conf, engine, (bpf, _, _) = make_box(tmp_path)
     calls: list[int] = []
     bpf.sync_conn_counts = lambda: calls.append(1)  # type: ignore[attr-defined]
     assert engine.reconcile(engine.load(full=True), full=True).verified

@@ -173,3 +173,23 @@ def test_scoped_scan_compares_only_parsed_and_vanished_files() -> None:
     assert partial.plan.changes == diff(compiled(new3), compiled(new2)).changes
     index.commit(partial)
     assert index.plan(new3, files=["test.yaml", "b.yaml", "c.yaml"], parsed=[]).changed == ()  # type: ignore[union-attr]
+
+
+def test_first_or_last_vip_of_a_family_needs_a_full_reconcile() -> None:
+    """The kernel settings (IPv6 forwarding) follow the set of VIP families: no partial plan may skip them."""
+    res = base()
+    index = Index(res, compiled(res), {})
+    v6 = service("v6", vip="2001:db8::10", ports=(80,), endpoints=("2001:db8:1::1",))
+    assert index.plan([*res, v6]) is None  # first IPv6 VIP: net.ipv6.*.forwarding are now needed
+    another_v4 = service("more", vip="198.51.100.12", ports=(80,))
+    partial = index.plan([*res, another_v4])
+    assert partial is not None and partial.plan.changes == diff(compiled([*res, another_v4]),
+                                                                compiled(res)).changes
+    with_v6 = [*res, v6]
+    index = Index(with_v6, compiled(with_v6), {})
+    assert index.plan(res) is None  # the last IPv6 VIP goes: the settings are given back
+    second_v6 = service("v6b", vip="2001:db8::11", ports=(80,), endpoints=("2001:db8:1::1",))
+    partial = index.plan([*with_v6, second_v6])
+    assert partial is not None
+    index.commit(partial)
+    assert index.plan(res) is None and index.plan([*res, v6]) is not None

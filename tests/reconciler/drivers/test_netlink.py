@@ -20,10 +20,6 @@ from reconciler.drivers.netlink import (
     LINK_KINDS,
     NetlinkDriver,
     NetlinkDriverError,
-    _sysctl_path,
-    ensure_forwarding,
-    forwarding_sysctls,
-    read_sysctl,
 )
 from reconciler.drivers.netns import NetnsError
 from reconciler.plan import Change
@@ -84,16 +80,6 @@ def test_bad_interface_name() -> None:
     for bad in ("", "x" * 16, "a/b", "a b"):
         with pytest.raises(ValueError):
             NetlinkDriver(ifname=bad)
-
-
-def test_sysctl_names() -> None:
-    assert _sysctl_path("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
-    assert _sysctl_path("net.ipv4.conf.eth0/100.rp_filter") == "/proc/sys/net/ipv4/conf/eth0.100/rp_filter"
-    with pytest.raises(ValueError):
-        _sysctl_path("net..ipv4")
-    wanted = forwarding_sysctls(["eth0.100"], ipv6=False)
-    assert wanted["net.ipv4.conf.eth0/100.rp_filter"] == "0"
-    assert "net.ipv6.conf.all.forwarding" not in wanted
 
 
 # -- against the kernel ---------------------------------------------------------
@@ -219,30 +205,6 @@ def test_works_from_another_thread(netns: str) -> None:
     t.join()
     assert not errors
     assert driver.read() == {"vip": {V4.address: V4}}
-
-
-@pytest.mark.root
-def test_ensure_forwarding_touches_only_the_namespace(netns: str) -> None:
-    host = {name: read_sysctl(name) for name in forwarding_sysctls() if "conf.lo" not in name}
-    ip("-n", netns, "link", "set", "lo", "up")
-    changed = ensure_forwarding(netns, interfaces=["lo", "missing0"])
-    assert "net.ipv4.ip_forward=1" in changed
-    assert read_sysctl("net.ipv4.ip_forward", netns) == "1"
-    assert read_sysctl("net.ipv4.conf.all.rp_filter", netns) == "0"
-    assert read_sysctl("net.ipv4.conf.lo.rp_filter", netns) == "0"
-    assert read_sysctl("net.ipv6.conf.all.forwarding", netns) == "1"
-    assert ensure_forwarding(netns, interfaces=["lo"]) == []  # idempotent
-    assert {name: read_sysctl(name) for name in host} == host  # host untouched
-
-    # From a non-main thread too: /proc/sys follows the calling thread.
-    ip("netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
-    result: list[list[str]] = []
-    t = threading.Thread(target=lambda: result.append(ensure_forwarding(netns, ipv6=False)))
-    t.start()
-    t.join()
-    assert result == [["net.ipv4.ip_forward=1"]]
-    assert read_sysctl("net.ipv4.ip_forward", netns) == "1"
-    assert {name: read_sysctl(name) for name in host} == host
 
 
 # -- bulk programming through the raw rtnetlink socket ----------------------------
