@@ -52,20 +52,43 @@ def _at(res: Resource, path: str = "metadata.name") -> str:
     return str(res.where(path))
 
 
+# What cannot be a VIP or an endpoint, for every field that takes one (vip,
+# secondaryVips, endpoints) and for the addresses a Pool may hand out: one table.
+# Only what truly cannot be a unicast VIP or backend is refused (issue #8: Python's
+# ``is_reserved`` also covers IPv6 blocks that are merely unassigned, such as
+# 4000::/3, which RFC 4291 counts as global unicast, and IPv4 240.0.0.0/4, which
+# Linux routes as unicast).  Link-local addresses are valid on one link only (and
+# IPv6 ones need a zone), so they make no sense as a VIP or a balanced endpoint.
+# (network, version, first, last, singular, plural)
+_NOT_UNICAST_BLOCKS = tuple(
+    (net, net.version, int(net.network_address), int(net.broadcast_address), one, many)
+    for text, one, many in (
+        ("0.0.0.0/32", "the unspecified address", "the unspecified address"),
+        ("127.0.0.0/8", "a loopback address", "loopback addresses"),
+        ("169.254.0.0/16", "a link-local address", "link-local addresses"),
+        ("224.0.0.0/4", "a multicast address", "multicast addresses"),
+        ("255.255.255.255/32", "the broadcast address", "the broadcast address"),
+        ("::/128", "the unspecified address", "the unspecified address"),
+        ("::1/128", "a loopback address", "the loopback address"),
+        ("::ffff:0:0/96", "an IPv4-mapped IPv6 address", "IPv4-mapped addresses"),
+        ("fe80::/10", "a link-local address", "link-local addresses"),
+        ("ff00::/8", "a multicast address", "multicast addresses"))
+    for net in (ipaddress.ip_network(text),))
+_HINT_LINK_LOCAL = "link-local addresses work on one link only; use a routable address"
+
+
+def _unicast_hint(why: str, default: str) -> str:
+    return _HINT_LINK_LOCAL if "link-local" in why else default
+
+
 def _not_unicast(addr: IPAddress) -> str | None:
     """Why ``addr`` cannot be a VIP or endpoint, or ``None`` when it can."""
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return f"an IPv4-mapped IPv6 address; write it as {addr.ipv4_mapped}"
-    if addr.is_unspecified:
-        return "the unspecified address"
-    if addr.is_loopback:
-        return "a loopback address"
-    if addr.is_multicast:
-        return "a multicast address"
-    if isinstance(addr, ipaddress.IPv4Address) and int(addr) == 0xFFFFFFFF:
-        return "the broadcast address"
-    if addr.is_reserved:
-        return "a reserved address"
+    n = int(addr)
+    for _, version, lo, hi, one, _ in _NOT_UNICAST_BLOCKS:
+        if version == addr.version and lo <= n <= hi:
+            return one
     return None
 
 
@@ -101,21 +124,11 @@ def singletons(resources: Sequence[Resource], report: Report, broken: set[str]) 
                            "add a BGPConfig resource or set bgp: false")
 
 
-# Address blocks a pool must not hand out as VIPs: (version, first, last, what they are).
-_NOT_UNICAST_BLOCKS = tuple(
-    (net.version, int(net.network_address), int(net.broadcast_address), what)
-    for text, what in (("0.0.0.0/32", "the unspecified address"), ("127.0.0.0/8", "loopback addresses"),
-                       ("224.0.0.0/4", "multicast addresses"), ("240.0.0.0/4", "reserved addresses"),
-                       ("::/128", "the unspecified address"), ("::1/128", "the loopback address"),
-                       ("::ffff:0:0/96", "IPv4-mapped addresses"), ("ff00::/8", "multicast addresses"))
-    for net in (ipaddress.ip_network(text),))
-
-
 def _pool_not_unicast(version: int, first: int, last: int) -> str | None:
     """What a pool span includes that cannot be a VIP, or ``None``."""
-    for v, lo, hi, what in _NOT_UNICAST_BLOCKS:
+    for _, v, lo, hi, _, many in _NOT_UNICAST_BLOCKS:
         if v == version and first <= hi and lo <= last:
-            return what
+            return many
     return None
 
 
@@ -173,19 +186,14 @@ class _Addr:
     not_unicast: str | None
 
 
+_V4_BLOCKS = tuple((lo, hi, one) for _, v, lo, hi, one, _ in _NOT_UNICAST_BLOCKS if v == 4)
+
+
 def _v4_not_unicast(n: int) -> str | None:
     """``_not_unicast`` of an IPv4 address given as an integer (same answers, no object)."""
-    first = n >> 24
-    if n == 0:
-        return "the unspecified address"
-    if first == 127:
-        return "a loopback address"
-    if 224 <= first <= 239:
-        return "a multicast address"
-    if n == 0xFFFFFFFF:
-        return "the broadcast address"
-    if first >= 240:
-        return "a reserved address"
+    for lo, hi, one in _V4_BLOCKS:
+        if lo <= n <= hi:
+            return one
     return None
 
 
@@ -212,7 +220,8 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
         report.add(res, "spec.pool", f"Pool \"{spec.pool}\" does not exist", hint)
     vip = _addr(spec.vip) if spec.vip is not None else None
     if vip is not None and (why := vip.not_unicast):
-        report.add(res, "spec.vip", f"VIP {spec.vip} is {why}", "a VIP must be a unicast address")
+        report.add(res, "spec.vip", f"VIP {spec.vip} is {why}",
+                   _unicast_hint(why, "a VIP must be a unicast address"))
     if vip is not None:  # a VIP already reported as not unicast says nothing about the family
         family = vip.version if vip.not_unicast is None else None
     else:
@@ -249,7 +258,7 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
             continue
         if why := addr.not_unicast:
             report.add(res, f"{p}.address", f"endpoint {ep.address} is {why}",
-                       "endpoints must be unicast addresses of real backends")
+                       _unicast_hint(why, "endpoints must be unicast addresses of real backends"))
         elif family is not None and addr.version != family and spec.mode != "fullnat":
             report.add(res, f"{p}.address", f"endpoint {ep.address} is IPv{addr.version} but the VIP is "
                        f"IPv{family}; mode {spec.mode} cannot translate between families",
@@ -276,7 +285,7 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
                 continue
             if why := sec.not_unicast:
                 report.add(res, f"spec.secondaryVips[{i}]", f"secondary VIP {text} is {why}",
-                           "a VIP must be a unicast address")
+                           _unicast_hint(why, "a VIP must be a unicast address"))
             elif sec.compressed in claimed:
                 report.add(res, f"spec.secondaryVips[{i}]", f"{text} is already a VIP of this service",
                            "remove the duplicate")
