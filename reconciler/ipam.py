@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler import statedir
 from reconciler.config.errors import ConfigError
 from reconciler.errors import LbctlError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
@@ -260,7 +261,7 @@ class AllocationStore:
 
     def save(self, allocations: Mapping[str, Allocation]) -> None:
         """Write to a temp file, fsync, rename over the store, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        statedir.ensure(self.path.parent)
         data = {"format_version": STORE_FORMAT,
                 "allocations": {n: {"pool": a.pool, "vip": a.vip} for n, a in sorted(allocations.items())}}
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -12,6 +12,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from reconciler import statedir
 from reconciler.cli import DEFAULT_CONFIG_DIR, Context
 from reconciler.drivers import Driver
 from reconciler.duration import format_duration, parse_duration
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                          hint="e.g. --debounce 200ms --resync 30s")
     listen = None if args.listen.lower() in ("none", "off", "") else parse_listen(args.listen)
     directory = os.path.abspath(args.dir)
+    statedir.ensure(ctx.state_dir)  # a state dir others can open would let them block every reconcile
 
     def make_drivers(vip_interface: str) -> Sequence[Driver]:
         return build_drivers(ctx, vip_interface=vip_interface)

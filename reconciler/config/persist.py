@@ -46,11 +46,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from reconciler import model
+from reconciler import model, statedir
 from reconciler.config import cache as cache_module
 from reconciler.config import errors as errors_module
 from reconciler.config.cache import ParseCache
 from reconciler.config.loader import LoadResult, load_dir
+from reconciler.errors import LbctlError
 
 FILE_NAME = "parse-cache"
 _MAGIC = b"lbctl-parse-cache\n"
@@ -159,16 +160,22 @@ def load_dir_persisted(path: str | os.PathLike[str], state_dir: str | os.PathLik
     """``load_dir(path)`` through the cache persisted in ``state_dir`` (when usable), then save it.
 
     ``create`` makes the state dir if it is missing (plan/apply, which create
-    it anyway); without it a missing or read-only state dir means a plain load.
+    it anyway; ``reconciler.statedir``: mode 0700); without it a missing or read-only state dir means a plain load.
     The result is always the same as ``load_dir(path)``'s.
     """
     if state_dir is None:
         return load_dir(path)
     state = Path(state_dir)
     if create:
-        with contextlib.suppress(OSError):
-            state.mkdir(parents=True, exist_ok=True)
-    if not (state.is_dir() and os.access(state, os.W_OK | os.X_OK)):
+        try:
+            statedir.ensure(state)
+        except LbctlError:
+            return load_dir(path)  # the writer lock, taken next, says what is wrong
+    try:
+        usable = state.is_dir() and os.access(state, os.W_OK | os.X_OK)
+    except OSError:  # e.g. root's 0700 state dir seen by another user
+        usable = False
+    if not usable:
         return load_dir(path)
     file = state / FILE_NAME
     parse_cache = load_cache(file)
