@@ -56,7 +56,8 @@ def _summary(result: LoadResult) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    result = load_dir_persisted(args.dir, getattr(ctx, "state_dir", None))  # never creates the state dir
+    # Never creates the state dir, and leaves a parse cache of another directory alone.
+    result = load_dir_persisted(args.dir, getattr(ctx, "state_dir", None))
     if ctx.output == "json":
         json.dump(to_json(result), sys.stdout, indent=2)
         sys.stdout.write("\n")
