@@ -199,7 +199,7 @@ def save_cache(cache_: ParseCache, path: str | os.PathLike[str], config_dir: str
 
 
 def load_dir_persisted(path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None,
-                       *, create: bool = False) -> LoadResult:
+                       *, create: bool = False, follow_external_symlinks: bool = False) -> LoadResult:
     """``load_dir(path)`` through the cache persisted in ``state_dir`` (when usable), then save it.
 
     ``create`` is for the commands that act on the box (plan, apply): they make
@@ -208,29 +208,33 @@ def load_dir_persisted(path: str | os.PathLike[str], state_dir: str | os.PathLik
     (``validate``) a missing or unusable state dir means a plain load, and a
     cache written for another directory is neither used nor touched: checking
     some other directory must not leave the box's next ``plan`` cold.  The
-    result is always the same as ``load_dir(path)``'s.
+    result is always the same as ``load_dir(path)``'s (``follow_external_symlinks``
+    is passed on).
     """
+    def load(parse_cache: ParseCache | None = None) -> LoadResult:
+        return load_dir(path, cache=parse_cache, follow_external_symlinks=follow_external_symlinks)
+
     if state_dir is None:
-        return load_dir(path)
+        return load()
     state = Path(state_dir)
     if create:
         try:
             statedir.ensure(state)
         except LbctlError:
-            return load_dir(path)  # the writer lock, taken next, says what is wrong
+            return load()  # the writer lock, taken next, says what is wrong
     try:
         usable = state.is_dir() and os.access(state, os.W_OK | os.X_OK)
     except OSError:  # e.g. root's 0700 state dir seen by another user
         usable = False
     if not usable:
-        return load_dir(path)
+        return load()
     file = state / FILE_NAME
     config_dir = _config_dir(path)
     if not create and file.exists() and cache_dir_of(file) not in (config_dir, None):
-        return load_dir(path)
+        return load()
     parse_cache = load_cache(file, config_dir)
     before = parse_cache.generation
-    result = load_dir(path, cache=parse_cache)
+    result = load(parse_cache)
     # Re-writing the whole cache (13 MB at 10,000 services) costs far more than
     # re-parsing a file or two on the next run: save only once the files parsed
     # again since the last save are 5% of the directory (or there was no cache).
