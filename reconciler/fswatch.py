@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from reconciler.config.discover import inside
+
 # Events that cannot mean new content (watchdog >= 2.3 reports opens and reads).
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
 _SKIP_DIRS = frozenset({".git"})
@@ -88,7 +90,7 @@ def watch_targets(directory: str, follow_external_symlinks: bool = False) -> fro
                 if not os.path.islink(entry):
                     continue
                 resolved = os.path.realpath(entry)
-                if resolved == real or resolved.startswith(real + os.sep):
+                if inside(resolved, real):
                     continue
                 if os.path.isdir(resolved):
                     targets.add(Target(resolved, True))

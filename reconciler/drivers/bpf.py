@@ -1137,13 +1137,15 @@ class BpfDriver:
         program, or one named after an entry point) is detached.
         """
         self.close()
-        ours = set()
+        ours: set[int] = set()
         for hook in PROGS:
             path = os.path.join(self.pin_root, f"prog_{hook}")
+            if not os.path.exists(path):
+                continue
             try:
                 fd = B.obj_get(path)
             except B.BpfError:
-                continue  # not there (or not a program): nothing of ours to recognise by id
+                continue  # not a program: nothing of ours to recognise by id
             try:
                 ours.add(B.prog_id(fd))
             finally:
