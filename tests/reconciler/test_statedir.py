@@ -81,3 +81,13 @@ def test_validate_as_another_user_needs_no_state_dir() -> None:
             assert out.returncode == 0, (extra, out.stdout, out.stderr)
             assert "valid" in out.stdout and out.stderr == ""
         assert sorted(p.name for p in state.iterdir()) == ["box1"]
+
+
+def test_watch_checks_the_state_dir_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+
+    state = tmp_path / "shared"
+    state.mkdir()
+    state.chmod(0o777)
+    assert main(["watch", str(tmp_path), "--state-dir", str(state), "--listen", "none"]) == 1
+    assert f"Error: the state dir {state} is writable by every user" in capsys.readouterr().err
