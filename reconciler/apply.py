@@ -214,11 +214,12 @@ def verify(desired: State, drivers: Iterable[Driver]) -> Plan:
     return diff(restrict(desired, kinds), read_live(drivers))
 
 
-def load_config(config_dir: str | Path) -> LoadedConfig:
+def load_config(config_dir: str | Path, *, follow_external_symlinks: bool = False) -> LoadedConfig:
     import importlib
 
     config = importlib.import_module("reconciler.config")  # the config layer, when first needed
-    loaded: LoadedConfig = config.load_dir(Path(config_dir))
+    loaded: LoadedConfig = config.load_dir(Path(config_dir),
+                                           follow_external_symlinks=follow_external_symlinks)
     return loaded
 
 

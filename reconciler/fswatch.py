@@ -16,7 +16,9 @@ So we watch a set of targets computed from the layout and recompute it
 * the real parent directory of every symlink on DIR's lexical path (and of DIR
   itself), non-recursively, filtered to that link's name: this is where a
   git-sync link flip happens;
-* the resolved targets of symlinks inside DIR that point outside it.
+* with ``--follow-external-symlinks`` only, the resolved targets of symlinks
+  inside DIR that point outside it (without it the loader refuses such links,
+  so there is nothing there to watch).
 
 Events carry no meaning beyond "look again": the daemon re-loads and compares
 content.  This is the only module that imports watchdog (bookworm's 2.2 API,
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from reconciler.config.discover import inside
 
 # Events that cannot mean new content (watchdog >= 2.3 reports opens and reads).
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
@@ -51,7 +55,7 @@ def _lexical(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-def watch_targets(directory: str) -> frozenset[Target]:
+def watch_targets(directory: str, follow_external_symlinks: bool = False) -> frozenset[Target]:
     """The watches that see every delivery style for ``directory`` as laid out now."""
     lexical = _lexical(directory)
     real = os.path.realpath(lexical)
@@ -77,6 +81,7 @@ def watch_targets(directory: str) -> frozenset[Target]:
     targets: set[Target] = set()
     if os.path.isdir(real):
         targets.add(Target(real, True))
+    if os.path.isdir(real) and follow_external_symlinks:
         # Links inside DIR that point outside it (ConfigMap links point inside: already covered).
         for root, dirs, files in os.walk(real):
             dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
@@ -85,7 +90,7 @@ def watch_targets(directory: str) -> frozenset[Target]:
                 if not os.path.islink(entry):
                     continue
                 resolved = os.path.realpath(entry)
-                if resolved == real or resolved.startswith(real + os.sep):
+                if inside(resolved, real):
                     continue
                 if os.path.isdir(resolved):
                     targets.add(Target(resolved, True))
@@ -121,8 +126,10 @@ class _Handler(FileSystemEventHandler):
 class DirWatcher:
     """Watches ``directory`` through symlink flips; calls ``notify(path)`` from watchdog's threads."""
 
-    def __init__(self, directory: str, notify: Callable[[str], None]) -> None:
+    def __init__(self, directory: str, notify: Callable[[str], None], *,
+                 follow_external_symlinks: bool = False) -> None:
         self.directory = directory
+        self.follow_external_symlinks = follow_external_symlinks
         self._notify = notify
         self._observer = Observer()
         self._observer.daemon = True
@@ -139,7 +146,7 @@ class DirWatcher:
 
     def rearm(self) -> bool:
         """Bring the watches in line with the current layout; True when they changed."""
-        wanted = watch_targets(self.directory)
+        wanted = watch_targets(self.directory, self.follow_external_symlinks)
         with self._lock:
             current = set(self._watches)
             for target in current - wanted:

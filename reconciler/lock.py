@@ -10,17 +10,24 @@ fails with a message naming the holder's pid and command.
 flock(2) is released by the kernel when the holder dies (even ``kill -9``), so
 a stale lock file never blocks anyone; the file itself is left in place
 (deleting a lock file another process may be opening races).
+
+flock(2) also works on a read-only descriptor, so whoever can *open* the file
+can block every writer: the lock is mode 0600 in a state dir of mode 0700
+(``reconciler.statedir`` makes and checks it before every acquire), so only
+root (the state dir's owner) can.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
+from reconciler import statedir
 from reconciler.errors import LbctlError
 
 LOCK_NAME = "lock"
@@ -37,6 +44,25 @@ def default_timeout() -> float:
 
 class LockTimeout(LbctlError):
     pass
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, mode 0600 and ours (an older lbctl made it 0644: tightened)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LbctlError(f"cannot take the lock {path}: {exc.strerror}",
+                         hint="run lbctl as root (it reads and programs the datapath), or point "
+                              "--state-dir at a directory you can write") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise LbctlError(f"the lock {path} is not a file of this user's (owner "
+                         f"{statedir.owner_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o})",
+                         hint="check who made it, remove it, and run lbctl again")
+    if st.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd
 
 
 class StateLock:
@@ -69,13 +95,8 @@ class StateLock:
         if self._fd is not None:
             self._depth += 1
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except PermissionError as exc:
-            raise LbctlError(f"cannot take the lock {self.path}: {exc.strerror}",
-                             hint="run lbctl as root (it reads and programs the datapath), or point "
-                                  "--state-dir at a directory you can write") from None
+        statedir.ensure(self.path.parent)
+        fd = _open_lock(self.path)
         deadline = time.monotonic() + self.timeout
         while True:
             try:

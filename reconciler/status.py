@@ -4,13 +4,19 @@ Why this exists: probes (systemd, Kubernetes), ``lbctl status`` and Prometheus
 all ask the running daemon the same questions.  A stdlib ``ThreadingHTTPServer``
 in a daemon thread answers them from callbacks into the daemon, so the server
 knows nothing about reconciling.  It binds loopback (``127.0.0.1:11111``,
-loxilb's API port) unless an operator configures another address.
+loxilb's API port) unless an operator configures another address.  Any local
+user can bind that port first; the daemon then exits naming the holder (user
+from ``/proc/net/tcp``, pid and command from the ``/proc/PID/fd`` holding that
+socket, a few ms on the error path only) and the ``--listen`` option.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +123,68 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
 
+def _proc_addr(text: str) -> tuple[str, int]:
+    """``0100007F:2B67`` of /proc/net/tcp{,6} -> (``127.0.0.1``, 11111): u32 words in host order."""
+    addr, _, port = text.partition(":")
+    raw = b"".join(int(addr[i:i + 8], 16).to_bytes(4, sys.byteorder) for i in range(0, len(addr), 8))
+    return str(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def _sockets_on(address: Address) -> list[tuple[int, int]]:
+    """(uid, inode) of the TCP sockets bound to ``address`` or to the wildcard on its port."""
+    wanted = ipaddress.ip_address(address.host)
+    found: list[tuple[int, int]] = []
+    for table in ("tcp", "tcp6"):
+        try:  # thread-self: the network namespace of the thread that failed to bind
+            with open(f"/proc/thread-self/net/{table}", encoding="ascii") as fh:
+                lines = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            try:
+                host, port = _proc_addr(fields[1])
+                uid, inode = int(fields[7]), int(fields[9])
+            except (IndexError, ValueError):
+                continue
+            bound = ipaddress.ip_address(host)
+            if port == address.port and inode and (bound == wanted or bound.is_unspecified
+                                                   or wanted.is_unspecified):
+                found.append((uid, inode))
+    return found
+
+
+def _process_with(inode: int) -> str | None:
+    """``pid N (command)`` of a process holding socket ``inode`` (needs the right to read its fds)."""
+    link = f"socket:[{inode}]"
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != link:
+                    continue
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = " ".join(fh.read().replace(b"\0", b" ").decode(errors="replace").split())
+            except OSError:
+                continue
+            return f"pid {pid}" + (f" ({cmd[:80]})" if cmd else "")
+    return None
+
+
+def port_holder(address: Address) -> str | None:
+    """Who holds ``address``: ``pid N (command), user NAME (uid U)``, as much as /proc tells."""
+    from reconciler.statedir import owner_name
+
+    for uid, inode in _sockets_on(address):
+        process = _process_with(inode)
+        user = f"user {owner_name(uid)}"
+        return f"{process}, {user}" if process else user
+    return None
+
+
 class StatusServer:
     """Serves ``endpoints`` on ``address`` from a background thread."""
 
@@ -124,8 +192,15 @@ class StatusServer:
         try:
             self._server = _Server(address, endpoints)
         except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                holder = port_holder(address)
+                raise LbctlError(
+                    f"cannot listen on {address} for the status endpoint: another process holds it"
+                    + (f" ({holder})" if holder else ""),
+                    hint="stop that process if it should not be there, or give lbctl watch another "
+                         "address with --listen HOST:PORT (--listen none disables the endpoint)") from None
             raise LbctlError(f"cannot listen on {address}: {exc.strerror or exc}",
-                             hint="is another lbctl watch running? choose another --listen") from None
+                             hint="choose another --listen HOST:PORT") from None
         host, port = self._server.server_address[:2]
         self.address = Address(str(host), int(port))
         self._thread = threading.Thread(target=self._server.serve_forever, name="lbctl-status",

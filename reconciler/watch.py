@@ -442,6 +442,9 @@ class Daemon:
         self.metrics.valid.set(1)
         applied = self._applied
         if not full and applied is not None and applied.digest == delivery.digest:
+            # Back to the applied content (a bad file restored): the errors of the rejected
+            # delivery are history.  A failed reconcile never gets here (it clears _applied).
+            self._update(last_error=(), last_error_time=None, rejected_digest=None)
             self.metrics.results.inc(result="unchanged")
             self.log.info("unchanged", digest=delivery.digest[:12], action="nothing to do")
             return

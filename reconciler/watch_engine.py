@@ -45,8 +45,10 @@ class ReconcileEngine:
     """Loads ``directory`` and reconciles it onto the drivers ``make_drivers`` builds."""
 
     def __init__(self, directory: str | Path, state_dir: str | Path, make_drivers: DriverFactory, *,
-                 lock_timeout: float | None = None, incremental: bool = True) -> None:
+                 lock_timeout: float | None = None, incremental: bool = True,
+                 follow_external_symlinks: bool = False) -> None:
         self.directory = Path(directory)
+        self.follow_external_symlinks = follow_external_symlinks
         self.state_dir = Path(state_dir)
         self.make_drivers = make_drivers
         self.lock = StateLock(self.state_dir, timeout=lock_timeout, purpose="lbctl watch")
@@ -72,7 +74,8 @@ class ReconcileEngine:
             # A full reload re-reads and hashes every file; only changed bytes are parsed again.
             self.cache.distrust_metadata()
         t0 = time.perf_counter()
-        loaded = load_dir(self.directory, cache=self.cache)
+        loaded = load_dir(self.directory, cache=self.cache,
+                          follow_external_symlinks=self.follow_external_symlinks)
         took = time.perf_counter() - t0
         self._loads += 1
         return Delivery(digest=loaded.digest, errors=tuple(str(e) for e in loaded.errors),

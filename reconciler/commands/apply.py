@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    result = run_reconcile(args.dir, ctx, dry_run=False, purpose="lbctl apply")
+    result = run_reconcile(args.dir, ctx, dry_run=False, purpose="lbctl apply",
+                           follow_external_symlinks=args.follow_external_symlinks)
     if result.errors:
         if ctx.output in ("json", "yaml"):
             dump(summary(result), ctx.output)

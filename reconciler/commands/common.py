@@ -31,6 +31,17 @@ DEFAULT_CONFIG_DIR = "/etc/lbctl/conf.d"
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", nargs="?", default=DEFAULT_CONFIG_DIR, metavar="DIR",
                         help=f"configuration directory (default: {DEFAULT_CONFIG_DIR})")
+    add_follow_option(parser)
+
+
+def add_follow_option(parser: argparse.ArgumentParser) -> None:
+    """The option of every command that reads DIR (validate, plan, apply, watch)."""
+    from reconciler.config.discover import FOLLOW_OPTION
+
+    parser.add_argument(FOLLOW_OPTION, action="store_true",
+                        help="also read *.yaml files and directories that symlinks in DIR point to outside "
+                             "DIR (refused by default: such a link is an error; links that stay inside DIR, "
+                             "like a ConfigMap's ..data, are always followed)")
 
 
 def drivers_for(ctx: Any, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
@@ -53,23 +64,26 @@ def print_warnings(warnings: Iterable[str]) -> None:
         print(f"Warning: {w}", file=sys.stderr)
 
 
-def load_timed(config_dir: str, state_dir: Any = None) -> tuple[LoadedConfig, float]:
+def load_timed(config_dir: str, state_dir: Any = None, *,
+               follow_external_symlinks: bool = False) -> tuple[LoadedConfig, float]:
     """Load (and time) the configuration; with ``state_dir``, through the parse cache persisted there."""
     t = time.perf_counter()
     if state_dir is None:
-        loaded = load_config(config_dir)
+        loaded = load_config(config_dir, follow_external_symlinks=follow_external_symlinks)
     else:
         from reconciler.config.persist import load_dir_persisted
 
-        loaded = load_dir_persisted(config_dir, state_dir, create=True)
+        loaded = load_dir_persisted(config_dir, state_dir, create=True,
+                                    follow_external_symlinks=follow_external_symlinks)
     return loaded, time.perf_counter() - t
 
 
-def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str) -> ReconcileResult:
+def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str,
+                  follow_external_symlinks: bool = False) -> ReconcileResult:
     """Load, then (holding the state lock) plan or apply; the CLI's one path into ``reconcile``."""
     from reconciler.drivers.registry import vip_interface_of
 
-    loaded, t_parse = load_timed(config_dir, ctx.state_dir)
+    loaded, t_parse = load_timed(config_dir, ctx.state_dir, follow_external_symlinks=follow_external_symlinks)
     if loaded.errors:
         return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
                                timings=Timings(parse=t_parse), digest=loaded.digest)

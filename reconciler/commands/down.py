@@ -6,7 +6,9 @@ way to take it all away: programs detached, maps and pins removed, the VIP
 interface and its addresses deleted, the kernel settings lbctl changed
 (forwarding, rp_filter) given back the values they had before, and lbctl's files
 in the state dir (allocations, lock, parse cache) removed.  Idempotent: running
-it twice is fine.
+it twice is fine.  It must always work, also on pins of an lbctl whose map
+layout differs (the layout check's hint sends the operator here): a driver
+whose live state cannot be read is still torn down.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
+from reconciler.drivers.sysctl import STORE_NAME as KERNEL_SETTINGS
+from reconciler.errors import LbctlError
 from reconciler.ipam import STORE_NAME
 from reconciler.lock import LOCK_NAME, StateLock
 from reconciler.model import DEFAULT_VIP_INTERFACE
@@ -40,10 +44,20 @@ def _rmdir_if_empty(path: Path) -> None:
 def run(args: argparse.Namespace, ctx: Any) -> int:
     state_dir = Path(ctx.state_dir)
     removed: dict[str, int] = {}
+    pin_root = Path(ctx.pin_root)
+    had_files = _has_files(pin_root) or any((state_dir / n).exists()
+                                            for n in (STORE_NAME, PARSE_CACHE, KERNEL_SETTINGS))
+    unreadable: list[str] = []
     with StateLock(state_dir, purpose="lbctl down"):
         drivers = drivers_for(ctx, args.vip_interface)
         for drv in drivers:
-            live = read_live([drv])
+            try:
+                live = read_live([drv])
+            except LbctlError as exc:  # e.g. pins of another layout: removed all the same
+                if not callable(getattr(drv, "down", None)):
+                    raise
+                unreadable.append(str(exc.args[0]))
+                live = {}
             for kind, recs in live.items():
                 removed[kind] = removed.get(kind, 0) + len(recs)
             teardown = getattr(drv, "down", None)
@@ -60,11 +74,29 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_dir / PARSE_CACHE)
     _rmdir_if_empty(state_dir)
-    _rmdir_if_empty(Path(ctx.pin_root))
+    _rmdir_if_empty(pin_root)
     restored = removed.pop("sysctl", 0)
-    what = ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items()) if n) or "nothing was live"
+    what = ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items()) if n)
+    cleaned = f"pins under {pin_root} and state in {state_dir} cleaned up"
+    if unreadable:
+        message = (f"removed {what + ' and ' if what else ''}a datapath this lbctl cannot read "
+                   f"({'; '.join(unreadable)}); {cleaned}")
+    elif what:
+        message = f"removed {what}; {cleaned}"
+    elif had_files:
+        message = f"no services, endpoints, VIPs or attachments were live; {cleaned}"
+    else:
+        message = "nothing was installed, so nothing was removed"
     if restored:
-        what += f"; restored {restored} kernel setting{'s' if restored != 1 else ''} to their earlier values"
-    print(f"lbctl is down: removed {what}; pins under {ctx.pin_root} and state in {state_dir} cleaned up.",
-          file=sys.stderr if ctx.output in ("json", "yaml") else sys.stdout)
+        plural = "s" if restored != 1 else ""
+        message += f"; restored {restored} kernel setting{plural} to their earlier values"
+    print(f"lbctl is down: {message}.", file=sys.stderr if ctx.output in ("json", "yaml") else sys.stdout)
     return 0
+
+
+def _has_files(directory: Path) -> bool:
+    """Anything but subdirectories (other boxes' pin roots) in ``directory``."""
+    try:
+        return any(not entry.is_dir() for entry in directory.iterdir())
+    except OSError:
+        return False

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    result = run_reconcile(args.dir, ctx, dry_run=True, purpose="lbctl plan")
+    result = run_reconcile(args.dir, ctx, dry_run=True, purpose="lbctl plan",
+                           follow_external_symlinks=args.follow_external_symlinks)
     if result.errors:
         print_config_errors(result.errors)
         return 1

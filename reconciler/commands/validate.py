@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from reconciler.commands.common import add_follow_option
 from reconciler.config import LoadResult, load_dir_persisted
 
 
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("dir", nargs="?", default=DEFAULT_CONFIG_DIR, metavar="DIR",
                         help=f"configuration directory or file (default: {DEFAULT_CONFIG_DIR})")
+    add_follow_option(parser)
 
 
 def _plural(n: int, word: str) -> str:
@@ -56,7 +58,9 @@ def _summary(result: LoadResult) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    result = load_dir_persisted(args.dir, getattr(ctx, "state_dir", None))  # never creates the state dir
+    # Never creates the state dir, and leaves a parse cache of another directory alone.
+    result = load_dir_persisted(args.dir, getattr(ctx, "state_dir", None),
+                                follow_external_symlinks=args.follow_external_symlinks)
     if ctx.output == "json":
         json.dump(to_json(result), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from reconciler import statedir
 from reconciler.cli import DEFAULT_CONFIG_DIR, Context
+from reconciler.commands.common import add_follow_option
 from reconciler.drivers import Driver
 from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="structured log lines on stderr: key=value (default) or json")
     parser.add_argument("--no-incremental", action="store_true",
                         help="always reconcile fully (slower at scale; for debugging)")
+    add_follow_option(parser)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -49,14 +52,21 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
                          hint="e.g. --debounce 200ms --resync 30s")
     listen = None if args.listen.lower() in ("none", "off", "") else parse_listen(args.listen)
     directory = os.path.abspath(args.dir)
+    statedir.ensure(ctx.state_dir)  # a state dir others can open would let them block every reconcile
 
     def make_drivers(vip_interface: str) -> Sequence[Driver]:
         return build_drivers(ctx, vip_interface=vip_interface)
 
-    engine = ReconcileEngine(directory, ctx.state_dir, make_drivers, incremental=not args.no_incremental)
+    follow = args.follow_external_symlinks
+    engine = ReconcileEngine(directory, ctx.state_dir, make_drivers, incremental=not args.no_incremental,
+                             follow_external_symlinks=follow)
     log = EventLog(args.log_format)
+
+    def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
+        return DirWatcher(path, notify, follow_external_symlinks=follow)
+
     daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen),
-                    engine, log, watcher_factory=DirWatcher)
+                    engine, log, watcher_factory=watcher)
     daemon.install_signals()
     if ctx.netns:
         log.info("box", netns=ctx.netns, state_dir=str(ctx.state_dir), pin_root=str(ctx.pin_root))

@@ -8,6 +8,13 @@ recursively in a stable order, follows symlinks, skips dotfiles and editor
 droppings, loads each real file once, and reports symlink loops, broken
 links and special files instead of hanging on them.  It also reads files
 with a size limit, so a huge file is refused without being read.
+
+Symlinks are followed only while they stay inside the configuration root (its
+real path, so a git-sync root that is itself a link works): a ``*.yaml`` link
+to a root-only file elsewhere would be read as root and its values would
+appear in errors and in the daemon's ``/status``, and a link to ``/usr`` would
+walk thousands of files.  Such a link is an error naming the link and its
+target, unless the operator passes ``--follow-external-symlinks``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from reconciler.errors import LbctlError
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 SUFFIXES = (".yaml", ".yml")
+FOLLOW_OPTION = "--follow-external-symlinks"
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,24 @@ def _join(root: str, name: str) -> str:
     return name if root in (".", "") else os.path.join(root, name)
 
 
-def discover(root: str) -> tuple[list[Found], list[ConfigError]]:
-    """Files to load under ``root`` (a directory or a single file), and problems found."""
+def inside(real: str, real_root: str) -> bool:
+    """Whether the resolved path ``real`` is ``real_root`` or below it."""
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _outside(path: str, real: str) -> ConfigError:
+    target = os.readlink(path) if os.path.islink(path) else real
+    where = target if target == real else f"{target} (resolves to {real})"
+    return _whole_file(path, f"symlink leaves the configuration directory: it points to {where}; not read",
+                       f"copy what it points to into the directory, or pass {FOLLOW_OPTION} "
+                       "to read links that leave it")
+
+
+def discover(root: str, *, follow_external_symlinks: bool = False) -> tuple[list[Found], list[ConfigError]]:
+    """Files to load under ``root`` (a directory or a single file), and problems found.
+
+    Symlinks resolving outside ``root`` are errors unless ``follow_external_symlinks``.
+    """
     try:
         top = os.stat(root)
     except FileNotFoundError:
@@ -95,7 +119,11 @@ def discover(root: str) -> tuple[list[Found], list[ConfigError]]:
                         errors.append(_whole_file(path, f"cannot read: {exc.strerror}", "check permissions"))
                 continue
             real = os.path.realpath(path)
-            if stat.S_ISDIR(st.st_mode):
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if (wanted or is_dir) and not follow_external_symlinks and not inside(real, real_root):
+                errors.append(_outside(path, real))
+                continue
+            if is_dir:
                 if real in ancestors:
                     target = display_dir if real == ancestors[-1] else "a parent directory"
                     errors.append(_whole_file(path, f"symlink loop: this directory links back to {target}",

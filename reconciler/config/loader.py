@@ -149,27 +149,29 @@ def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
     return result, True
 
 
-def load_dir(path: str | os.PathLike[str], cache: ParseCache | None = None) -> LoadResult:
+def load_dir(path: str | os.PathLike[str], cache: ParseCache | None = None, *,
+             follow_external_symlinks: bool = False) -> LoadResult:
     """Load, validate and type every resource under ``path`` (a directory or one file).
 
     Never raises for bad content: every problem is a ``ConfigError`` in
     ``errors``.  Raises ``LbctlError`` only when ``path`` itself is missing or
     unreadable.  Pass the same ``ParseCache`` to successive calls to re-parse
-    only changed files.
+    only changed files.  Symlinks leaving ``path`` are errors unless
+    ``follow_external_symlinks`` (see ``discover``).
     """
     was_enabled = gc.isenabled()
     gc.disable()  # the load allocates millions of small acyclic objects; GC passes cost seconds
     try:
-        return _load_dir(os.fspath(path), cache)
+        return _load_dir(os.fspath(path), cache, follow_external_symlinks)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _load_dir(root: str, cache: ParseCache | None) -> LoadResult:
+def _load_dir(root: str, cache: ParseCache | None, follow_external_symlinks: bool) -> LoadResult:
     timings = dict.fromkeys(("discover", "read", "parse", "schema", "build", "semantic"), 0.0)
     start = time.perf_counter()
-    found, errors = discover(root)
+    found, errors = discover(root, follow_external_symlinks=follow_external_symlinks)
     timings["discover"] = time.perf_counter() - start
     resources: list[Resource] = []
     broken: set[str] = set()

@@ -21,6 +21,10 @@ Rules that keep it safe:
   rename, so readers never see a partial file;
 * a state dir that is missing or not writable just means no persistence:
   ``validate`` then loads from scratch, exactly as before;
+* the file names the configuration directory it was written for: ``plan`` and
+  ``apply`` own it (a cache of another directory is replaced), ``validate``
+  uses and refreshes only a cache of the directory it checks, so validating
+  some other directory as root never leaves the box's next ``plan`` cold;
 * it is re-written only when the files parsed again since the last save reach
   1/``SAVE_FRACTION`` of the directory: one edited file among a hundred costs
   the next run a 20 ms re-parse, while re-writing the cache costs 0.3 s.
@@ -35,6 +39,7 @@ import gc
 import hashlib
 import inspect
 import io
+import json
 import operator
 import os
 import pickle
@@ -46,11 +51,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from reconciler import model
+from reconciler import model, statedir
 from reconciler.config import cache as cache_module
 from reconciler.config import errors as errors_module
 from reconciler.config.cache import ParseCache
 from reconciler.config.loader import LoadResult, load_dir
+from reconciler.errors import LbctlError
 
 FILE_NAME = "parse-cache"
 _MAGIC = b"lbctl-parse-cache\n"
@@ -76,23 +82,60 @@ def _trusted(fd: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
-def load_cache(path: str | os.PathLike[str]) -> ParseCache:
-    """The cache saved at ``path``, or an empty one when there is none usable."""
+def _prefix() -> bytes:
+    return _MAGIC + cache_key().encode() + b"\n"
+
+
+def _head(config_dir: str | None) -> bytes:
+    """The file's first lines: magic, ``cache_key()``, the configuration directory it belongs to."""
+    return _prefix() + json.dumps(config_dir).encode() + b"\n"
+
+
+def _read_head(data: bytes) -> tuple[str | None, int] | None:
+    """(configuration directory, offset of the pickle) from a file's first bytes; None if not ours."""
+    prefix = _prefix()
+    end = data.find(b"\n", len(prefix))
+    if not data.startswith(prefix) or end < 0:
+        return None
+    try:
+        config_dir = json.loads(data[len(prefix):end])
+    except ValueError:
+        return None
+    return (config_dir if isinstance(config_dir, str) else None), end + 1
+
+
+def _config_dir(path: str | os.PathLike[str]) -> str:
+    """How a cache names its configuration directory: absolute, symlinks not resolved (a
+    git-sync root that is a link flipping at each delivery stays the same directory)."""
+    return os.path.abspath(path)
+
+
+def _read(path: str | os.PathLike[str], size: int = -1) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            if not _trusted(f.fileno()):
-                return ParseCache()
-            data = f.read()
+            return f.read(size) if _trusted(f.fileno()) else None
     except OSError:
-        return ParseCache()
-    key = cache_key().encode()
-    head = _MAGIC + key + b"\n"
-    if not data.startswith(head):
+        return None
+
+
+def cache_dir_of(path: str | os.PathLike[str]) -> str | None:
+    """The configuration directory the cache at ``path`` was written for (None: no usable cache)."""
+    data = _read(path, len(_prefix()) + 32768)  # a 4096-byte path is at most 24 KiB as JSON
+    head = _read_head(data) if data is not None else None
+    return head[0] if head is not None else None
+
+
+def load_cache(path: str | os.PathLike[str], config_dir: str | None = None) -> ParseCache:
+    """The cache saved at ``path`` (for ``config_dir``, when given), or an empty one when there
+    is none usable."""
+    data = _read(path)
+    head = _read_head(data) if data is not None else None
+    if data is None or head is None or (config_dir is not None and head[0] != config_dir):
         return ParseCache()
     was_enabled = gc.isenabled()
     gc.disable()  # millions of small objects: GC passes would triple the time
     try:
-        loaded: Any = pickle.loads(memoryview(data)[len(head):])
+        loaded: Any = pickle.loads(memoryview(data)[head[1]:])
     except Exception:  # noqa: BLE001 - any damage means "no cache", never a failed command
         return ParseCache()
     finally:
@@ -132,10 +175,11 @@ def dumps(cache_: ParseCache) -> bytes:
     return buf.getvalue()
 
 
-def save_cache(cache_: ParseCache, path: str | os.PathLike[str]) -> bool:
-    """Write ``cache_`` atomically to ``path``; False (and nothing written) when that is not possible."""
+def save_cache(cache_: ParseCache, path: str | os.PathLike[str], config_dir: str | None = None) -> bool:
+    """Write ``cache_`` (of ``config_dir``) atomically to ``path``; False (and nothing written)
+    when that is not possible."""
     target = Path(path)
-    payload = _MAGIC + cache_key().encode() + b"\n" + dumps(cache_)
+    payload = _head(config_dir) + dumps(cache_)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=target.parent)
@@ -155,29 +199,46 @@ def save_cache(cache_: ParseCache, path: str | os.PathLike[str]) -> bool:
 
 
 def load_dir_persisted(path: str | os.PathLike[str], state_dir: str | os.PathLike[str] | None,
-                       *, create: bool = False) -> LoadResult:
+                       *, create: bool = False, follow_external_symlinks: bool = False) -> LoadResult:
     """``load_dir(path)`` through the cache persisted in ``state_dir`` (when usable), then save it.
 
-    ``create`` makes the state dir if it is missing (plan/apply, which create
-    it anyway); without it a missing or read-only state dir means a plain load.
-    The result is always the same as ``load_dir(path)``'s.
+    ``create`` is for the commands that act on the box (plan, apply): they make
+    the state dir if it is missing (``reconciler.statedir``: mode 0700) and own
+    its cache, so a cache of another directory is replaced.  Without it
+    (``validate``) a missing or unusable state dir means a plain load, and a
+    cache written for another directory is neither used nor touched: checking
+    some other directory must not leave the box's next ``plan`` cold.  The
+    result is always the same as ``load_dir(path)``'s (``follow_external_symlinks``
+    is passed on).
     """
+    def load(parse_cache: ParseCache | None = None) -> LoadResult:
+        return load_dir(path, cache=parse_cache, follow_external_symlinks=follow_external_symlinks)
+
     if state_dir is None:
-        return load_dir(path)
+        return load()
     state = Path(state_dir)
     if create:
-        with contextlib.suppress(OSError):
-            state.mkdir(parents=True, exist_ok=True)
-    if not (state.is_dir() and os.access(state, os.W_OK | os.X_OK)):
-        return load_dir(path)
+        try:
+            statedir.ensure(state)
+        except LbctlError:
+            return load()  # the writer lock, taken next, says what is wrong
+    try:
+        usable = state.is_dir() and os.access(state, os.W_OK | os.X_OK)
+    except OSError:  # e.g. root's 0700 state dir seen by another user
+        usable = False
+    if not usable:
+        return load()
     file = state / FILE_NAME
-    parse_cache = load_cache(file)
+    config_dir = _config_dir(path)
+    if not create and file.exists() and cache_dir_of(file) not in (config_dir, None):
+        return load()
+    parse_cache = load_cache(file, config_dir)
     before = parse_cache.generation
-    result = load_dir(path, cache=parse_cache)
+    result = load(parse_cache)
     # Re-writing the whole cache (13 MB at 10,000 services) costs far more than
     # re-parsing a file or two on the next run: save only once the files parsed
     # again since the last save are 5% of the directory (or there was no cache).
     stale = len(result.parsed) >= max(1, len(result.files) // SAVE_FRACTION)
     if not file.exists() or (parse_cache.generation != before and stale):
-        save_cache(parse_cache, file)
+        save_cache(parse_cache, file, config_dir)
     return result

@@ -96,7 +96,9 @@ struct bpf_test_run_opts {
 };
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 
-struct lbctl_prog_info { __u32 type; __u32 id; __u8 tag[8]; };
+struct lbctl_prog_info { __u32 type; __u32 id; __u8 tag[8]; __u32 jited_prog_len; __u32 xlated_prog_len;
+                         __u64 jited_prog_insns; __u64 xlated_prog_insns; __u64 load_time;
+                         __u32 created_by_uid; __u32 nr_map_ids; __u64 map_ids; char name[16]; };
 struct lbctl_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries;
                         __u32 map_flags; char name[16]; };
 int bpf_map__type(const struct bpf_map *map);
@@ -419,12 +421,28 @@ def obj_pin(fd: int, path: str) -> None:
     _check(lib().lib.bpf_obj_pin(fd, path.encode()), f"pin {path}")
 
 
-def prog_id(fd: int) -> int:
+def _prog_info(fd: int) -> Any:
     ffi = lib().ffi
     info = ffi.new("struct lbctl_prog_info *")
     ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_prog_info"))
     _check(lib().lib.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(prog)")
-    return int(info.id)
+    return info
+
+
+def prog_id(fd: int) -> int:
+    return int(_prog_info(fd).id)
+
+
+def prog_name(pid: int) -> str:
+    """The name of program ``pid`` (its entry point, cut to 15 bytes); "" if it is gone."""
+    try:
+        fd = prog_fd_by_id(pid)
+    except BpfError:
+        return ""
+    try:
+        return str(lib().ffi.string(_prog_info(fd).name).decode(errors="replace"))
+    finally:
+        os.close(fd)
 
 
 def map_info(fd: int) -> tuple[int, int, int, int]:

@@ -1129,16 +1129,44 @@ class BpfDriver:
     # -------------------------------------------------------------------- down
 
     def down(self) -> None:
-        """Detach every attachment and remove all pins of this pin root."""
-        if self._open(create=False):
-            for k, v in list(self._maps["lb_attach"].items()):
-                ifname = B.lib().ffi.string(k.ifname).decode()
-                self._detach(ifname, {1: "tc", 2: "xdp"}.get(int(v.hook), "tc"), quiet=True)
+        """Detach lbctl's programs and remove lbctl's pins under this pin root, whatever their layout.
+
+        Neither the object file nor the pinned maps' layout is consulted (pins of an lbctl with
+        another layout must still come off): every interface of the namespace is asked which
+        program sits in lbctl's tc slot and on its XDP hook, and one of lbctl's (a pinned
+        program, or one named after an entry point) is detached.
+        """
         self.close()
+        ours: set[int] = set()
+        for hook in PROGS:
+            path = os.path.join(self.pin_root, f"prog_{hook}")
+            if not os.path.exists(path):
+                continue
+            try:
+                fd = B.obj_get(path)
+            except B.BpfError:
+                continue  # not a program: nothing of ours to recognise by id
+            try:
+                ours.add(B.prog_id(fd))
+            finally:
+                os.close(fd)
+
+        def is_ours(pid: int) -> bool:
+            return pid in ours or B.prog_name(pid) in PROGS.values()
+
+        with in_netns(self.netns):
+            for ifindex, ifname in socket.if_nameindex():
+                if (pid := B.tc_query(ifindex)) and is_ours(pid):
+                    B.tc_detach(ifindex, ifname)
+                    self._count_write()
+                if (pid := B.xdp_query(ifindex)) and is_ours(pid):
+                    B.xdp_detach(ifindex, ifname)
+                    self._count_write()
         if os.path.isdir(self.pin_root):
-            for name in list(B.MAPS) + [f"prog_{h}" for h in PROGS]:
+            for name in os.listdir(self.pin_root):
                 path = os.path.join(self.pin_root, name)
-                if os.path.exists(path):
+                # lbctl's names, of this layout or another; directories are other boxes' pin roots
+                if name.startswith(("lb_", "prog_")) and not os.path.isdir(path):
                     os.unlink(path)
             try:
                 os.rmdir(self.pin_root)

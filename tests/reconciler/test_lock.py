@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.lock import LockTimeout, StateLock
+from tests.other_user import public_dir, run_as_nobody, spawn_as_nobody
 
 
 def test_second_writer_waits_then_fails_naming_holder(tmp_path: Path) -> None:
@@ -64,29 +66,85 @@ def test_lock_dies_with_its_holder(tmp_path: Path) -> None:
 def test_a_state_dir_the_user_cannot_write_is_a_clear_error(tmp_path: Path) -> None:
     from reconciler.errors import LbctlError
 
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
     if os.geteuid() != 0:
-        with pytest.raises(LbctlError, match="cannot take the lock .*Permission denied") as info:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(LbctlError, match="cannot create the state dir .*Permission denied") as info:
             StateLock(ro / "state").acquire()
         assert info.value.hint is not None and "root" in info.value.hint
         return
     # Root may write anywhere: check what an unprivileged operator sees, in a child
     # process that drops to nobody (the directory stays readable to it).
-    os.chmod(tmp_path, 0o755)
-    code = (
-        "import os\n"
-        "os.setgid(65534); os.setuid(65534)\n"
-        "from reconciler.errors import LbctlError\n"
-        "from reconciler.lock import StateLock\n"
-        "try:\n"
-        f"    StateLock({str(ro / 'state')!r}).acquire()\n"
-        "except LbctlError as exc:\n"
-        "    print(str(exc)); print('HINT', exc.hint)\n"
-    )
-    repo = str(Path(__file__).resolve().parents[2])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": repo}, cwd="/")
+    with public_dir() as base:
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)
+        code = (
+            "from reconciler.errors import LbctlError\n"
+            "from reconciler.lock import StateLock\n"
+            "try:\n"
+            f"    StateLock({str(ro / 'state')!r}).acquire()\n"
+            "except LbctlError as exc:\n"
+            "    print(str(exc)); print('HINT', exc.hint)\n"
+        )
+        out = run_as_nobody(code)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"cannot take the lock .*Permission denied", out.stdout), out.stdout
+    assert re.search(r"cannot create the state dir .*/ro/state: Permission denied", out.stdout), out.stdout
     assert "HINT" in out.stdout and "root" in out.stdout.split("HINT", 1)[1]
+
+
+def test_the_lock_is_private_to_its_owner(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with StateLock(state):
+        pass
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "lock").stat().st_mode) == 0o600
+
+
+def test_an_older_lock_file_is_tightened(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "lock").write_text("")
+    (state / "lock").chmod(0o644)  # what lbctl made before
+    with StateLock(state):
+        assert stat.S_IMODE((state / "lock").stat().st_mode) == 0o600
+
+
+def test_a_lock_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    from reconciler.errors import LbctlError
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LbctlError, match="cannot take the lock .*/state/lock"):
+        StateLock(state).acquire()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.root
+def test_another_local_user_cannot_block_writers() -> None:
+    """flock works on a read-only descriptor: nobody must not be able to open the lock at all."""
+    with public_dir() as base:
+        state = base / "state"
+        with StateLock(state):  # the lock file exists from then on, as on a box that ran lbctl
+            pass
+        code = (
+            "import fcntl, time\n"
+            "try:\n"
+            f"    fd = os.open({str(state / 'lock')!r}, os.O_RDONLY)\n"
+            "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except OSError as exc:\n"
+            "    print('denied', exc.strerror, flush=True)\n"
+            "else:\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n"
+        )
+        child = spawn_as_nobody(code)
+        try:
+            assert child.stdout is not None
+            said = child.stdout.readline().strip()
+            with StateLock(state, timeout=0.5) as lock:  # today's root apply and the daemon
+                assert lock.held
+            assert said == "denied Permission denied"
+        finally:
+            child.kill()
+            child.wait()

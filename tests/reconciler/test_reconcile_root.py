@@ -187,6 +187,46 @@ def test_down_leaves_nothing(box: Box) -> None:
     assert os.path.exists(f"/var/run/netns/{box.netns}")
 
 
+def test_down_removes_pins_of_another_layout(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    """The layout check sends the operator to `lbctl down`: it must work on such pins."""
+    from reconciler.drivers import _libbpf as B
+
+    write_services(box, 2)
+    assert box.lbctl("apply", str(box.conf)) == 0
+    assert "bpf" in sh("ip", "netns", "exec", box.netns, "tc", "filter", "show", "dev", "eth0", "ingress")
+    # An "older layout": lb_be_stats pinned with lb_svc_stats' shape (half the entries).
+    stats = box.pins / "lb_svc_stats"
+    fd = B.obj_get(str(stats))
+    try:
+        os.unlink(box.pins / "lb_be_stats")
+        B.obj_pin(fd, str(box.pins / "lb_be_stats"))
+    finally:
+        os.close(fd)
+    assert box.lbctl("plan", str(box.conf)) == 1
+    assert "lbctl down" in capsys.readouterr().err
+    assert box.lbctl("down") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lbctl is down: removed 2 vip and a datapath this lbctl cannot read "
+                          "(pinned map "), out
+    assert not box.pins.exists() or not any(box.pins.rglob("*")), list(box.pins.rglob("*"))
+    assert "bpf" not in sh("ip", "netns", "exec", box.netns, "tc", "filter", "show", "dev", "eth0", "ingress",
+                           check=False)
+    assert "lbctl0" not in sh("ip", "-n", box.netns, "-o", "link")
+    assert not box.state.exists()
+    assert box.lbctl("apply", str(box.conf)) == 0  # a fresh start works
+
+
+def test_down_detaches_xdp(box: Box) -> None:
+    (box.conf / "00-datapath.yaml").write_text(DATAPATH.replace("{interfaces: [eth0]}",
+                                                                "{interfaces: [eth0], hook: xdp}"))
+    write_services(box, 1)
+    assert box.lbctl("apply", str(box.conf)) == 0
+    assert "xdp" in sh("ip", "-n", box.netns, "-d", "link", "show", "eth0")
+    assert box.lbctl("down") == 0
+    assert "xdp" not in sh("ip", "-n", box.netns, "-d", "link", "show", "eth0")
+    assert not box.pins.exists() or not any(box.pins.rglob("*"))
+
+
 def test_get_conntrack_and_endpoints(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
     write_services(box, 1)
     assert box.lbctl("apply", str(box.conf)) == 0

@@ -147,6 +147,32 @@ def test_twenty_invalid_deliveries_change_nothing_and_the_next_valid_one_applies
     assert daemon.metrics.valid.value() == 1
 
 
+def test_restoring_the_applied_content_clears_the_rejected_error() -> None:
+    engine = ScriptedEngine()
+    daemon, clock, out = make(engine)
+    daemon.cycle("startup")
+    good = engine.current
+    engine.current = Delivery(digest="bad", errors=("a.yaml:1:1: x",))
+    daemon.notify()
+    clock.now += 0.3
+    daemon.step()
+    assert daemon.snapshot().last_error == ("a.yaml:1:1: x",)
+    engine.current = good  # the bad file restored: the content that is already applied
+    daemon.notify()
+    clock.now += 0.3
+    daemon.step()
+    assert len(engine.reconciles()) == 1 and events(out)[-1] == "unchanged"
+    doc = daemon.status_json()
+    assert doc["config_valid"] is True and doc["last_error"] is None and doc["digest"] == "d1"
+    assert daemon.metrics.valid.value() == 1
+    # The same bad content again is news, reported again.
+    engine.current = Delivery(digest="bad", errors=("a.yaml:1:1: x",))
+    daemon.notify()
+    clock.now += 0.3
+    daemon.step()
+    assert events(out).count("config-invalid") == 2
+
+
 def test_same_invalid_content_is_reported_once() -> None:
     engine = ScriptedEngine()
     daemon, clock, out = make(engine)

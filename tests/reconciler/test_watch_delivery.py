@@ -27,11 +27,15 @@ DEBOUNCE = 0.05
 
 
 class Running:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, follow_external_symlinks: bool = False) -> None:
         self.engine = DirectoryEngine(str(directory))
         self.log = io.StringIO()
+
+        def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
+            return DirWatcher(path, notify, follow_external_symlinks=follow_external_symlinks)
+
         self.daemon = Daemon(Options(directory=str(directory), debounce=DEBOUNCE, resync=3600), self.engine,
-                             EventLog("kv", self.log), watcher_factory=DirWatcher)
+                             EventLog("kv", self.log), watcher_factory=watcher)
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
 
     def applied(self) -> str | None:
@@ -56,11 +60,11 @@ class Running:
 
 
 @pytest.fixture
-def run_daemon() -> Iterator[Callable[[Path], Running]]:
+def run_daemon() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(directory: Path) -> Running:
-        r = Running(directory)
+    def start(directory: Path, follow_external_symlinks: bool = False) -> Running:
+        r = Running(directory, follow_external_symlinks)
         r.thread.start()
         r.wait_for(r.engine.load(full=True).digest)
         started.append(r)
@@ -77,7 +81,7 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def test_plain_edit_and_new_file(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
+def test_plain_edit_and_new_file(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "conf.d"
     write(conf / "a.yaml", "a: 1\n")
     r = run_daemon(conf)
@@ -86,7 +90,7 @@ def test_plain_edit_and_new_file(tmp_path: Path, run_daemon: Callable[[Path], Ru
     r.deliver("file removed", lambda: (conf / "sub" / "b.yaml").unlink())
 
 
-def test_editor_save_via_rename(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
+def test_editor_save_via_rename(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "conf.d"
     write(conf / "a.yaml", "a: 1\n")
     r = run_daemon(conf)
@@ -99,7 +103,7 @@ def test_editor_save_via_rename(tmp_path: Path, run_daemon: Callable[[Path], Run
     r.deliver("editor save-via-rename", save)
 
 
-def test_configmap_data_swap(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
+def test_configmap_data_swap(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "volume"
     conf.mkdir()
     configmap_publish(conf, "2024_01_01_00_00_00.1", {"svc.yaml": "v: 1\n"})
@@ -122,7 +126,7 @@ def _gitsync_flip(root: Path, sha: str, files: dict[str, str], link: str = "curr
         shutil.rmtree(root / old)
 
 
-def test_gitsync_link_flip_on_dir_itself(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
+def test_gitsync_link_flip_on_dir_itself(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     root = tmp_path / "git"
     _gitsync_flip(root, "a" * 40, {"lb/svc.yaml": "v: 1\n"})
     r = run_daemon(root / "current" / "lb")  # DIR lies below the flipped link
@@ -135,22 +139,26 @@ def test_gitsync_link_flip_on_dir_itself(tmp_path: Path, run_daemon: Callable[[P
     assert not any(t.path.endswith(stale) for t in r.daemon._watcher.targets())
 
 
-def test_gitsync_link_flip_as_a_child(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
-    # /etc/lbctl/conf.d/site -> /srv/git/current (a child link pointing outside DIR)
+def test_gitsync_link_flip_as_a_child(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
+    # /etc/lbctl/conf.d/site -> /srv/git/current (a child link pointing outside DIR), which
+    # the loader reads only with --follow-external-symlinks
     root = tmp_path / "srv"
     _gitsync_flip(root, "a" * 40, {"svc.yaml": "v: 1\n"})
     conf = tmp_path / "conf.d"
     conf.mkdir()
     os.symlink(root / "current", conf / "site")
     write(conf / "local.yaml", "l: 1\n")
-    r = run_daemon(conf)
+    outside = Target(os.path.realpath(root / "current"), True)
+    assert outside not in watch_targets(str(conf))
+    assert outside in watch_targets(str(conf), follow_external_symlinks=True)
+    r = run_daemon(conf, follow_external_symlinks=True)
     r.deliver("git-sync flip behind a child link",
               lambda: _gitsync_flip(root, "b" * 40, {"svc.yaml": "v: 2\n"}))
     r.deliver("edit inside the new worktree", lambda: (root / ".worktrees" / ("b" * 40) / "svc.yaml")
               .write_text("v: 3\n"))
 
 
-def test_directory_created_after_start(tmp_path: Path, run_daemon: Callable[[Path], Running]) -> None:
+def test_directory_created_after_start(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "later"
     r = run_daemon(conf)
     r.deliver("directory appears", lambda: write(conf / "a.yaml", "a: 1\n"))
@@ -173,7 +181,7 @@ def test_watch_targets_for_the_layouts(tmp_path: Path) -> None:
 
 
 def test_noise_next_to_the_directory_is_ignored(tmp_path: Path,
-                                                run_daemon: Callable[[Path], Running]) -> None:
+                                                run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "conf.d"
     write(conf / "a.yaml", "a: 1\n")
     r = run_daemon(conf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 from reconciler.logs import EventLog
@@ -111,6 +112,27 @@ def test_daemon_with_the_real_engine_keeps_last_good(tmp_path: Path) -> None:
     assert last is not None and last.mode == "incremental"
     rec = bpf.state["endpoints"]["tcp/198.51.100.3:80"]
     assert isinstance(rec, EndpointSet) and [b.address for b in rec.backends] == ["10.0.0.7"]
+
+
+def test_a_link_to_a_file_outside_the_directory_never_reaches_status(tmp_path: Path) -> None:
+    """/status is readable by every local user: a root-only file linked in must not show there."""
+    conf, engine, (bpf, _, _) = make_box(tmp_path)
+    daemon = Daemon(Options(directory=str(conf)), engine, EventLog("kv", io.StringIO()))
+    daemon.cycle("startup")
+    secret = tmp_path / "shadow"
+    secret.write_text("kind: s3cr3t-value\nmetadata: {name: hunter2}\n")
+    secret.chmod(0o600)
+    (conf / "creds.yaml").symlink_to(secret)
+    daemon.cycle("delivery")
+    doc = json.dumps(daemon.status_json())
+    assert "s3cr3t" not in doc and "hunter2" not in doc
+    assert daemon.status_json()["last_error"]["errors"] == [
+        f"{conf}/creds.yaml: symlink leaves the configuration directory: it points to {secret}; not read "
+        "(copy what it points to into the directory, or pass --follow-external-symlinks to read links that "
+        "leave it)"]
+    follow = ReconcileEngine(conf, tmp_path / "state", lambda vip_if: fake_drivers(),
+                             follow_external_symlinks=True)
+    assert "s3cr3t-value" in " ".join(follow.load(full=True).errors)  # the option does read it
 
 
 def test_an_edit_delivered_with_an_invalid_file_is_applied_once_the_file_is_fixed(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -17,6 +18,7 @@ from reconciler.logs import EventLog, format_event
 from reconciler.metrics import Registry
 from reconciler.status import Address, parse_listen
 from reconciler.watch import Daemon, Delivery, Options, ServiceCounters
+from tests.other_user import spawn_as_nobody
 from tests.reconciler.watch_fakes import ScriptedEngine
 
 
@@ -133,8 +135,45 @@ def test_second_daemon_on_the_same_port_fails_clearly(running: tuple[Daemon, Scr
     assert daemon.server is not None
     other = Daemon(Options(directory="/cfg", listen=daemon.server.address), ScriptedEngine(),
                    EventLog("kv", io.StringIO()))
-    with pytest.raises(LbctlError, match="cannot listen on 127.0.0.1"):
+    with pytest.raises(LbctlError) as info:
         other.start_services()
+    message = str(info.value)
+    assert f"cannot listen on {daemon.server.address} for the status endpoint: another process holds it " \
+           f"(pid {os.getpid()} (" in message, message
+    assert "--listen HOST:PORT" in message
+
+
+@pytest.mark.root
+def test_a_status_port_taken_by_another_user_names_the_holder() -> None:
+    child = spawn_as_nobody(
+        "import socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\n"
+        "print(s.getsockname()[1], flush=True)\ntime.sleep(60)\n")
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        daemon = Daemon(Options(directory="/cfg", listen=Address("127.0.0.1", port)), ScriptedEngine(),
+                        EventLog("kv", io.StringIO()))
+        with pytest.raises(LbctlError) as info:
+            daemon.start_services()
+    finally:
+        child.kill()
+        child.wait()
+    message = str(info.value)
+    assert f"cannot listen on 127.0.0.1:{port} for the status endpoint: another process holds it " \
+           f"(pid {child.pid} (" in message, message
+    assert "user nobody (uid 65534))" in message
+    assert "another address with --listen HOST:PORT (--listen none disables the endpoint)" in message
+
+
+def test_proc_net_addresses_decode_in_host_order() -> None:
+    import sys
+
+    from reconciler.status import _proc_addr
+
+    if sys.byteorder == "little":
+        assert _proc_addr("0100007F:2B67") == ("127.0.0.1", 11111)
+        assert _proc_addr("00000000000000000000000001000000:0050") == ("::1", 80)
+    assert _proc_addr("00000000:0000") == ("0.0.0.0", 0)
 
 
 # --- logs and metrics text ---

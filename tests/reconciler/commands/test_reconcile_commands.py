@@ -194,8 +194,30 @@ def test_down_removes_everything(box: dict[str, Any], capsys: Cap) -> None:
     assert all(d.downed for d in box["drivers"])
     assert all(not recs for d in box["drivers"] for recs in d.state.values())
     assert not box["state"].exists()
-    assert "lbctl is down" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lbctl is down: removed 1 attach, 2 endpoints, 2 service, 2 vip; pins under" in out
     assert lbctl(box, "down") == 0  # idempotent
+    assert capsys.readouterr().out == "lbctl is down: nothing was installed, so nothing was removed.\n"
+
+
+def test_down_removes_what_it_cannot_read(box: dict[str, Any], capsys: Cap,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pins of an lbctl with another map layout cannot be read; down must remove them all the same."""
+    from reconciler.errors import LbctlError
+
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    capsys.readouterr()
+    bpf = box["drivers"][0]
+
+    def unreadable() -> None:
+        raise LbctlError("pinned map /pins/lb_be_stats does not fit this lbctl's lb_be_stats",
+                         hint="run lbctl down")
+    monkeypatch.setattr(bpf, "read", unreadable)
+    assert lbctl(box, "down") == 0
+    assert bpf.downed and all(not recs for d in box["drivers"] for recs in d.state.values())
+    assert capsys.readouterr().out.startswith(
+        "lbctl is down: removed 2 vip and a datapath this lbctl cannot read (pinned map /pins/lb_be_stats "
+        "does not fit this lbctl's lb_be_stats); pins under ")
 
 
 def test_netns_gives_own_state_dir(box: dict[str, Any], tmp_path: Path) -> None:

@@ -30,7 +30,13 @@ def _huge_file(case: Path) -> None:
         f.truncate(50 * 1024 * 1024)  # sparse: 50 MB without writing 50 MB
 
 
-GENERATORS: dict[str, Callable[[Path], None]] = {"huge-file": _huge_file}
+def _links_outside(case: Path) -> None:
+    # Made here, not kept in git: pytest's own collection would walk a link to /usr.
+    os.symlink("/etc/passwd", case / "secret.yaml")
+    os.symlink("/usr", case / "vendor")
+
+
+GENERATORS: dict[str, Callable[[Path], None]] = {"huge-file": _huge_file, "symlink-outside": _links_outside}
 
 
 def _cases() -> list[str]:

@@ -62,6 +62,52 @@ def test_configmap_layout_loads_each_file_once(tmp_path: Path) -> None:
     assert result.files == (str(tmp_path / "web.yaml"),)
 
 
+SECRET = "kind: s3cr3t-value\n"  # a root-only file's content must never reach an error message
+
+
+def _outside_links(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    (outside / "lib").mkdir(parents=True)
+    (outside / "secret.yaml").write_text(SECRET)
+    (outside / "secret.yaml").chmod(0o600)
+    for i in range(50):
+        (outside / "lib" / f"f{i}.yaml").write_text(SVC.format(name=f"f{i}", vip=f"198.51.100.{i + 1}"))
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "web.yaml").write_text(SVC.format(name="web", vip="198.51.100.200"))
+    os.symlink(outside / "secret.yaml", conf / "creds.yaml")
+    os.symlink("../outside/lib", conf / "vendor")
+    (conf / "notes.txt").symlink_to("/etc/hostname")  # not configuration: neither read nor an error
+    return conf
+
+
+def test_symlinks_leaving_the_directory_are_refused_unread(tmp_path: Path) -> None:
+    conf = _outside_links(tmp_path)
+    result = load_dir(conf)
+    assert [str(e) for e in result.errors] == [
+        f"{conf}/creds.yaml: symlink leaves the configuration directory: it points to "
+        f"{tmp_path}/outside/secret.yaml; not read (copy what it points to into the directory, or pass "
+        "--follow-external-symlinks to read links that leave it)",
+        f"{conf}/vendor: symlink leaves the configuration directory: it points to ../outside/lib "
+        f"(resolves to {tmp_path}/outside/lib); not read (copy what it points to into the directory, or "
+        "pass --follow-external-symlinks to read links that leave it)"]
+    assert result.files == (str(conf / "web.yaml"),)  # the outside directory was not walked
+    followed = load_dir(conf, follow_external_symlinks=True)
+    assert len(followed.files) == 52 and "s3cr3t-value" in " ".join(str(e) for e in followed.errors)
+
+
+def test_symlinks_inside_a_root_that_is_itself_a_link_are_followed(tmp_path: Path) -> None:
+    """git-sync: ROOT/current -> .worktrees/SHA, with links inside the checkout."""
+    tree = tmp_path / "git" / ".worktrees" / ("a" * 40)
+    (tree / "lb" / "shared").mkdir(parents=True)
+    (tree / "lb" / "shared" / "web.yaml").write_text(SVC.format(name="web", vip="198.51.100.1"))
+    os.symlink("shared/web.yaml", tree / "lb" / "web.yaml")
+    os.symlink("../lb/shared", tree / "lb" / "common")
+    os.symlink(".worktrees/" + "a" * 40, tmp_path / "git" / "current")
+    result = load_dir(tmp_path / "git" / "current" / "lb")
+    assert result.errors == () and len(result.resources) == 1
+
+
 def test_duplicate_link_to_same_file_is_loaded_once(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(SVC.format(name="web", vip="198.51.100.1"))
     os.symlink("a.yaml", tmp_path / "b.yaml")

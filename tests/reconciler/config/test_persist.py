@@ -142,3 +142,23 @@ def test_validate_with_the_cache_prints_the_golden(case: str, tmp_path: Path,
         assert code == 1 and err == ""
         assert out.replace(str(work) + os.sep, "") == golden
     assert (state / FILE_NAME).exists()
+
+
+def test_validate_of_another_directory_leaves_the_box_cache_alone(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    box, state = _config(tmp_path), tmp_path / "state"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.yaml").write_text(SVC.format(name="x", vip="198.51.100.99"))
+    assert len(load_dir_persisted(box, state, create=True).parsed) == 5  # `lbctl plan` of the box
+    cache = state / FILE_NAME
+    saved, inode = cache.read_bytes(), cache.stat().st_ino
+    assert main(["validate", str(other), "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert cache.read_bytes() == saved and cache.stat().st_ino == inode
+    assert load_dir_persisted(box, state, create=True).parsed == ()  # the next plan starts warm
+    assert load_dir_persisted(box, state).parsed == ()  # validate of the box's own directory uses it
+    # `plan`/`apply` of another directory own the cache: it becomes that directory's.
+    assert load_dir_persisted(other, state, create=True).parsed == (str(other / "x.yaml"),)
+    assert load_dir_persisted(other, state).parsed == ()
+    assert len(load_dir_persisted(box, state).parsed) == 5 and cache.read_bytes() != saved
