@@ -44,6 +44,7 @@ from reconciler.status import Address, Endpoints, StatusServer
 
 DEFAULT_DEBOUNCE = 0.2
 DEFAULT_RESYNC = 30.0
+SIGNAL_POLL = 0.25  # seconds the loop waits at most before it looks at the signal flags again
 Trigger = Literal["startup", "delivery", "sighup", "resync"]
 
 
@@ -280,6 +281,7 @@ class Daemon:
         self.debouncer = Debouncer(options.debounce)
         self._wake = threading.Event()
         self._stop = False
+        self._stop_signal: str | None = None  # set by the SIGTERM/SIGINT handler, logged by run()
         self._hup = False
         self._lock = threading.Lock()
         self._snapshot = Snapshot(directory=options.directory, started=time.time())
@@ -339,13 +341,21 @@ class Daemon:
     # -- life cycle --
 
     def install_signals(self) -> None:
-        """SIGHUP: re-read now.  SIGTERM/SIGINT: stop, leaving the datapath running."""
+        """SIGHUP: re-read now.  SIGTERM/SIGINT: stop, leaving the datapath running.
+
+        The handlers only set flags.  Python runs a handler in the main thread
+        between two bytecodes, where that thread may hold any lock: the event
+        log's (a handler that logged deadlocked the daemon when SIGTERM came
+        while it was writing a log line, and it never exited) or the wake
+        event's.  The loop waits in slices of ``SIGNAL_POLL`` seconds, so it
+        sees the flags promptly without being woken, and logs the signal itself.
+        """
         def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.hangup()
+            self._hup = True
 
         def on_term(signum: int, frame: FrameType | None) -> None:
-            self.log.info("signal", signal=signal.Signals(signum).name, action="stop; datapath keeps running")
-            self.stop()
+            self._stop_signal = signal.Signals(signum).name
+            self._stop = True
 
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGTERM, on_term)
@@ -379,6 +389,8 @@ class Daemon:
             self.cycle("startup")
             self.loop()
         finally:
+            if self._stop_signal is not None:
+                self.log.info("signal", signal=self._stop_signal, action="stop; datapath keeps running")
             self.shutdown()
             self.log.info("stopped", datapath="left running (lbctl down removes it)")
 
@@ -389,7 +401,7 @@ class Daemon:
             due = self.debouncer.deadline()
             if due is not None:
                 deadlines.append(due)
-            timeout = max(0.0, min(deadlines) - now)
+            timeout = min(max(0.0, min(deadlines) - now), SIGNAL_POLL)
             if timeout > 0:
                 self._wake.wait(timeout)
             self._wake.clear()

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -331,3 +333,30 @@ def test_durations_on_the_command_line() -> None:
     args = build_parser().parse_args(["watch", "/cfg", "--debounce", "50ms", "--resync", "5s",
                                       "--log-format", "json"])
     assert (args.dir, args.debounce, args.resync, args.log_format) == ("/cfg", 0.05, 5.0, "json")
+
+
+SIGNAL_WHILE_LOGGING = r"""
+import io, os, signal, sys, threading
+from reconciler.logs import EventLog
+from reconciler.watch import Daemon, Options
+from tests.reconciler.watch_fakes import ScriptedEngine
+
+daemon = Daemon(Options(directory="/cfg", debounce=0.05, resync=3600), ScriptedEngine(),
+                EventLog("kv", io.StringIO()))
+daemon.install_signals()
+with daemon.log._lock:  # the main thread is in the middle of writing a log line
+    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, while the lock is held
+    os.kill(os.getpid(), signal.SIGHUP)
+print("handlers returned", daemon._stop, daemon._hup, flush=True)
+daemon.run()  # sees the flag within one poll slice and exits
+print("stopped", flush=True)
+"""
+
+
+def test_a_signal_while_the_main_thread_holds_a_lock_does_not_deadlock() -> None:
+    """SIGTERM arriving while the daemon writes a log line once hung it for good (it never exited)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_LOGGING], cwd=root, capture_output=True,
+                            text=True, timeout=30, env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["handlers returned True True", "stopped"]
