@@ -29,7 +29,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 from reconciler.config.errors import ConfigError
 from reconciler.errors import LbctlError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
+from reconciler.statefile import replace_file
 
 STORE_NAME = "allocations.json"
 STORE_FORMAT = 1
@@ -260,25 +260,6 @@ class AllocationStore:
 
     def save(self, allocations: Mapping[str, Allocation]) -> None:
         """Write to a temp file, fsync, rename over the store, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format_version": STORE_FORMAT,
                 "allocations": {n: {"pool": a.pool, "vip": a.vip} for n, a in sorted(allocations.items())}}
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{STORE_NAME}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        replace_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
