@@ -4,7 +4,7 @@ Why this exists: the datapath deliberately outlives lbctl (pinned maps and
 programs, VIP addresses) so traffic survives restarts; ``down`` is the one
 way to take it all away: programs detached, maps and pins removed, the VIP
 interface and its addresses deleted, and lbctl's files in the state dir
-(allocations, lock, parse cache) removed.  Idempotent: running it twice is fine.
+(allocations, applied-configuration record, lock, parse cache) removed.  Idempotent: running it twice is fine.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reconciler.applied import AppliedStore
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                     drv.apply(plan.changes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_dir / STORE_NAME)
+        AppliedStore(state_dir).remove()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_dir / LOCK_NAME)
     with contextlib.suppress(FileNotFoundError):
