@@ -34,7 +34,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reconciler.desired import canonical_ip, compile_state, default_maglev_size, host_prefixlen
+from reconciler.desired import (
+    TableBuilder,
+    canonical_ip,
+    compile_state,
+    default_maglev_size,
+    host_prefixlen,
+)
 from reconciler.documents import to_document
 from reconciler.model import (
     API_VERSION,
@@ -228,12 +234,15 @@ def _service_spec(entries: Sequence[ServiceEntry], endpoints: Mapping[str, Recor
 
 
 def _service_docs(name: str, entries: Sequence[ServiceEntry], endpoints: Mapping[str, Record],
-                  announced: set[str] | None, taken: set[str]) -> list[Doc]:
-    """``entries`` of one name as one Service, or (when impossible) one Service per key."""
+                  announced: set[str] | None, taken: set[str], notes: list[str]) -> list[Doc]:
+    """``entries`` of one name as one Service, or (when impossible, with a note) one Service per key."""
     spec = _service_spec(entries, endpoints, announced)
     if spec is not None:
         taken.add(name)
         return [_doc("Service", name, spec)]
+    notes.append(f"Service/{name}: its live records cannot be written as one Service (ports or VIPs differ "
+                 f"in endpoints or settings); exported as {len(entries)} Services, one per port, which an "
+                 "apply of this export renames")
     docs = []
     for e in sorted(entries, key=lambda e: (e.key.vip, e.key.proto, e.key.port)):
         part = _service_spec([e], endpoints, announced)
@@ -321,7 +330,7 @@ def from_live(live: State, box_name: str, vip_interface: str = DEFAULT_VIP_INTER
     by_name = _entries_by_name(live)
     taken: set[str] = set(by_name)
     for name in sorted(by_name):
-        docs += _service_docs(name, by_name[name], endpoints, None, taken)
+        docs += _service_docs(name, by_name[name], endpoints, None, taken, notes)
     used = {e.key.vip for group in by_name.values() for e in group}
     notes += [f"VIP address {v} on {r.ifname} is used by no service: not exported (an apply removes it)"
               for v, r in sorted(live.get("vip", {}).items()) if isinstance(r, VipAddress) and v not in used]
@@ -340,16 +349,18 @@ def _comparable(kind: str, rec: Record | None) -> Record | None:
     return rec
 
 
-def _parts(resources: Sequence[Resource], vips: Mapping[str, str]) -> list[dict[str, dict[str, Record]]]:
+def _parts(resources: Sequence[Resource], vips: Mapping[str, str], table_builder: TableBuilder | None
+           ) -> list[dict[str, dict[str, Record]]]:
     """The records each resource contributes (compiled with the Datapath and BGPConfig it depends on)."""
     context = [r for r in resources if r.kind in _CONTEXT_KINDS]
-    whole = compile_state(context, vips)
+    whole = compile_state(context, vips, table_builder=table_builder)
     out = []
     for res in resources:
         if res.kind in _CONTEXT_KINDS:
-            base, mine = compile_state([r for r in context if r is not res], vips), whole
+            base = compile_state([r for r in context if r is not res], vips, table_builder=table_builder)
+            mine = whole
         else:
-            base, mine = whole, compile_state([*context, res], vips)
+            base, mine = whole, compile_state([*context, res], vips, table_builder=table_builder)
         out.append({kind: {k: v for k, v in recs.items() if base.get(kind, {}).get(k) != v}
                     for kind, recs in mine.items()})
     return out
@@ -396,16 +407,18 @@ def _live_owner(kind: str, rec: Record, live: State) -> tuple[str, str] | None:
     return None
 
 
-def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, str]) -> Exported:
+def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, str], *,
+                 table_builder: TableBuilder | None = None) -> Exported:
     """The applied configuration ``resources``, checked against ``live`` (live wins where they differ).
 
     ``vips``: the pool VIP of each pool Service, as IPAM gives it (store, then live hints).
     Only record kinds present in ``live`` (the kinds the box's drivers read) are compared.
+    ``table_builder`` replaces the Maglev table builder (tests).
     """
     owned = [k for k in KINDS if k in live]
     differs: dict[int, list[str]] = defaultdict(list)
     claimed: dict[str, set[str]] = defaultdict(set)
-    for i, part in enumerate(_parts(resources, vips)):
+    for i, part in enumerate(_parts(resources, vips, table_builder)):
         for kind in owned:
             for key, rec in part.get(kind, {}).items():
                 claimed[kind].add(key)
@@ -453,7 +466,7 @@ def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, 
             if not entries:
                 notes.append(f"Service/{res.name}: applied but not live; left out ({why})")
                 continue
-            rebuilt = _service_docs(res.name, entries, endpoints, announced, taken)
+            rebuilt = _service_docs(res.name, entries, endpoints, announced, taken, notes)
             docs += [_carry(res, d, vips, announced) for d in rebuilt]
             notes.append(f"Service/{res.name}: exported from the live state, which differs from the applied "
                          f"configuration ({why})")
@@ -485,7 +498,7 @@ def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, 
                                                                                DEFAULT_HOOK)}))
             notes.append(f"Datapath/box: {what}")
         elif kind == "Service":
-            docs += _service_docs(name, live_entries[name], endpoints, announced, taken)
+            docs += _service_docs(name, live_entries[name], endpoints, announced, taken, notes)
             notes.append(f"Service/{name}: {what}")
         elif kind == "FirewallRule" and isinstance(rule := live["firewall"].get(name), FirewallEntry):
             docs.append(_firewall_doc(rule))
