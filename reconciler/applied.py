@@ -10,8 +10,8 @@ incremental paths) records it here, in the box's state dir.
 The file (``applied.yaml``) is itself a valid lbctl configuration file: a
 header comment, then one JSON document per line (JSON is YAML), so it is
 read back through the normal loader with its schema checks, and an operator
-can ``lbctl validate`` it.  It is replaced atomically (``statefile``) and only
-when the configuration's digest changed (the header carries it).  Secrets are
+can ``lbctl validate`` it.  It is replaced atomically (``statefile``, without
+fsync) and only when the configuration's digest changed (the header carries it).  Secrets are
 never written: a BGPPeer password is stored as ``model.SECRET_PLACEHOLDER``.
 """
 
@@ -46,24 +46,22 @@ def _header(digest: str, count: int) -> str:
     return f"# lbctl applied configuration: format {RECORD_FORMAT}, digest {digest}, {count} documents\n"
 
 
+def _line(res: Resource) -> bytes:
+    return ("--- " + json.dumps(to_document(res), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
 class AppliedStore:
     """``applied.yaml`` in the state dir: record after a verified apply, read for export."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / RECORD_NAME
-        # id(resource) -> (resource, its line): a long-lived store (the daemon's) serializes
-        # only the resources that changed since its last record (unchanged files keep their
-        # Resource objects in the parse cache).
-        self._lines: dict[int, tuple[Resource, str]] = {}
-
-    def _line(self, res: Resource, lines: dict[int, tuple[Resource, str]]) -> str:
-        hit = self._lines.get(id(res))
-        if hit is not None and hit[0] is res:
-            line = hit[1]
-        else:
-            line = "--- " + json.dumps(to_document(res), ensure_ascii=False, separators=(",", ":")) + "\n"
-        lines[id(res)] = (res, line)
-        return line
+        # id(resource) -> its encoded line, and the resources themselves (kept alive, so an id in
+        # the memo is always the same object): a long-lived store (the daemon's) serializes only
+        # resources that changed since its last record, as unchanged files keep their Resource
+        # objects in the parse cache.  Dicts of ints, bytes and existing objects: no work for
+        # the cyclic GC, and the 10,000-service case stays a few C-level passes.
+        self._lines: dict[int, bytes] = {}
+        self._kept: dict[int, Resource] = {}
 
     def recorded_digest(self) -> str | None:
         """The digest in the record's header (None: no usable record)."""
@@ -78,12 +76,16 @@ class AppliedStore:
         """Record ``resources`` unless the record already holds ``digest``; True when written."""
         if digest and self.recorded_digest() == digest:
             return False
-        lines = [_header(digest or "", len(resources)),
-                 "# Written by lbctl after each verified apply and read by 'lbctl export'. Do not edit.\n"]
-        memo: dict[int, tuple[Resource, str]] = {}
-        lines += [self._line(r, memo) for r in resources]
-        replace_file(self.path, "".join(lines).encode("utf-8"))
-        self._lines = memo
+        ids = [id(r) for r in resources]
+        found = list(map(self._lines.get, ids))
+        lines = [line if line is not None else _line(res) for line, res in zip(found, resources, strict=True)]
+        head = (_header(digest or "", len(resources))
+                + "# Written by lbctl after each verified apply and read by 'lbctl export'. Do not edit.\n")
+        # Not fsynced: on a power loss the kernel state it describes is gone too (bpffs pins do
+        # not survive a reboot), and a stale record only makes export take more from live state.
+        replace_file(self.path, head.encode() + b"".join(lines), durable=False)
+        self._lines = dict(zip(ids, lines, strict=True))
+        self._kept = dict(zip(ids, resources, strict=True))
         return True
 
     def load(self) -> AppliedConfig | None:

@@ -332,6 +332,11 @@ def from_live(live: State, box_name: str, vip_interface: str = DEFAULT_VIP_INTER
     for name in sorted(by_name):
         docs += _service_docs(name, by_name[name], endpoints, None, taken, notes)
     used = {e.key.vip for group in by_name.values() for e in group}
+    missing = sorted(used - set(live.get("vip", {}))) if "vip" in live else []
+    if missing:
+        notes.append(f"{len(missing)} service VIP(s) (e.g. {missing[0]}) are not on {vip_interface}: if "
+                     "lbctl put them on another interface, export again with --vip-interface IF, or an "
+                     f"apply of this export adds them to {vip_interface}")
     notes += [f"VIP address {v} on {r.ifname} is used by no service: not exported (an apply removes it)"
               for v, r in sorted(live.get("vip", {}).items()) if isinstance(r, VipAddress) and v not in used]
     if live.get("bgp-peer") or live.get("announce"):

@@ -218,6 +218,13 @@ def test_inconsistent_groups_are_split_exactly(tmp_path: Path) -> None:
     assert again == {"endpoints": live["endpoints"], "vip": vip}
 
 
+def test_vips_missing_from_the_interface_read_are_noted(everything: tuple[Resource, ...]) -> None:
+    live, _ = box(everything)
+    live["vip"] = {}  # read from lbctl0, while the box keeps them on vips0
+    out = from_live(live, "box")
+    assert len(out.notes) == 1 and "are not on lbctl0" in out.notes[0] and "--vip-interface" in out.notes[0]
+
+
 def test_unused_vip_is_noted_not_exported() -> None:
     live = as_live([service("x", vip="198.51.100.1")])
     live["vip"]["198.51.100.2"] = replace(live["vip"]["198.51.100.1"], address="198.51.100.2")  # type: ignore[arg-type]
