@@ -96,7 +96,8 @@ def test_export_round_trips_on_the_real_datapath(box: Box, capsys: Cap) -> None:
 
     assert box("export", "--live", "--vip-interface", "vips0") == 0
     live = capsys.readouterr().out
-    assert f"kind: Datapath\nmetadata:\n  name: {box.netns.lower().replace('_', '-').replace('.', '-')}\n" in live
+    label = box.netns.lower().replace("_", "-").replace(".", "-")  # the namespace name as a DNS label
+    assert f"kind: Datapath\nmetadata:\n  name: {label}\n" in live
     assert "port: 0" not in live and "web-tcp" not in live
     round_trip(box, write(box.tmp / "live", live), capsys, secret=False)
 
