@@ -18,7 +18,9 @@ exactly the same thing, so the whole loop lives in one function,
 
 Callers must hold the state lock (``reconciler.lock.StateLock``) around
 ``reconcile()``; the daemon takes it per reconcile so ``lbctl plan`` can run in
-between.  Side effects here: the drivers' and the allocation store's only.
+between.  Side effects here: the drivers', the allocation store's and the
+applied-configuration record's (``reconciler.applied``, written after every
+verified apply) only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.applied import AppliedStore
 from reconciler.config.errors import ConfigError
 from reconciler.desired import TableBuilder, compile_state
 from reconciler.drivers import Driver
@@ -288,25 +291,37 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
     return tuple(out)
 
 
+def record_applied(store: AppliedStore, resources: Sequence[Resource], digest: str | None) -> tuple[str, ...]:
+    """Record a verified configuration for ``lbctl export``; a warning (not a failure) if that fails."""
+    try:
+        store.record(resources, digest)
+    except OSError as exc:
+        return (f"the applied configuration could not be recorded in {store.path} ({exc.strerror or exc}); "
+                "'lbctl export' falls back to the live state",)
+    return ()
+
+
 def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
               dry_run: bool, loaded: LoadedConfig | None = None, live: State | None = None,
-              table_builder: TableBuilder | None = None) -> ReconcileResult:
+              table_builder: TableBuilder | None = None, applied_store: AppliedStore | None = None
+              ) -> ReconcileResult:
     """Make the box match the configuration (or, with ``dry_run``, only plan).
 
     ``loaded``: an already loaded config (the daemon's cached load); when None,
     ``config_dir`` is loaded.  ``live``: live state the caller just read (skip
     the read); when None the drivers are read.  Never raises for invalid
     configuration (``result.errors``) or a failed driver (``result.failure``);
-    raises ``LbctlError`` for a broken state dir.
+    raises ``LbctlError`` for a broken state dir.  A verified apply is recorded
+    in ``applied_store`` (default: the state dir's ``AppliedStore``) for ``lbctl export``.
     """
     with gc_paused():
         return _reconcile(config_dir, drivers, state_dir, dry_run=dry_run, loaded=loaded, live=live,
-                          table_builder=table_builder)
+                          table_builder=table_builder, applied_store=applied_store)
 
 
 def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
                dry_run: bool, loaded: LoadedConfig | None, live: State | None,
-               table_builder: TableBuilder | None) -> ReconcileResult:
+               table_builder: TableBuilder | None, applied_store: AppliedStore | None) -> ReconcileResult:
     t0 = time.perf_counter()
     if loaded is None:
         if config_dir is None:
@@ -344,7 +359,7 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
     writes0 = total_writes(drivers)
     t2 = time.perf_counter()
     try:
-        applied = apply_plan(plan, drivers) if plan else ()
+        changes = apply_plan(plan, drivers) if plan else ()
     except ApplyError as exc:
         t_prog = time.perf_counter() - t2
         return replace(base, applied=exc.failure.applied, failure=exc.failure,
@@ -354,7 +369,9 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
     # An empty plan was computed from a fresh read a moment ago: that is the verification.
     leftover = verify(desired, drivers) if plan or live is not None else plan
     t_verify = time.perf_counter() - t3
-    return replace(base, applied=applied, leftover=leftover,
+    if leftover.empty:
+        warnings += record_applied(applied_store or AppliedStore(state_dir), loaded.resources, digest)
+    return replace(base, applied=changes, leftover=leftover, warnings=warnings,
                    timings=Timings(t_parse, t_plan, t_prog, t_verify), writes=total_writes(drivers) - writes0)
 
 

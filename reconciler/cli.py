@@ -91,10 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pin_dir_name(netns: str) -> str:
+    """The box's subdirectory of the pin root: bpffs refuses names with a '.', so
+    '%' and '.' are written %25 and %2E (every other name is used as it is)."""
+    return netns.replace("%", "%25").replace(".", "%2E")
+
+
 def context_from(args: argparse.Namespace) -> Context:
     state, pins = Path(args.state_dir), Path(args.pin_root)
     if args.netns:
-        state, pins = state / args.netns, pins / args.netns
+        state, pins = state / args.netns, pins / pin_dir_name(args.netns)
     return Context(netns=args.netns, state_dir=state, pin_root=pins, output=args.output,
                    verbose=args.verbose)
 

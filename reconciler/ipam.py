@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import statedir
-from reconciler.atomicfile import write_atomic
 from reconciler.config.errors import ConfigError
 from reconciler.errors import LbctlError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
+from reconciler.statefile import replace_file
 
 STORE_NAME = "allocations.json"
 STORE_FORMAT = 1
@@ -260,8 +260,8 @@ class AllocationStore:
                                   "finds live and allocates the rest anew") from None
 
     def save(self, allocations: Mapping[str, Allocation]) -> None:
-        """Replace the store atomically and durably (``reconciler.atomicfile``) in a safe state dir."""
+        """Replace the store atomically and durably (``reconciler.statefile``) in a safe state dir."""
         statedir.ensure(self.path.parent)
         data = {"format_version": STORE_FORMAT,
                 "allocations": {n: {"pool": a.pool, "vip": a.vip} for n, a in sorted(allocations.items())}}
-        write_atomic(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        replace_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))

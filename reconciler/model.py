@@ -175,6 +175,40 @@ class DatapathSpec:
     vip_interface: str = DEFAULT_VIP_INTERFACE
 
 
+# The YAML (camelCase) name of every model field, per class: the one table both
+# directions use (``config/build.py`` reads YAML into the model, ``documents.py``
+# writes the model back as YAML).
+YAML_NAMES: Mapping[type, Mapping[str, str]] = {
+    ServicePort: {"port": "port", "protocol": "protocol", "end_port": "endPort",
+                  "target_port": "targetPort", "name": "name"},
+    Endpoint: {"address": "address", "weight": "weight", "target_port": "targetPort"},
+    Probe: {"type": "type", "port": "port", "request": "request", "response": "response",
+            "interval": "interval", "timeout": "timeout", "retries": "retries"},
+    ServiceSpec: {"ports": "ports", "vip": "vip", "pool": "pool", "mode": "mode", "selection": "selection",
+                  "session_timeout": "sessionTimeout", "persist_timeout": "persistTimeout",
+                  "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",
+                  "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
+                  "probe": "probe"},
+    PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
+    BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
+                    "listen_addresses": "listenAddresses"},
+    BGPPeerSpec: {"address": "address", "remote_as": "remoteAS", "port": "port", "hold_time": "holdTime",
+                  "keepalive": "keepalive", "multihop": "multihop", "password": "password"},
+    PortRange: {"start": "from", "end": "to"},
+    FirewallMatch: {"source": "source", "destination": "destination", "source_ports": "sourcePorts",
+                    "destination_ports": "destinationPorts", "protocol": "protocol",
+                    "in_interface": "inInterface"},
+    RateLimit: {"packets_per_second": "packetsPerSecond", "burst": "burst"},
+    FirewallRuleSpec: {"priority": "priority", "match": "match", "action": "action", "mark": "mark",
+                       "rate_limit": "rateLimit"},
+    DatapathInterface: {"name": "name", "hook": "hook"},
+    DatapathSpec: {"interfaces": "interfaces", "hook": "hook", "vip_interface": "vipInterface"},
+}
+
+# What ``lbctl export`` writes instead of a secret (a BGP session's TCP MD5
+# password); ``validate`` rejects it, so an export is never applied with it.
+SECRET_PLACEHOLDER = "REPLACE-ME: lbctl export does not write secrets"
+
 Spec = ServiceSpec | PoolSpec | BGPConfigSpec | BGPPeerSpec | FirewallRuleSpec | DatapathSpec
 
 KINDS: tuple[str, ...] = ("Service", "Pool", "BGPConfig", "BGPPeer", "FirewallRule", "Datapath")

@@ -5,8 +5,9 @@ module is the one place that knows *how*: load the directory through the config
 layer's per-file cache, reconcile through ``reconciler.apply.reconcile`` (the
 same loop ``lbctl apply`` runs) under the state-dir writer lock, and take the
 incremental path (``reconciler.incremental``) for deliveries that only touch
-Services.  After every verified full reconcile the incremental index is rebuilt
-from what was verified; after any failure it is dropped, so the next delivery
+Services.  Every verified reconcile, full or incremental, is recorded for
+``lbctl export`` (``reconciler.applied``).  After every verified full reconcile
+the incremental index is rebuilt from what was verified; after any failure it is dropped, so the next delivery
 goes through a full reconcile that plans from live state.
 """
 
@@ -17,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile
+from reconciler.applied import AppliedStore
+from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.drivers import Driver
 from reconciler.drivers.registry import vip_interface_of
@@ -54,6 +56,7 @@ class ReconcileEngine:
         self.lock = StateLock(self.state_dir, timeout=lock_timeout, purpose="lbctl watch")
         self.incremental = incremental
         self.cache = ParseCache()
+        self.applied = AppliedStore(self.state_dir)  # kept: it re-serializes only changed resources
         self.index: Index | None = None
         self.records: dict[str, int] = {}
         self._drivers: Sequence[Driver] | None = None
@@ -180,6 +183,7 @@ class ReconcileEngine:
                                  + "; ".join(_describe(leftover.changes)[:5]),
                            timings=timings, fixed=_describe(applied))
         self.index.commit(partial)
+        warnings = record_applied(self.applied, loaded.resources, loaded.digest)
         for kind in OWNED_KINDS:
             if kind in self.records:
                 self.records[kind] = len(self.index.desired[kind])
@@ -190,10 +194,12 @@ class ReconcileEngine:
                 else:
                     self._service_names.pop(change.key, None)
         return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
-                       records=dict(self.records), timings=timings, fixed=_describe(applied))
+                       records=dict(self.records), timings=timings, fixed=_describe(applied),
+                       warnings=warnings or None)  # None: the last full reconcile's warnings stand
 
     def _full(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome:
-        result = reconcile(None, drivers, self.state_dir, dry_run=False, loaded=loaded)
+        result = reconcile(None, drivers, self.state_dir, dry_run=False, loaded=loaded,
+                           applied_store=self.applied)
         t = result.timings
         timings = {"load": load_time, "plan": t.plan, "program": t.program, "verify": t.verify}
         created, updated, deleted = _counts(result.applied)

@@ -5,10 +5,10 @@ programs, VIP addresses) so traffic survives restarts; ``down`` is the one
 way to take it all away: programs detached, maps and pins removed, the VIP
 interface and its addresses deleted, the kernel settings lbctl changed
 (forwarding, rp_filter) given back the values they had before, and lbctl's files
-in the state dir (allocations, lock, parse cache) removed.  Idempotent: running
-it twice is fine.  It must always work, also on pins of an lbctl whose map
-layout differs (the layout check's hint sends the operator here): a driver
-whose live state cannot be read is still torn down.
+in the state dir (allocations, applied-configuration record, lock, parse cache)
+removed.  Idempotent: running it twice is fine.  It must always work, also on
+pins of an lbctl whose map layout differs (the layout check's hint sends the
+operator here): a driver whose live state cannot be read is still torn down.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reconciler.applied import AppliedStore
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                     drv.apply(plan.changes)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(state_dir / STORE_NAME)
+        AppliedStore(state_dir).remove()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_dir / LOCK_NAME)
     with contextlib.suppress(FileNotFoundError):

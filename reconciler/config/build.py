@@ -9,11 +9,13 @@ are trusted here; nothing in this module reports errors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.config.tree import Loc, LocationMap, RootSource
 from reconciler.model import (
+    YAML_NAMES,
     BGPConfigSpec,
     BGPPeerSpec,
     DatapathInterface,
@@ -46,6 +48,12 @@ def _pick(src: Mapping[str, Any], fields: Mapping[str, str], convert: Mapping[st
     return out
 
 
+@functools.cache
+def _names(cls: type, *skip: str) -> dict[str, str]:
+    """YAML name -> field name of ``cls`` (``model.YAML_NAMES``), without the fields in ``skip``."""
+    return {yaml_name: field for field, yaml_name in YAML_NAMES[cls].items() if field not in skip}
+
+
 def _int(value: Any) -> int:
     return int(value)  # the schema allows 80.0 as an integer; the model wants 80
 
@@ -55,30 +63,21 @@ def _ints(*names: str) -> dict[str, Callable[[Any], Any]]:
 
 
 def _port(src: Mapping[str, Any]) -> ServicePort:
-    kw = _pick(src, {"port": "port", "protocol": "protocol", "endPort": "end_port",
-                     "targetPort": "target_port", "name": "name"}, _ints("port", "endPort", "targetPort"))
+    kw = _pick(src, _names(ServicePort), _ints("port", "endPort", "targetPort"))
     kw.setdefault("port", 0)  # ICMP has no port
     return ServicePort(**kw)
 
 
 def _endpoint(src: Mapping[str, Any]) -> Endpoint:
-    return Endpoint(**_pick(src, {"address": "address", "weight": "weight", "targetPort": "target_port"},
-                            _ints("weight", "targetPort")))
+    return Endpoint(**_pick(src, _names(Endpoint), _ints("weight", "targetPort")))
 
 
 def _probe(src: Mapping[str, Any]) -> Probe:
-    return Probe(**_pick(src, {"type": "type", "port": "port", "request": "request", "response": "response",
-                               "interval": "interval", "timeout": "timeout", "retries": "retries"},
-                         _ints("port", "interval", "timeout", "retries")))
+    return Probe(**_pick(src, _names(Probe), _ints("port", "interval", "timeout", "retries")))
 
 
 def service(spec: Mapping[str, Any]) -> ServiceSpec:
-    return ServiceSpec(**_pick(spec, {
-        "ports": "ports", "vip": "vip", "pool": "pool", "mode": "mode", "selection": "selection",
-        "sessionTimeout": "session_timeout", "persistTimeout": "persist_timeout",
-        "maglevTableSize": "maglev_table_size", "endpoints": "endpoints", "allowedSources": "allowed_sources",
-        "secondaryVips": "secondary_vips", "bgp": "bgp", "probe": "probe",
-    }, {
+    return ServiceSpec(**_pick(spec, _names(ServiceSpec), {
         "ports": lambda v: tuple(_port(p) for p in v),
         "endpoints": lambda v: tuple(_endpoint(e) for e in v),
         "allowedSources": tuple, "secondaryVips": tuple, "probe": _probe,
@@ -87,42 +86,35 @@ def service(spec: Mapping[str, Any]) -> ServiceSpec:
 
 
 def pool(spec: Mapping[str, Any]) -> PoolSpec:
-    return PoolSpec(**_pick(spec, {"addresses": "addresses", "sharing": "sharing", "family": "family"},
-                            {"addresses": tuple}))
+    return PoolSpec(**_pick(spec, _names(PoolSpec), {"addresses": tuple}))
 
 
 def bgp_config(spec: Mapping[str, Any]) -> BGPConfigSpec:
-    return BGPConfigSpec(**_pick(spec, {"localAS": "local_as", "routerID": "router_id",
-                                        "listenPort": "listen_port", "listenAddresses": "listen_addresses"},
+    return BGPConfigSpec(**_pick(spec, _names(BGPConfigSpec),
                                  {"listenAddresses": tuple, **_ints("localAS", "listenPort")}))
 
 
 def bgp_peer(spec: Mapping[str, Any]) -> BGPPeerSpec:
-    return BGPPeerSpec(**_pick(spec, {"address": "address", "remoteAS": "remote_as", "port": "port",
-                                      "holdTime": "hold_time", "keepalive": "keepalive",
-                                      "multihop": "multihop", "password": "password"},
+    return BGPPeerSpec(**_pick(spec, _names(BGPPeerSpec),
                                _ints("remoteAS", "port", "holdTime", "keepalive", "multihop")))
 
 
 def _range(src: Mapping[str, Any]) -> PortRange:
     start = int(src["from"])
-    return PortRange(start, int(src.get("to", start)))
+    return PortRange(start, int(src.get("to", start)))  # the YAML names: model.YAML_NAMES[PortRange]
 
 
 def firewall_rule(spec: Mapping[str, Any]) -> FirewallRuleSpec:
-    match = FirewallMatch(**_pick(spec.get("match", {}), {
-        "source": "source", "destination": "destination", "sourcePorts": "source_ports",
-        "destinationPorts": "destination_ports", "protocol": "protocol", "inInterface": "in_interface",
-    }, {"sourcePorts": _range, "destinationPorts": _range}))
-    return FirewallRuleSpec(**_pick(spec, {"priority": "priority", "action": "action", "mark": "mark",
-                                           "rateLimit": "rate_limit"}, {
+    match = FirewallMatch(**_pick(spec.get("match", {}), _names(FirewallMatch),
+                                  {"sourcePorts": _range, "destinationPorts": _range}))
+    return FirewallRuleSpec(**_pick(spec, _names(FirewallRuleSpec, "match"), {
         "rateLimit": lambda v: RateLimit(int(v["packetsPerSecond"]), int(v["burst"])),
         **_ints("priority", "mark"),
     }), match=match)
 
 
 def datapath(spec: Mapping[str, Any]) -> DatapathSpec:
-    kw = _pick(spec, {"hook": "hook", "vipInterface": "vip_interface"}, {})
+    kw = _pick(spec, _names(DatapathSpec, "interfaces"), {})
     default_hook = kw.get("hook")
     interfaces = []
     for item in spec["interfaces"]:

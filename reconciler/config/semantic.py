@@ -25,6 +25,7 @@ from reconciler.config.errors import ConfigError
 from reconciler.config.formats import FormatProblem, IPAddress, canonical_ipv4, pool_range
 from reconciler.maglev import is_prime
 from reconciler.model import (
+    SECRET_PLACEHOLDER,
     BGPPeerSpec,
     DatapathSpec,
     FirewallRuleSpec,
@@ -379,6 +380,9 @@ def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: Report) ->
                            "keep one BGPPeer per neighbour")
             else:
                 first[addr.compressed] = res
+        if spec.password == SECRET_PLACEHOLDER:
+            report.add(res, "spec.password", "is the placeholder 'lbctl export' writes instead of the secret",
+                       "put the session's TCP MD5 password here; export never writes secrets")
         if spec.hold_time in (1, 2):
             report.add(res, "spec.holdTime", f"hold time {spec.hold_time} is not allowed",
                        "use 0 (no keepalives) or at least 3 seconds (RFC 4271)")

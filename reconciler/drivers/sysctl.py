@@ -31,11 +31,11 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from reconciler.atomicfile import write_atomic
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import KernelSetting, Record
+from reconciler.statefile import replace_file
 
 STORE_NAME = "kernel-settings.json"
 STORE_FORMAT = 1
@@ -121,7 +121,7 @@ class SysctlDriver:
             self.path.unlink(missing_ok=True)
             return
         data = {"format_version": STORE_FORMAT, "original": dict(original)}
-        write_atomic(self.path, (json.dumps(data, indent=2) + "\n").encode())
+        replace_file(self.path, (json.dumps(data, indent=2) + "\n").encode())
 
     # -- Driver protocol ------------------------------------------------------------------------
 

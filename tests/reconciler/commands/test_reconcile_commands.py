@@ -184,7 +184,7 @@ def test_export_roundtrip(box: dict[str, Any], tmp_path: Path, capsys: Cap) -> N
     assert lbctl(box, "validate", str(out)) == 0
     assert lbctl(box, "plan", str(out), "--detailed-exitcode") == 0
     assert lbctl(box, "export", "--dir", str(tmp_path / "perfile")) == 0
-    assert len(list((tmp_path / "perfile").glob("*.yaml"))) == 3
+    assert len(list((tmp_path / "perfile").glob("*.yaml"))) == 4  # Datapath, Pool, 2 Services
     assert lbctl(box, "plan", str(tmp_path / "perfile"), "--detailed-exitcode") == 0
 
 
