@@ -450,13 +450,16 @@ class Daemon:
             return
         prior, last_good = self.snapshot(), self._last_good
         self._last_good = delivery
-        self._update(config_valid=True)
+        if prior.rejected_digest is not None:
+            # A valid delivery follows a rejected one: the rejection's errors are history,
+            # cleared in the same update that says the config is valid, so /status never
+            # shows config_valid: true beside the old delivery's errors.
+            self._update(config_valid=True, last_error=(), last_error_time=None, rejected_digest=None)
+        else:
+            self._update(config_valid=True)
         self.metrics.valid.set(1)
         applied = self._applied
         if not full and applied is not None and applied.digest == delivery.digest:
-            # Back to the applied content (a bad file restored): the errors of the rejected
-            # delivery are history.  A failed reconcile never gets here (it clears _applied).
-            self._update(last_error=(), last_error_time=None, rejected_digest=None)
             self.metrics.results.inc(result="unchanged")
             self.log.info("unchanged", digest=delivery.digest[:12], action="nothing to do")
             return
