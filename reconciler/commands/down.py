@@ -21,6 +21,7 @@ from typing import Any
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
+from reconciler.driver import Teardown
 from reconciler.ipam import STORE_NAME
 from reconciler.lock import LOCK_NAME, StateLock
 from reconciler.model import DEFAULT_VIP_INTERFACE
@@ -46,9 +47,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             live = read_live([drv])
             for kind, recs in live.items():
                 removed[kind] = removed.get(kind, 0) + len(recs)
-            teardown = getattr(drv, "down", None)
-            if callable(teardown):
-                teardown()  # everything the driver owns: programs, maps, pins, the interface
+            if isinstance(drv, Teardown):
+                drv.down()  # everything the driver owns: programs, maps, pins, the interface
             else:
                 plan = diff({}, live)
                 if plan:

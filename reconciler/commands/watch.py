@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 
 from reconciler.cli import DEFAULT_CONFIG_DIR, Context
-from reconciler.drivers import Driver
 from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError
 from reconciler.logs import FORMATS, EventLog
@@ -40,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from reconciler.drivers.registry import build_drivers
+    from reconciler.drivers.registry import driver_set
     from reconciler.fswatch import DirWatcher
     from reconciler.watch_engine import ReconcileEngine
 
@@ -50,10 +48,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     listen = None if args.listen.lower() in ("none", "off", "") else parse_listen(args.listen)
     directory = os.path.abspath(args.dir)
 
-    def make_drivers(vip_interface: str) -> Sequence[Driver]:
-        return build_drivers(ctx, vip_interface=vip_interface)
-
-    engine = ReconcileEngine(directory, ctx.state_dir, make_drivers, incremental=not args.no_incremental)
+    engine = ReconcileEngine(directory, ctx.state_dir, driver_set(ctx), incremental=not args.no_incremental)
     log = EventLog(args.log_format)
     daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen),
                     engine, log, watcher_factory=DirWatcher)

@@ -110,7 +110,7 @@ def test_store_lost_keeps_live_vips(tmp_path: Path) -> None:
 
 
 def test_failure_midway_reports_and_next_run_converges(tmp_path: Path) -> None:
-    bpf = FakeDriver({"service", "endpoints", "attach", "firewall"}, fail_at=4, name="bpf")
+    bpf = FakeDriver({"service", "endpoints", "attach"}, fail_at=4, name="bpf")
     nl = FakeDriver({"vip"}, name="netlink")
     ks = FakeDriver({"sysctl"}, name="sysctl")
     r = run(config(), [bpf, nl, ks], tmp_path)

@@ -28,7 +28,7 @@ def make_box(tmp_path: Path) -> tuple[Path, ReconcileEngine, tuple[FakeDriver, F
                                  + svc("a2", "198.51.100.2", 80, ["10.0.0.3"]))
     (conf / "b.yaml").write_text(svc("b1", "198.51.100.3", 80, ["10.0.0.4"]))
     drivers = fake_drivers()
-    engine = ReconcileEngine(conf, tmp_path / "state", lambda vip_if: drivers)
+    engine = ReconcileEngine(conf, tmp_path / "state", drivers)
     return conf, engine, drivers
 
 

@@ -13,7 +13,7 @@ import yaml
 from reconciler import cli
 from reconciler.drivers import registry
 from reconciler.lock import StateLock
-from tests.reconciler.fakes import FakeDriver, fake_drivers
+from tests.reconciler.fakes import FakeDriver, fake_drivers, fake_specs
 
 Cap = pytest.CaptureFixture[str]
 
@@ -51,7 +51,7 @@ spec: {interfaces: [eth0]}
 @pytest.fixture()
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     drivers = list(fake_drivers())
-    monkeypatch.setattr(registry, "build_drivers", lambda ctx, vip_interface="lbctl0": drivers)
+    monkeypatch.setattr(registry, "SPECS", fake_specs(drivers))
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "web.yaml").write_text(WEB)
