@@ -26,7 +26,8 @@ PYTEST_ARGS ?=
 
 # Tests that exercise a Debian-packaged library against the kernel: they run as
 # root under Debian's interpreter too (the unit tests there are `-m "not root"`).
-DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py tests/reconciler/drivers/test_sysctl.py
+DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py tests/reconciler/drivers/test_sysctl.py \
+	tests/reconciler/drivers/test_contract.py
 
 # Every package the build, the demo and the tests use. The datapath compiles
 # against the headers of these packages only (bpf/Makefile: -nostdinc), so a

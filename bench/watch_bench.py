@@ -33,12 +33,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.drivers import Driver  # noqa: E402
+from reconciler.driver import Driver, DriverSet, DriverSpec  # noqa: E402
 from reconciler.fswatch import DirWatcher  # noqa: E402
 from reconciler.logs import EventLog  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
@@ -71,26 +72,18 @@ def write_file(conf: Path, f: int, per_file: int, gens: dict[int, int], endpoint
 
 
 class Timed:
-    """Wraps a driver: records when each apply() returned."""
+    """Records when a driver's apply() returned (wraps the instance's method, so the
+    driver keeps its type and every optional ability it offers)."""
 
     def __init__(self, inner: Driver) -> None:
-        self.inner = inner
-        self.kinds = inner.kinds
         self.applied_at: float | None = None
+        apply = inner.apply
 
-    @property
-    def writes(self) -> int:
-        return self.inner.writes
+        def timed(changes: Sequence[Change]) -> None:
+            apply(changes)
+            self.applied_at = time.monotonic()
 
-    def read(self) -> Any:
-        return self.inner.read()
-
-    def apply(self, changes: Sequence[Change]) -> None:
-        self.inner.apply(changes)
-        self.applied_at = time.monotonic()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        inner.apply = timed  # type: ignore[method-assign]
 
 
 def real_drivers_available() -> str | None:
@@ -103,18 +96,31 @@ def real_drivers_available() -> str | None:
     return None
 
 
-def make_driver_factory(real: bool, pin_root: Path) -> Any:
+def make_driver_set(real: bool, pin_root: Path, state: Path, timed: list[Timed]) -> DriverSet:
+    """The box's drivers (the real registry, or in-memory fakes), each timed when built."""
+    specs: Sequence[DriverSpec]
+    box: Any = None
     if real:
         from reconciler.cli import Context
-        from reconciler.drivers.registry import build_drivers
+        from reconciler.drivers.registry import SPECS
 
-        ctx = Context(netns=NETNS, state_dir=Path("/nonexistent"), pin_root=pin_root, output="text",
-                      verbose=False)
-        return lambda vip_if: build_drivers(ctx, vip_interface=vip_if)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.reconciler.fakes import fake_drivers
+        box = Context(netns=NETNS, state_dir=state, pin_root=pin_root, output="text", verbose=False)
+        specs = SPECS
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.reconciler.fakes import fake_drivers, fake_specs
 
-    return lambda vip_if: list(fake_drivers())
+        specs = fake_specs(fake_drivers())
+
+    def timed_build(spec: DriverSpec) -> Any:
+        def build(box: Any, settings: Any) -> Driver:
+            drv = spec.build(box, settings)
+            timed.append(Timed(drv))
+            return drv
+
+        return build
+
+    return DriverSet([replace(s, build=timed_build(s)) for s in specs], box)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -147,15 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if real:
         subprocess.run(["ip", "netns", "add", NETNS], check=True)
         subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
-    factory = make_driver_factory(real, pin_root)
     timed: list[Timed] = []
-
-    def drivers(vip_if: str) -> list[Driver]:
-        wrapped = [Timed(d) for d in factory(vip_if)]
-        timed[:] = wrapped
-        return wrapped  # type: ignore[return-value]
-
-    engine = ReconcileEngine(conf, state, drivers)
+    engine = ReconcileEngine(conf, state, make_driver_set(real, pin_root, state, timed))
     log = io.StringIO()
     daemon = Daemon(Options(directory=str(conf), debounce=args.debounce, resync=3600), engine,
                     EventLog("kv", sys.stderr if args.verbose else log), watcher_factory=DirWatcher)

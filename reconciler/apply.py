@@ -4,10 +4,14 @@ Why this exists: ``lbctl plan``, ``lbctl apply`` and the watch daemon must do
 exactly the same thing, so the whole loop lives in one function,
 ``reconcile()``, and the CLI and the daemon only present its result.
 
-* Planning reads live state from every driver, allocates pool VIPs (stable, see
-  ``reconciler.ipam``), compiles the desired state and diffs it.  Only record
-  kinds some driver owns take part: desired records of a kind nobody manages
-  (e.g. BGP without a BGP driver) become a warning, not an eternal "create".
+* Planning selects the drivers the configuration needs from the box's
+  ``DriverSet`` (``reconciler.driver``), reads live state from them, allocates
+  pool VIPs (stable, see ``reconciler.ipam``), compiles the desired state and
+  diffs it.  Only record kinds some driver owns take part: desired records of
+  a kind nobody manages (e.g. BGP without a BGP driver) become a warning, not
+  an eternal "create".  A driver the configuration no longer needs but that is
+  still up is *leaving*: its kinds are desired empty, so the plan deletes what
+  it holds, and once that verified it is taken away (``down()``).
 * Applying walks the plan in its order and hands each run of consecutive
   changes owned by the same driver to one ``driver.apply()`` call (batching).
 * Verifying re-reads and re-diffs: verified means the new plan is empty;
@@ -35,8 +39,8 @@ from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
 from reconciler.config.errors import ConfigError
-from reconciler.desired import TableBuilder, compile_state
-from reconciler.drivers import Driver
+from reconciler.desired import Health, TableBuilder, compile_state
+from reconciler.driver import Driver, DriverSet, PartialSupport
 from reconciler.errors import LbctlError
 from reconciler.ipam import Allocation, AllocationStore, allocate
 from reconciler.model import Resource, ServiceSpec
@@ -153,7 +157,7 @@ def read_live(drivers: Iterable[Driver]) -> dict[str, dict[str, Record]]:
 
 
 def total_writes(drivers: Iterable[Driver]) -> int:
-    return sum(int(getattr(d, "writes", 0)) for d in drivers)
+    return sum(d.writes for d in drivers)
 
 
 def live_vip_hints(live: State) -> dict[str, str]:
@@ -265,7 +269,7 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
     """Warnings for configuration the box accepts but does not (fully) carry out.
 
     Three sources: record kinds no driver manages; records a driver applies only
-    in part (a driver may offer ``unsupported(record) -> str | None``); health
+    in part (a ``PartialSupport`` driver says what it leaves out); health
     probes, which nothing runs yet.  Grouped by message, so 10,000 services
     give one line each, not 10,000.
     """
@@ -274,11 +278,11 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
            for kind, recs in sorted(full.items()) if recs and kind not in owner]
     partial: dict[str, list[str]] = {}
     for kind, records in sorted(desired.items()):
-        check = getattr(owner.get(kind), "unsupported", None)
-        if check is None:
+        drv = owner.get(kind)
+        if not isinstance(drv, PartialSupport):
             continue
         for key, record in sorted(records.items()):
-            why = check(record)
+            why = drv.unsupported(record)
             if why is not None:
                 name = getattr(record, "name", None)
                 partial.setdefault(why, []).append(f"{name} ({key})" if name else key)
@@ -301,27 +305,33 @@ def record_applied(store: AppliedStore, resources: Sequence[Resource], digest: s
     return ()
 
 
-def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
+def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver] | DriverSet, state_dir: str | Path, *,
               dry_run: bool, loaded: LoadedConfig | None = None, live: State | None = None,
-              table_builder: TableBuilder | None = None, applied_store: AppliedStore | None = None
-              ) -> ReconcileResult:
+              table_builder: TableBuilder | None = None, health: Health | None = None,
+              applied_store: AppliedStore | None = None) -> ReconcileResult:
     """Make the box match the configuration (or, with ``dry_run``, only plan).
 
+    ``drivers``: the box's ``DriverSet``, from which the drivers this
+    configuration needs are selected (drivers it no longer needs are planned
+    empty and, once that verified, taken away), or a fixed list of drivers.
     ``loaded``: an already loaded config (the daemon's cached load); when None,
     ``config_dir`` is loaded.  ``live``: live state the caller just read (skip
-    the read); when None the drivers are read.  Never raises for invalid
+    the read); when None the drivers are read.  ``health``: endpoint health
+    (``desired.compile_state``; None: all healthy).  Never raises for invalid
     configuration (``result.errors``) or a failed driver (``result.failure``);
     raises ``LbctlError`` for a broken state dir.  A verified apply is recorded
     in ``applied_store`` (default: the state dir's ``AppliedStore``) for ``lbctl export``.
     """
+    driver_set = drivers if isinstance(drivers, DriverSet) else DriverSet.of(drivers)
     with gc_paused():
-        return _reconcile(config_dir, drivers, state_dir, dry_run=dry_run, loaded=loaded, live=live,
-                          table_builder=table_builder, applied_store=applied_store)
+        return _reconcile(config_dir, driver_set, state_dir, dry_run=dry_run, loaded=loaded, live=live,
+                          table_builder=table_builder, health=health, applied_store=applied_store)
 
 
-def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_dir: str | Path, *,
+def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: str | Path, *,
                dry_run: bool, loaded: LoadedConfig | None, live: State | None,
-               table_builder: TableBuilder | None, applied_store: AppliedStore | None) -> ReconcileResult:
+               table_builder: TableBuilder | None, health: Health | None,
+               applied_store: AppliedStore | None) -> ReconcileResult:
     t0 = time.perf_counter()
     if loaded is None:
         if config_dir is None:
@@ -334,8 +344,11 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
                                timings=Timings(parse=t_parse), digest=digest)
 
     t1 = time.perf_counter()
-    owner = drivers_by_kind(drivers)
-    live_state = restrict(live, owner) if live is not None else read_live(drivers)
+    chosen = driver_set.select(loaded.resources)
+    drivers = chosen.all
+    owner = drivers_by_kind(chosen.active)
+    leaving = drivers_by_kind(chosen.leaving)
+    live_state = restrict(live, [*owner, *leaving]) if live is not None else read_live(drivers)
     store = AllocationStore(state_dir)
     previous = store.load()
     ipam = allocate(loaded.resources, previous, live_vip_hints(live_state))
@@ -343,8 +356,9 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
         return ReconcileResult(plan=Plan(), errors=ipam.errors, dry_run=dry_run,
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
-    full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder)
-    desired = restrict(full, owner)
+    full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder, health=health)
+    # The kinds of a leaving driver are wanted empty: the plan deletes what it still holds.
+    desired = restrict(full, owner) | {kind: {} for kind in leaving}
     warnings = capability_warnings(loaded.resources, full, desired, owner)
     plan = diff(desired, live_state)
     t_plan = time.perf_counter() - t1
@@ -369,10 +383,18 @@ def _reconcile(config_dir: str | Path | None, drivers: Sequence[Driver], state_d
     # An empty plan was computed from a fresh read a moment ago: that is the verification.
     leftover = verify(desired, drivers) if plan or live is not None else plan
     t_verify = time.perf_counter() - t3
+    timings = Timings(t_parse, t_plan, t_prog, t_verify)
+    if chosen.leaving and leftover.empty:
+        try:
+            driver_set.retire(chosen.leaving)
+        except LbctlError as exc:
+            failure = ApplyFailure(str(exc), changes, ())
+            return replace(base, applied=changes, failure=failure, leftover=leftover, warnings=warnings,
+                           timings=timings, writes=total_writes(drivers) - writes0)
     if leftover.empty:
         warnings += record_applied(applied_store or AppliedStore(state_dir), loaded.resources, digest)
-    return replace(base, applied=changes, leftover=leftover, warnings=warnings,
-                   timings=Timings(t_parse, t_plan, t_prog, t_verify), writes=total_writes(drivers) - writes0)
+    return replace(base, applied=changes, leftover=leftover, warnings=warnings, timings=timings,
+                   writes=total_writes(drivers) - writes0)
 
 
 def summary(result: ReconcileResult) -> dict[str, Any]:

@@ -15,6 +15,13 @@ Rules (each in one place):
   ("keep the incoming port");
 * backends are sorted (address, port), so reordering endpoints in YAML is not a
   change; the Maglev table (``selection: maglev``) indexes that sorted order;
+* endpoint health is an input (``Health``; missing means healthy): an unhealthy
+  endpoint is left out of its service's backends, so no new flow goes to it
+  under any selection and the Maglev table spreads its slots over the others;
+  when no endpoint of a service is healthy the set is empty and the datapath
+  drops the service's new flows (counted as ``drop_no_backend``), as for a
+  service without endpoints.  Nothing produces health yet (health probes are a
+  later issue), so today every endpoint is healthy;
 * session timeout: explicit, else the per-protocol default
   (``model.session_timeout_for``);
 * every VIP becomes a ``VipAddress`` (/32 or /128) on the Datapath's
@@ -39,6 +46,7 @@ from reconciler.model import (
     DEFAULT_VIP_INTERFACE,
     BGPPeerSpec,
     DatapathSpec,
+    Endpoint,
     FirewallRuleSpec,
     Resource,
     ServicePort,
@@ -62,6 +70,8 @@ from reconciler.records import (
 
 MutableState = dict[str, dict[str, Record]]
 TableBuilder = Callable[[Sequence[Backend], int], bytes]
+Health = Mapping[tuple[str, str], bool]
+"""(Service name, endpoint address in ``canonical_ip`` form) -> healthy.  Missing: healthy."""
 
 
 
@@ -127,23 +137,33 @@ def _port_key(vip: str, port: ServicePort) -> ServiceKey:
     return ServiceKey(vip, proto, port.port, end)
 
 
-def _backends(spec: ServiceSpec, port: ServicePort) -> tuple[Backend, ...]:
+def _backends(endpoints: Sequence[Endpoint], port: ServicePort) -> tuple[Backend, ...]:
     default = port.target_port if port.target_port is not None else 0
     out = {
         Backend(canonical_ip(ep.address),
                 ep.target_port if ep.target_port is not None else default, ep.weight)
-        for ep in spec.endpoints
+        for ep in endpoints
     }
     return tuple(sorted(out, key=lambda b: (_ip_sort_key(b.address), b.port, b.weight)))
 
 
+def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
+    """The endpoints of Service ``res`` that ``health`` does not mark unhealthy."""
+    spec = res.spec
+    assert isinstance(spec, ServiceSpec)
+    if not health:
+        return spec.endpoints
+    return tuple(ep for ep in spec.endpoints if health.get((res.name, canonical_ip(ep.address)), True))
+
+
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
-                     table_builder: TableBuilder) -> None:
+                     table_builder: TableBuilder, health: Health) -> None:
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
     services, endpoints = state["service"], state["endpoints"]
+    eps = healthy_endpoints(res, health)
     for port in spec.ports:
-        backends = _backends(spec, port)
+        backends = _backends(eps, port)
         table = b""
         if spec.selection == "maglev" and backends:
             size = spec.maglev_table_size or default_maglev_size(len(backends))
@@ -228,15 +248,17 @@ def host_prefixlen(ip: str) -> int:
 
 
 def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | None = None, *,
-                  table_builder: TableBuilder | None = None) -> MutableState:
+                  table_builder: TableBuilder | None = None, health: Health | None = None) -> MutableState:
     """Desired State of validated ``resources``.
 
     ``allocated`` maps a Service name to the VIP IPAM gave it (services with a
     literal ``vip`` need no entry).  ``table_builder`` replaces
-    ``maglev_table`` (tests).  A Service without any VIP (its
+    ``maglev_table`` (tests).  ``health``: which endpoints are unhealthy (left
+    out of the backends; None: all healthy).  A Service without any VIP (its
     pool was exhausted: IPAM reported that) is skipped.
     """
     allocated = allocated or {}
+    health = health or {}
     state = empty_state()
     build = table_builder or maglev_table
     resources = list(resources)
@@ -250,7 +272,7 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
             vips = service_vips(res, allocated)
             if not vips:
                 continue
-            _compile_service(res, vips, state, build)
+            _compile_service(res, vips, state, build, health)
             for vip in vips:
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
                 if spec.bgp and has_bgp:

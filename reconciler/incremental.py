@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.desired import compile_state, host_prefixlen
+from reconciler.desired import Health, compile_state, host_prefixlen
 from reconciler.model import PoolSpec, Resource, ServiceSpec
 from reconciler.plan import Plan, diff
 from reconciler.records import Record, ServiceEntry
@@ -112,9 +112,12 @@ class Index:
     """The last verified desired state, indexed by the Service that owns each record."""
 
     def __init__(self, resources: Sequence[Resource], desired: Mapping[str, Mapping[str, Record]],
-                 allocated: Mapping[str, str], owned: Iterable[str] = OWNED_KINDS) -> None:
-        """``owned``: the record kinds some driver manages (the others are never planned)."""
+                 allocated: Mapping[str, str], owned: Iterable[str] = OWNED_KINDS,
+                 health: Health | None = None) -> None:
+        """``owned``: the record kinds some driver manages (the others are never planned).
+        ``health``: the endpoint health ``desired`` was compiled with (a change needs a new index)."""
         owned = frozenset(owned)
+        self.health: Health = dict(health or {})
         self.kinds = tuple(kind for kind in OWNED_KINDS if kind in owned)
         self.resources = _by_id(resources)
         self.by_file: dict[str, tuple[Resource, ...]] = {}
@@ -203,7 +206,7 @@ class Index:
                 return None
             allocated.update(vips)
             compile_set.append(res)
-        full = compile_state(compile_set, allocated)
+        full = compile_state(compile_set, allocated, health=self.health)
         compiled = {kind: full.get(kind, {}) for kind in self.kinds}
         names = {name for _, name in updates}
         fresh = _contributions(compiled, {rid: r for rid, r in updates.items() if r is not None})

@@ -7,7 +7,8 @@ system, and ``plan.diff`` compares the two key by key.  Records use natural keys
 compared without knowing how a driver lays out its maps.
 
 A ``State`` maps a record kind to a mapping of key -> record.  The record kinds
-and the driver that owns each:
+and the driver meant to own each (what each real driver owns today is its entry
+in ``reconciler.drivers.registry.SPECS``; firewall and BGP have none yet):
 
 =============  ====================  ===========
 kind           record                driver
@@ -15,11 +16,11 @@ kind           record                driver
 ``sysctl``     ``KernelSetting``     sysctl
 ``service``    ``ServiceEntry``      bpf
 ``endpoints``  ``EndpointSet``       bpf
-``firewall``   ``FirewallEntry``     bpf
+``firewall``   ``FirewallEntry``     bpf (planned)
 ``attach``     ``Attachment``        bpf
 ``vip``        ``VipAddress``        netlink
-``bgp-peer``   ``BgpPeer``           bgp
-``announce``   ``Announcement``      bgp
+``bgp-peer``   ``BgpPeer``           bgp (planned)
+``announce``   ``Announcement``      bgp (planned)
 =============  ====================  ===========
 """
 

@@ -14,23 +14,21 @@ goes through a full reconcile that plans from live state.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
-from reconciler.drivers import Driver
-from reconciler.drivers.registry import vip_interface_of
+from reconciler.desired import Health
+from reconciler.driver import ConnCountSync, CounterReader, Driver, DriverSet, KeyReader
 from reconciler.errors import LbctlError
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
 from reconciler.plan import Change
 from reconciler.records import Record, ServiceEntry
 from reconciler.watch import Delivery, Outcome, ServiceCounters
-
-DriverFactory = Callable[[str], Sequence[Driver]]  # vip interface -> the box's drivers
 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
@@ -44,23 +42,27 @@ def _counts(changes: Sequence[Change]) -> tuple[int, int, int]:
 
 
 class ReconcileEngine:
-    """Loads ``directory`` and reconciles it onto the drivers ``make_drivers`` builds."""
+    """Loads ``directory`` and reconciles it onto the box's drivers.
 
-    def __init__(self, directory: str | Path, state_dir: str | Path, make_drivers: DriverFactory, *,
+    ``drivers``: the box's ``DriverSet`` (each full reconcile selects the drivers
+    the configuration needs from it), or a fixed list of drivers.
+    """
+
+    def __init__(self, directory: str | Path, state_dir: str | Path, drivers: DriverSet | Sequence[Driver], *,
                  lock_timeout: float | None = None, incremental: bool = True,
                  follow_external_symlinks: bool = False) -> None:
         self.directory = Path(directory)
         self.follow_external_symlinks = follow_external_symlinks
         self.state_dir = Path(state_dir)
-        self.make_drivers = make_drivers
+        self.drivers = drivers if isinstance(drivers, DriverSet) else DriverSet.of(drivers)
         self.lock = StateLock(self.state_dir, timeout=lock_timeout, purpose="lbctl watch")
         self.incremental = incremental
         self.cache = ParseCache()
         self.applied = AppliedStore(self.state_dir)  # kept: it re-serializes only changed resources
         self.index: Index | None = None
         self.records: dict[str, int] = {}
-        self._drivers: Sequence[Driver] | None = None
-        self._vip_if: str | None = None
+        # Endpoint health, an input of every compile: all healthy until health probes fill it.
+        self.health: Health = {}
         self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
@@ -90,15 +92,16 @@ class ReconcileEngine:
         assert isinstance(loaded, LoadResult)
         try:
             with self.lock:
-                if not full and self.incremental and self.index is not None and self._drivers is not None:
-                    # A Datapath change (the only thing that picks the drivers) is never incremental.
-                    outcome = self._incremental(loaded, self._drivers, load_time,
+                if (not full and self.incremental and self.index is not None
+                        and self.drivers.current_for(loaded.resources)):
+                    # A delivery that changes which drivers the box needs is never incremental.
+                    outcome = self._incremental(loaded, self.drivers.active, load_time,
                                                 consecutive=self._index_load == seq - 1)
                     if outcome is not None:
                         if outcome.verified:
                             self._index_load = seq
                         return outcome
-                outcome = self._full(loaded, self._drivers_for(loaded), load_time)
+                outcome = self._full(loaded, load_time)
                 if outcome.verified:
                     self._index_load = seq
                 return outcome
@@ -107,13 +110,12 @@ class ReconcileEngine:
             return Outcome(verified=False, error=str(exc))
 
     def counters(self) -> Mapping[str, ServiceCounters]:
-        """Per-service totals from the datapath driver, when it offers ``counters()``."""
-        for driver in self._drivers or ():
-            read = getattr(driver, "counters", None)
-            if read is None:
+        """Per-service totals from the datapath driver, when it is a ``CounterReader``."""
+        for driver in self.drivers.active:
+            if not isinstance(driver, CounterReader):
                 continue
             out: dict[str, ServiceCounters] = {}
-            for key, value in read().items():
+            for key, value in driver.counters().items():
                 if isinstance(value, Mapping) and "service" in value:
                     value = value["service"]  # the bpf driver: {"service": Counters, "endpoints": {...}}
                 name = self._service_names.get(str(key), str(key))
@@ -126,19 +128,19 @@ class ReconcileEngine:
 
     # --- internals ---
 
-    def _drivers_for(self, loaded: LoadResult) -> Sequence[Driver]:
-        vip_if = vip_interface_of(loaded.resources)
-        if self._drivers is None or vip_if != self._vip_if:
-            self._drivers = self.make_drivers(vip_if)
-            self._vip_if = vip_if
-            self.index = None
-        return self._drivers
-
     def _read_keys(self, drivers: Sequence[Driver]) -> ReadKeys | None:
         """Live records of just some keys, if every driver concerned can read by key."""
         owner = drivers_by_kind(drivers)
-        readers = {kind: getattr(owner[kind], "read_keys", None) for kind in OWNED_KINDS if kind in owner}
-        if not readers or any(r is None for r in readers.values()):
+        readers: dict[str, KeyReader] = {}
+        for kind in OWNED_KINDS:
+            drv = owner.get(kind)
+            if drv is None:
+                continue
+            if not isinstance(drv, KeyReader):
+                return None
+            readers[kind] = drv
+
+        if not readers:
             return None
 
         def read(touched: Keys) -> Mapping[str, Mapping[str, Record]]:
@@ -146,7 +148,7 @@ class ReconcileEngine:
             for kind, keys in touched.items():
                 reader = readers.get(kind)
                 if reader is not None and keys:
-                    out[kind] = reader(kind, keys)
+                    out[kind] = reader.read_keys(kind, keys)
             return out
 
         return read
@@ -197,9 +199,10 @@ class ReconcileEngine:
                        records=dict(self.records), timings=timings, fixed=_describe(applied),
                        warnings=warnings or None)  # None: the last full reconcile's warnings stand
 
-    def _full(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome:
-        result = reconcile(None, drivers, self.state_dir, dry_run=False, loaded=loaded,
-                           applied_store=self.applied)
+    def _full(self, loaded: LoadResult, load_time: float) -> Outcome:
+        result = reconcile(None, self.drivers, self.state_dir, dry_run=False, loaded=loaded,
+                           health=self.health, applied_store=self.applied)
+        drivers = self.drivers.active
         t = result.timings
         timings = {"load": load_time, "plan": t.plan, "program": t.program, "verify": t.verify}
         created, updated, deleted = _counts(result.applied)
@@ -229,12 +232,12 @@ class ReconcileEngine:
             # Flows that age out or are evicted never say goodbye: recount open
             # connections from conntrack at every full reconcile (resync).
             for driver in drivers:
-                sync = getattr(driver, "sync_conn_counts", None)
-                if sync is not None:
-                    sync()
+                if isinstance(driver, ConnCountSync):
+                    driver.sync_conn_counts()
         owned = frozenset(drivers_by_kind(drivers))
         vips = {name: alloc.vip for name, alloc in result.allocations.items()}
-        self.index = Index(loaded.resources, result.desired, vips, owned) if self.incremental else None
+        self.index = (Index(loaded.resources, result.desired, vips, owned, self.health)
+                      if self.incremental else None)
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
                        timings=timings, fixed=_describe(result.applied), warnings=result.warnings)
 

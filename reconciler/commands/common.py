@@ -1,9 +1,10 @@
 """Helpers shared by the commands that touch the live box (plan, apply, get, export, down).
 
 Why this exists: every such command loads the configuration the same way,
-reports configuration errors the way ``validate`` does, builds the box's
-drivers through one seam (``drivers_for``, which tests replace with in-memory
-drivers) and prints data as json/yaml or a loxicmd-style table.
+reports configuration errors the way ``validate`` does, gets the box's
+drivers from the driver registry (``reconciler.drivers.registry``, whose
+``SPECS`` table tests replace with in-memory drivers) and prints data as
+json/yaml or a loxicmd-style table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from reconciler.apply import LoadedConfig, ReconcileResult, Timings, load_config, reconcile
 from reconciler.config.errors import ConfigError
-from reconciler.drivers import Driver
+from reconciler.driver import Driver
 from reconciler.lock import StateLock
 from reconciler.model import DEFAULT_VIP_INTERFACE
 from reconciler.plan import Plan
@@ -45,7 +46,7 @@ def add_follow_option(parser: argparse.ArgumentParser) -> None:
 
 
 def drivers_for(ctx: Any, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
-    """The box's drivers (the seam tests replace)."""
+    """Every driver of the box, whatever the configuration (``down``, ``get``, ``export``)."""
     from reconciler.drivers import registry
 
     return registry.build_drivers(ctx, vip_interface=vip_interface)
@@ -81,13 +82,13 @@ def load_timed(config_dir: str, state_dir: Any = None, *,
 def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str,
                   follow_external_symlinks: bool = False) -> ReconcileResult:
     """Load, then (holding the state lock) plan or apply; the CLI's one path into ``reconcile``."""
-    from reconciler.drivers.registry import vip_interface_of
+    from reconciler.drivers import registry
 
     loaded, t_parse = load_timed(config_dir, ctx.state_dir, follow_external_symlinks=follow_external_symlinks)
     if loaded.errors:
         return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
                                timings=Timings(parse=t_parse), digest=loaded.digest)
-    drivers = drivers_for(ctx, vip_interface_of(loaded.resources))
+    drivers = registry.driver_set(ctx)  # reconcile picks the ones this configuration needs
     with StateLock(ctx.state_dir, purpose=purpose):
         result = reconcile(config_dir, drivers, ctx.state_dir, dry_run=dry_run, loaded=loaded)
     return replace(result, timings=replace(result.timings, parse=t_parse))

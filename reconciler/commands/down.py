@@ -24,6 +24,7 @@ from reconciler.applied import AppliedStore
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
+from reconciler.driver import Teardown
 from reconciler.drivers.sysctl import STORE_NAME as KERNEL_SETTINGS
 from reconciler.errors import LbctlError
 from reconciler.ipam import STORE_NAME
@@ -55,15 +56,14 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
             try:
                 live = read_live([drv])
             except LbctlError as exc:  # e.g. pins of another layout: removed all the same
-                if not callable(getattr(drv, "down", None)):
+                if not isinstance(drv, Teardown):
                     raise
                 unreadable.append(str(exc.args[0]))
                 live = {}
             for kind, recs in live.items():
                 removed[kind] = removed.get(kind, 0) + len(recs)
-            teardown = getattr(drv, "down", None)
-            if callable(teardown):
-                teardown()  # everything the driver owns: programs, maps, pins, the interface
+            if isinstance(drv, Teardown):
+                drv.down()  # everything the driver owns: programs, maps, pins, the interface
             else:
                 plan = diff({}, live)
                 if plan:

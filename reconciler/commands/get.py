@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
+from reconciler.driver import ConntrackReader, CounterReader, Driver
 from reconciler.ipam import AllocationStore
 from reconciler.records import (
     Announcement,
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(ctx: Any, *kinds: str,
-          drivers: Sequence[Any] | None = None) -> Mapping[str, Mapping[str, Record]] | None:
+          drivers: Sequence[Driver] | None = None) -> Mapping[str, Mapping[str, Record]] | None:
     owner = drivers_by_kind(list(drivers_for(ctx) if drivers is None else drivers))
     out: dict[str, Mapping[str, Record]] = {}
     for kind in kinds:
@@ -74,12 +75,11 @@ def services(ctx: Any, wide: bool) -> list[Row] | None:
     return rows
 
 
-def _endpoint_counters(drivers: Sequence[Any]) -> dict[str, dict[str, Any]] | None:
+def _endpoint_counters(drivers: Sequence[Driver]) -> dict[str, dict[str, Any]] | None:
     """Per service key, per ``addr:port``: the datapath's counters (None: no driver keeps any)."""
     for drv in drivers:
-        read_counters = getattr(drv, "counters", None)
-        if callable(read_counters):
-            return {k: dict(v.get("endpoints", {})) for k, v in read_counters().items()}
+        if isinstance(drv, CounterReader):
+            return {k: dict(v.get("endpoints", {})) for k, v in drv.counters().items()}
     return None
 
 
@@ -112,10 +112,9 @@ def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
 
 def conntrack(ctx: Any, wide: bool) -> list[Row] | None:
     for drv in drivers_for(ctx):
-        dump_ct = getattr(drv, "conntrack", None)
-        if callable(dump_ct):
+        if isinstance(drv, ConntrackReader):
             rows: list[Row] = []
-            for flow in dump_ct():
+            for flow in drv.conntrack():
                 row = dict(flow) if isinstance(flow, Mapping) else dict(vars(flow))
                 rows.append({str(k).upper().replace("_", " "): v for k, v in row.items()})
             return rows

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from reconciler import statedir
 from reconciler.cli import DEFAULT_CONFIG_DIR, Context
 from reconciler.commands.common import add_follow_option
-from reconciler.drivers import Driver
 from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError
 from reconciler.logs import FORMATS, EventLog
@@ -43,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from reconciler.drivers.registry import build_drivers
+    from reconciler.drivers.registry import driver_set
     from reconciler.fswatch import DirWatcher
     from reconciler.watch_engine import ReconcileEngine
 
@@ -54,11 +53,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     directory = os.path.abspath(args.dir)
     statedir.ensure(ctx.state_dir)  # a state dir others can open would let them block every reconcile
 
-    def make_drivers(vip_interface: str) -> Sequence[Driver]:
-        return build_drivers(ctx, vip_interface=vip_interface)
-
     follow = args.follow_external_symlinks
-    engine = ReconcileEngine(directory, ctx.state_dir, make_drivers, incremental=not args.no_incremental,
+    engine = ReconcileEngine(directory, ctx.state_dir, driver_set(ctx), incremental=not args.no_incremental,
                              follow_external_symlinks=follow)
     log = EventLog(args.log_format)
 

@@ -1,10 +1,14 @@
-"""Build the real drivers for a box (a CLI ``Context``).
+"""The table of the real drivers, and the box's ``DriverSet`` built from it.
 
 Why this exists: the commands and the daemon need "the drivers of this box"
 without knowing their constructors, and ``validate`` and the unit tests must
-not import libbpf/cffi or pyroute2 at all.  So the driver modules are imported
-here, lazily, when a command actually touches the live system.  Tests swap
-``build_drivers`` for one returning in-memory drivers.
+not import libbpf/cffi or pyroute2 at all.  So each driver module is imported
+here, lazily, when a driver is actually built.  Adding a driver is one entry in
+``SPECS``: its name, the record kinds it owns, its factory, and when the
+desired state needs it (``reconciler.driver.DriverSpec``; a BGP driver would be
+``needed=has_kind("BGPConfig")``).  The order of ``SPECS`` is the order
+``lbctl down`` takes the box apart: programs first, kernel settings given back
+last.  Tests replace ``SPECS`` with in-memory drivers.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.drivers import Driver
+from reconciler.driver import Driver, DriverSet, DriverSpec
 from reconciler.errors import LbctlError
 from reconciler.model import DEFAULT_VIP_INTERFACE, DatapathSpec, Resource
 
@@ -41,7 +45,8 @@ def vip_interface_of(resources: Iterable[Resource]) -> str:
     return DEFAULT_VIP_INTERFACE
 
 
-def _module(name: str) -> Any:
+def _module(name: str, ctx: BoxContext) -> Any:
+    check_netns(ctx)
     try:
         return importlib.import_module(f"reconciler.drivers.{name}")
     except ImportError as exc:
@@ -50,22 +55,29 @@ def _module(name: str) -> Any:
                               "(make build)") from exc
 
 
-def bpf_driver(ctx: BoxContext) -> Driver:
-    mod = _module("bpf")
+def bpf_driver(ctx: BoxContext, settings: object = None) -> Driver:
+    mod = _module("bpf", ctx)
     driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns)
     return driver
 
 
 def netlink_driver(ctx: BoxContext, vip_interface: str = DEFAULT_VIP_INTERFACE) -> Driver:
-    mod = _module("netlink")
+    mod = _module("netlink", ctx)
     driver: Driver = mod.NetlinkDriver(ifname=vip_interface, netns=ctx.netns)
     return driver
 
 
-def sysctl_driver(ctx: BoxContext) -> Driver:
-    mod = _module("sysctl")
+def sysctl_driver(ctx: BoxContext, settings: object = None) -> Driver:
+    mod = _module("sysctl", ctx)
     driver: Driver = mod.SysctlDriver(state_dir=ctx.state_dir, netns=ctx.netns)
     return driver
+
+
+SPECS: tuple[DriverSpec, ...] = (
+    DriverSpec("bpf", frozenset({"service", "endpoints", "attach"}), bpf_driver),
+    DriverSpec("netlink", frozenset({"vip"}), netlink_driver, settings=vip_interface_of),
+    DriverSpec("sysctl", frozenset({"sysctl"}), sysctl_driver),
+)
 
 
 def check_netns(ctx: BoxContext) -> None:
@@ -80,12 +92,11 @@ def check_netns(ctx: BoxContext) -> None:
                          hint=f"check the name ('ip netns list'), or create it: ip netns add {ctx.netns}")
 
 
-def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
-    """The drivers of the box: datapath maps/programs (``bpf``), VIP addresses (``netlink``) and
-    the kernel settings the datapath needs (``sysctl``).
+def driver_set(ctx: BoxContext) -> DriverSet:
+    """The box's drivers, chosen per desired state (``plan``, ``apply``, the daemon)."""
+    return DriverSet(SPECS, ctx)
 
-    The order is the order ``lbctl down`` takes the box apart: programs first,
-    kernel settings given back last.
-    """
-    check_netns(ctx)
-    return [bpf_driver(ctx), netlink_driver(ctx, vip_interface), sysctl_driver(ctx)]
+
+def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
+    """Every registered driver of the box, in ``SPECS`` order (``down``, ``get``, ``export``)."""
+    return driver_set(ctx).every({"netlink": vip_interface})

@@ -4,7 +4,8 @@ Why this exists: the planner, apply and the CLI must be testable without root,
 libbpf or namespaces.  ``FakeDriver`` follows the ``Driver`` protocol: it keeps
 records in a dict, applies changes idempotently and counts a write only when a
 change actually alters its state (as a real map driver does when it skips
-identical values).
+identical values).  The fakes own exactly the kinds the real drivers own, and
+``tests/reconciler/drivers/test_contract.py`` runs the same contract on both.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from reconciler.driver import DriverSpec, has_kind
 from reconciler.model import (
     BGPConfigSpec,
     BGPPeerSpec,
@@ -79,12 +81,35 @@ class FakeDriver:
         self.downed = True
 
 
+BPF_KINDS = frozenset({"service", "endpoints", "attach"})
+NETLINK_KINDS = frozenset({"vip"})
+SYSCTL_KINDS = frozenset({"sysctl"})
+BGP_KINDS = frozenset({"bgp-peer", "announce"})  # the planned BGP driver's
+
+
 def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None
                  ) -> tuple[FakeDriver, FakeDriver, FakeDriver]:
     """A 'bpf', a 'netlink' and a 'sysctl' fake, owning the kinds the real ones own."""
-    return (FakeDriver({"service", "endpoints", "attach", "firewall"}, initial, name="bpf"),
-            FakeDriver({"vip"}, initial, name="netlink"),
-            FakeDriver({"sysctl"}, initial, name="sysctl"))
+    return (FakeDriver(BPF_KINDS, initial, name="bpf"),
+            FakeDriver(NETLINK_KINDS, initial, name="netlink"),
+            FakeDriver(SYSCTL_KINDS, initial, name="sysctl"))
+
+
+def fake_bgp(initial: Mapping[str, Mapping[str, Record]] | None = None) -> FakeDriver:
+    """A 'bgp' fake, for the driver the registry brings up when a BGPConfig exists."""
+    return FakeDriver(BGP_KINDS, initial, name="bgp")
+
+
+def fake_specs(drivers: Sequence[FakeDriver]) -> tuple[DriverSpec, ...]:
+    """A registry (``reconciler.drivers.registry.SPECS``) of already built fakes.
+
+    Every fake is always needed, except one named 'bgp': only when a BGPConfig exists.
+    """
+    def given(drv: FakeDriver) -> Any:
+        return lambda box, settings: drv
+
+    return tuple(DriverSpec(d.name, d.kinds, given(d), needed=has_kind("BGPConfig")) if d.name == "bgp"
+                 else DriverSpec(d.name, d.kinds, given(d)) for d in drivers)
 
 
 def fake_table(backends: Sequence[Backend], size: int) -> bytes:

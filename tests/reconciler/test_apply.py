@@ -110,7 +110,7 @@ def test_store_lost_keeps_live_vips(tmp_path: Path) -> None:
 
 
 def test_failure_midway_reports_and_next_run_converges(tmp_path: Path) -> None:
-    bpf = FakeDriver({"service", "endpoints", "attach", "firewall"}, fail_at=4, name="bpf")
+    bpf = FakeDriver({"service", "endpoints", "attach"}, fail_at=4, name="bpf")
     nl = FakeDriver({"vip"}, name="netlink")
     ks = FakeDriver({"sysctl"}, name="sysctl")
     r = run(config(), [bpf, nl, ks], tmp_path)
@@ -177,3 +177,13 @@ def test_apply_plan_to_fakes_matches_pure_model(tmp_path: Path) -> None:
     apply_plan(plan, [bpf, nl, ks])
     assert diff(desired, {**bpf.read(), **nl.read(), **ks.read()}).empty
     assert diff(empty_state(), empty_state()).empty
+
+
+def test_endpoint_health_reaches_the_plan(tmp_path: Path) -> None:
+    bpf, nl, ks = fake_drivers()
+    assert run(config(1), [bpf, nl, ks], tmp_path).ok
+    r = reconcile(None, [bpf, nl, ks], tmp_path, dry_run=False, loaded=Loaded(tuple(config(1))),
+                  table_builder=fake_table, health={("s0", "10.0.0.2"): False})
+    assert r.ok and [(c.action, c.kind) for c in r.applied] == [("update", "endpoints")]
+    assert [b.address for b in bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends] == ["10.0.0.1"]  # type: ignore[union-attr]
+    assert run(config(1), [bpf, nl, ks], tmp_path).plan.counts() == {"add": 0, "change": 1, "destroy": 0}

@@ -21,7 +21,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.apply import ReconcileResult, read_live, reconcile
-from reconciler.drivers import Driver
+from reconciler.driver import Driver
 from reconciler.drivers.registry import build_drivers
 
 pytestmark = pytest.mark.root

@@ -29,7 +29,7 @@ def make_box(tmp_path: Path) -> tuple[Path, ReconcileEngine, tuple[FakeDriver, F
                                  + svc("a2", "198.51.100.2", 80, ["10.0.0.3"]))
     (conf / "b.yaml").write_text(svc("b1", "198.51.100.3", 80, ["10.0.0.4"]))
     drivers = fake_drivers()
-    engine = ReconcileEngine(conf, tmp_path / "state", lambda vip_if: drivers)
+    engine = ReconcileEngine(conf, tmp_path / "state", drivers)
     return conf, engine, drivers
 
 
@@ -130,7 +130,7 @@ def test_a_link_to_a_file_outside_the_directory_never_reaches_status(tmp_path: P
         f"{conf}/creds.yaml: symlink leaves the configuration directory: it points to {secret}; not read "
         "(copy what it points to into the directory, or pass --follow-external-symlinks to read links that "
         "leave it)"]
-    follow = ReconcileEngine(conf, tmp_path / "state", lambda vip_if: fake_drivers(),
+    follow = ReconcileEngine(conf, tmp_path / "state", fake_drivers(),
                              follow_external_symlinks=True)
     assert "s3cr3t-value" in " ".join(follow.load(full=True).errors)  # the option does read it
 

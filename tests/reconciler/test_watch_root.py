@@ -32,7 +32,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.apply import read_live
-from reconciler.drivers import Driver
+from reconciler.driver import Driver
 from reconciler.drivers.netns import in_netns
 from reconciler.drivers.registry import build_drivers
 from reconciler.plan import Change

@@ -21,7 +21,7 @@ from reconciler.drivers import registry
 from reconciler.model import SECRET_PLACEHOLDER
 from reconciler.watch_engine import ReconcileEngine
 from tests.reconciler.export_cases import EVERYTHING, PASSWORD, fill_secrets, write
-from tests.reconciler.fakes import FakeDriver, fake_drivers
+from tests.reconciler.fakes import FakeDriver, fake_drivers, fake_specs
 
 Cap = pytest.CaptureFixture[str]
 
@@ -29,7 +29,7 @@ Cap = pytest.CaptureFixture[str]
 class Box:
     def __init__(self, tmp: Path, netns: str | None) -> None:
         self.tmp, self.netns = tmp, netns
-        self.drivers: tuple[FakeDriver, FakeDriver] = fake_drivers()
+        self.drivers: tuple[FakeDriver, ...] = fake_drivers()
         self.common = ["--state-dir", str(tmp / "state"), "--pin-root", str(tmp / "pins")]
         if netns:
             self.common += ["--netns", netns]
@@ -42,7 +42,7 @@ class Box:
 @pytest.fixture(params=[None, "ex_Lb.1", "Edge.Box_2"])
 def box(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Box:
     b = Box(tmp_path, request.param)
-    monkeypatch.setattr(registry, "build_drivers", lambda ctx, vip_interface="lbctl0": list(b.drivers))
+    monkeypatch.setattr(registry, "SPECS", fake_specs(b.drivers))
     monkeypatch.setattr(socket, "gethostname", lambda: "Web01.Example.COM")
     return b
 
@@ -142,7 +142,7 @@ def test_only_a_verified_apply_is_recorded(box: Box, capsys: Cap) -> None:
 def test_the_daemon_records_full_and_incremental_reconciles(tmp_path: Path) -> None:
     conf = write(tmp_path / "conf")
     drivers = fake_drivers()
-    engine = ReconcileEngine(conf, tmp_path / "state", lambda vip_if: drivers)
+    engine = ReconcileEngine(conf, tmp_path / "state", drivers)
     assert engine.reconcile(engine.load(full=True), full=True).verified
     store = AppliedStore(tmp_path / "state")
     first = store.load()

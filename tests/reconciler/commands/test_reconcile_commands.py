@@ -13,7 +13,7 @@ import yaml
 from reconciler import cli
 from reconciler.drivers import registry
 from reconciler.lock import StateLock
-from tests.reconciler.fakes import FakeDriver, fake_drivers
+from tests.reconciler.fakes import FakeDriver, fake_bgp, fake_drivers, fake_specs
 
 Cap = pytest.CaptureFixture[str]
 
@@ -51,7 +51,7 @@ spec: {interfaces: [eth0]}
 @pytest.fixture()
 def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     drivers = list(fake_drivers())
-    monkeypatch.setattr(registry, "build_drivers", lambda ctx, vip_interface="lbctl0": drivers)
+    monkeypatch.setattr(registry, "SPECS", fake_specs(drivers))
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "web.yaml").write_text(WEB)
@@ -218,6 +218,38 @@ def test_down_removes_what_it_cannot_read(box: dict[str, Any], capsys: Cap,
     assert capsys.readouterr().out.startswith(
         "lbctl is down: removed 2 vip and a datapath this lbctl cannot read (pinned map /pins/lb_be_stats "
         "does not fit this lbctl's lb_be_stats); pins under ")
+
+
+BGP = """\
+apiVersion: lbctl.dev/v1alpha1
+kind: BGPConfig
+metadata: {name: bgp}
+spec: {localAS: 65001, routerID: 192.0.2.1}
+---
+apiVersion: lbctl.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: upstream}
+spec: {address: 192.0.2.254, remoteAS: 65000}
+"""
+
+
+def test_a_bgpconfig_brings_a_bgp_driver_up_and_removing_it_takes_it_down(
+        box: dict[str, Any], capsys: Cap, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each CLI run builds its drivers from the registry for the configuration it applies."""
+    bgp = fake_bgp()
+    monkeypatch.setattr(registry, "SPECS", fake_specs([*box["drivers"], bgp]))
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    assert not bgp.calls  # not needed and nothing of it live: left alone
+    (box["conf"] / "bgp.yaml").write_text(BGP)
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    assert set(bgp.state["bgp-peer"]) == {"192.0.2.254"}
+    (box["conf"] / "bgp.yaml").unlink()
+    capsys.readouterr()
+    assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 2
+    assert '- bgp-peer "192.0.2.254"' in capsys.readouterr().out and not bgp.downed
+    assert lbctl(box, "apply", str(box["conf"])) == 0
+    assert bgp.downed and bgp.read() == {"bgp-peer": {}, "announce": {}}
+    assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 0
 
 
 def test_netns_gives_own_state_dir(box: dict[str, Any], tmp_path: Path) -> None:
