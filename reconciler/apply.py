@@ -31,10 +31,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.config.errors import ConfigError
 from reconciler.desired import TableBuilder, compile_state
 from reconciler.drivers import Driver
-from reconciler.errors import LbctlError
+from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, AllocationStore, allocate
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff

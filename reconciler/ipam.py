@@ -34,8 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.atomicfile import write_atomic
-from reconciler.config.errors import ConfigError
-from reconciler.errors import LbctlError
+from reconciler.errors import ConfigError, LbctlError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
 
 STORE_NAME = "allocations.json"

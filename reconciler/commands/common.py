@@ -19,8 +19,8 @@ from typing import IO, Any
 import yaml
 
 from reconciler.apply import LoadedConfig, ReconcileResult, Timings, load_config, reconcile
-from reconciler.config.errors import ConfigError
 from reconciler.drivers import Driver
+from reconciler.errors import ConfigError
 from reconciler.lock import StateLock
 from reconciler.model import DEFAULT_VIP_INTERFACE
 from reconciler.plan import Plan
