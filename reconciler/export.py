@@ -20,13 +20,13 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.desired import default_maglev_size
 from reconciler.model import (
     API_VERSION,
     DEFAULT_OTHER_SESSION_TIMEOUT,
     DEFAULT_PERSIST_TIMEOUT,
     DEFAULT_TCP_SESSION_TIMEOUT,
-    DEFAULT_VIP_INTERFACE,
 )
 from reconciler.records import (
     Attachment,

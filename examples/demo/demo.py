@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 
+from reconciler.constants import DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR
 from reconciler.drivers.netns import in_netns
 from reconciler.testbed import VIP4, Testbed
 
@@ -42,7 +43,7 @@ def down(prefix: str) -> None:
     tb.teardown()
     # Pins and state of the LB box that `lbctl down` could not reach (its namespace was gone).
     lb = tb.lb
-    for root, default in (("LBCTL_PIN_ROOT", "/sys/fs/bpf/lbctl"), ("LBCTL_STATE_DIR", "/var/lib/lbctl")):
+    for root, default in (("LBCTL_PIN_ROOT", DEFAULT_PIN_ROOT), ("LBCTL_STATE_DIR", DEFAULT_STATE_DIR)):
         path = os.path.join(os.environ.get(root) or default, lb)
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)

@@ -20,8 +20,8 @@ import yaml
 
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.export import export_documents
-from reconciler.model import DEFAULT_VIP_INTERFACE
 
 HEADER = "# Exported by 'lbctl export' from the live state of {box}.\n"
 

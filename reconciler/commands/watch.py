@@ -12,7 +12,8 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from reconciler.cli import DEFAULT_CONFIG_DIR, Context
+from reconciler.cli import Context
+from reconciler.constants import DEFAULT_CONFIG_DIR
 from reconciler.drivers import Driver
 from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError

@@ -65,7 +65,7 @@ def cache_key() -> str:
 
     root = Path(reconciler.__file__).resolve().parent
     h = hashlib.sha256(f"{reconciler.__version__}|{sys.version}|{pickle.HIGHEST_PROTOCOL}".encode())
-    core = [root / "model.py", root / "limits.py", root / "errors.py"]
+    core = [root / "model.py", root / "limits.py", root / "errors.py", root / "constants.py"]
     sources = sorted((root / "config").glob("*.py")) + core
     for path in sources + sorted(schemas.SCHEMA_DIR.glob("*.json")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import maglev
+from reconciler.constants import BPFFS, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import (
-    PROTO_NUMBERS,
     Attachment,
     Backend,
     EndpointSet,
@@ -48,8 +48,6 @@ from reconciler.records import (
     ServiceKey,
 )
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/lbctl"
-BPFFS = "/sys/fs/bpf"
 PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
 SELECTIONS = {"rr": 0, "hash": 1, "persist": 2, "lc": 3, "maglev": 4, "priority": 5}
 MODES = {"default": 0, "onearm": 1, "fullnat": 2, "dsr": 3}
@@ -138,7 +136,7 @@ def _proto_num(proto: str) -> int:
     return PROTO_NUMBERS[proto]
 
 
-_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
+_PROTO_NAMES = {n: p for n, p in PROTO_NAMES.items() if p != "icmpv6"}  # ICMPv6 is keyed as 1 too
 _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
@@ -304,7 +302,7 @@ def _ensure_bpffs() -> None:
         err = ctypes.get_errno()
         raise LbctlError(
             f"bpffs is not mounted at {BPFFS} and mounting it failed: {os.strerror(err)}",
-            "mount it: mount -t bpf bpf /sys/fs/bpf (needs root)",
+            f"mount it: mount -t bpf bpf {BPFFS} (needs root)",
         )
 
 

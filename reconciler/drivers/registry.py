@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.drivers import Driver
 from reconciler.errors import LbctlError
-from reconciler.model import DEFAULT_VIP_INTERFACE, DatapathSpec, Resource
+from reconciler.model import DatapathSpec, Resource
 
 
 class BoxContext(Protocol):
