@@ -34,7 +34,8 @@ from typing import Any, Protocol
 from reconciler.desired import TableBuilder, compile_state
 from reconciler.drivers import Driver
 from reconciler.errors import ConfigError, LbctlError
-from reconciler.ipam import Allocation, AllocationStore, allocate
+from reconciler.ipam import Allocation, allocate
+from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
 from reconciler.records import Record, ServiceEntry

@@ -22,7 +22,7 @@ from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
 from reconciler.constants import DEFAULT_VIP_INTERFACE
-from reconciler.ipam import STORE_NAME
+from reconciler.ipam_store import STORE_NAME
 from reconciler.lock import LOCK_NAME, StateLock
 from reconciler.plan import diff
 
