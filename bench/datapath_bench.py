@@ -33,9 +33,9 @@ from reconciler.drivers.bpf import BpfDriver  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
-from reconciler.testbed import VIP4, Testbed  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import CLIENT4, GW4, Datapath  # noqa: E402
+from tests.testbed import VIP4, Testbed  # noqa: E402
 
 ROUNDS = 9  # interleaved rounds; each reports the median of its calls
 CALLS = 300  # BPF_PROG_TEST_RUN calls per case and round

@@ -1,6 +1,7 @@
-"""Topology helper for examples/demo/run.sh (run as root, from the repository root).
+"""Topology helper for examples/demo/run.sh (run as root, from the repository root, which run.sh
+puts on PYTHONPATH: the testbed lives in the test tree, not in the installed package).
 
-Why this exists: the demo needs the namespaces of ``reconciler.testbed`` (client,
+Why this exists: the demo needs the namespaces of ``tests.testbed`` (client,
 LB, three backends with HTTP/UDP servers) to outlive the process that builds
 them, and a way to remove them (and their server processes) later from another
 process.  The addresses are the testbed's fixed ones, which examples/demo/*.yaml
@@ -20,7 +21,7 @@ import sys
 
 from reconciler.constants import DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR
 from reconciler.drivers.netns import in_netns
-from reconciler.testbed import VIP4, Testbed
+from tests.testbed import VIP4, Testbed
 
 N_BACKENDS = 3
 UDP_VIP_PORT = 53
