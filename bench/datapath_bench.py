@@ -25,7 +25,8 @@ import sys
 import tempfile
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
@@ -73,7 +74,7 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """
     out: dict[str, dict[str, list[float]]] = {}
     checks: dict[str, str] = {}
-    obj = B.BpfObject(os.path.join(B.REPO, "build", "bpf", "lb_empty.o"))
+    obj = B.BpfObject(os.path.join(REPO, "build", "bpf", "lb_empty.o"))
     obj.load()
     dp = Datapath()
     try:

@@ -28,3 +28,13 @@ DEFAULT_VIP_INTERFACE: Final = "lbctl0"
 PROTO_NUMBERS: Final[Mapping[str, int]] = MappingProxyType(
     {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58})
 PROTO_NAMES: Final[Mapping[int, str]] = MappingProxyType({n: p for p, n in PROTO_NUMBERS.items()})
+
+# The datapath's files lbctl needs at run time: the compiled object and the header its
+# map layouts are declared in (cffi reads it). `make build` copies both into the package
+# (reconciler/datapath/, shipped as package data); a Debian package puts them in the system
+# directory; LBCTL_DATAPATH_DIR names another directory holding both.
+DATAPATH_OBJECT: Final = "lb_kern.o"
+DATAPATH_HEADER: Final = "lb_shared.h"
+DATAPATH_PACKAGE_DIR: Final = "datapath"
+DATAPATH_SYSTEM_DIR: Final = "/usr/lib/lbctl"
+DATAPATH_DIR_ENV: Final = "LBCTL_DATAPATH_DIR"

@@ -74,7 +74,7 @@ if [ "${1:-up}" = down ]; then
     exit 0
 fi
 
-[ -f build/bpf/lb_kern.o ] || die "the datapath is not built (build/bpf/lb_kern.o): run 'make build'"
+[ -f reconciler/datapath/lb_kern.o ] || die "the datapath is not built (reconciler/datapath/lb_kern.o): run 'make build'"
 command -v curl >/dev/null || die "curl is missing: run 'sudo make setup'"
 
 section "Clean slate: removing any previous demo"

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import maglev
-from reconciler.constants import BPFFS, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
+from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers.datapath_files import datapath_file
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
@@ -56,16 +57,6 @@ CT_STATES = {0: "active", 1: "syn-sent", 2: "established", 3: "fin-wait", 4: "cl
 WEIGHTED_TABLE_MAX = 4096
 F_HAS_SERVICE = 1
 F_HAS_ENDPOINTS = 2
-
-
-def default_object_path() -> str:
-    env = os.environ.get("LBCTL_BPF_OBJECT")
-    if env:
-        return env
-    for cand in (os.path.join(B.REPO, "build", "bpf", "lb_kern.o"), "/usr/lib/lbctl/lb_kern.o"):
-        if os.path.exists(cand):
-            return cand
-    return os.path.join(B.REPO, "build", "bpf", "lb_kern.o")
 
 
 def pin_root_for(netns: str | None, root: str = DEFAULT_PIN_ROOT) -> str:
@@ -342,7 +333,7 @@ class BpfDriver:
     ) -> None:
         self.netns = netns
         self.pin_root = pin_root or pin_root_for(netns)
-        self.obj_path = obj_path or default_object_path()
+        self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
         self._obj: B.BpfObject | None = None
         self._maps: dict[str, B.Map] = {}
         self._own_fds: list[int] = []
