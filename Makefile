@@ -48,7 +48,7 @@ help:
 	@echo "  sudo make test   set up, build, lint, all tests in .venv, unit tests under Debian's python3"
 	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
 	@echo "  make lock        re-resolve the dev/test venv's dependencies into requirements/dev.lock"
-	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o)"
+	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o, copied into reconciler/datapath/)"
 	@echo "  make lint        ruff + mypy (strict)"
 	@echo "  make bench       run bench/*.py (tables to stdout, results in bench/results/)"
 	@echo "  make clean       remove build outputs and caches (keeps .venv; distclean removes it too)"
@@ -119,9 +119,21 @@ lock:
 
 # --- build -------------------------------------------------------------------
 
+# What lbctl loads at run time, as package data (pyproject.toml ships it; lbctl finds it
+# with importlib.resources, reconciler/drivers/datapath_files.py): the object and the
+# header cffi reads, copied from the same build. A file is replaced (atomically) only when
+# it changed, so a running lbctl never reads a half-written one.
+DATAPATH_DATA := reconciler/datapath
+DATAPATH_FILES := build/bpf/lb_kern.o bpf/lb_shared.h
+
 build: setup
 	@if [ -f bpf/Makefile ]; then \
 		$(MAKE) -C bpf PACKAGES="$(APT_PACKAGES)"; \
+		mkdir -p $(DATAPATH_DATA); \
+		for f in $(DATAPATH_FILES); do \
+			dst=$(DATAPATH_DATA)/$$(basename $$f); \
+			cmp -s $$f $$dst || { cp $$f $$dst.tmp && mv -f $$dst.tmp $$dst && echo "make build: $$f -> $$dst"; }; \
+		done; \
 	else \
 		echo "make build: bpf/Makefile does not exist yet; skipping the datapath build"; \
 	fi
@@ -199,7 +211,7 @@ bench: setup build
 
 clean:
 	@if [ -f bpf/Makefile ]; then $(MAKE) -C bpf clean PACKAGES=none || true; fi
-	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build $(DATAPATH_DATA) .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./.venv -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
 distclean: clean

@@ -25,7 +25,8 @@ import sys
 import tempfile
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
@@ -33,9 +34,9 @@ from reconciler.drivers.bpf import BpfDriver  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
-from reconciler.testbed import VIP4, Testbed  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import CLIENT4, GW4, Datapath  # noqa: E402
+from tests.testbed import VIP4, Testbed  # noqa: E402
 
 ROUNDS = 9  # interleaved rounds; each reports the median of its calls
 CALLS = 300  # BPF_PROG_TEST_RUN calls per case and round
@@ -73,7 +74,7 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """
     out: dict[str, dict[str, list[float]]] = {}
     checks: dict[str, str] = {}
-    obj = B.BpfObject(os.path.join(B.REPO, "build", "bpf", "lb_empty.o"))
+    obj = B.BpfObject(os.path.join(REPO, "build", "bpf", "lb_empty.o"))
     obj.load()
     dp = Datapath()
     try:

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
-from reconciler.config.errors import ConfigError
 from reconciler.desired import Health, TableBuilder, compile_state
 from reconciler.driver import Driver, DriverSet, PartialSupport
-from reconciler.errors import LbctlError
-from reconciler.ipam import Allocation, AllocationStore, allocate
+from reconciler.errors import ConfigError, LbctlError
+from reconciler.ipam import Allocation, allocate
+from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
 from reconciler.records import Record, ServiceEntry

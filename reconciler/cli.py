@@ -20,11 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import __version__
+from reconciler.constants import DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR
 from reconciler.errors import LbctlError
-
-DEFAULT_CONFIG_DIR = "/etc/lbctl/conf.d"
-DEFAULT_STATE_DIR = "/var/lib/lbctl"
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/lbctl"
 
 # name -> (module, one-line help); order is the order of `lbctl --help`.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -42,8 +42,8 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from reconciler import maglev
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.model import (
-    DEFAULT_VIP_INTERFACE,
     BGPPeerSpec,
     DatapathSpec,
     Endpoint,

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.desired import (
     TableBuilder,
     canonical_ip,
@@ -48,7 +49,6 @@ from reconciler.model import (
     DEFAULT_OTHER_SESSION_TIMEOUT,
     DEFAULT_PERSIST_TIMEOUT,
     DEFAULT_TCP_SESSION_TIMEOUT,
-    DEFAULT_VIP_INTERFACE,
     SECRET_PLACEHOLDER,
     BGPPeerSpec,
     DatapathSpec,

@@ -3,8 +3,9 @@
 Why this exists: a VIP is what clients, DNS and firewalls point at; it must not
 move because a file was renamed, documents were reordered or another service
 was added.  So allocation is a pure function of (pools, services, previous
-allocations), and the previous allocations are persisted in the state dir
-(``allocations.json``, written atomically).  Rules:
+allocations); this module does no I/O.  The previous allocations are kept in the
+state dir by ``reconciler.ipam_store`` (``allocations.json``, written
+atomically).  Rules:
 
 * a literal ``vip`` wins over ``pool`` (no allocation) and occupies its address
   (with its ports) for everyone else;
@@ -27,20 +28,11 @@ addresses, or ``first-last`` ranges.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from reconciler import statedir
-from reconciler.config.errors import ConfigError
-from reconciler.errors import LbctlError
+from reconciler.errors import ConfigError
 from reconciler.model import PoolSpec, Resource, ServiceSpec
-from reconciler.statefile import replace_file
-
-STORE_NAME = "allocations.json"
-STORE_FORMAT = 1
 
 PortSpan = tuple[str, int, int]  # (protocol, first port, last port)
 
@@ -236,32 +228,3 @@ def allocate(resources: Iterable[Resource], previous: Mapping[str, Allocation] |
                                   + ", ".join(names), hint))
     return IpamResult(vips=vips, allocations=allocs, errors=tuple(errors))
 
-
-class AllocationStore:
-    """``allocations.json`` in the state dir: load, and replace atomically."""
-
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(state_dir) / STORE_NAME
-
-    def load(self) -> dict[str, Allocation]:
-        try:
-            raw = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        try:
-            data = json.loads(raw)
-            if data.get("format_version") != STORE_FORMAT:
-                raise ValueError(f"format_version {data.get('format_version')!r}")
-            return {name: Allocation(str(a["pool"]), str(a["vip"]))
-                    for name, a in data["allocations"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LbctlError(f"{self.path} is not a valid allocation store: {exc}",
-                             hint="restore it from a backup, or remove it: lbctl then keeps the VIPs it "
-                                  "finds live and allocates the rest anew") from None
-
-    def save(self, allocations: Mapping[str, Allocation]) -> None:
-        """Replace the store atomically and durably (``reconciler.statefile``) in a safe state dir."""
-        statedir.ensure(self.path.parent)
-        data = {"format_version": STORE_FORMAT,
-                "allocations": {n: {"pool": a.pool, "vip": a.vip} for n, a in sorted(allocations.items())}}
-        replace_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))

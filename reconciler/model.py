@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
+
 API_VERSION = "lbctl.dev/v1alpha1"
 
 Protocol = Literal["TCP", "UDP", "SCTP", "ICMP"]
@@ -29,7 +31,6 @@ FirewallAction = Literal["allow", "drop", "trap", "mark", "rateLimit"]
 DEFAULT_MODE: Mode = "default"
 DEFAULT_SELECTION: Selection = "rr"
 DEFAULT_HOOK: Hook = "tc"
-DEFAULT_VIP_INTERFACE = "lbctl0"
 DEFAULT_TCP_SESSION_TIMEOUT = 240  # seconds idle, TCP and SCTP
 DEFAULT_OTHER_SESSION_TIMEOUT = 20  # seconds idle, UDP and ICMP
 DEFAULT_PERSIST_TIMEOUT = 10800  # seconds, like Kubernetes sessionAffinity

@@ -30,8 +30,6 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
-
 
 @dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:

@@ -1,6 +1,7 @@
-"""Topology helper for examples/demo/run.sh (run as root, from the repository root).
+"""Topology helper for examples/demo/run.sh (run as root, from the repository root, which run.sh
+puts on PYTHONPATH: the testbed lives in the test tree, not in the installed package).
 
-Why this exists: the demo needs the namespaces of ``reconciler.testbed`` (client,
+Why this exists: the demo needs the namespaces of ``tests.testbed`` (client,
 LB, three backends with HTTP/UDP servers) to outlive the process that builds
 them, and a way to remove them (and their server processes) later from another
 process.  The addresses are the testbed's fixed ones, which examples/demo/*.yaml
@@ -18,8 +19,9 @@ import shutil
 import socket
 import sys
 
+from reconciler.constants import DEFAULT_PIN_ROOT, DEFAULT_STATE_DIR
 from reconciler.drivers.netns import in_netns
-from reconciler.testbed import VIP4, Testbed
+from tests.testbed import VIP4, Testbed
 
 N_BACKENDS = 3
 UDP_VIP_PORT = 53
@@ -42,7 +44,7 @@ def down(prefix: str) -> None:
     tb.teardown()
     # Pins and state of the LB box that `lbctl down` could not reach (its namespace was gone).
     lb = tb.lb
-    for root, default in (("LBCTL_PIN_ROOT", "/sys/fs/bpf/lbctl"), ("LBCTL_STATE_DIR", "/var/lib/lbctl")):
+    for root, default in (("LBCTL_PIN_ROOT", DEFAULT_PIN_ROOT), ("LBCTL_STATE_DIR", DEFAULT_STATE_DIR)):
         path = os.path.join(os.environ.get(root) or default, lb)
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)

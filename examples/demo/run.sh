@@ -36,12 +36,15 @@ die() {
 trap 'die "command failed (line $LINENO): $BASH_COMMAND"' ERR
 
 lbctl() { "$LBCTL" "$@" --netns "$LB"; }
+# The topology helper imports tests.testbed (the test tree is not installed): the repository
+# root goes on its path.
+demo_py() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" examples/demo/demo.py "$@"; }
 
 teardown() {
     if ip netns list | awk '{print $1}' | grep -qx -- "$LB"; then
         lbctl down >/dev/null || echo "demo: lbctl down --netns $LB failed; removing the namespace anyway" >&2
     fi
-    "$PY" examples/demo/demo.py down "$PREFIX"
+    demo_py down "$PREFIX"
 }
 
 # Send $REQUESTS HTTP requests from the client to the VIP; print who answered,
@@ -71,15 +74,15 @@ if [ "${1:-up}" = down ]; then
     exit 0
 fi
 
-[ -f build/bpf/lb_kern.o ] || die "the datapath is not built (build/bpf/lb_kern.o): run 'make build'"
+[ -f reconciler/datapath/lb_kern.o ] || die "the datapath is not built (reconciler/datapath/lb_kern.o): run 'make build'"
 command -v curl >/dev/null || die "curl is missing: run 'sudo make setup'"
 
 section "Clean slate: removing any previous demo"
 teardown
 
-section "Topology: network namespaces with private addresses (reconciler/testbed.py)"
+section "Topology: network namespaces with private addresses (tests/testbed.py)"
 echo "  client --- cl0 [LB box: eBPF datapath on tc] be0..be2 --- backend0..2"
-"$PY" examples/demo/demo.py up "$PREFIX" || die "could not build the topology"
+demo_py up "$PREFIX" || die "could not build the topology"
 
 section "Configuration: examples/demo/"
 grep -v '^#' examples/demo/10-web.yaml | sed 's/^/  /'
@@ -99,7 +102,7 @@ for b in backend0 backend1 backend2; do
     [[ " $LAST " == *" $b="* ]] || die "$b never answered before the edit (got:$LAST)"
 done
 echo "UDP echo on $VIP:53:"
-"$PY" examples/demo/demo.py udp "$PREFIX" 3
+demo_py udp "$PREFIX" 3
 
 section "Edit: remove endpoint $REMOVED (backend2) from Service web, in a working copy"
 WORK=$(mktemp -d /tmp/lbctl-demo.XXXXXX)

@@ -20,13 +20,11 @@ from typing import IO, Any
 import yaml
 
 from reconciler.apply import LoadedConfig, ReconcileResult, Timings, load_config, reconcile
-from reconciler.config.errors import ConfigError
+from reconciler.constants import DEFAULT_CONFIG_DIR, DEFAULT_VIP_INTERFACE
 from reconciler.driver import Driver
+from reconciler.errors import ConfigError
 from reconciler.lock import StateLock
-from reconciler.model import DEFAULT_VIP_INTERFACE
 from reconciler.plan import Plan
-
-DEFAULT_CONFIG_DIR = "/etc/lbctl/conf.d"
 
 
 def add_dir_argument(parser: argparse.ArgumentParser) -> None:

@@ -24,12 +24,12 @@ from reconciler.applied import AppliedStore
 from reconciler.apply import read_live
 from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.driver import Teardown
 from reconciler.drivers.sysctl import STORE_NAME as KERNEL_SETTINGS
 from reconciler.errors import LbctlError
-from reconciler.ipam import STORE_NAME
+from reconciler.ipam_store import STORE_NAME
 from reconciler.lock import LOCK_NAME, StateLock
-from reconciler.model import DEFAULT_VIP_INTERFACE
 from reconciler.plan import diff
 
 

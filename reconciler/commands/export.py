@@ -29,11 +29,12 @@ import yaml
 from reconciler.applied import AppliedStore
 from reconciler.apply import live_vip_hints, read_live
 from reconciler.commands.common import drivers_for, dump
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.drivers.registry import vip_interface_of
 from reconciler.export import Exported, dns_label, from_applied, from_live
-from reconciler.ipam import AllocationStore, allocate
+from reconciler.ipam import allocate
+from reconciler.ipam_store import AllocationStore
 from reconciler.lock import StateLock
-from reconciler.model import DEFAULT_VIP_INTERFACE
 from reconciler.statefile import replace_file
 
 MARK = "# Exported by 'lbctl export'"

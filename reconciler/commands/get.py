@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
 from reconciler.driver import ConntrackReader, CounterReader, Driver
-from reconciler.ipam import AllocationStore
+from reconciler.ipam_store import AllocationStore
 from reconciler.records import (
     Announcement,
     BgpPeer,

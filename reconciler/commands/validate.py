@@ -18,7 +18,7 @@ from reconciler.config import LoadResult, load_dir_persisted
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from reconciler.cli import DEFAULT_CONFIG_DIR
+    from reconciler.constants import DEFAULT_CONFIG_DIR
 
     parser.add_argument("dir", nargs="?", default=DEFAULT_CONFIG_DIR, metavar="DIR",
                         help=f"configuration directory or file (default: {DEFAULT_CONFIG_DIR})")

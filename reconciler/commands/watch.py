@@ -13,8 +13,9 @@ import os
 from collections.abc import Callable
 
 from reconciler import statedir
-from reconciler.cli import DEFAULT_CONFIG_DIR, Context
+from reconciler.cli import Context
 from reconciler.commands.common import add_follow_option
+from reconciler.constants import DEFAULT_CONFIG_DIR
 from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError
 from reconciler.logs import FORMATS, EventLog

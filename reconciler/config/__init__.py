@@ -18,8 +18,8 @@ See ``loader`` for the stages and ``cache`` for how re-loads reuse work.
 """
 
 from reconciler.config.cache import ParseCache
-from reconciler.config.errors import ConfigError
 from reconciler.config.loader import LoadResult, load_bytes, load_dir
 from reconciler.config.persist import load_dir_persisted
+from reconciler.errors import ConfigError
 
 __all__ = ["ConfigError", "LoadResult", "ParseCache", "load_bytes", "load_dir", "load_dir_persisted"]

@@ -28,8 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from reconciler.config.errors import ConfigError
 from reconciler.config.semantic_index import SemanticMemo
+from reconciler.errors import ConfigError
 from reconciler.model import Resource
 
 RACY_SECONDS = 2.0  # a file modified this recently may change again within one mtime tick

@@ -24,8 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from reconciler.config.errors import ConfigError
-from reconciler.errors import LbctlError
+from reconciler.errors import ConfigError, LbctlError
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 SUFFIXES = (".yaml", ".yml")

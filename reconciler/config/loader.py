@@ -22,9 +22,9 @@ from typing import Any
 from reconciler.config import build, schemas, semantic
 from reconciler.config.cache import FileResult, ParseCache, signature
 from reconciler.config.discover import Found, discover, read_limited
-from reconciler.config.errors import ConfigError, sort_key
 from reconciler.config.tree import Loc, find
 from reconciler.config.yamlparse import Document, Positions, parse_bytes
+from reconciler.errors import ConfigError, sort_key
 from reconciler.model import KINDS, Resource
 
 

@@ -51,9 +51,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from reconciler import errors as errors_module
 from reconciler import model, statedir
 from reconciler.config import cache as cache_module
-from reconciler.config import errors as errors_module
 from reconciler.config.cache import ParseCache
 from reconciler.config.loader import LoadResult, load_dir
 from reconciler.errors import LbctlError
@@ -71,7 +71,8 @@ def cache_key() -> str:
 
     root = Path(reconciler.__file__).resolve().parent
     h = hashlib.sha256(f"{reconciler.__version__}|{sys.version}|{pickle.HIGHEST_PROTOCOL}".encode())
-    sources = sorted((root / "config").glob("*.py")) + [root / "model.py", root / "limits.py"]
+    core = [root / "model.py", root / "limits.py", root / "errors.py", root / "constants.py"]
+    sources = sorted((root / "config").glob("*.py")) + core
     for path in sources + sorted(schemas.SCHEMA_DIR.glob("*.json")):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()

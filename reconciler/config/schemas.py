@@ -22,9 +22,9 @@ from typing import Any
 import jsonschema
 
 from reconciler.config import fastcheck
-from reconciler.config.errors import ConfigError
 from reconciler.config.formats import CHECKS, PARSERS, FormatProblem
 from reconciler.config.tree import Loc, find, format_path, key_position
+from reconciler.errors import ConfigError
 from reconciler.model import KINDS
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from reconciler import limits
-from reconciler.config.errors import ConfigError
 from reconciler.config.formats import FormatProblem, IPAddress, canonical_ipv4, pool_range
+from reconciler.errors import ConfigError
 from reconciler.maglev import is_prime
 from reconciler.model import (
     SECRET_PLACEHOLDER,

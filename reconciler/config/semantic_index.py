@@ -36,7 +36,7 @@ from typing import Any
 
 from reconciler import limits
 from reconciler.config import semantic
-from reconciler.config.errors import ConfigError
+from reconciler.errors import ConfigError
 from reconciler.model import Resource, ServiceSpec
 
 NameKey = tuple[str, str]  # (kind, name)

@@ -47,8 +47,8 @@ from yaml.events import (
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
-from reconciler.config.errors import ConfigError
 from reconciler.config.tree import Loc, format_path
+from reconciler.errors import ConfigError
 
 MAX_DEPTH = 64  # nesting levels of mappings/sequences in one document
 ALIAS_BUDGET = 10_000  # nodes that aliases may add to one file in total

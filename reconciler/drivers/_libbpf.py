@@ -18,15 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.constants import DATAPATH_HEADER
+from reconciler.drivers.datapath_files import datapath_file
 from reconciler.errors import LbctlError
 
 try:
     import cffi
 except ImportError:  # pragma: no cover - the core stays importable without cffi
     cffi = None
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SHARED_HEADER = os.path.join(REPO, "bpf", "lb_shared.h")
 
 _PRELUDE = """
 typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;
@@ -161,7 +160,7 @@ class LayoutError(LbctlError):
     """lb_shared.h as cffi reads it does not match the object clang built."""
 
 
-def _header_cdef(path: str = SHARED_HEADER) -> str:
+def _header_cdef(path: str) -> str:
     with open(path, encoding="utf-8") as fh:
         lines = [ln for ln in fh.read().splitlines() if not ln.lstrip().startswith("#")]
     return "\n".join(lines)
@@ -175,7 +174,8 @@ class _Lib:
             raise LbctlError("python cffi is not installed",
                              "install python3-cffi (Debian) or pip install cffi")
         self.ffi = cffi.FFI()
-        self.ffi.cdef(_PRELUDE + _LIBBPF_CDEF + _header_cdef())
+        self.header = datapath_file(DATAPATH_HEADER)  # the lb_shared.h shipped with the object
+        self.ffi.cdef(_PRELUDE + _LIBBPF_CDEF + _header_cdef(self.header))
         try:
             self.lib: Any = self.ffi.dlopen("libbpf.so.1")
         except OSError as exc:
@@ -529,7 +529,7 @@ class BpfObject:
                     problems.append(f"struct {sname}.{mname}: BTF offset {bits // 8}, cffi {off}")
         if problems:
             raise LayoutError(
-                "bpf/lb_shared.h and " + self.path + " disagree: " + "; ".join(problems),
+                f"{L.header} and {self.path} disagree: " + "; ".join(problems),
                 "rebuild the object (make build) from the same source tree",
             )
 

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import maglev
+from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers.datapath_files import datapath_file
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import (
-    PROTO_NUMBERS,
     Attachment,
     Backend,
     EndpointSet,
@@ -48,8 +49,6 @@ from reconciler.records import (
     ServiceKey,
 )
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/lbctl"
-BPFFS = "/sys/fs/bpf"
 PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
 SELECTIONS = {"rr": 0, "hash": 1, "persist": 2, "lc": 3, "maglev": 4, "priority": 5}
 MODES = {"default": 0, "onearm": 1, "fullnat": 2, "dsr": 3}
@@ -58,16 +57,6 @@ CT_STATES = {0: "active", 1: "syn-sent", 2: "established", 3: "fin-wait", 4: "cl
 WEIGHTED_TABLE_MAX = 4096
 F_HAS_SERVICE = 1
 F_HAS_ENDPOINTS = 2
-
-
-def default_object_path() -> str:
-    env = os.environ.get("LBCTL_BPF_OBJECT")
-    if env:
-        return env
-    for cand in (os.path.join(B.REPO, "build", "bpf", "lb_kern.o"), "/usr/lib/lbctl/lb_kern.o"):
-        if os.path.exists(cand):
-            return cand
-    return os.path.join(B.REPO, "build", "bpf", "lb_kern.o")
 
 
 def pin_root_for(netns: str | None, root: str = DEFAULT_PIN_ROOT) -> str:
@@ -138,7 +127,7 @@ def _proto_num(proto: str) -> int:
     return PROTO_NUMBERS[proto]
 
 
-_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp"}
+_PROTO_NAMES = {n: p for n, p in PROTO_NAMES.items() if p != "icmpv6"}  # ICMPv6 is keyed as 1 too
 _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
@@ -304,7 +293,7 @@ def _ensure_bpffs() -> None:
         err = ctypes.get_errno()
         raise LbctlError(
             f"bpffs is not mounted at {BPFFS} and mounting it failed: {os.strerror(err)}",
-            "mount it: mount -t bpf bpf /sys/fs/bpf (needs root)",
+            f"mount it: mount -t bpf bpf {BPFFS} (needs root)",
         )
 
 
@@ -344,7 +333,7 @@ class BpfDriver:
     ) -> None:
         self.netns = netns
         self.pin_root = pin_root or pin_root_for(netns)
-        self.obj_path = obj_path or default_object_path()
+        self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
         self._obj: B.BpfObject | None = None
         self._maps: dict[str, B.Map] = {}
         self._own_fds: list[int] = []

@@ -66,12 +66,12 @@ from typing import Any, NamedTuple
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import Record, VipAddress
 
-DEFAULT_IFNAME = "lbctl0"
 # Link kinds lbctl creates, in order of preference; an existing link of any of
 # these kinds under lbctl's interface name is adopted.
 LINK_KINDS: tuple[str, ...] = ("dummy", "ifb")
@@ -397,7 +397,7 @@ class NetlinkDriver:
 
     kinds: frozenset[str] = frozenset({"vip"})
 
-    def __init__(self, ifname: str = DEFAULT_IFNAME, netns: str | None = None) -> None:
+    def __init__(self, ifname: str = DEFAULT_VIP_INTERFACE, netns: str | None = None) -> None:
         if not ifname or len(ifname) > 15 or "/" in ifname or any(c.isspace() for c in ifname):
             raise ValueError(f"invalid interface name {ifname!r}")
         self.ifname = ifname

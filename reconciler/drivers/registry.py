@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.driver import Driver, DriverSet, DriverSpec
 from reconciler.errors import LbctlError
-from reconciler.model import DEFAULT_VIP_INTERFACE, DatapathSpec, Resource
+from reconciler.model import DatapathSpec, Resource
 
 
 class BoxContext(Protocol):

@@ -54,7 +54,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_demo_runs_end_to_end_and_tears_down(tmp_path: Path) -> None:
-    if not (REPO / "build" / "bpf" / "lb_kern.o").exists():
+    if not (REPO / "reconciler" / "datapath" / "lb_kern.o").exists():
         pytest.fail("the datapath is not built: run 'make build'")
     prefix = f"lbdt{uuid.uuid4().hex[:6]}"
     pin_root = Path(f"/sys/fs/bpf/lbctl-test-{prefix}")

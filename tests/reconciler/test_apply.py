@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.apply import ReconcileResult, apply_plan, reconcile, summary
-from reconciler.config.errors import ConfigError
-from reconciler.ipam import AllocationStore
+from reconciler.errors import ConfigError
+from reconciler.ipam_store import AllocationStore
 from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
 from reconciler.records import empty_state

@@ -17,7 +17,6 @@ import pytest
 
 import reconciler
 from reconciler.apply import ReconcileResult, reconcile
-from reconciler.config.errors import ConfigError
 from reconciler.driver import (
     ConnCountSync,
     ConntrackReader,
@@ -29,7 +28,7 @@ from reconciler.driver import (
     Teardown,
     has_kind,
 )
-from reconciler.errors import LbctlError
+from reconciler.errors import ConfigError, LbctlError
 from reconciler.logs import EventLog
 from reconciler.model import Resource
 from reconciler.plan import Change

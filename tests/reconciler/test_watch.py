@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -272,14 +271,10 @@ def test_real_signals_hangup_and_terminate() -> None:
         daemon.install_signals()
         thread = threading.Thread(target=daemon.run)
         thread.start()
-        deadline = time.monotonic() + 5
-        while not engine.reconciles() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        engine.wait_until("the start-up reconcile", lambda: bool(engine.reconciles()))
         engine.current = replace(engine.current, digest="after-hup")
         os.kill(os.getpid(), signal.SIGHUP)
-        while engine.reconciles()[-1].digest != "after-hup" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert engine.reconciles()[-1].digest == "after-hup"
+        engine.wait_until("the reconcile of SIGHUP", lambda: engine.reconciles()[-1].digest == "after-hup")
         os.kill(os.getpid(), signal.SIGTERM)
         thread.join(5)
         assert not thread.is_alive()

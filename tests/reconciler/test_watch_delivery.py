@@ -2,8 +2,9 @@
 
 Each test runs the daemon with the real directory watcher and an engine that
 hashes the directory's YAML, makes a delivery the way a tool makes it, and
-waits until the daemon reconciled the new content.  The latency printed is
-delivery -> reconcile started with the test's short debounce.
+waits (woken by the engine's calls, not by polling) until the daemon reconciled
+the new content.  The latency printed is delivery -> reconcile started with the
+test's short debounce; nothing asserts a time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import fswatch
 from reconciler.fswatch import DirWatcher, Target, watch_targets
 from reconciler.logs import EventLog
 from reconciler.watch import Daemon, Options
@@ -30,9 +32,13 @@ class Running:
     def __init__(self, directory: Path, follow_external_symlinks: bool = False) -> None:
         self.engine = DirectoryEngine(str(directory))
         self.log = io.StringIO()
+        self.notified: list[str] = []  # every path the watcher passed on to the daemon
 
         def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
-            return DirWatcher(path, notify, follow_external_symlinks=follow_external_symlinks)
+            def passed_on(changed: str) -> None:
+                self.notified.append(changed)
+                notify(changed)
+            return DirWatcher(path, passed_on, follow_external_symlinks=follow_external_symlinks)
 
         self.daemon = Daemon(Options(directory=str(directory), debounce=DEBOUNCE, resync=3600), self.engine,
                              EventLog("kv", self.log), watcher_factory=watcher)
@@ -42,13 +48,11 @@ class Running:
         recs = self.engine.reconciles()
         return recs[-1].digest if recs else None
 
-    def wait_for(self, digest: str, timeout: float = 5.0) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.applied() == digest:
-                return time.monotonic() - start
-            time.sleep(0.005)
-        raise AssertionError(f"content {digest[:12]} never reconciled; log:\n{self.log.getvalue()}")
+    def wait_for(self, digest: str) -> None:
+        try:
+            self.engine.wait_until(f"content {digest[:12]} reconciled", lambda: self.applied() == digest)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; log:\n{self.log.getvalue()}") from None
 
     def deliver(self, label: str, action: Callable[[], object]) -> None:
         t0 = time.monotonic()
@@ -180,13 +184,46 @@ def test_watch_targets_for_the_layouts(tmp_path: Path) -> None:
     assert {t.path for t in targets} == {os.path.realpath(conf), os.path.realpath(tmp_path)}
 
 
-def test_noise_next_to_the_directory_is_ignored(tmp_path: Path,
-                                                run_daemon: Callable[..., Running]) -> None:
+class Handled:
+    """Every (watch, path) a watch handler was given, whether it passed it on or not."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+        self.cond = threading.Condition()
+
+    def add(self, watch: str, path: str) -> None:
+        with self.cond:
+            self.seen.append((watch, path))
+            self.cond.notify_all()
+
+    def wait_for(self, watch: str, path: str) -> None:
+        with self.cond:  # the timeout only keeps a dead watcher from hanging the suite
+            assert self.cond.wait_for(lambda: (watch, path) in self.seen, 10), f"{watch} never saw {path}"
+
+
+def test_noise_next_to_the_directory_is_ignored(tmp_path: Path, run_daemon: Callable[..., Running],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    handled = Handled()
+    handle = fswatch._Handler.on_any_event
+
+    def spy(self: fswatch._Handler, event: fswatch.FileSystemEvent) -> None:
+        handle(self, event)
+        handled.add(self.target.path, os.fsdecode(event.src_path))
+
+    monkeypatch.setattr(fswatch._Handler, "on_any_event", spy)
     conf = tmp_path / "conf.d"
     write(conf / "a.yaml", "a: 1\n")
     r = run_daemon(conf)
-    loads = len(r.engine.calls)
+    loads, notified = len(r.engine.calls), list(r.notified)
+    parent = os.path.realpath(tmp_path)  # watched for a replacement of conf.d, filtered to that name
     for i in range(20):
         (tmp_path / f"unrelated{i}").write_text("x")
-    time.sleep(5 * DEBOUNCE)
-    assert len(r.engine.calls) == loads
+    (tmp_path / "unrelated-last").write_text("x")
+    # One watch hands its events over in order: once the parent's watch has handled the
+    # last file, it has handled (and dropped) every one before it.
+    handled.wait_for(parent, os.path.join(parent, "unrelated-last"))
+    assert sum(path.startswith(os.path.join(parent, "unrelated")) for _, path in handled.seen) >= 21
+    assert r.notified == notified and len(r.engine.calls) == loads
+    # and the watcher is alive: a real edit after the noise is delivered
+    r.deliver("edit after the noise", lambda: (conf / "a.yaml").write_text("a: 2\n"))
+    assert len(r.notified) > len(notified)

@@ -378,7 +378,7 @@ def _http_loop(netns: str, url_host: str, stop: threading.Event, results: list[s
 
 def test_request_loop_sees_no_failure_across_20_daemon_restarts(tmp_path: Path) -> None:
     pytest.importorskip("reconciler.drivers.bpf", reason="the bpf driver is not in this tree yet")
-    from reconciler.testbed import HTTP_PORT, VIP4, Testbed
+    from tests.testbed import HTTP_PORT, VIP4, Testbed
 
     with Testbed(n_backends=3) as tb:
         box = Box(tb.lb, tmp_path / "state", Path("/sys/fs/bpf") / f"lbctl-test-{tb.prefix}", tmp_path)

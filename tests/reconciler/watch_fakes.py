@@ -2,7 +2,9 @@
 
 Why this exists: the daemon's decisions (debounce, skip unchanged content, keep
 the last good config, count drift) are pure logic over the ``Engine`` seam; these
-fakes stand in for the config loader and the reconcile layer.
+fakes stand in for the config loader and the reconcile layer.  A test waiting for
+the daemon blocks in ``wait_until``, woken by each call the daemon makes (no
+polling, no sleeps).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,13 +38,28 @@ class ScriptedEngine:
     applied: list[str] = field(default_factory=list)
     service_counters: dict[str, ServiceCounters] = field(default_factory=dict)
     warnings: tuple[str, ...] | None = None  # what full reconciles report as not carried out
+    _called: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
+
+    def _record(self, call: Call) -> None:
+        with self._called:
+            self.calls.append(call)
+            self._called.notify_all()
+
+    def wait_until(self, what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Block until ``check()`` holds, re-checked at each call the daemon makes.
+
+        ``timeout`` only keeps a dead daemon from hanging the suite; it measures nothing.
+        """
+        with self._called:
+            if not self._called.wait_for(check, timeout):
+                raise AssertionError(f"{what}: never happened; last calls: {self.calls[-6:]}")
 
     def load(self, *, full: bool) -> Delivery:
-        self.calls.append(Call("load", full, self.current.digest))
+        self._record(Call("load", full, self.current.digest))
         return self.current
 
     def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
-        self.calls.append(Call("reconcile", full, delivery.digest))
+        self._record(Call("reconcile", full, delivery.digest))
         if self.fail:
             return Outcome(verified=False, error=self.fail, mode="full" if full else "incremental")
         changed = 0
@@ -78,7 +95,6 @@ class DirectoryEngine(ScriptedEngine):
     def __init__(self, directory: str) -> None:
         super().__init__()
         self.directory = directory
-        self.changed = threading.Event()
 
     def load(self, *, full: bool) -> Delivery:
         h = hashlib.sha256()
@@ -95,13 +111,8 @@ class DirectoryEngine(ScriptedEngine):
             if b"INVALID" in data:
                 errors.append(f"{rel}:1:1: Service/x: spec: invalid (fix it)")
         delivery = Delivery(digest=h.hexdigest(), errors=tuple(errors), resources=len(files))
-        self.calls.append(Call("load", full, delivery.digest))
+        self._record(Call("load", full, delivery.digest))
         return delivery
-
-    def reconcile(self, delivery: Delivery, *, full: bool) -> Outcome:
-        out = super().reconcile(delivery, full=full)
-        self.changed.set()
-        return out
 
 
 def configmap_publish(conf: Path, stamp: str, files: dict[str, str]) -> None:

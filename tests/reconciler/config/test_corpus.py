@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,9 +52,7 @@ def test_case(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     shutil.copytree(CORPUS / case, work, symlinks=True, ignore=shutil.ignore_patterns(GOLDEN, "README"))
     if case in GENERATORS:
         GENERATORS[case](work)
-    start = time.monotonic()
     code = main(["validate", str(work)])
-    elapsed = time.monotonic() - start
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert err == ""
@@ -64,5 +61,6 @@ def test_case(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(out, encoding="utf-8")
     assert code == 1
+    # Bounded work (symlink loops, alias bombs, a 50 MB file) is proven by the message that
+    # refuses it, not by a clock; a hang is caught by make test's timeout.
     assert out == golden.read_text(encoding="utf-8")
-    assert elapsed < 30  # a sanity bound against hangs (symlink loops, bombs), not a benchmark

@@ -19,7 +19,7 @@ from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
 from reconciler.plan import Change
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey
-from reconciler.testbed import ECHO_PORT, HTTP_PORT, UDP_PORT, VIP4, Testbed
+from tests.testbed import ECHO_PORT, HTTP_PORT, UDP_PORT, VIP4, Testbed
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -144,7 +144,7 @@ def test_traffic_flows_without_lbctl_and_state_is_reopened(box: Box) -> None:
         sys.path.insert(0, {str(__import__('os').getcwd())!r})
         from tests.reconciler.drivers.test_bpf_e2e import Box
         from reconciler.drivers.bpf import BpfDriver
-        from reconciler.testbed import Testbed
+        from tests.testbed import Testbed
         tb = Testbed(n_backends={box.tb.n_backends}, prefix={box.tb.prefix!r}, servers=False)
         b = Box(tb, {box.hook!r})
         b.driver = BpfDriver(pin_root={box.pin_root!r}, netns=tb.lb)

@@ -20,7 +20,7 @@ from reconciler.drivers.sysctl import STORE_NAME, SysctlDriver, read_sysctl, sys
 from reconciler.errors import LbctlError
 from reconciler.plan import diff
 from reconciler.records import KernelSetting
-from reconciler.testbed import VIP4, Testbed
+from tests.testbed import VIP4, Testbed
 
 
 def test_sysctl_names() -> None:

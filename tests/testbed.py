@@ -2,7 +2,9 @@
 
 Why this exists: end-to-end tests of the datapath need a client, the LB box and
 a few backends wired by veth pairs with routes, forwarding and simple servers,
-and they must run in parallel without colliding and leave nothing behind.
+and they must run in parallel without colliding and leave nothing behind.  It
+is test code, not part of the installed package: the tests, the benches and the
+demo import it as ``tests.testbed`` from the repository root.
 Everything lives in namespaces named with a per-instance prefix and uses
 private addresses that exist only inside them::
 

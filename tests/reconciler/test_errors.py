@@ -1,6 +1,6 @@
-"""ConfigError formatting."""
+"""The shared errors: ConfigError formatting."""
 
-from reconciler.config import ConfigError
+from reconciler.errors import ConfigError
 
 
 def test_full_format() -> None:
