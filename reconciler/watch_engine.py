@@ -7,7 +7,10 @@ same loop ``lbctl apply`` runs) under the state-dir writer lock, and take the
 incremental path (``reconciler.incremental``) for deliveries that only touch
 Services.  After every verified full reconcile the incremental index is rebuilt
 from what was verified; after any failure it is dropped, so the next delivery
-goes through a full reconcile that plans from live state.
+goes through a full reconcile that plans from live state.  It is dropped too
+when a driver finds that the objects it holds are no longer the live ones
+(``revalidate()``: the pins were replaced by another process), since then the
+live state may differ anywhere, not just in the keys a delivery touches.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ DriverFactory = Callable[[str], Sequence[Driver]]  # vip interface -> the box's 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
     return tuple(f"{c.symbol} {c.kind} {c.key}" for c in changes)
+
+
+def _kinds(changes: Sequence[Change]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in changes:
+        out[c.kind] = out.get(c.kind, 0) + 1
+    return out
 
 
 def _counts(changes: Sequence[Change]) -> tuple[int, int, int]:
@@ -84,6 +94,8 @@ class ReconcileEngine:
         assert isinstance(loaded, LoadResult)
         try:
             with self.lock:
+                if self._drivers is not None and self._revalidate(self._drivers):
+                    self.index = None  # the live objects were replaced: plan everything from them
                 if not full and self.incremental and self.index is not None and self._drivers is not None:
                     # A Datapath change (the only thing that picks the drivers) is never incremental.
                     outcome = self._incremental(loaded, self._drivers, load_time,
@@ -119,6 +131,16 @@ class ReconcileEngine:
         return {}
 
     # --- internals ---
+
+    @staticmethod
+    def _revalidate(drivers: Sequence[Driver]) -> bool:
+        """True when a driver had to drop handles to objects that are no longer the live ones."""
+        dropped = False
+        for driver in drivers:
+            check = getattr(driver, "revalidate", None)
+            if check is not None and check():
+                dropped = True
+        return dropped
 
     def _drivers_for(self, loaded: LoadResult) -> Sequence[Driver]:
         vip_if = vip_interface_of(loaded.resources)
@@ -187,7 +209,8 @@ class ReconcileEngine:
                 else:
                     self._service_names.pop(change.key, None)
         return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
-                       records=dict(self.records), timings=timings, fixed=_describe(applied))
+                       records=dict(self.records), timings=timings, fixed=_describe(applied),
+                       kinds=_kinds(applied))
 
     def _full(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float) -> Outcome:
         result = reconcile(None, drivers, self.state_dir, dry_run=False, loaded=loaded)
@@ -227,7 +250,8 @@ class ReconcileEngine:
         vips = {name: alloc.vip for name, alloc in result.allocations.items()}
         self.index = Index(loaded.resources, result.desired, vips, owned) if self.incremental else None
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
-                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings)
+                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings,
+                       kinds=_kinds(result.applied))
 
 
 def _field(value: Any, *names: str) -> int:

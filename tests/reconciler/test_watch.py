@@ -178,7 +178,10 @@ def test_resync_counts_drift_repairs() -> None:
     daemon.step()
     assert engine.reconciles()[-1].full
     assert daemon.snapshot().drift_repairs == 3
-    assert daemon.metrics.repairs.value() == 3
+    assert daemon.snapshot().drift_repairs_by_kind == {"service": 3}
+    assert daemon.metrics.repairs.value(kind="service") == 3
+    assert 'lbctl_drift_repairs_total{kind="service"} 3' in daemon.render_metrics()
+    assert daemon.status_json()["drift_repairs_by_kind"] == {"service": 3}
     assert "drift-repaired" in events(out)
     clock.now += 30
     daemon.step()  # nothing drifted since
