@@ -31,7 +31,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -117,6 +118,21 @@ class Engine(Protocol):
     def counters(self) -> Mapping[str, ServiceCounters]:
         """Per-service datapath counters keyed by service name (empty if unsupported)."""
         ...
+
+
+_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def main_thread_signals() -> Iterator[None]:
+    """Threads started inside block the daemon's signals, so the kernel delivers them to the
+    main thread and interrupts its wait.  A signal taken by another thread only sets a flag
+    that the main thread sees when it next wakes: a SIGHUP could wait for the next resync."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --- debounce ------------------------------------------------------------------------------------
@@ -376,7 +392,8 @@ class Daemon:
             self.server.stop()
 
     def run(self) -> None:
-        self.start_services()
+        with main_thread_signals():  # the status server's and the watcher's threads
+            self.start_services()
         try:
             self.log.info("start", directory=self.options.directory, debounce_s=self.options.debounce,
                           resync_s=self.options.resync)
@@ -412,7 +429,9 @@ class Daemon:
         now = self.clock()
         if self.debouncer.take(now):
             self.fired_at = now
-            if self._watcher is not None and self._watcher.rearm():
+            with main_thread_signals():  # re-arming may start watcher threads
+                rearmed = self._watcher is not None and self._watcher.rearm()
+            if rearmed:
                 self.log.info("rewatch", targets=",".join(sorted(t.path for t in self._watcher.targets())))
             self.cycle("delivery")
         if self.clock() >= self._next_resync:

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from reconciler.logs import EventLog
-from reconciler.watch import Daemon, Debouncer, Delivery, Options
+from reconciler.watch import Daemon, Debouncer, Delivery, Options, main_thread_signals
 from tests.reconciler.watch_fakes import ScriptedEngine
 
 
@@ -308,3 +308,18 @@ def test_durations_on_the_command_line() -> None:
     args = build_parser().parse_args(["watch", "/cfg", "--debounce", "50ms", "--resync", "5s",
                                       "--log-format", "json"])
     assert (args.dir, args.debounce, args.resync, args.log_format) == ("/cfg", 0.05, 5.0, "json")
+
+
+def test_threads_the_daemon_starts_leave_its_signals_to_the_main_thread() -> None:
+    """Else a SIGHUP the kernel hands to the status server's thread waits for the next wake-up."""
+    seen: dict[str, set[signal.Signals]] = {}
+
+    def probe() -> None:
+        seen["mask"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    with main_thread_signals():
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+    assert {signal.SIGHUP, signal.SIGTERM, signal.SIGINT} <= seen["mask"]
+    assert signal.SIGHUP not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
