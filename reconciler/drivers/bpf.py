@@ -736,19 +736,23 @@ class BpfDriver:
             conf = _Conf.decode(vb)
             key = conf.service_key()
             skey = str(key)
-            if skey in idx.ids:  # corrupt: a second id claims a key (the lower id stays)
-                keep, extra = sorted((idx.ids[skey], svc_id))
-                idx.dupes.setdefault(skey, []).append(extra)
-                if keep != idx.ids[skey]:
-                    self._forget(idx, idx.ids[skey])
-                else:
-                    continue
+            if skey in idx.ids:  # corrupt: a second id claims a key (resolved below)
+                idx.dupes.setdefault(skey, []).append(svc_id)
             idx.confs[svc_id] = conf
             idx.raw[svc_id] = vb
             idx.keys[svc_id] = key
-            idx.ids[skey] = svc_id
+            idx.ids.setdefault(skey, svc_id)
             if conf.flags & F_HAS_ENDPOINTS:
                 lists[svc_id] = lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1))
+        for skey, extra in idx.dupes.items():
+            # The id the lookup entry points at stays (its flows go on), else the lowest.
+            claims = sorted([idx.ids[skey], *extra])
+            published = self._published_id(idx.keys[claims[0]])
+            keep = published if published in claims else claims[0]
+            idx.dupes[skey] = [i for i in claims if i != keep]
+            for svc_id in idx.dupes[skey]:
+                self._forget(idx, svc_id)
+            idx.ids[skey] = keep
         chunks = self._active_chunks(idx, lists)
         for svc_id, raw in lists.items():
             if svc_id in idx.confs:
@@ -800,9 +804,7 @@ class BpfDriver:
     def _forget(idx: _Index, svc_id: int) -> None:
         idx.confs.pop(svc_id, None)
         idx.raw.pop(svc_id, None)
-        key = idx.keys.pop(svc_id, None)
-        if key is not None:
-            idx.ids.pop(str(key), None)
+        idx.keys.pop(svc_id, None)
         idx.eps.pop(svc_id, None)
         idx.stat.pop(svc_id, None)
 
@@ -849,6 +851,11 @@ class BpfDriver:
         out["attach"] = self._read_attach()
         return out
 
+    def _conf_of(self, svc_id: int) -> _Conf | None:
+        """The kernel's lb_conf value of ``svc_id`` (a point lookup)."""
+        raw = self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
+        return None if raw is None else _Conf.decode(raw)
+
     @staticmethod
     def _stray(key: ServiceKey, conf: _Conf | None, why: str) -> ServiceEntry:
         """A lookup entry no service owns, as a record of its key (with the settings of the
@@ -886,7 +893,7 @@ class BpfDriver:
                 if _stray_fault(where, svc_id) not in strays[skey].faults and more not in strays[skey].faults:
                     strays[skey] = replace(strays[skey], faults=strays[skey].faults + (more,))
             else:
-                strays[skey] = self._stray(key, idx.confs.get(svc_id), _stray_fault(where, svc_id))
+                strays[skey] = self._stray(key, self._conf_of(svc_id), _stray_fault(where, svc_id))
 
         for kb, vb in self._maps["lb_svc"].items_raw():
             want = exact.pop(kb, None)
@@ -969,9 +976,7 @@ class BpfDriver:
                 stray = self._stray_entry(key, published) if kind == "service" else None
                 if stray is not None:
                     where, target_id = stray
-                    target = self._maps["lb_conf"].lookup_raw(_U32.pack(target_id))
-                    out[skey] = self._stray(key, None if target is None else _Conf.decode(target),
-                                            _stray_fault(where, target_id))
+                    out[skey] = self._stray(key, self._conf_of(target_id), _stray_fault(where, target_id))
                 continue
             if kind == "service":
                 rec = conf.service_record(key)
