@@ -710,13 +710,8 @@ class BpfDriver:
                 if sel_len != length or (want and get(_SEL_KEY.pack(svc_id, slot, 0)) != want[0]) \
                         or len(want) > 1:  # the common case (one chunk) without a call
                     faults += self._check_weighted(get, svc_id, slot, sel_len, tuple(weights))
-        if stat_ids:
-            top = max(stat_ids)
-            if top >= _MAX_STATS:
-                faults.append(f"lb_backends: counter slot {top} is out of range")
-            elif len(set(stat_ids)) < len(stat_ids) and len(set(zip(backends, stat_ids, strict=True))) != len(
-                    {(b.address, b.port) for b in backends}):
-                faults.append("lb_backends: different endpoints share a counter slot")
+        if stat_ids and max(stat_ids) >= _MAX_STATS:
+            faults.append(f"lb_backends: counter slot {max(stat_ids)} is out of range")
         return (EndpointSet(key=key, backends=tuple(backends), maglev=table, faults=tuple(faults)),
                 tuple(stat_ids))
 
@@ -729,7 +724,7 @@ class BpfDriver:
         """
         idx = _Index()
         lm = self._maps["lb_backends"]
-        distinct = 0
+        counted = 0
         lists: dict[int, bytes | None] = {}
         for kb, vb in self._maps["lb_conf"].items_raw():
             svc_id = _U32.unpack(kb)[0]
@@ -759,30 +754,37 @@ class BpfDriver:
                 eps, stat_ids = self._decode_list(svc_id, idx.confs[svc_id], idx.keys[svc_id], raw, chunks)
                 idx.eps[svc_id] = eps
                 idx.stat[svc_id] = stat_ids
-                ids = set(stat_ids)
-                distinct += len(ids)
-                idx.used_stats.update(ids)
-                if eps.faults and ids and max(ids) >= _MAX_STATS:
-                    idx.bad_stats[svc_id] = {s for s in ids if s >= _MAX_STATS}
-        if distinct != len(idx.used_stats):  # a counter slot shared between services
-            owners: dict[int, list[int]] = {}
-            for svc_id, stat_ids in idx.stat.items():
-                for sid in set(stat_ids):
-                    owners.setdefault(sid, []).append(svc_id)
-            for sid, svcs in owners.items():
-                if len(svcs) > 1:
-                    for svc_id in svcs:
-                        idx.bad_stats.setdefault(svc_id, set()).add(sid)
-            for svc_id, sids in idx.bad_stats.items():
-                eps = idx.eps[svc_id]
-                idx.eps[svc_id] = replace(eps, faults=eps.faults + (
-                    f"lb_backends: counter slot(s) {', '.join(map(str, sorted(sids)))} also used by "
-                    "another service",))
+                counted += len(stat_ids)
+                idx.used_stats.update(stat_ids)
+                if eps.faults and stat_ids and max(stat_ids) >= _MAX_STATS:
+                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= _MAX_STATS}
+        if counted != len(idx.used_stats):  # some slot is listed twice: shared, or one endpoint twice
+            self._shared_stats(idx)
         while idx.svc_hint in idx.confs:
             idx.svc_hint += 1
         while idx.stat_hint in idx.used_stats:
             idx.stat_hint += 1
         return idx
+
+    @staticmethod
+    def _shared_stats(idx: _Index) -> None:
+        """Fault the endpoint sets whose counter slots another endpoint uses too (lbctl gives
+        each (service, address, port) its own; an endpoint listed twice shares its one)."""
+        owners: dict[int, set[tuple[int, str, int]]] = {}
+        for svc_id, stat_ids in idx.stat.items():
+            for b, sid in zip(idx.eps[svc_id].backends, stat_ids, strict=True):
+                owners.setdefault(sid, set()).add((svc_id, b.address, b.port))
+        shared: dict[int, set[int]] = {}
+        for sid, users in owners.items():
+            if len(users) > 1:
+                for svc_id, _, _ in users:
+                    shared.setdefault(svc_id, set()).add(sid)
+        for svc_id, sids in shared.items():
+            idx.bad_stats.setdefault(svc_id, set()).update(sids)
+            eps = idx.eps[svc_id]
+            idx.eps[svc_id] = replace(eps, faults=eps.faults + (
+                f"lb_backends: counter slot(s) {', '.join(map(str, sorted(sids)))} shared with another "
+                "endpoint",))
 
     def _active_chunks(self, idx: _Index, lists: Mapping[int, bytes | None]) -> dict[bytes, bytes]:
         """The lb_sel chunks of the active tables of ``lists`` (service id -> its active list).

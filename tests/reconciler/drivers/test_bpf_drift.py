@@ -79,9 +79,9 @@ def balanced(dp: Datapath) -> None:
 
 
 def _without_shared_slots(rec: Record | None) -> Record | None:
-    """Point reads do not look for counter slots shared with other services (that needs every list)."""
+    """Point reads do not look for shared counter slots (that needs every list)."""
     if isinstance(rec, EndpointSet):
-        return replace(rec, faults=tuple(f for f in rec.faults if "also used by another service" not in f))
+        return replace(rec, faults=tuple(f for f in rec.faults if "shared with another endpoint" not in f))
     return rec
 
 
