@@ -31,8 +31,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -120,19 +119,11 @@ class Engine(Protocol):
         ...
 
 
-_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-
-@contextmanager
-def main_thread_signals() -> Iterator[None]:
-    """Threads started inside block the daemon's signals, so the kernel delivers them to the
-    main thread and interrupts its wait.  A signal taken by another thread only sets a flag
-    that the main thread sees when it next wakes: a SIGHUP could wait for the next resync."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+# The longest the loop sleeps without looking at the flags the signal handlers set.  The
+# handlers cannot wake it: they may run while the main thread holds any lock (the log's, the
+# wake event's), so they only assign flags; and the kernel may give the signal to another
+# thread, whose wait it does not interrupt.
+SIGNAL_POLL = 0.2
 
 
 # --- debounce ------------------------------------------------------------------------------------
@@ -301,6 +292,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = False
         self._hup = False
+        self._signalled: str | None = None  # the signal that stopped the daemon, logged by the loop
         self._lock = threading.Lock()
         self._snapshot = Snapshot(directory=options.directory, started=time.time())
         self._applied: Delivery | None = None  # last good configuration that verified
@@ -359,13 +351,19 @@ class Daemon:
     # -- life cycle --
 
     def install_signals(self) -> None:
-        """SIGHUP: re-read now.  SIGTERM/SIGINT: stop, leaving the datapath running."""
+        """SIGHUP: re-read now.  SIGTERM/SIGINT: stop, leaving the datapath running.
+
+        The handlers only set flags (no lock, no log line): a Python handler runs in the
+        main thread between any two bytecodes, possibly inside the log's lock, and
+        logging from it deadlocked the daemon on SIGTERM.  The loop acts within
+        ``SIGNAL_POLL``.
+        """
         def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.hangup()
+            self._hup = True
 
         def on_term(signum: int, frame: FrameType | None) -> None:
-            self.log.info("signal", signal=signal.Signals(signum).name, action="stop; datapath keeps running")
-            self.stop()
+            self._signalled = signal.Signals(signum).name
+            self._stop = True
 
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGTERM, on_term)
@@ -392,8 +390,7 @@ class Daemon:
             self.server.stop()
 
     def run(self) -> None:
-        with main_thread_signals():  # the status server's and the watcher's threads
-            self.start_services()
+        self.start_services()
         try:
             self.log.info("start", directory=self.options.directory, debounce_s=self.options.debounce,
                           resync_s=self.options.resync)
@@ -410,11 +407,13 @@ class Daemon:
             due = self.debouncer.deadline()
             if due is not None:
                 deadlines.append(due)
-            timeout = max(0.0, min(deadlines) - now)
-            if timeout > 0:
+            timeout = min(max(0.0, min(deadlines) - now), SIGNAL_POLL)
+            if timeout > 0 and not self._hup:
                 self._wake.wait(timeout)
             self._wake.clear()
             self.step()
+        if self._signalled is not None:
+            self.log.info("signal", signal=self._signalled, action="stop; datapath keeps running")
 
     def step(self) -> None:
         """Act on whatever is due now (one pass of the loop; unit tests call it directly)."""
@@ -429,9 +428,7 @@ class Daemon:
         now = self.clock()
         if self.debouncer.take(now):
             self.fired_at = now
-            with main_thread_signals():  # re-arming may start watcher threads
-                rearmed = self._watcher is not None and self._watcher.rearm()
-            if rearmed:
+            if self._watcher is not None and self._watcher.rearm():
                 self.log.info("rewatch", targets=",".join(sorted(t.path for t in self._watcher.targets())))
             self.cycle("delivery")
         if self.clock() >= self._next_resync:

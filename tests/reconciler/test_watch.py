@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from reconciler.logs import EventLog
-from reconciler.watch import Daemon, Debouncer, Delivery, Options, main_thread_signals
+from reconciler.watch import Daemon, Debouncer, Delivery, Options
 from tests.reconciler.watch_fakes import ScriptedEngine
 
 
@@ -310,16 +310,23 @@ def test_durations_on_the_command_line() -> None:
     assert (args.dir, args.debounce, args.resync, args.log_format) == ("/cfg", 0.05, 5.0, "json")
 
 
-def test_threads_the_daemon_starts_leave_its_signals_to_the_main_thread() -> None:
-    """Else a SIGHUP the kernel hands to the status server's thread waits for the next wake-up."""
-    seen: dict[str, set[signal.Signals]] = {}
-
-    def probe() -> None:
-        seen["mask"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-
-    with main_thread_signals():
-        thread = threading.Thread(target=probe)
-        thread.start()
-        thread.join()
-    assert {signal.SIGHUP, signal.SIGTERM, signal.SIGINT} <= seen["mask"]
-    assert signal.SIGHUP not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+def test_signal_handlers_take_no_lock() -> None:
+    """A handler runs in the main thread between any two bytecodes, e.g. inside the log's
+    lock: one that logged (or set the wake event) could deadlock the daemon on SIGTERM."""
+    engine = ScriptedEngine()
+    daemon, _, out = make(engine)
+    old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.install_signals()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    with daemon.log._lock, daemon._wake._cond:  # held, as when a signal interrupts a write
+        for signum, handler in handlers.items():
+            assert callable(handler)
+            thread = threading.Thread(target=handler, args=(signum, None), daemon=True)
+            thread.start()
+            thread.join(2)
+            assert not thread.is_alive(), f"the {signal.Signals(signum).name} handler blocked"
+    assert daemon._hup and daemon._stop
