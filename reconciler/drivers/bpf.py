@@ -385,6 +385,19 @@ class _Conf:
         return faults
 
 
+@dataclass(slots=True)
+class _List:
+    """An active endpoint list, decoded; its selection table is read afterwards (in batch)."""
+
+    backends: tuple[Backend, ...]
+    stat_ids: tuple[int, ...]
+    weights: tuple[int, ...]
+    slot: int
+    sel_len: int
+    sel_kind: int  # enum lb_sel_kind; -1: no list
+    faults: list[str]
+
+
 @dataclass
 class _Index:
     """What the driver knows about the maps: built by one pass, kept current by its writes."""
@@ -661,59 +674,63 @@ class BpfDriver:
                         "endpoint weights give"]
         return []
 
-    def _decode_list(self, svc_id: int, conf: _Conf, key: ServiceKey, raw: bytes | None,
-                     chunks: Mapping[bytes, bytes] | None = None) -> tuple[EndpointSet, tuple[int, ...]]:
-        """The active endpoint list ``raw`` as a record, with what is wrong in it and its table.
-
-        ``chunks``: the lb_sel entries already read (``_build_index`` dumps them in
-        batch); without it the table is read by point lookups.
-        """
-        get = chunks.get if chunks is not None else self._maps["lb_sel"].lookup_raw
+    @staticmethod
+    def _parse_list(conf: _Conf, raw: bytes | None) -> _List:
+        """The active endpoint list ``raw`` decoded, with what is wrong in it (its table not read yet)."""
         backends: list[Backend] = []
         stat_ids: list[int] = []
         weights: list[int] = []
-        table = b""
         faults: list[str] = []
         slot = conf.active & 1
         if conf.active > 1:
             faults.append(f"lb_conf: active slot {conf.active} (0 or 1; the datapath reads {slot})")
         if raw is None:
             faults.append(f"lb_backends: the active endpoint list (slot {slot}) is missing")
-        else:
-            count, sel_len, sel_kind, hpad = _LIST_HDR.unpack_from(raw)
-            if count > _MAX_ENDPOINTS or sel_kind > 1 or hpad:
-                faults.append(f"lb_backends: bad list header (count {count}, table kind {sel_kind}, "
-                              f"pad {hpad})")
-            n = min(count, _MAX_ENDPOINTS)
-            end = _LIST_HDR.size + _BE.size * n
-            ntohs, ntop, inet4 = socket.ntohs, socket.inet_ntop, socket.AF_INET
-            bad = 0
-            for a, port_n, fam, pad, weight, sid in _BE.iter_unpack(raw[_LIST_HDR.size : end]):
-                if fam == 4:
-                    addr = ntop(inet4, a[:4])
-                    bad += pad != 0 or not a.endswith(_ZERO12)
-                else:
-                    addr = _addr_str6(a)
-                    bad += pad != 0 or fam != 6
-                backends.append(Backend(addr, ntohs(port_n), weight))
-                stat_ids.append(sid)
-                weights.append(weight)
-            if bad:
-                faults.append(f"lb_backends: {bad} endpoint(s) with a bad address family or padding")
-            if not _zero_from(raw, end):
-                faults.append("lb_backends: bytes after the last endpoint are not zero")
-            if sel_kind == 1:
-                table, bad_table = self._table_raw(get, svc_id, slot, sel_len)
-                faults += bad_table
-            elif sel_kind == 0:
-                length, want = _weighted_chunks(tuple(weights))
-                if sel_len != length or (want and get(_SEL_KEY.pack(svc_id, slot, 0)) != want[0]) \
-                        or len(want) > 1:  # the common case (one chunk) without a call
-                    faults += self._check_weighted(get, svc_id, slot, sel_len, tuple(weights))
+            return _List((), (), (), slot, 0, -1, faults)
+        count, sel_len, sel_kind, hpad = _LIST_HDR.unpack_from(raw)
+        if count > _MAX_ENDPOINTS or sel_kind > 1 or hpad:
+            faults.append(f"lb_backends: bad list header (count {count}, table kind {sel_kind}, pad {hpad})")
+        n = min(count, _MAX_ENDPOINTS)
+        end = _LIST_HDR.size + _BE.size * n
+        ntohs, ntop, inet4 = socket.ntohs, socket.inet_ntop, socket.AF_INET
+        bad = 0
+        for a, port_n, fam, pad, weight, sid in _BE.iter_unpack(raw[_LIST_HDR.size : end]):
+            if fam == 4:
+                addr = ntop(inet4, a[:4])
+                bad += pad != 0 or not a.endswith(_ZERO12)
+            else:
+                addr = _addr_str6(a)
+                bad += pad != 0 or fam != 6
+            backends.append(Backend(addr, ntohs(port_n), weight))
+            stat_ids.append(sid)
+            weights.append(weight)
+        if bad:
+            faults.append(f"lb_backends: {bad} endpoint(s) with a bad address family or padding")
+        if not _zero_from(raw, end):
+            faults.append("lb_backends: bytes after the last endpoint are not zero")
         if stat_ids and max(stat_ids) >= _MAX_STATS:
             faults.append(f"lb_backends: counter slot {max(stat_ids)} is out of range")
-        return (EndpointSet(key=key, backends=tuple(backends), maglev=table, faults=tuple(faults)),
-                tuple(stat_ids))
+        return _List(tuple(backends), tuple(stat_ids), tuple(weights), slot, sel_len, sel_kind, faults)
+
+    def _finish_list(self, svc_id: int, key: ServiceKey, lst: _List, get: ChunkGetter) -> EndpointSet:
+        """The record of a parsed list, once its selection table is read (``get``: lb_sel by key)."""
+        table = b""
+        faults = lst.faults
+        if lst.sel_kind == 1:
+            table, bad_table = self._table_raw(get, svc_id, lst.slot, lst.sel_len)
+            faults = faults + bad_table
+        elif lst.sel_kind == 0:
+            length, want = _weighted_chunks(lst.weights)
+            if lst.sel_len != length or len(want) > 1 or (want and get(_SEL_KEY.pack(svc_id, lst.slot, 0))
+                                                          != want[0]):  # one chunk: no call
+                faults = faults + self._check_weighted(get, svc_id, lst.slot, lst.sel_len, lst.weights)
+        return EndpointSet(key=key, backends=lst.backends, maglev=table, faults=tuple(faults))
+
+    def _decode_list(self, svc_id: int, conf: _Conf, key: ServiceKey,
+                     raw: bytes | None) -> tuple[EndpointSet, tuple[int, ...]]:
+        """The active endpoint list ``raw`` as a record, its table read by point lookups."""
+        lst = self._parse_list(conf, raw)
+        return self._finish_list(svc_id, key, lst, self._maps["lb_sel"].lookup_raw), lst.stat_ids
 
     def _build_index(self) -> _Index:
         """One pass over the maps: every service, its active endpoint list and stat ids.
@@ -725,7 +742,7 @@ class BpfDriver:
         idx = _Index()
         lm = self._maps["lb_backends"]
         counted = 0
-        lists: dict[int, bytes | None] = {}
+        lists: dict[int, _List] = {}
         for kb, vb in self._maps["lb_conf"].items_raw():
             svc_id = _U32.unpack(kb)[0]
             conf = _Conf.decode(vb)
@@ -738,7 +755,7 @@ class BpfDriver:
             idx.keys[svc_id] = key
             idx.ids.setdefault(skey, svc_id)
             if conf.flags & F_HAS_ENDPOINTS:
-                lists[svc_id] = lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1))
+                lists[svc_id] = self._parse_list(conf, lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1)))
         for skey, extra in idx.dupes.items():
             # The id the lookup entry points at stays (its flows go on), else the lowest.
             claims = sorted([idx.ids[skey], *extra])
@@ -748,10 +765,11 @@ class BpfDriver:
             for svc_id in idx.dupes[skey]:
                 self._forget(idx, svc_id)
             idx.ids[skey] = keep
-        chunks = self._active_chunks(idx, lists)
-        for svc_id, raw in lists.items():
+        chunks = self._active_chunks(lists)
+        for svc_id, lst in lists.items():
             if svc_id in idx.confs:
-                eps, stat_ids = self._decode_list(svc_id, idx.confs[svc_id], idx.keys[svc_id], raw, chunks)
+                eps = self._finish_list(svc_id, idx.keys[svc_id], lst, chunks.get)
+                stat_ids = lst.stat_ids
                 idx.eps[svc_id] = eps
                 idx.stat[svc_id] = stat_ids
                 counted += len(stat_ids)
@@ -786,21 +804,28 @@ class BpfDriver:
                 f"lb_backends: counter slot(s) {', '.join(map(str, sorted(sids)))} shared with another "
                 "endpoint",))
 
-    def _active_chunks(self, idx: _Index, lists: Mapping[int, bytes | None]) -> dict[bytes, bytes]:
+    def _active_chunks(self, lists: Mapping[int, _List]) -> dict[bytes, bytes]:
         """The lb_sel chunks of the active tables of ``lists`` (service id -> its active list).
 
         One batch dump of lb_sel, keeping only those chunks: on the development VM a
-        point lookup per chunk cost ~10 us, a dumped entry ~1 us.
+        point lookup per chunk cost ~10 us, a dumped entry ~1 us.  A weighted chunk
+        equal to what lbctl writes is kept as the shared expected value, so the
+        dump adds no memory per service (10,000 tables would be 10 MB).
         """
-        want: set[bytes] = set()
-        for svc_id, raw in lists.items():
-            if raw is not None and svc_id in idx.confs:
-                slot = idx.confs[svc_id].active & 1
-                n = -(-min(_LIST_HDR.unpack_from(raw)[1], _MAX_SEL_LEN) // _SEL_CHUNK)
-                want.update(_SEL_KEY.pack(svc_id, slot, c) for c in range(n))
-        if not want:
-            return {}
-        return {k: v for k, v in self._maps["lb_sel"].items_raw() if k in want}
+        want: dict[bytes, bytes | None] = {}  # key -> the expected chunk, None: keep what is there
+        for svc_id, lst in lists.items():
+            if lst.sel_kind < 0:
+                continue
+            expected = _weighted_chunks(lst.weights)[1] if lst.sel_kind == 0 else ()
+            for c in range(-(-min(lst.sel_len, _MAX_SEL_LEN) // _SEL_CHUNK)):
+                want[_SEL_KEY.pack(svc_id, lst.slot, c)] = expected[c] if c < len(expected) else None
+        out: dict[bytes, bytes] = {}
+        if want:
+            for k, v in self._maps["lb_sel"].items_raw():
+                if k in want:
+                    e = want[k]
+                    out[k] = e if e is not None and e == v else v
+        return out
 
     @staticmethod
     def _forget(idx: _Index, svc_id: int) -> None:
