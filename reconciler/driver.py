@@ -94,6 +94,18 @@ class ConnCountSync(Protocol):
     def sync_conn_counts(self) -> None: ...
 
 
+@runtime_checkable
+class Revalidate(Protocol):
+    """Holds handles to live objects another process may replace (pinned maps).
+
+    ``revalidate()`` drops them when they are no longer the live ones and says
+    so (True), so callers stop trusting state derived from them (the daemon's
+    incremental index).
+    """
+
+    def revalidate(self) -> bool: ...
+
+
 # --- registration ------------------------------------------------------------------------------
 
 

@@ -195,12 +195,17 @@ def _jsonable(name: str, value: Any) -> Any:
 
 
 def record_to_json(record: Record | None) -> dict[str, Any] | None:
-    """A record as plain JSON values (keys become text, tables a size + digest)."""
+    """A record as plain JSON values (keys become text, tables a size + digest).
+
+    ``faults`` appear only when there are some (only live records have them).
+    """
     if record is None:
         return None
     out = _jsonable("", record)
     assert isinstance(out, dict)
     out.pop("key", None)  # the change's key already says it
+    if not out.get("faults"):
+        out.pop("faults", None)
     return out
 
 

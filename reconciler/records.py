@@ -22,6 +22,13 @@ kind           record                driver
 ``bgp-peer``   ``BgpPeer``           bgp (planned)
 ``announce``   ``Announcement``      bgp (planned)
 =============  ====================  ===========
+
+``faults`` (service, endpoints, attach, vip): what a live read found wrong with
+the kernel objects behind a record that its other fields cannot show (a lookup
+entry that is missing or points elsewhere, bytes that differ from what lbctl
+writes, a foreign program on the hook, an address on a link that is down).
+Desired records never have faults, so a faulty live record always differs from
+the desired one: the plan shows it and apply rewrites the objects behind it.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class ServiceEntry:
     session_timeout: int  # idle seconds before a flow is forgotten
     persist_timeout: int  # seconds a source sticks to an endpoint (persist)
     allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
+    faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class EndpointSet:
     key: ServiceKey
     backends: tuple[Backend, ...]
     maglev: bytes = b""
+    faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,7 @@ class Attachment:
 
     ifname: str
     hook: str  # tc | xdp
+    faults: tuple[str, ...] = ()  # live only: e.g. another program on the hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,7 @@ class VipAddress:
     address: str
     prefixlen: int
     ifname: str
+    faults: tuple[str, ...] = ()  # live only: e.g. the interface is down
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ HEADLINE = {
 }
 STYLE = {"+": "green", "~": "yellow", "-": "red", "-/+": "magenta", " ": "", "#": "dim"}
 NO_CHANGES = "No changes. The datapath matches the configuration."
+FAULTS = "faults"  # the record field naming what a live read found wrong (reconciler.records)
 
 Line = tuple[str, str]  # (text, style)
 
@@ -100,7 +101,15 @@ def _changed(lines: list[Line], change: Mapping[str, Any]) -> None:
     for name in fields:
         old, new = before.get(name), after.get(name)
         note = "  # forces replacement" if forces and name in change.get("forces", ()) else ""
-        if _is_backend_list(old) or _is_backend_list(new):
+        if name == FAULTS:
+            # Faults are what the live read found wrong; desired records have none.
+            lines.append((f"      ~ {name:<{width}} = [", "~"))
+            for x in old or []:
+                lines.append((f"          - {_value(x)}", "-"))
+            for x in new or []:
+                lines.append((f"          + {_value(x)}", "+"))
+            lines.append(("        ]", ""))
+        elif _is_backend_list(old) or _is_backend_list(new):
             old_l = [json.dumps(x, sort_keys=True) for x in old or []]
             new_l = [json.dumps(x, sort_keys=True) for x in new or []]
             old_s, new_s = set(old_l), set(new_l)

@@ -44,7 +44,6 @@ from reconciler.status import Address, Endpoints, StatusServer
 
 DEFAULT_DEBOUNCE = 0.2
 DEFAULT_RESYNC = 30.0
-SIGNAL_POLL = 0.25  # seconds the loop waits at most before it looks at the signal flags again
 Trigger = Literal["startup", "delivery", "sighup", "resync"]
 
 
@@ -82,6 +81,7 @@ class Outcome:
     error: str | None = None
     timings: Mapping[str, float] = field(default_factory=dict)  # phase -> seconds
     fixed: tuple[str, ...] = ()  # "~ endpoints tcp/198.51.100.1:80", what the apply changed
+    kinds: Mapping[str, int] = field(default_factory=dict)  # changes applied per record kind
     warnings: tuple[str, ...] | None = None  # configured but not carried out; None: not re-evaluated
     # Configuration errors only reconciling could find (a pool exhausted): the delivery is
     # invalid after all, and nothing was touched.
@@ -117,6 +117,13 @@ class Engine(Protocol):
     def counters(self) -> Mapping[str, ServiceCounters]:
         """Per-service datapath counters keyed by service name (empty if unsupported)."""
         ...
+
+
+# The longest the loop sleeps without looking at the flags the signal handlers set.  The
+# handlers cannot wake it: they may run while the main thread holds any lock (the log's, the
+# wake event's), so they only assign flags; and the kernel may give the signal to another
+# thread, whose wait it does not interrupt.
+SIGNAL_POLL = 0.2
 
 
 # --- debounce ------------------------------------------------------------------------------------
@@ -191,6 +198,7 @@ class Snapshot:
     resources: int = 0
     records: Mapping[str, int] = field(default_factory=dict)
     drift_repairs: int = 0
+    drift_repairs_by_kind: Mapping[str, int] = field(default_factory=dict)
     reconciles: int = 0
     rejected: int = 0  # invalid deliveries seen (each rejected whole)
     warnings: tuple[str, ...] = ()  # what the applied config asks for that the box does not carry out
@@ -219,6 +227,7 @@ class Snapshot:
             },
             "counts": {"resources": self.resources, "records": dict(sorted(self.records.items()))},
             "drift_repairs": self.drift_repairs,
+            "drift_repairs_by_kind": dict(sorted(self.drift_repairs_by_kind.items())),
             "reconciles": self.reconciles,
             "invalid_deliveries": self.rejected,
             "warnings": list(self.warnings),
@@ -240,7 +249,8 @@ class Metrics:
                                  "(ok, failed, invalid, unchanged).")
         self.valid = r.gauge("lbctl_config_valid", "1 when the directory's latest content is valid.")
         self.ready = r.gauge("lbctl_ready", "1 once a reconcile has verified.")
-        self.repairs = r.counter("lbctl_drift_repairs_total", "Live changes made by resyncs to undo drift.")
+        self.repairs = r.counter("lbctl_drift_repairs_total", "Live changes made by resyncs to undo drift, "
+                                 "by record kind (service, endpoints, attach, vip, ...).")
         self.changes = r.counter("lbctl_changes_applied_total", "Plan changes applied, by action.")
         self.resources = r.gauge("lbctl_resources", "Resources in the applied configuration.")
         self.records = r.gauge("lbctl_desired_records", "Desired-state records by kind.")
@@ -402,7 +412,7 @@ class Daemon:
             if due is not None:
                 deadlines.append(due)
             timeout = min(max(0.0, min(deadlines) - now), SIGNAL_POLL)
-            if timeout > 0:
+            if timeout > 0 and not self._hup:
                 self._wake.wait(timeout)
             self._wake.clear()
             self.step()
@@ -519,8 +529,16 @@ class Daemon:
             self.log.info("applied", trigger=trigger, type=outcome.mode, create=outcome.created,
                           update=outcome.updated, delete=outcome.deleted, timings=timings)
         if drift:
-            self.metrics.repairs.inc(outcome.changes)
+            by_kind = dict(outcome.kinds)
+            unnamed = outcome.changes - sum(by_kind.values())
+            if unnamed > 0:  # an engine that does not say which kinds it changed
+                by_kind["other"] = by_kind.get("other", 0) + unnamed
+            totals = dict(snap.drift_repairs_by_kind)
+            for kind, n in by_kind.items():
+                self.metrics.repairs.inc(n, kind=kind)
+                totals[kind] = totals.get(kind, 0) + n
             changes["drift_repairs"] = snap.drift_repairs + outcome.changes
+            changes["drift_repairs_by_kind"] = totals
             self.log.warning("drift-repaired", repairs=outcome.changes, fixed="; ".join(outcome.fixed[:20]))
         if outcome.warnings is not None and outcome.warnings != snap.warnings:
             for warning in outcome.warnings:  # logged when they change, not at every resync

@@ -7,8 +7,12 @@ same loop ``lbctl apply`` runs) under the state-dir writer lock, and take the
 incremental path (``reconciler.incremental``) for deliveries that only touch
 Services.  Every verified reconcile, full or incremental, is recorded for
 ``lbctl export`` (``reconciler.applied``).  After every verified full reconcile
-the incremental index is rebuilt from what was verified; after any failure it is dropped, so the next delivery
-goes through a full reconcile that plans from live state.
+the incremental index is rebuilt from what was verified; after any failure it is
+dropped, so the next delivery goes through a full reconcile that plans from live
+state.  It is dropped too when a driver finds that the objects it holds are no
+longer the live ones (``Revalidate``: the pins were replaced by another process),
+since then the live state may differ anywhere, not just in the keys a delivery
+touches.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.desired import Health
-from reconciler.driver import ConnCountSync, CounterReader, Driver, DriverSet, KeyReader
+from reconciler.driver import ConnCountSync, CounterReader, Driver, DriverSet, KeyReader, Revalidate
 from reconciler.errors import LbctlError
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
@@ -33,6 +37,13 @@ from reconciler.watch import Delivery, Outcome, ServiceCounters
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
     return tuple(f"{c.symbol} {c.kind} {c.key}" for c in changes)
+
+
+def _kinds(changes: Sequence[Change]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in changes:
+        out[c.kind] = out.get(c.kind, 0) + 1
+    return out
 
 
 def _counts(changes: Sequence[Change]) -> tuple[int, int, int]:
@@ -92,6 +103,8 @@ class ReconcileEngine:
         assert isinstance(loaded, LoadResult)
         try:
             with self.lock:
+                if self._revalidate(self.drivers.active):
+                    self.index = None  # the live objects were replaced: plan everything from them
                 if (not full and self.incremental and self.index is not None
                         and self.drivers.current_for(loaded.resources)):
                     # A delivery that changes which drivers the box needs is never incremental.
@@ -127,6 +140,15 @@ class ReconcileEngine:
         return {}
 
     # --- internals ---
+
+    @staticmethod
+    def _revalidate(drivers: Sequence[Driver]) -> bool:
+        """True when a driver had to drop handles to objects that are no longer the live ones."""
+        dropped = False
+        for driver in drivers:
+            if isinstance(driver, Revalidate) and driver.revalidate():
+                dropped = True
+        return dropped
 
     def _read_keys(self, drivers: Sequence[Driver]) -> ReadKeys | None:
         """Live records of just some keys, if every driver concerned can read by key."""
@@ -197,7 +219,8 @@ class ReconcileEngine:
                     self._service_names.pop(change.key, None)
         return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
                        records=dict(self.records), timings=timings, fixed=_describe(applied),
-                       warnings=warnings or None)  # None: the last full reconcile's warnings stand
+                       warnings=warnings or None,  # None: the last full reconcile's warnings stand
+                       kinds=_kinds(applied))
 
     def _full(self, loaded: LoadResult, load_time: float) -> Outcome:
         result = reconcile(None, self.drivers, self.state_dir, dry_run=False, loaded=loaded,
@@ -239,7 +262,8 @@ class ReconcileEngine:
         self.index = (Index(loaded.resources, result.desired, vips, owned, self.health)
                       if self.incremental else None)
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
-                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings)
+                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings,
+                       kinds=_kinds(result.applied))
 
 
 def _field(value: Any, *names: str) -> int:

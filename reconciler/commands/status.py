@@ -87,7 +87,9 @@ def render(doc: dict[str, Any]) -> None:
     records = counts.get("records") or {}
     table.add_row("resources", _fmt(counts.get("resources")))
     table.add_row("records", ", ".join(f"{k}={v}" for k, v in records.items()) or "-")
-    table.add_row("drift repairs", _fmt(doc.get("drift_repairs")))
+    by_kind = doc.get("drift_repairs_by_kind") or {}
+    table.add_row("drift repairs", _fmt(doc.get("drift_repairs"))
+                  + (f" ({', '.join(f'{k}={v}' for k, v in by_kind.items())})" if by_kind else ""))
     table.add_row("reconciles", _fmt(doc.get("reconciles")))
     console.print(table)
     error = doc.get("last_error")

@@ -421,37 +421,77 @@ def obj_pin(fd: int, path: str) -> None:
     _check(lib().lib.bpf_obj_pin(fd, path.encode()), f"pin {path}")
 
 
-def _prog_info(fd: int) -> Any:
+@dataclass(frozen=True)
+class ProgInfo:
+    """Who a loaded program is: the kernel's id, its tag (a hash of its instructions with
+    map references blanked, so equal for every load of the same code), name and maps."""
+
+    id: int
+    type: int
+    tag: str
+    name: str
+    map_ids: frozenset[int]
+
+    def same_code_and_maps(self, other: ProgInfo) -> bool:
+        return (self.type, self.tag, self.name, self.map_ids) == (other.type, other.tag, other.name,
+                                                                  other.map_ids)
+
+
+_MAX_PROG_MAPS = 64
+
+
+def prog_info(fd: int) -> ProgInfo:
     ffi = lib().ffi
+    ids = ffi.new("__u32[]", _MAX_PROG_MAPS)
     info = ffi.new("struct lbctl_prog_info *")
+    info.nr_map_ids = _MAX_PROG_MAPS
+    info.map_ids = int(ffi.cast("uintptr_t", ids))
     ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_prog_info"))
     _check(lib().lib.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(prog)")
-    return info
+    n = min(int(info.nr_map_ids), _MAX_PROG_MAPS)
+    return ProgInfo(int(info.id), int(info.type), bytes(ffi.buffer(info.tag, 8)).hex(),
+                    ffi.string(info.name).decode(errors="replace"), frozenset(int(ids[i]) for i in range(n)))
 
 
-def prog_id(fd: int) -> int:
-    return int(_prog_info(fd).id)
-
-
-def prog_name(pid: int) -> str:
-    """The name of program ``pid`` (its entry point, cut to 15 bytes); "" if it is gone."""
+def prog_info_by_id(pid: int) -> ProgInfo | None:
+    """The program with kernel id ``pid``, or None when it is gone."""
+    fd = lib().lib.bpf_prog_get_fd_by_id(pid)
+    if fd == -errno_mod.ENOENT:
+        return None
+    _check(fd, f"prog fd of id {pid}")
     try:
-        fd = prog_fd_by_id(pid)
-    except BpfError:
-        return ""
-    try:
-        return str(lib().ffi.string(_prog_info(fd).name).decode(errors="replace"))
+        return prog_info(fd)
     finally:
         os.close(fd)
 
 
-def map_info(fd: int) -> tuple[int, int, int, int]:
-    """(type, key_size, value_size, max_entries) of the map behind ``fd``."""
+def prog_id(fd: int) -> int:
+    return prog_info(fd).id
+
+
+def prog_name(pid: int) -> str:
+    """The name of program ``pid`` (its entry point, cut to 15 bytes); "" if it is gone."""
+    info = prog_info_by_id(pid)
+    return info.name if info is not None else ""
+
+
+def _map_info(fd: int) -> Any:
     ffi = lib().ffi
     info = ffi.new("struct lbctl_map_info *")
     ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_map_info"))
     _check(lib().lib.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(map)")
+    return info
+
+
+def map_info(fd: int) -> tuple[int, int, int, int]:
+    """(type, key_size, value_size, max_entries) of the map behind ``fd``."""
+    info = _map_info(fd)
     return int(info.type), int(info.key_size), int(info.value_size), int(info.max_entries)
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of the map behind ``fd``."""
+    return int(_map_info(fd).id)
 
 
 PIN_MISMATCH_HINT = ("the pins come from an lbctl whose datapath layout differs: run 'lbctl down' "

@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -128,6 +128,10 @@ def _proto_num(proto: str) -> int:
 
 
 _PROTO_NAMES = {n: p for n, p in PROTO_NAMES.items() if p != "icmpv6"}  # ICMPv6 is keyed as 1 too
+_HOOK_NAMES = {v: k for k, v in HOOKS.items()}
+_PROG_TYPES = {"tc": 3, "xdp": 6}  # BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP
+_ZERO12 = bytes(12)
+_ZEROS = bytes(8192)  # longer than any value whose tail must be zero
 _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
@@ -139,13 +143,22 @@ _BE_KEY = struct.Struct("<II")  # struct lb_be_key
 _SEL_KEY = struct.Struct("<IHH")  # struct lb_sel_key
 _SVC_KEY_TAIL = struct.Struct("<HBB")  # struct lb_svc_key after addr[4]
 _LIST_HDR = struct.Struct("<IIII")  # struct lb_backend_list before be[]
-_BE = struct.Struct("<16sHBxII")  # struct lb_backend
+_BE = struct.Struct("<16sHBBII")  # struct lb_backend
 _SVC_HDR = struct.Struct("<16sHBBHBBIIIII")  # struct lb_service up to allowed[]
 _CIDR = struct.Struct("<16s16sBBxx")  # struct lb_cidr
+_RANGE_HDR = struct.Struct("<II")  # struct lb_range_list before r[]
+_RANGE = struct.Struct("<HHI")  # struct lb_range
+_ATTACH = struct.Struct("<IIII")  # struct lb_attach
+_SVC_KEY_SIZE = 20  # struct lb_svc_key: also the first bytes of struct lb_service
+_RANGE_KEY = struct.Struct("<16sBBxx")  # struct lb_range_key
 _MAX_ENDPOINTS = 256
 _MAX_ALLOWED = 16
 _NAME_LEN = 64
 _SEL_CHUNK = 512
+_MAX_RANGES = 8
+_MAX_SEL_LEN = 65521  # LB_MAGLEV_MAX: no selection table is longer
+_MAX_STATS = 131072  # LB_MAX_BACKEND_STATS
+_IFNAME_LEN = 16
 _SEL_BYTES = 2 * _SEL_CHUNK
 _LIST_SIZE = _LIST_HDR.size + _MAX_ENDPOINTS * _BE.size
 _CONF_SIZE = _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size + _NAME_LEN
@@ -155,6 +168,11 @@ _ZERO_COUNTERS = bytes(48)  # struct lb_counters
 _FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
                 "lb_svc")
 FLUSH_BYTES = 8 << 20
+
+
+def _lookup_raw_key(m: B.Map, k: Any) -> bytes:
+    """The bytes of a cffi key of map ``m``."""
+    return bytes(m.ffi.buffer(k, m.key_size))
 
 
 def _check_raw_layout() -> None:
@@ -168,6 +186,10 @@ def _check_raw_layout() -> None:
         ("struct lb_cidr", None): _CIDR.size, ("struct lb_sel_chunk", None): _SEL_BYTES,
         ("struct lb_ct", "svc_id"): _CT_SVC_OFF, ("struct lb_ct", "stat_id"): _CT_STAT_OFF,
         ("struct lb_backend", "stat_id"): _BE_STAT_OFF, ("struct lb_persist", "be"): 0,
+        ("struct lb_backend", "pad"): 19,
+        ("struct lb_service", "port_end"): _SVC_KEY_SIZE, ("struct lb_range_key", None): _RANGE_KEY.size,
+        ("struct lb_range_list", "r"): _RANGE_HDR.size, ("struct lb_range", None): _RANGE.size,
+        ("struct lb_attach", None): _ATTACH.size, ("struct lb_attach_key", None): _IFNAME_LEN,
         ("struct lb_persist_key", "svc_id"): 0, ("struct lb_counters", None): len(_ZERO_COUNTERS),
         ("struct lb_backend", "port"): 16, ("struct lb_backend", "weight"): 20,
         ("struct lb_service", "active"): 36, ("struct lb_service", "n_allowed"): 40,
@@ -178,7 +200,8 @@ def _check_raw_layout() -> None:
         if got != n:
             bad.append(f"{st}{'.' + member if member else ''}: {got}, driver assumes {n}")
     consts = {"LB_MAX_ENDPOINTS": _MAX_ENDPOINTS, "LB_MAX_ALLOWED_SOURCES": _MAX_ALLOWED,
-              "LB_NAME_LEN": _NAME_LEN, "LB_SEL_CHUNK": _SEL_CHUNK}
+              "LB_NAME_LEN": _NAME_LEN, "LB_SEL_CHUNK": _SEL_CHUNK, "LB_MAX_RANGES": _MAX_RANGES,
+              "LB_MAGLEV_MAX": _MAX_SEL_LEN, "LB_IFNAME_LEN": _IFNAME_LEN, "LB_MAX_BACKEND_STATS": _MAX_STATS}
     bad += [f"{c}: {B.const(c)}, driver assumes {v}" for c, v in consts.items() if B.const(c) != v]
     if bad:
         raise B.LayoutError("bpf driver raw layout disagrees with lb_shared.h: " + "; ".join(bad))
@@ -201,6 +224,60 @@ def _weighted_bytes(weights: tuple[int, ...]) -> bytes:
     """weighted_table() packed like ``EndpointSet.maglev`` (cached: most services share weights)."""
     t = weighted_table(weights)
     return struct.pack(f"<{len(t)}H", *t)
+
+
+def _stray_fault(where: str, svc_id: int) -> str:
+    return f"{where}: an entry no service of lbctl's owns points at service id {svc_id}"
+
+
+def _dupes_fault(ids: Sequence[int]) -> str:
+    return f"lb_conf: service ids {', '.join(map(str, ids))} all claim this key"
+
+
+ChunkGetter = Callable[[bytes], "bytes | None"]  # lb_sel key -> value
+
+
+def _range_entries(raw: bytes) -> tuple[list[tuple[int, int, int]], str | None]:
+    """The (start, end, service id) entries of an ``lb_range_list`` value, and what is wrong with it."""
+    if not raw:
+        return [], None
+    count, pad = _RANGE_HDR.unpack_from(raw)
+    n = min(count, _MAX_RANGES)
+    entries = [_RANGE.unpack_from(raw, _RANGE_HDR.size + i * _RANGE.size) for i in range(n)]
+    end = _RANGE_HDR.size + n * _RANGE.size
+    if count > _MAX_RANGES:
+        return entries, f"lb_range: the list of its VIP holds {count} entries (at most {_MAX_RANGES})"
+    if pad or not _zero_from(raw, end):
+        return entries, "lb_range: padding or bytes after the last entry of its VIP's list are not zero"
+    return entries, None
+
+
+@functools.lru_cache(maxsize=1024)
+def _weighted_chunks(weights: tuple[int, ...]) -> tuple[int, tuple[bytes, ...]]:
+    """(table length, the ``lb_sel`` chunk values) lbctl writes for a weighted table (zero padded)."""
+    table = _weighted_bytes(weights)
+    chunks = tuple(table[c : c + _SEL_BYTES].ljust(_SEL_BYTES, b"\0")
+                   for c in range(0, len(table), _SEL_BYTES))
+    return len(table) // 2, chunks
+
+
+def _zero_from(raw: bytes, start: int) -> bool:
+    """Whether every byte of ``raw`` from ``start`` on is zero (a slice compare: ~10x ``count``)."""
+    return raw.endswith(_ZEROS[: len(raw) - start])
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed_region(sources: tuple[str, ...]) -> bytes:
+    """``lb_service.allowed[]`` as lbctl writes it for ``sources`` (masked address, mask, zero padded)."""
+    if len(sources) > _MAX_ALLOWED:
+        raise ValueError(f"more than {_MAX_ALLOWED} allowed sources")
+    parts = []
+    for cidr in sources:
+        net = ipaddress.ip_network(cidr, strict=False)
+        fam, addr = _pack_addr(str(net.network_address))
+        _, mask = _pack_addr(str(net.netmask))
+        parts.append(_CIDR.pack(addr, mask, net.prefixlen, fam))
+    return b"".join(parts).ljust(_MAX_ALLOWED * _CIDR.size, b"\0")
 
 
 @functools.cache
@@ -257,16 +334,57 @@ class _Conf:
         return ServiceKey(_addr_str(self.family, self.addr), _PROTO_NAMES.get(self.proto, str(self.proto)),
                           socket.ntohs(self.port_n), self.port_end)
 
-    def service_record(self, key: ServiceKey) -> ServiceEntry:
+    @property
+    def exact(self) -> bool:
+        """Published in ``lb_svc`` (one port, or ICMP) rather than in ``lb_range``."""
+        return self.proto == 1 or socket.ntohs(self.port_n) == self.port_end
+
+    def range_key(self) -> bytes:
+        """The ``lb_range`` key of this service's (VIP, protocol)."""
+        return _RANGE_KEY.pack(self.addr, self.proto, self.family)
+
+    def service_record(self, key: ServiceKey, faults: Sequence[str] = ()) -> ServiceEntry:
+        """The record; values lbctl never writes decode as ``unknown(N)`` (and differ from any config)."""
         allowed = []
-        for i in range(self.n_allowed):
+        for i in range(min(self.n_allowed, _MAX_ALLOWED)):
             addr, _, plen, fam = _CIDR.unpack_from(self.allowed, i * _CIDR.size)
             allowed.append(f"{_addr_str(fam, addr)}/{plen}")
         return ServiceEntry(
-            key=key, name=self.name.split(b"\0", 1)[0].decode(), mode=_MODE_NAMES[self.mode],
-            selection=_SELECTION_NAMES[self.selection], session_timeout=self.session_timeout,
-            persist_timeout=self.persist_timeout, allowed_sources=tuple(allowed),
+            key=key, name=self.name.split(b"\0", 1)[0].decode(errors="replace"),
+            mode=_MODE_NAMES.get(self.mode, f"unknown({self.mode})"),
+            selection=_SELECTION_NAMES.get(self.selection, f"unknown({self.selection})"),
+            session_timeout=self.session_timeout, persist_timeout=self.persist_timeout,
+            allowed_sources=tuple(allowed), faults=tuple(faults),
         )
+
+    def service_faults(self, raw: bytes, record: ServiceEntry) -> list[str]:
+        """What in the ``lb_conf`` value ``raw`` differs from what lbctl writes for ``record``
+        and the record's fields cannot show (flag bits, masks, padding, bytes after the name)."""
+        faults = []
+        if self.flags & ~(F_HAS_SERVICE | F_HAS_ENDPOINTS):
+            faults.append(f"lb_conf: unknown flag bits {self.flags:#x}")
+        if self.n_allowed > _MAX_ALLOWED:
+            faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {_MAX_ALLOWED})")
+        try:
+            want = _allowed_region(record.allowed_sources) + record.name.encode().ljust(_NAME_LEN, b"\0")
+        except ValueError:
+            want = b""
+        if raw[_SVC_HDR.size:] != want:
+            faults.append("lb_conf: the allowed sources or the name differ from what lbctl writes")
+        return faults
+
+
+@dataclass(slots=True)
+class _List:
+    """An active endpoint list, decoded; its selection table is read afterwards (in batch)."""
+
+    backends: tuple[Backend, ...]
+    stat_ids: tuple[int, ...]
+    weights: tuple[int, ...]
+    slot: int
+    sel_len: int
+    sel_kind: int  # enum lb_sel_kind; -1: no list
+    faults: list[str]
 
 
 @dataclass
@@ -280,6 +398,8 @@ class _Index:
     eps: dict[int, EndpointSet] = field(default_factory=dict)  # active endpoint set
     stat: dict[int, tuple[int, ...]] = field(default_factory=dict)  # stat id of each backend in eps
     used_stats: set[int] = field(default_factory=set)
+    bad_stats: dict[int, set[int]] = field(default_factory=dict)  # stat ids a rewrite must not reuse
+    dupes: dict[str, list[int]] = field(default_factory=dict)  # key -> further ids whose lb_conf claims it
     svc_hint: int = 0  # no free service id below this
     stat_hint: int = 0  # no free stat id below this
 
@@ -343,6 +463,9 @@ class BpfDriver:
         self._pend: dict[str, dict[bytes, bytes]] = {}
         self._pend_bytes = 0
         self._touched: set[int] = set()
+        self._pins: tuple[tuple[int, int], ...] | None = None  # (dev, inode) of each map pin opened
+        self._map_ids: frozenset[int] | None = None
+        self.reopened = 0  # times the handles were dropped because the pins had been replaced
 
     # ----------------------------------------------------------------- plumbing
 
@@ -355,6 +478,33 @@ class BpfDriver:
 
     def _pins_exist(self) -> bool:
         return all(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS)
+
+    def _pin_inodes(self) -> tuple[tuple[int, int], ...] | None:
+        """(device, inode) of every map pin; None when one is missing.  A pin removed and
+        made again (``lbctl down`` then ``lbctl apply``) is a new inode on bpffs."""
+        out = []
+        for name in B.MAPS:
+            try:
+                st = os.stat(os.path.join(self.pin_root, name))
+            except OSError:
+                return None
+            out.append((st.st_dev, st.st_ino))
+        return tuple(out)
+
+    def revalidate(self) -> bool:
+        """Drop the map handles if the pins are no longer the maps they were opened from.
+
+        Another process may have removed the pins and made new ones (``lbctl down``
+        then ``lbctl apply`` while the daemon runs): writes through the old handles
+        would go to orphaned maps the datapath no longer uses.  Returns True when
+        the handles were dropped (the next call reopens the pins, or finds none).
+        Costs one ``stat`` per map; ``read``, ``read_keys`` and ``apply`` call it.
+        """
+        if not self._maps or self._pin_inodes() == self._pins:
+            return False
+        self.close()
+        self.reopened += 1
+        return True
 
     def _check_layout(self) -> dict[str, tuple[int, int, int, int]]:
         """Check the object against lb_shared.h; its map definitions (for the pins)."""
@@ -374,7 +524,10 @@ class BpfDriver:
         """Make map handles available; False when nothing is installed and not create."""
         if self._maps:
             return True
-        if self._pins_exist():
+        for _attempt in range(3):
+            before = self._pin_inodes()
+            if before is None:
+                break
             defs = self._check_layout()
             try:
                 for name, spec in B.MAPS.items():
@@ -386,7 +539,10 @@ class BpfDriver:
             except BaseException:
                 self.close()
                 raise
-            return True
+            if self._pin_inodes() == before:
+                self._pins = before
+                return True
+            self.close()  # the pins changed while we opened them: open them again
         if not create:
             return False
         self.load()
@@ -416,11 +572,18 @@ class BpfDriver:
             os.close(fd)
         self._own_fds = []
         self._maps = {name: B.Map(name, obj.map_fd(name), spec) for name, spec in B.MAPS.items()}
+        self._pins = self._pin_inodes()
+        self._map_ids = None
+        self._pin_progs()
+
+    def _pin_progs(self) -> None:
+        """Pin the loaded object's programs, replacing what the program pins held."""
+        assert self._obj is not None
         for hook, prog in PROGS.items():
             path = os.path.join(self.pin_root, f"prog_{hook}")
-            if os.path.exists(path):
+            if os.path.lexists(path):
                 os.unlink(path)
-            B.obj_pin(obj.prog_fd(prog), path)
+            B.obj_pin(self._obj.prog_fd(prog), path)
 
     def prog_fd(self, hook: str) -> int:
         self.load()
@@ -439,6 +602,8 @@ class BpfDriver:
             self._base_writes += m.writes
         self._maps = {}
         self._index = None
+        self._pins = None
+        self._map_ids = None
         if self._obj is not None:
             self._obj.close()
             self._obj = None
@@ -465,79 +630,322 @@ class BpfDriver:
         bk = self._maps["lb_backends"].key(svc_id=svc_id, slot=slot)
         return self._maps["lb_backends"].lookup(bk)
 
-    def _table_raw(self, svc_id: int, slot: int, length: int) -> bytes:
-        """The selection table of (service, slot) in the ``EndpointSet.maglev`` format."""
-        m = self._maps["lb_sel"]
+    @staticmethod
+    def _table_raw(get: ChunkGetter, svc_id: int, slot: int, length: int) -> tuple[bytes, list[str]]:
+        """The selection table of (service, slot) in the ``EndpointSet.maglev`` format, and its faults."""
+        if length > _MAX_SEL_LEN:
+            return b"", [f"lb_backends: selection table length {length} (at most {_MAX_SEL_LEN})"]
         parts = []
         for c in range(-(-length // _SEL_CHUNK)):
-            v = m.lookup_raw(_SEL_KEY.pack(svc_id, slot, c))
+            v = get(_SEL_KEY.pack(svc_id, slot, c))
             if v is None:
-                raise LbctlError(f"lb_sel chunk {c} of service {svc_id} slot {slot} is missing")
+                return b"", [f"lb_sel: chunk {c} of the selection table (slot {slot}) is missing"]
             parts.append(v)
-        return b"".join(parts)[: 2 * length]
+        table = b"".join(parts)
+        used = 2 * length
+        if not _zero_from(table, used):
+            return table[:used], ["lb_sel: bytes after the end of the selection table are not zero"]
+        return table[:used], []
+
+    @staticmethod
+    def _check_weighted(get: ChunkGetter, svc_id: int, slot: int, sel_len: int,
+                        weights: tuple[int, ...]) -> list[str]:
+        """Faults of a weighted selection table: it must be exactly what the weights give."""
+        length, want = _weighted_chunks(weights)
+        if sel_len != length:
+            return [f"lb_backends: selection table length {sel_len}, the weights give {length}"]
+        for c, chunk in enumerate(want):
+            got = get(_SEL_KEY.pack(svc_id, slot, c))
+            if got is None:
+                return [f"lb_sel: chunk {c} of the selection table (slot {slot}) is missing"]
+            if got != chunk:
+                return [f"lb_sel: chunk {c} of the selection table (slot {slot}) differs from what the "
+                        "endpoint weights give"]
+        return []
+
+    @staticmethod
+    def _parse_list(conf: _Conf, raw: bytes | None) -> _List:
+        """The active endpoint list ``raw`` decoded, with what is wrong in it (its table not read yet)."""
+        backends: list[Backend] = []
+        stat_ids: list[int] = []
+        weights: list[int] = []
+        faults: list[str] = []
+        slot = conf.active & 1
+        if conf.active > 1:
+            faults.append(f"lb_conf: active slot {conf.active} (0 or 1; the datapath reads {slot})")
+        if raw is None:
+            faults.append(f"lb_backends: the active endpoint list (slot {slot}) is missing")
+            return _List((), (), (), slot, 0, -1, faults)
+        count, sel_len, sel_kind, hpad = _LIST_HDR.unpack_from(raw)
+        if count > _MAX_ENDPOINTS or sel_kind > 1 or hpad:
+            faults.append(f"lb_backends: bad list header (count {count}, table kind {sel_kind}, pad {hpad})")
+        n = min(count, _MAX_ENDPOINTS)
+        end = _LIST_HDR.size + _BE.size * n
+        ntohs, ntop, inet4 = socket.ntohs, socket.inet_ntop, socket.AF_INET
+        bad = 0
+        for a, port_n, fam, pad, weight, sid in _BE.iter_unpack(raw[_LIST_HDR.size : end]):
+            if fam == 4:
+                addr = ntop(inet4, a[:4])
+                bad += pad != 0 or not a.endswith(_ZERO12)
+            else:
+                addr = _addr_str6(a)
+                bad += pad != 0 or fam != 6
+            backends.append(Backend(addr, ntohs(port_n), weight))
+            stat_ids.append(sid)
+            weights.append(weight)
+        if bad:
+            faults.append(f"lb_backends: {bad} endpoint(s) with a bad address family or padding")
+        if not _zero_from(raw, end):
+            faults.append("lb_backends: bytes after the last endpoint are not zero")
+        if stat_ids and max(stat_ids) >= _MAX_STATS:
+            faults.append(f"lb_backends: counter slot {max(stat_ids)} is out of range")
+        return _List(tuple(backends), tuple(stat_ids), tuple(weights), slot, sel_len, sel_kind, faults)
+
+    def _finish_list(self, svc_id: int, key: ServiceKey, lst: _List, get: ChunkGetter) -> EndpointSet:
+        """The record of a parsed list, once its selection table is read (``get``: lb_sel by key)."""
+        table = b""
+        faults = lst.faults
+        if lst.sel_kind == 1:
+            table, bad_table = self._table_raw(get, svc_id, lst.slot, lst.sel_len)
+            faults = faults + bad_table
+        elif lst.sel_kind == 0:
+            length, want = _weighted_chunks(lst.weights)
+            if lst.sel_len != length or len(want) > 1 or (want and get(_SEL_KEY.pack(svc_id, lst.slot, 0))
+                                                          != want[0]):  # one chunk: no call
+                faults = faults + self._check_weighted(get, svc_id, lst.slot, lst.sel_len, lst.weights)
+        return EndpointSet(key=key, backends=lst.backends, maglev=table, faults=tuple(faults))
 
     def _decode_list(self, svc_id: int, conf: _Conf, key: ServiceKey,
                      raw: bytes | None) -> tuple[EndpointSet, tuple[int, ...]]:
-        backends: list[Backend] = []
-        stat_ids: list[int] = []
-        table = b""
-        if raw is not None:
-            count, sel_len, sel_kind, _ = _LIST_HDR.unpack_from(raw)
-            ntohs, unpack, size = socket.ntohs, _BE.unpack_from, _BE.size
-            for i in range(min(count, _MAX_ENDPOINTS)):
-                a, port_n, fam, weight, sid = unpack(raw, _LIST_HDR.size + size * i)
-                backends.append(Backend(_addr_str(fam, a), ntohs(port_n), weight))
-                stat_ids.append(sid)
-            if sel_kind == 1:
-                table = self._table_raw(svc_id, conf.active, sel_len)
-        return EndpointSet(key=key, backends=tuple(backends), maglev=table), tuple(stat_ids)
+        """The active endpoint list ``raw`` as a record, its table read by point lookups."""
+        lst = self._parse_list(conf, raw)
+        return self._finish_list(svc_id, key, lst, self._maps["lb_sel"].lookup_raw), lst.stat_ids
 
     def _build_index(self) -> _Index:
-        """One pass over the maps: every service, its active endpoint list and stat ids."""
+        """One pass over the maps: every service, its active endpoint list and stat ids.
+
+        Also finds what is wrong behind the records (``faults``): bytes of lb_conf,
+        lb_backends and lb_sel that differ from what lbctl writes, two ids claiming
+        one key, counter slots out of range or shared between services.
+        """
         idx = _Index()
         lm = self._maps["lb_backends"]
+        counted = 0
+        lists: dict[int, _List] = {}
         for kb, vb in self._maps["lb_conf"].items_raw():
             svc_id = _U32.unpack(kb)[0]
             conf = _Conf.decode(vb)
             key = conf.service_key()
+            skey = str(key)
+            if skey in idx.ids:  # corrupt: a second id claims a key (resolved below)
+                idx.dupes.setdefault(skey, []).append(svc_id)
             idx.confs[svc_id] = conf
             idx.raw[svc_id] = vb
             idx.keys[svc_id] = key
-            idx.ids[str(key)] = svc_id
+            idx.ids.setdefault(skey, svc_id)
             if conf.flags & F_HAS_ENDPOINTS:
-                eps, stat_ids = self._decode_list(svc_id, conf, key,
-                                                  lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active)))
+                lists[svc_id] = self._parse_list(conf, lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1)))
+        for skey, extra in idx.dupes.items():
+            # The id the lookup entry points at stays (its flows go on), else the lowest.
+            claims = sorted([idx.ids[skey], *extra])
+            published = self._published_id(idx.keys[claims[0]])
+            keep = published if published in claims else claims[0]
+            idx.dupes[skey] = [i for i in claims if i != keep]
+            for svc_id in idx.dupes[skey]:
+                self._forget(idx, svc_id)
+            idx.ids[skey] = keep
+        chunks = self._active_chunks(lists)
+        for svc_id, lst in lists.items():
+            if svc_id in idx.confs:
+                eps = self._finish_list(svc_id, idx.keys[svc_id], lst, chunks.get)
+                stat_ids = lst.stat_ids
                 idx.eps[svc_id] = eps
                 idx.stat[svc_id] = stat_ids
+                counted += len(stat_ids)
                 idx.used_stats.update(stat_ids)
+                if eps.faults and stat_ids and max(stat_ids) >= _MAX_STATS:
+                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= _MAX_STATS}
+        if counted != len(idx.used_stats):  # some slot is listed twice: shared, or one endpoint twice
+            self._shared_stats(idx)
         while idx.svc_hint in idx.confs:
             idx.svc_hint += 1
         while idx.stat_hint in idx.used_stats:
             idx.stat_hint += 1
         return idx
 
+    @staticmethod
+    def _shared_stats(idx: _Index) -> None:
+        """Fault the endpoint sets whose counter slots another endpoint uses too (lbctl gives
+        each (service, address, port) its own; an endpoint listed twice shares its one)."""
+        owners: dict[int, set[tuple[int, str, int]]] = {}
+        for svc_id, stat_ids in idx.stat.items():
+            for b, sid in zip(idx.eps[svc_id].backends, stat_ids, strict=True):
+                owners.setdefault(sid, set()).add((svc_id, b.address, b.port))
+        shared: dict[int, set[int]] = {}
+        for sid, users in owners.items():
+            if len(users) > 1:
+                for svc_id, _, _ in users:
+                    shared.setdefault(svc_id, set()).add(sid)
+        for svc_id, sids in shared.items():
+            idx.bad_stats.setdefault(svc_id, set()).update(sids)
+            eps = idx.eps[svc_id]
+            idx.eps[svc_id] = replace(eps, faults=eps.faults + (
+                f"lb_backends: counter slot(s) {', '.join(map(str, sorted(sids)))} shared with another "
+                "endpoint",))
+
+    def _active_chunks(self, lists: Mapping[int, _List]) -> dict[bytes, bytes]:
+        """The lb_sel chunks of the active tables of ``lists`` (service id -> its active list).
+
+        One batch dump of lb_sel, keeping only those chunks: on the development VM a
+        point lookup per chunk cost ~10 us, a dumped entry ~1 us.  A weighted chunk
+        equal to what lbctl writes is kept as the shared expected value, so the
+        dump adds no memory per service (10,000 tables would be 10 MB).
+        """
+        want: dict[bytes, bytes | None] = {}  # key -> the expected chunk, None: keep what is there
+        for svc_id, lst in lists.items():
+            if lst.sel_kind < 0:
+                continue
+            expected = _weighted_chunks(lst.weights)[1] if lst.sel_kind == 0 else ()
+            for c in range(-(-min(lst.sel_len, _MAX_SEL_LEN) // _SEL_CHUNK)):
+                want[_SEL_KEY.pack(svc_id, lst.slot, c)] = expected[c] if c < len(expected) else None
+        out: dict[bytes, bytes] = {}
+        if want:
+            for k, v in self._maps["lb_sel"].items_raw():
+                if k in want:
+                    e = want[k]
+                    out[k] = e if e is not None and e == v else v
+        return out
+
+    @staticmethod
+    def _forget(idx: _Index, svc_id: int) -> None:
+        idx.confs.pop(svc_id, None)
+        idx.raw.pop(svc_id, None)
+        idx.keys.pop(svc_id, None)
+        idx.eps.pop(svc_id, None)
+        idx.stat.pop(svc_id, None)
+
     # -------------------------------------------------------------------- read
+    #
+    # The live read covers every entry lbctl owns, so that any difference from
+    # what lbctl wrote shows in the plan: lb_conf (decoded into the records; other
+    # bytes compared with lbctl's encoding), the active lb_backends list and its
+    # lb_sel table (Maglev tables in the record, weighted tables compared with
+    # what the weights give), lb_svc/lb_range (every entry must be the one that
+    # publishes its service; others are strays), lb_attach and the program on
+    # each hook.  What the records cannot show becomes ``faults``.  Not covered:
+    # counters, conntrack and affinities (the datapath's own state), the idle
+    # slot (rewritten whole before it is published) and entries under ids no
+    # lookup reaches (they cannot affect traffic).
 
     def read(self) -> Mapping[str, Mapping[str, Record]]:
         out: dict[str, dict[str, Record]] = {"service": {}, "endpoints": {}, "attach": {}}
+        self.revalidate()
         if not self._open(create=False):
             self._index = None
             return out
         # The index this read builds is what the next apply() starts from (no second dump).
         idx = self._index = self._build_index()
+        services: dict[str, ServiceEntry] = {}
+        faults: dict[str, list[str]] = {}
         for svc_id, conf in idx.confs.items():
             key = idx.keys[svc_id]
             skey = str(key)
             if conf.flags & F_HAS_SERVICE:
-                out["service"][skey] = conf.service_record(key)
+                rec = conf.service_record(key)
+                services[skey] = rec
+                found = conf.service_faults(idx.raw[svc_id], rec)
+                if skey in idx.dupes:
+                    found.append(_dupes_fault([svc_id, *idx.dupes[skey]]))
+                if found:
+                    faults[skey] = found
             if conf.flags & F_HAS_ENDPOINTS:
                 out["endpoints"][skey] = idx.eps[svc_id]
-        for k, v in self._maps["lb_attach"].items():
-            ifname = B.lib().ffi.string(k.ifname).decode()
-            hook = {1: "tc", 2: "xdp"}.get(int(v.hook), "?")
-            if self._attached_prog(ifname, hook):
-                out["attach"][ifname] = Attachment(ifname, hook)
+        strays = self._audit_lookups(idx, services, faults)
+        for skey, rec in services.items():
+            out["service"][skey] = replace(rec, faults=tuple(faults[skey])) if skey in faults else rec
+        out["service"].update(strays)
+        out["attach"] = self._read_attach()
         return out
+
+    def _conf_of(self, svc_id: int) -> _Conf | None:
+        """The kernel's lb_conf value of ``svc_id`` (a point lookup)."""
+        raw = self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
+        return None if raw is None else _Conf.decode(raw)
+
+    @staticmethod
+    def _stray(key: ServiceKey, conf: _Conf | None, why: str) -> ServiceEntry:
+        """A lookup entry no service owns, as a record of its key (with the settings of the
+        service it points at, if any); its fault makes it differ from any configuration."""
+        if conf is not None:
+            return conf.service_record(key, (why,))
+        return ServiceEntry(key, "", "default", "rr", 0, 0, faults=(why,))
+
+    def _audit_lookups(self, idx: _Index, services: Mapping[str, ServiceEntry],
+                       faults: dict[str, list[str]]) -> dict[str, ServiceEntry]:
+        """Check lb_svc and lb_range against the services (two batch dumps, no per-service call).
+
+        Every published service must have its entry, pointing at its id; every
+        other entry is a stray, returned as a record of its key.  Faults of
+        published services are added to ``faults``.
+        """
+        exact: dict[bytes, int] = {}
+        ranged: dict[tuple[bytes, int, int], int] = {}
+        for skey in services:
+            svc_id = idx.ids[skey]
+            conf = idx.confs[svc_id]
+            if conf.exact:
+                exact[idx.raw[svc_id][:_SVC_KEY_SIZE]] = svc_id
+            else:
+                ranged[(conf.range_key(), socket.ntohs(conf.port_n), conf.port_end)] = svc_id
+        strays: dict[str, ServiceEntry] = {}
+
+        def stray(key: ServiceKey, svc_id: int, where: str) -> None:
+            skey = str(key)
+            if skey in services:
+                faults.setdefault(skey, []).append(f"{where}: another entry for its ports points at service "
+                                                   f"id {svc_id}")
+            elif skey in strays:
+                more = f"{where}: another entry points at service id {svc_id}"
+                if _stray_fault(where, svc_id) not in strays[skey].faults and more not in strays[skey].faults:
+                    strays[skey] = replace(strays[skey], faults=strays[skey].faults + (more,))
+            else:
+                strays[skey] = self._stray(key, self._conf_of(svc_id), _stray_fault(where, svc_id))
+
+        for kb, vb in self._maps["lb_svc"].items_raw():
+            want = exact.pop(kb, None)
+            got = _U32.unpack(vb)[0]
+            if want is None:
+                addr, (port_n, proto, family) = kb[:16], _SVC_KEY_TAIL.unpack_from(kb, 16)
+                port = socket.ntohs(port_n)
+                key = ServiceKey(_addr_str(family, addr), _PROTO_NAMES.get(proto, str(proto)), port, port)
+                stray(key, got, "lb_svc")
+            elif got != want:
+                faults.setdefault(str(idx.keys[want]), []).append(
+                    f"lb_svc: its entry points at service id {got}, not {want}")
+        for svc_id in exact.values():
+            faults.setdefault(str(idx.keys[svc_id]), []).append(
+                "lb_svc: no entry for it (its packets are not balanced)")
+        for kb, vb in self._maps["lb_range"].items_raw():
+            addr, proto, family = _RANGE_KEY.unpack(kb)
+            entries, bad = _range_entries(vb)
+            owners = []
+            for start, end, got in entries:
+                key = ServiceKey(_addr_str(family, addr), _PROTO_NAMES.get(proto, str(proto)), start, end)
+                want = ranged.pop((kb, start, end), None)
+                if want is None:
+                    stray(key, got, "lb_range")
+                elif got != want:
+                    faults.setdefault(str(key), []).append(
+                        f"lb_range: its entry points at service id {got}, not {want}")
+                else:
+                    owners.append(str(key))
+            if bad is not None:
+                for skey in owners:
+                    faults.setdefault(skey, []).append(bad)
+        for svc_id in ranged.values():
+            faults.setdefault(str(idx.keys[svc_id]), []).append(
+                "lb_range: no entry for its ports (its packets are not balanced)")
+        return strays
 
     @staticmethod
     def unsupported(record: Record) -> str | None:
@@ -556,14 +964,17 @@ class BpfDriver:
         Service ids come from the driver's index (kept current by its own writes) or,
         for a key the index does not know, from the published lookup entry; every
         record is then decoded from the kernel's ``lb_conf`` and ``lb_backends``
-        values, so what was written is checked, not what the driver believes.
-        Orphans under ids nobody points at are left to the full ``read()``.
+        values, so what was written is checked, not what the driver believes.  The
+        faults are those ``read()`` finds for the key, except counter slots shared
+        with other services (that needs every list).  Orphans under ids nobody
+        points at are left to the full ``read()``.
         """
         if kind == "attach":
             return {k: v for k, v in self.read()["attach"].items() if k in keys}
         if kind not in ("service", "endpoints"):
             raise ValueError(f"bpf driver does not own record kind {kind!r}")
         out: dict[str, Record] = {}
+        self.revalidate()
         if not keys or not self._open(create=False):
             return out
         if self._index is None:
@@ -572,20 +983,63 @@ class BpfDriver:
         for skey in keys:
             key = ServiceKey.parse(skey)
             svc_id = self._index.ids.get(skey)
+            published = self._published_id(key)
             if svc_id is None:
-                svc_id = self._published_id(key)
+                svc_id = published
             raw = None if svc_id is None else self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
-            if svc_id is None or raw is None:
-                continue
-            conf = _Conf.decode(raw)
-            if conf.service_key() != key or not conf.flags & flag:
+            conf = None if raw is None else _Conf.decode(raw)
+            if conf is None or svc_id is None or conf.service_key() != key or not conf.flags & flag:
+                stray = self._stray_entry(key, published) if kind == "service" else None
+                if stray is not None:
+                    where, target_id = stray
+                    out[skey] = self._stray(key, self._conf_of(target_id), _stray_fault(where, target_id))
                 continue
             if kind == "service":
-                out[skey] = conf.service_record(key)
+                rec = conf.service_record(key)
+                found = conf.service_faults(raw or b"", rec)
+                if skey in self._index.dupes:
+                    found.append(_dupes_fault([svc_id, *self._index.dupes[skey]]))
+                found += self._publish_faults(key, svc_id, published)
+                out[skey] = replace(rec, faults=tuple(found)) if found else rec
             else:
-                lst = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, conf.active))
+                lst = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1))
                 out[skey] = self._decode_list(svc_id, conf, key, lst)[0]
         return out
+
+    def _stray_entry(self, key: ServiceKey, published: int | None) -> tuple[str, int] | None:
+        """(map, service id) of a lookup entry for ``key``: its own map's, else a range entry
+        for exactly its one port (``read()`` finds both kinds of stray)."""
+        where = self._lookup_entries(key)[0]
+        if published is not None:
+            return where, published
+        if where != "lb_svc" or key.proto in ("icmp", "icmpv6"):
+            return None
+        family, addr = _pack_addr(key.vip)
+        raw = self._maps["lb_range"].lookup_raw(_RANGE_KEY.pack(addr, _proto_num(key.proto), family))
+        for start, end, svc_id in _range_entries(raw or b"")[0]:
+            if (start, end) == (key.port, key.port_end):
+                return "lb_range", svc_id
+        return None
+
+    def _publish_faults(self, key: ServiceKey, svc_id: int, published: int | None) -> list[str]:
+        """``read()``'s faults of one service's lookup entry (by point lookups)."""
+        name, k, exact = self._lookup_entries(key)
+        if published is None:
+            return [f"{name}: no entry for {'it' if exact else 'its ports'} (its packets are not balanced)"]
+        found = []
+        if published != svc_id:
+            found.append(f"{name}: its entry points at service id {published}, not {svc_id}")
+        if not exact:
+            family, addr = _pack_addr(key.vip)
+            raw = self._maps["lb_range"].lookup_raw(_RANGE_KEY.pack(addr, _proto_num(key.proto), family))
+            entries, bad = _range_entries(raw or b"")
+            if bad:
+                found.append(bad)
+            others = [sid for start, end, sid in entries if (start, end) == (key.port, key.port_end)]
+            if len(others) > 1:
+                found += [f"lb_range: another entry for its ports points at service id {sid}"
+                          for sid in others[1:]]
+        return found
 
     def _published_id(self, key: ServiceKey) -> int | None:
         """The service id the datapath's lookup maps give ``key``, if published."""
@@ -595,10 +1049,109 @@ class BpfDriver:
             return None
         if exact:
             return int(found)
-        for r in found.r[0 : int(found.count)]:
+        for r in found.r[0 : min(int(found.count), _MAX_RANGES)]:
             if (int(r.start), int(r.end)) == (key.port, key.port_end):
                 return int(r.svc_id)
         return None
+
+    # ------------------------------------------------------------ attachments
+
+    def _our_map_ids(self) -> frozenset[int]:
+        if self._map_ids is None:
+            self._map_ids = frozenset(B.map_id(m.fd) for m in self._maps.values())
+        return self._map_ids
+
+    def _pinned_prog(self, hook: str) -> tuple[int, B.ProgInfo] | str:
+        """An fd of lbctl's pinned program for ``hook`` (the caller closes it) and who it is;
+        or why there is none: the pin is missing, or holds a program that is not lbctl's
+        ``lb_tc``/``lb_xdp`` on this pin root's maps."""
+        path = os.path.join(self.pin_root, f"prog_{hook}")
+        try:
+            fd = B.obj_get(path)
+        except B.BpfError as exc:
+            return f"lbctl's pinned program {path} cannot be opened ({os.strerror(exc.errno)})"
+        try:
+            info = B.prog_info(fd)
+        except B.BpfError:
+            os.close(fd)
+            return f"{path} is not a program"
+        if (info.type, info.name) != (_PROG_TYPES[hook], PROGS[hook]) or not info.map_ids \
+                or not info.map_ids <= self._our_map_ids():
+            os.close(fd)
+            return (f"{path} holds {info.name or 'a program'} (id {info.id}), not lbctl's {PROGS[hook]} "
+                    "on its maps")
+        return fd, info
+
+    @staticmethod
+    def _program_fault(hook: str, attached: int, ref: B.ProgInfo | str) -> str | None:
+        """Why the program ``attached`` on ``hook`` is not lbctl's, or None when it is.
+
+        lbctl's program is the pinned one; another load of the same code on the same
+        maps (same tag, name and map ids: an older lbctl attach) counts as lbctl's.
+        """
+        if isinstance(ref, str):
+            return ref
+        if attached == ref.id:
+            return None
+        info = B.prog_info_by_id(attached)
+        if info is not None and info.same_code_and_maps(ref):
+            return None
+        if info is None:
+            what = f"program id {attached}, which is gone"
+        elif (info.name, info.tag) == (ref.name, ref.tag):
+            what = f"a {info.name} (id {info.id}) on other maps than lbctl's pins"
+        else:
+            what = f"{info.name or 'a program without a name'} (id {info.id}, tag {info.tag})"
+        return f"the {hook} hook runs {what}, not lbctl's {ref.name} (id {ref.id}, tag {ref.tag})"
+
+    def _read_attach(self) -> dict[str, Record]:
+        """Attachments recorded in lb_attach whose hook holds a program, with their faults."""
+        out: dict[str, Record] = {}
+        refs: dict[str, B.ProgInfo | str] = {}
+        for kb, vb in self._maps["lb_attach"].items_raw():
+            rec = self._attachment(kb.split(b"\0", 1)[0].decode(errors="replace"), kb, vb, refs)
+            if rec is not None:
+                out[rec.ifname] = rec
+        return out
+
+    def _attachment(self, ifname: str, kb: bytes, vb: bytes,
+                    refs: dict[str, B.ProgInfo | str] | None = None) -> Attachment | None:
+        """The live attachment of one lb_attach entry: None when its hook holds no program;
+        faults when the hook runs another program or the entry disagrees with the hook.
+        ``refs`` caches lbctl's pinned programs across calls."""
+        ifindex, hook_n, prog_id, pad = _ATTACH.unpack(vb)
+        faults = []
+        with in_netns(self.netns):
+            try:
+                idx = socket.if_nametoindex(ifname)
+            except OSError:
+                return None
+            hook = _HOOK_NAMES.get(hook_n)
+            if hook is None:
+                faults.append(f"lb_attach: unknown hook {hook_n}")
+                hook = "tc" if B.tc_query(idx) else "xdp"
+            attached = B.tc_query(idx) if hook == "tc" else B.xdp_query(idx)
+        if not attached:
+            return None
+        if ifindex != idx:
+            faults.append(f"lb_attach: records ifindex {ifindex}, {ifname} is {idx}")
+        if prog_id != attached:
+            faults.append(f"lb_attach: records program id {prog_id}, the hook runs {attached}")
+        name_len = len(ifname.encode())
+        if pad or not _zero_from(kb, name_len):
+            faults.append("lb_attach: padding is not zero")
+        refs = {} if refs is None else refs
+        if hook not in refs:
+            got = self._pinned_prog(hook)
+            if isinstance(got, str):
+                refs[hook] = got
+            else:
+                os.close(got[0])
+                refs[hook] = got[1]
+        bad = self._program_fault(hook, attached, refs[hook])
+        if bad is not None:
+            faults.append(bad)
+        return Attachment(ifname, hook, tuple(faults))
 
     def _attached_prog(self, ifname: str, hook: str) -> int:
         with in_netns(self.netns):
@@ -685,7 +1238,20 @@ class BpfDriver:
         if svc_id is not None:
             self._validate(svc_id)
             svc_id = self._idx.ids.get(skey)
+        if skey in self._idx.dupes:
+            self._drop_dupes(skey)
         return svc_id
+
+    def _drop_dupes(self, skey: str) -> None:
+        """Remove the further ids whose lb_conf claims ``skey`` (found by a read; lbctl never writes them)."""
+        self._flush()
+        for svc_id in self._idx.dupes.pop(skey, []):
+            if svc_id in self._idx.confs:  # it became a live service of its own meanwhile
+                continue
+            self._maps["lb_conf"].delete_raw(_U32.pack(svc_id))
+            for slot in (0, 1):
+                self._delete_slot(svc_id, slot)
+            self._purge_flows(svc_id, None)
 
     def _alloc_service(self, key: ServiceKey) -> int:
         svc_id = self._service_id(key)
@@ -735,6 +1301,8 @@ class BpfDriver:
 
     def _write_conf(self, svc_id: int, conf: _Conf) -> None:
         idx = self._idx
+        if conf.flags & ~(F_HAS_SERVICE | F_HAS_ENDPOINTS) or conf.active > 1:  # repairing a corrupt value
+            conf = replace(conf, flags=conf.flags & (F_HAS_SERVICE | F_HAS_ENDPOINTS), active=conf.active & 1)
         raw = conf.encode()
         idx.confs[svc_id] = conf
         if idx.raw.get(svc_id) == raw:
@@ -768,24 +1336,36 @@ class BpfDriver:
         _set_words(k.addr, words)
         return "lb_range", k, False
 
-    def _publish(self, key: ServiceKey, svc_id: int, was_published: bool) -> None:
+    def _publish(self, key: ServiceKey, svc_id: int, was_published: bool, repair: bool = False) -> None:
+        """Make the lookup entry of ``key`` point at ``svc_id``.  ``repair``: the read found the
+        entry faulty: rewrite the range list whole and drop other entries for the same ports."""
         if key.port == key.port_end or key.proto in ("icmp", "icmpv6"):
             family, addr = _pack_addr(key.vip)
             k = addr + _SVC_KEY_TAIL.pack(socket.htons(key.port), _proto_num(key.proto), family)
             v = _U32.pack(svc_id)
-            if not was_published or self._maps["lb_svc"].lookup_raw(k) != v:
+            if not was_published or repair or self._maps["lb_svc"].lookup_raw(k) != v:
                 self._put("lb_svc", k, v)
+            if repair and key.proto not in ("icmp", "icmpv6"):
+                self._flush()
+                self._unpublish_range(key, None)  # a stray range entry for exactly this port
             return
         self._flush()
         name, k, _ = self._lookup_entries(key)
         m = self._maps[name]
-        lst = m.lookup(k)
-        ranges = [] if lst is None else [
-            (int(lst.r[i].start), int(lst.r[i].end), int(lst.r[i].svc_id)) for i in range(int(lst.count))]
-        if (key.port, key.port_end, svc_id) in ranges:
+        entries, bad = _range_entries(m.lookup_raw(_lookup_raw_key(m, k)) or b"")
+        if (key.port, key.port_end, svc_id) in entries and not repair and bad is None:
             return
-        ranges = [r for r in ranges if r[2] != svc_id] + [(key.port, key.port_end, svc_id)]
-        self._write_ranges(m, k, ranges)
+        ranges = [r for r in entries if r[2] != svc_id and (r[0], r[1]) != (key.port, key.port_end)]
+        if repair or bad is not None:  # keep only the entries of other live services
+            ranges = [r for r in ranges if self._owns_range(key, r)]
+        self._write_ranges(m, k, ranges + [(key.port, key.port_end, svc_id)])
+
+    def _owns_range(self, key: ServiceKey, entry: tuple[int, int, int]) -> bool:
+        """Whether ``entry`` of ``key``'s range list publishes a service of the index."""
+        start, end, svc_id = entry
+        conf = self._idx.confs.get(svc_id)
+        return conf is not None and bool(conf.flags & F_HAS_SERVICE) and not conf.exact \
+            and self._idx.ids.get(str(ServiceKey(key.vip, key.proto, start, end))) == svc_id
 
     def _write_ranges(self, m: B.Map, k: Any, ranges: list[tuple[int, int, int]]) -> None:
         if not ranges:
@@ -800,20 +1380,26 @@ class BpfDriver:
             v.r[i].start, v.r[i].end, v.r[i].svc_id = a, b, sid
         m.update(k, v)
 
-    def _unpublish(self, key: ServiceKey, svc_id: int) -> None:
+    def _unpublish(self, key: ServiceKey, svc_id: int | None) -> None:
+        """Remove the lookup entry of ``key`` (whatever it points at: the key is this service's)."""
         self._flush()
         name, k, exact = self._lookup_entries(key)
-        m = self._maps[name]
         if exact:
-            if m.lookup(k) == svc_id:
-                m.delete(k)
+            self._maps[name].delete(k)
             return
-        lst = m.lookup(k)
-        if lst is None:
-            return
-        ranges = [(int(r.start), int(r.end), int(r.svc_id)) for r in lst.r[0 : int(lst.count)]]
-        kept = [r for r in ranges if r[2] != svc_id]
-        if kept != ranges:
+        self._unpublish_range(key, svc_id)
+
+    def _unpublish_range(self, key: ServiceKey, svc_id: int | None) -> None:
+        """Drop the ``lb_range`` entries for exactly ``key``'s ports and those of ``svc_id``."""
+        family, words = _addr_words(key.vip)
+        m = self._maps["lb_range"]
+        k = m.key(proto=_proto_num(key.proto), family=family)
+        _set_words(k.addr, words)
+        entries, bad = _range_entries(m.lookup_raw(_lookup_raw_key(m, k)) or b"")
+        kept = [r for r in entries if r[2] != svc_id and (r[0], r[1]) != (key.port, key.port_end)]
+        if bad is not None:
+            kept = [r for r in kept if self._owns_range(key, r)]
+        if kept != entries or bad is not None:
             self._write_ranges(m, k, kept)
 
     def _apply_service(self, ch: Change) -> None:
@@ -821,7 +1407,10 @@ class BpfDriver:
         key = after.key if isinstance(after, ServiceEntry) else ServiceKey.parse(ch.key)
         if ch.action == "delete" or after is None:
             svc_id = self._service_id(key)
-            if svc_id is None:
+            if svc_id is None:  # stray lookup entries (no service holds the key): remove them all
+                self._unpublish(key, None)
+                if key.proto not in ("icmp", "icmpv6"):
+                    self._unpublish_range(key, None)
                 return
             conf = self._idx.confs[svc_id]
             self._unpublish(key, svc_id)
@@ -834,23 +1423,20 @@ class BpfDriver:
         limit = B.const("LB_MAX_ALLOWED_SOURCES")
         if len(after.allowed_sources) > limit:
             raise LbctlError(f"service {after.name}: more than {limit} allowed sources")
-        allowed = []
-        for cidr in after.allowed_sources:
-            net = ipaddress.ip_network(cidr, strict=False)
-            fam, addr = _pack_addr(str(net.network_address))
-            _, mask = _pack_addr(str(net.netmask))
-            allowed.append(_CIDR.pack(addr, mask, net.prefixlen, fam))
+        n_allowed = len(after.allowed_sources)
+        allowed = _allowed_region(after.allowed_sources)[: n_allowed * _CIDR.size]
         svc_id = self._alloc_service(key)
         old = self._idx.confs[svc_id]
         new = replace(
             old, flags=old.flags | F_HAS_SERVICE, selection=SELECTIONS[after.selection],
             mode=MODES[after.mode], session_timeout=after.session_timeout,
-            persist_timeout=after.persist_timeout, n_allowed=len(allowed), allowed=b"".join(allowed),
+            persist_timeout=after.persist_timeout, n_allowed=n_allowed, allowed=allowed,
             name=name,
         )
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)
-        self._publish(key, svc_id, bool(old.flags & F_HAS_SERVICE))
+        repair = isinstance(ch.before, ServiceEntry) and bool(ch.before.faults)
+        self._publish(key, svc_id, bool(old.flags & F_HAS_SERVICE), repair)
 
     def _apply_endpoints(self, ch: Change) -> None:
         after = ch.after
@@ -890,8 +1476,10 @@ class BpfDriver:
         old_ids: dict[tuple[str, int], int] = {}
         if had:
             old = idx.eps[svc_id].backends
+            bad = idx.bad_stats.pop(svc_id, set())
             for b, old_sid in zip(old, idx.stat[svc_id], strict=True):
-                old_ids[(_canon(b.address), b.port)] = old_sid
+                if old_sid not in bad:
+                    old_ids[(_canon(b.address), b.port)] = old_sid
         stat_ids: dict[tuple[str, int], int] = {}
         parts = [_LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
         for be in after.backends:
@@ -901,16 +1489,16 @@ class BpfDriver:
             if sid < 0:
                 sid = self._alloc_stat()
             stat_ids[ident] = sid
-            parts.append(_BE.pack(addr, socket.htons(be.port), fam, be.weight, sid))
+            parts.append(_BE.pack(addr, socket.htons(be.port), fam, 0, be.weight, sid))
         lst = b"".join(parts)
         lst += bytes(_LIST_SIZE - len(lst))
-        slot = 1 - conf.active if had else conf.active
+        slot = 1 - (conf.active & 1) if had else conf.active & 1
         # Write the inactive slot completely, then publish it with one lb_conf swap.
         n = -(-len(table) // _SEL_BYTES)
         if had:
             prev = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, slot))
             if prev is not None:
-                old_n = -(-_LIST_HDR.unpack_from(prev)[1] // _SEL_CHUNK)
+                old_n = -(-min(_LIST_HDR.unpack_from(prev)[1], _MAX_SEL_LEN) // _SEL_CHUNK)
                 for c in range(n, old_n):
                     self._maps["lb_sel"].delete_raw(_SEL_KEY.pack(svc_id, slot, c))
         for c in range(n):
@@ -933,7 +1521,7 @@ class BpfDriver:
         if prev is None:
             return
         m = self._maps["lb_sel"]
-        for c in range(-(-_LIST_HDR.unpack_from(prev)[1] // _SEL_CHUNK)):
+        for c in range(-(-min(_LIST_HDR.unpack_from(prev)[1], _MAX_SEL_LEN) // _SEL_CHUNK)):
             m.delete_raw(_SEL_KEY.pack(svc_id, slot, c))
         lm.delete_raw(k)
 
@@ -960,14 +1548,12 @@ class BpfDriver:
 
     def _apply_attach(self, ch: Change) -> None:
         before, after = ch.before, ch.after
-        am = self._maps["lb_attach"]
-        ak = am.key()
         ifname = ch.key
         if len(ifname.encode()) >= B.const("LB_IFNAME_LEN"):
             raise LbctlError(f"interface name {ifname!r} too long")
-        ak.ifname = ifname.encode()
-        cur = am.lookup(ak)
-        cur_hook = {1: "tc", 2: "xdp"}.get(int(cur.hook), "") if cur is not None else ""
+        kb = ifname.encode().ljust(_IFNAME_LEN, b"\0")
+        cur = self._maps["lb_attach"].lookup_raw(kb)
+        cur_hook = _HOOK_NAMES.get(_ATTACH.unpack(cur)[1], "") if cur is not None else ""
         if before is not None:
             assert isinstance(before, Attachment)
             cur_hook = cur_hook or before.hook
@@ -975,38 +1561,64 @@ class BpfDriver:
             self._detach(ifname, cur_hook or "tc")
             self._detach(ifname, "xdp" if cur_hook == "tc" else "tc", quiet=True)
             if cur is not None:
-                am.delete(ak)
+                self._maps["lb_attach"].delete_raw(kb)
             return
         assert isinstance(after, Attachment)
         if after.hook not in HOOKS:
             raise LbctlError(f"unknown hook {after.hook!r} for {ifname}")
-        if cur is not None and cur_hook == after.hook and self._attached_prog(ifname, after.hook):
-            return  # already live: idempotent
+        if cur is not None and self._attachment(ifname, kb, cur) == Attachment(ifname, after.hook):
+            return  # already live, lbctl's program, bookkeeping right: idempotent
         if cur_hook and cur_hook != after.hook:
             self._detach(ifname, cur_hook, quiet=True)
-        fd = self.prog_fd(after.hook)
-        with in_netns(self.netns):
-            try:
-                idx = socket.if_nametoindex(ifname)
-            except OSError:
-                where = f" in netns {self.netns}" if self.netns else ""
-                raise LbctlError(f"interface {ifname} not found{where}",
-                                 "check the Datapath resource's interfaces") from None
-            if after.hook == "tc":
-                pid = B.tc_attach(idx, ifname, fd)
-            else:
-                old = B.xdp_query(idx)
-                old_fd = B.prog_fd_by_id(old) if old else -1
+        fd, owned = self._attach_fd(after.hook)
+        try:
+            with in_netns(self.netns):
                 try:
-                    B.xdp_attach(idx, ifname, fd, old_fd)
-                finally:
-                    if old_fd >= 0:
-                        os.close(old_fd)
-                pid = B.xdp_query(idx)
+                    idx = socket.if_nametoindex(ifname)
+                except OSError:
+                    where = f" in netns {self.netns}" if self.netns else ""
+                    raise LbctlError(f"interface {ifname} not found{where}",
+                                     "check the Datapath resource's interfaces") from None
+                if after.hook == "tc":
+                    pid = B.tc_attach(idx, ifname, fd)
+                else:
+                    old = B.xdp_query(idx)
+                    old_fd = B.prog_fd_by_id(old) if old else -1
+                    try:
+                        B.xdp_attach(idx, ifname, fd, old_fd)
+                    finally:
+                        if old_fd >= 0:
+                            os.close(old_fd)
+                    pid = B.xdp_query(idx)
+        finally:
+            if owned:
+                os.close(fd)
         self._count_write()
+        # Fetched only now: loading the object (_attach_fd) replaces the map handles.
+        am = self._maps["lb_attach"]
+        ak = am.key()
+        ak.ifname = ifname.encode()
         v = am.value()
         v.ifindex, v.hook, v.prog_id = idx, HOOKS[after.hook], pid
         am.update(ak, v)
+
+    def _attach_fd(self, hook: str) -> tuple[int, bool]:
+        """An fd of lbctl's program for ``hook``, and whether the caller closes it.
+
+        The pinned program when it is lbctl's (nothing is loaded, and every
+        interface runs the same program); else this process's loaded object,
+        whose programs are pinned again (the pins are what reads compare hooks
+        with); else the object is loaded now (reusing the pinned maps) and pinned.
+        """
+        got = self._pinned_prog(hook)
+        if not isinstance(got, str):
+            return got[0], True
+        if self._obj is None:
+            self.load()
+        else:
+            self._pin_progs()
+        assert self._obj is not None
+        return self._obj.prog_fd(PROGS[hook]), False
 
     def _detach(self, ifname: str, hook: str, quiet: bool = False) -> None:
         with in_netns(self.netns):

@@ -78,7 +78,10 @@ LINK_KINDS: tuple[str, ...] = ("dummy", "ifb")
 
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 RT_SCOPE_UNIVERSE = 0
+SCOPE_NAMES = {200: "site", 253: "link", 254: "host", 255: "nowhere"}
 
 # -- rtnetlink wire format (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h) --
 
@@ -345,15 +348,21 @@ class _RtnlSocket:
 
 
 def _parse_addrs(msgs: Sequence[bytes], index: int, ifname: str) -> dict[str, Record]:
-    """Global-scope addresses of link ``index`` from RTM_NEWADDR dump messages."""
+    """The addresses of link ``index`` from RTM_NEWADDR dump messages, but its IPv6 link-local one.
+
+    Every other address on lbctl's interface is lbctl's: one that is not what
+    lbctl adds (global scope; IPv6 usable at once) carries ``faults``, so the plan
+    shows it and apply replaces it (an add of an address that is there under
+    another scope would only say "already there").
+    """
     vips: dict[str, Record] = {}
     header = NLMSGHDR.size + IFADDRMSG.size
     for msg in msgs:
         _len, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(msg, 0)
         if mtype != RTM_NEWADDR or len(msg) < header:
             continue
-        family, prefixlen, _f, scope, ifindex = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
-        if ifindex != index or scope != RT_SCOPE_UNIVERSE:  # e.g. the IPv6 link-local
+        family, prefixlen, ifa_flags, scope, ifindex = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
+        if ifindex != index:
             continue
         if family == socket.AF_INET:
             size = 4
@@ -379,8 +388,17 @@ def _parse_addrs(msgs: Sequence[bytes], index: int, ifname: str) -> dict[str, Re
         raw = local if local is not None else address
         if raw is None:
             continue
+        if family == socket.AF_INET6 and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80:
+            continue  # the kernel's IPv6 link-local address, not lbctl's
         text = socket.inet_ntop(family, raw) if family == socket.AF_INET else _v6_text(raw)
-        vips[text] = VipAddress(text, prefixlen, ifname)
+        faults = []
+        if scope != RT_SCOPE_UNIVERSE:
+            faults.append(f"scope {SCOPE_NAMES.get(scope, scope)}, not global")
+        if ifa_flags & IFA_F_DADFAILED:
+            faults.append("duplicate address detection failed: the kernel does not use it")
+        elif ifa_flags & IFA_F_TENTATIVE:
+            faults.append("tentative (duplicate address detection running): not usable yet")
+        vips[text] = VipAddress(text, prefixlen, ifname, tuple(faults))
     return vips
 
 

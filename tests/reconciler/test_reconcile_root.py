@@ -236,3 +236,14 @@ def test_get_conntrack_and_endpoints(box: Box, capsys: pytest.CaptureFixture[str
     assert box.lbctl("get", "endpoints") == 0
     out = capsys.readouterr().out
     assert "10.0.0.1" in out and "10.0.0.2" in out and "8080" in out
+
+
+def test_reattaching_after_the_filter_was_deleted_succeeds(box: Box) -> None:
+    """Issue 9 item 3: a fresh ``lbctl apply`` re-attaches a deleted tc filter without EBADF."""
+    write_services(box, 1)
+    assert box.lbctl("apply", str(box.conf)) == 0
+    sh("tc", "-n", box.netns, "filter", "del", "dev", "eth0", "ingress")
+    assert box.lbctl("plan", str(box.conf), "--detailed-exitcode") == 2
+    assert box.lbctl("apply", str(box.conf)) == 0
+    assert "lb_tc" in sh("tc", "-n", box.netns, "filter", "show", "dev", "eth0", "ingress")
+    assert box.lbctl("plan", str(box.conf), "--detailed-exitcode") == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from rich.console import Console
 from reconciler.desired import compile_state
 from reconciler.model import Endpoint
 from reconciler.plan import Plan, diff
-from reconciler.records import empty_state
+from reconciler.records import ServiceKey, empty_state
 from reconciler.render import NO_CHANGES, print_plan, render_plain, render_rich
 from tests.reconciler.fakes import bgp_config, datapath, fake_table, firewall, service
 
@@ -91,3 +92,21 @@ def test_rich_and_print() -> None:
     buf2 = io.StringIO()
     print_plan(plan, Console(file=buf2, force_terminal=False))
     assert buf2.getvalue() == render_plain(plan)
+
+
+def test_faults_of_live_records_show_as_what_the_apply_clears() -> None:
+    desired = compile_state([service("web", ports=[(80, "TCP", 8080)])])
+    live = {kind: dict(records) for kind, records in desired.items()}
+    key = next(iter(live["service"]))
+    live["service"][key] = replace(live["service"][key], faults=("lb_svc: no entry for it",))
+    stray = "lb_svc: an entry no service of lbctl's owns points at service id 3"
+    live["service"]["tcp/198.51.100.77:80"] = replace(
+        live["service"][key], key=ServiceKey.parse("tcp/198.51.100.77:80"), faults=(stray,))
+    plan = diff(desired, live)
+    data = json.loads(plan.to_json())
+    assert [(c["action"], c["fields"]) for c in data["changes"]] == [("delete", []), ("update", ["faults"])]
+    assert "faults" not in data["changes"][1]["after"]  # desired records have none: not in the JSON
+    text = render_plain(data)
+    assert '      ~ faults = [\n          - "lb_svc: no entry for it"\n        ]\n' in text
+    assert '      - faults          = ["lb_svc: an entry no service of lbctl\'s owns' in text
+    assert text.endswith("Plan: 0 to add, 1 to change, 1 to destroy.\n")

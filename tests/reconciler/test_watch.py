@@ -205,7 +205,10 @@ def test_resync_counts_drift_repairs() -> None:
     daemon.step()
     assert engine.reconciles()[-1].full
     assert daemon.snapshot().drift_repairs == 3
-    assert daemon.metrics.repairs.value() == 3
+    assert daemon.snapshot().drift_repairs_by_kind == {"service": 3}
+    assert daemon.metrics.repairs.value(kind="service") == 3
+    assert 'lbctl_drift_repairs_total{kind="service"} 3' in daemon.render_metrics()
+    assert daemon.status_json()["drift_repairs_by_kind"] == {"service": 3}
     assert "drift-repaired" in events(out)
     clock.now += 30
     daemon.step()  # nothing drifted since
@@ -355,3 +358,25 @@ def test_a_signal_while_the_main_thread_holds_a_lock_does_not_deadlock() -> None
                             text=True, timeout=30, env={**os.environ, "PYTHONPATH": root})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["handlers returned True True", "stopped"]
+
+
+def test_signal_handlers_take_no_lock() -> None:
+    """A handler runs in the main thread between any two bytecodes, e.g. inside the log's
+    lock: one that logged (or set the wake event) could deadlock the daemon on SIGTERM."""
+    engine = ScriptedEngine()
+    daemon, _, out = make(engine)
+    old = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.install_signals()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    with daemon.log._lock, daemon._wake._cond:  # held, as when a signal interrupts a write
+        for signum, handler in handlers.items():
+            assert callable(handler)
+            thread = threading.Thread(target=handler, args=(signum, None), daemon=True)
+            thread.start()
+            thread.join(2)
+            assert not thread.is_alive(), f"the {signal.Signals(signum).name} handler blocked"
+    assert daemon._hup and daemon._stop

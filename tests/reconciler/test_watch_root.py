@@ -122,10 +122,12 @@ class Box:
         self.proc.send_signal(sig)
         return self.proc.wait(20)
 
+    def drivers_ctx(self) -> Any:
+        return cli.context_from(cli.build_parser().parse_args(["plan", *self.common]))
+
     def drivers(self) -> list[Driver]:
         if self._drivers is None:
-            ctx = cli.context_from(cli.build_parser().parse_args(["plan", *self.common]))
-            self._drivers = build_drivers(ctx)
+            self._drivers = build_drivers(self.drivers_ctx())
         return self._drivers
 
     def live(self) -> dict[str, dict[str, Any]]:
@@ -256,7 +258,8 @@ def test_invalid_deliveries_change_nothing_then_a_valid_one_applies(box: Box) ->
     took = box.wait("the valid delivery", lambda: box.backends() == ["10.0.0.9"], timeout=10)
     print(f"valid delivery after 20 invalid ones: map updated in {took * 1000:.0f} ms")
     box.wait("status valid again", lambda: (box.status() or {}).get("config_valid") is True)
-    assert (box.status() or {}).get("last_error") is None
+    # the errors are cleared when the valid content has verified, a moment after it was found valid
+    box.wait("last error cleared", lambda: (box.status() or {}).get("last_error") is None)
 
 
 # --- drift ------------------------------------------------------------------------------------------
@@ -281,6 +284,64 @@ def test_drift_by_hand_is_repaired_within_one_resync(box: Box) -> None:
           f"(resync 1 s)")
     box.wait("repairs counted", lambda: (box.status() or {}).get("drift_repairs", 0) >= 3)
     assert "drift-repaired" in box.logs()
+
+
+def fresh_backends(box: Box, key: str = WEB_KEY) -> list[str]:
+    """Endpoints of ``key`` as a new lbctl process reads them (no handles kept from before)."""
+    rec = read_live(build_drivers(box.drivers_ctx()))["endpoints"].get(key)
+    return [b.address for b in rec.backends] if isinstance(rec, EndpointSet) else []
+
+
+def test_daemon_reopens_pins_replaced_by_down_and_apply(box: Box) -> None:
+    """Issue 9 item 2: after ``lbctl down`` + ``lbctl apply`` from the CLI, the daemon's
+    handles are orphaned maps: it must notice and write to the pinned ones."""
+    conf = box.tmp / "conf.d"
+    conf.mkdir()
+    (conf / "00-datapath.yaml").write_text(DATAPATH)
+    (conf / "web.yaml").write_text(service_yaml("web", "198.51.100.10", ["10.0.0.1", "10.0.0.2"]))
+    box.start(conf, "--resync", "1h")
+    box.wait_ready()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["down", *box.common]) == 0
+        assert cli.main(["apply", str(conf), *box.common]) == 0
+    (conf / "web.yaml").write_text(web(1))  # an edit of one Service: the daemon's incremental path
+    took = box.wait("the delivery in the pinned maps", lambda: fresh_backends(box) == ["10.0.0.1"],
+                    timeout=10)
+    print(f"delivery after down + apply reached the pinned maps in {took * 1000:.0f} ms")
+    assert box.plan_empty(conf)
+    # and a resync repairs drift in the pinned maps, not in the orphaned ones
+    assert box.proc is not None
+    drifted = box.live()["endpoints"][WEB_KEY]
+    bpf = next(d for d in build_drivers(box.drivers_ctx()) if "endpoints" in d.kinds)
+    bpf.apply([Change("endpoints", WEB_KEY, "delete", drifted, None)])
+    assert not box.plan_empty(conf)
+    reconciles = (box.status() or {}).get("reconciles", 0)
+    box.proc.send_signal(signal.SIGHUP)
+    box.wait("the SIGHUP resync", lambda: (box.status() or {}).get("reconciles", 0) > reconciles)
+    assert fresh_backends(box) == ["10.0.0.1"] and box.plan_empty(conf)
+
+
+def test_daemon_reattaches_a_deleted_filter_on_adopted_pins(box: Box) -> None:
+    """Issue 9 item 3 in the daemon: it adopted pins made by ``lbctl apply`` (no object loaded)
+    and re-attaches after ``tc filter del`` without failing the reconcile (EBADF)."""
+    conf = box.tmp / "conf.d"
+    conf.mkdir()
+    (conf / "00-datapath.yaml").write_text(DATAPATH)
+    (conf / "web.yaml").write_text(web(1))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["apply", str(conf), *box.common]) == 0
+    box.start(conf, "--resync", "1h")
+    box.wait_ready()
+    sh("tc", "-n", box.netns, "filter", "del", "dev", "eth0", "ingress")
+    assert not box.plan_empty(conf)
+    reconciles = (box.status() or {}).get("reconciles", 0)
+    assert box.proc is not None
+    box.proc.send_signal(signal.SIGHUP)
+    box.wait("the SIGHUP resync", lambda: (box.status() or {}).get("reconciles", 0) > reconciles)
+    last = (box.status() or {})["last_reconcile"]
+    assert last["result"] == "ok", (last, box.logs()[-2000:])
+    assert "lb_tc" in sh("tc", "-n", box.netns, "filter", "show", "dev", "eth0", "ingress")
+    assert box.plan_empty(conf)
 
 
 # --- kill -9 ----------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class ScriptedEngine:
         return Outcome(verified=True, mode="full" if full else "incremental", updated=changed,
                        records={"service": delivery.resources},
                        fixed=tuple(f"~ service s{i}" for i in range(changed)),
+                       kinds={"service": changed} if changed else {},
                        warnings=self.warnings if full else None)
 
     def counters(self) -> Mapping[str, ServiceCounters]:

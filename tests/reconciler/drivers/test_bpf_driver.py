@@ -78,7 +78,10 @@ def test_read_keys_reads_the_kernel_for_just_those_keys(dp: Datapath) -> None:
     svc_id = dp.driver._index.ids[ch[0].key] if dp.driver._index else None
     assert svc_id is not None
     dp.driver.map("lb_conf").delete(svc_id)
-    assert dp.driver.read_keys("service", [ch[0].key]) == {}
+    # its lookup entry now points at nothing: a stray entry, shown with what is wrong
+    stray = dp.driver.read_keys("service", [ch[0].key])[ch[0].key]
+    assert isinstance(stray, ServiceEntry) and "no service of lbctl's owns" in stray.faults[0]
+    assert dp.driver.read()["service"][ch[0].key] == stray  # the full read finds the same
     assert dp.driver.read_keys("endpoints", [ch[0].key]) == {}
     with pytest.raises(ValueError):
         dp.driver.read_keys("vip", ["10.0.0.1"])

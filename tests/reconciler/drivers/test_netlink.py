@@ -13,6 +13,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -308,19 +309,22 @@ def test_drift_and_foreign_addresses(netns: str) -> None:
     vips = v4s(600) + v6s(20)
     driver = NetlinkDriver(netns=netns)
     driver.apply([create(v) for v in vips])
-    # Behind lbctl's back: two VIPs removed, a host-scope address on lbctl0, an
+    # Behind lbctl's back: two VIPs removed, a VIP put back with host scope, an
     # address on another interface.
     ip("-n", netns, "addr", "del", f"{vips[7].address}/32", "dev", "lbctl0")
     ip("-n", netns, "addr", "del", f"{vips[-1].address}/128", "dev", "lbctl0")
-    ip("-n", netns, "addr", "add", "203.0.113.1/32", "dev", "lbctl0", "scope", "host")
+    ip("-n", netns, "addr", "del", f"{vips[9].address}/32", "dev", "lbctl0")
+    ip("-n", netns, "addr", "add", f"{vips[9].address}/32", "dev", "lbctl0", "scope", "host")
     ip("-n", netns, "link", "add", "other0", "type", "ifb")
     ip("-n", netns, "addr", "add", "203.0.113.2/32", "dev", "other0")
-    drifted = [v for v in vips if v not in (vips[7], vips[-1])]
+    hosted = replace(vips[9], faults=("scope host, not global",))
+    drifted = [hosted if v == vips[9] else v for v in vips if v not in (vips[7], vips[-1])]
     assert driver.read() == as_live(drifted)
     assert driver.read_keys("vip", [vips[7].address, vips[8].address]) == {vips[8].address: vips[8]}
     writes = driver.writes
-    driver.apply([create(v) for v in vips])
-    assert driver.writes == writes + 2
+    driver.apply([create(v) for v in vips if v != vips[9]]
+                 + [Change("vip", vips[9].address, "update", hosted, vips[9], ("faults",))])
+    assert driver.writes == writes + 4  # two adds, and the host-scope one deleted and added
     assert driver.read() == as_live(vips)
 
 
@@ -351,13 +355,16 @@ def test_parse_addrs_filters_and_spells_like_ipaddress() -> None:
             addr_msg(socket.AF_INET6, mapped, 128, 7),
             addr_msg(socket.AF_INET6, v6, 128, 7),
             addr_msg(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fe80::1"), 64, 7, scope=253),
-            addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "203.0.113.1"), 32, 8)]
+            addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "203.0.113.1"), 32, 8),
+            addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "198.51.100.13"), 32, 7, scope=254)]
     got = _parse_addrs(msgs, 7, "lbctl0")
     assert got == {
         "198.51.100.10": VipAddress("198.51.100.10", 32, "lbctl0"),
         "198.51.100.12": VipAddress("198.51.100.12", 24, "lbctl0"),  # IFA_LOCAL, not the peer
         "::ffff:c633:640b": VipAddress("::ffff:c633:640b", 128, "lbctl0"),
         "2001:db8::10": VipAddress("2001:db8::10", 128, "lbctl0"),
+        # not what lbctl adds: shown, with what is wrong (the link-local fe80::1 is the kernel's)
+        "198.51.100.13": VipAddress("198.51.100.13", 32, "lbctl0", ("scope host, not global",)),
     }
     assert str(ipaddress.ip_address("::ffff:198.51.100.11")) in got
 
