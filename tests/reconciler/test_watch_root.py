@@ -278,7 +278,8 @@ def test_drift_by_hand_is_repaired_within_one_resync(box: Box) -> None:
     box.bpf().apply([Change("service", WEB_KEY, "delete", entry, None)])
     # 3. the program detached
     sh("tc", "-n", box.netns, "filter", "del", "dev", "eth0", "ingress")
-    assert box.live() != desired
+    # No check that the drift is visible now: the 1 s resync may already have repaired
+    # it. The three repairs counted below prove the drift existed when a resync ran.
     took = box.wait("drift repaired", lambda: box.live() == desired, timeout=5)
     print(f"drift (address, map entry, program) repaired {took * 1000:.0f} ms after it was made "
           f"(resync 1 s)")
