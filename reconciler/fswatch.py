@@ -123,6 +123,14 @@ class _Handler(FileSystemEventHandler):
             self.notify(paths[-1])
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class DirWatcher:
     """Watches ``directory`` through symlink flips; calls ``notify(path)`` from watchdog's threads."""
 
@@ -134,6 +142,7 @@ class DirWatcher:
         self._observer = Observer()
         self._observer.daemon = True
         self._watches: dict[Target, object] = {}
+        self._ids: dict[Target, tuple[int, int] | None] = {}  # (st_dev, st_ino) when scheduled
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -145,23 +154,32 @@ class DirWatcher:
             return frozenset(self._watches)
 
     def rearm(self) -> bool:
-        """Bring the watches in line with the current layout; True when they changed."""
+        """Bring the watches in line with the current layout; True when they changed.
+
+        A watch follows the directory it was placed on (inotify watches inodes), not
+        its path: when a watched path now names another directory (``mv conf.d
+        conf.old; mv conf.new conf.d``), its watch is placed again.
+        """
         wanted = watch_targets(self.directory, self.follow_external_symlinks)
         with self._lock:
-            current = set(self._watches)
-            for target in current - wanted:
+            before = {t: self._ids.get(t) for t in self._watches}
+            moved = {t for t in set(self._watches) & wanted if _identity(t.path) != self._ids.get(t)}
+            for target in (set(self._watches) - wanted) | moved:
                 watch = self._watches.pop(target)
+                self._ids.pop(target, None)
                 try:
                     self._observer.unschedule(watch)  # type: ignore[arg-type]
                 except Exception:  # noqa: BLE001 - the target may be gone already
                     pass
-            for target in sorted(wanted - current):
+            for target in sorted(wanted - set(self._watches)):
+                ident = _identity(target.path)
                 try:
                     self._watches[target] = self._observer.schedule(
                         _Handler(target, self._notify), target.path, recursive=target.recursive)
                 except OSError:
                     continue  # vanished between listing and scheduling: the next rearm retries
-            return set(self._watches) != current
+                self._ids[target] = ident
+            return {t: self._ids.get(t) for t in self._watches} != before
 
     def stop(self) -> None:
         self._observer.stop()

@@ -85,6 +85,24 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def test_the_directory_itself_replaced_then_edited(tmp_path: Path,
+                                                   run_daemon: Callable[..., Running]) -> None:
+    """``mv conf.d conf.old; mv conf.new conf.d``: the recursive watch followed the old
+    directory (inotify watches inodes) and later edits of the new one went unseen."""
+    conf = tmp_path / "conf.d"
+    write(conf / "a.yaml", "a: 1\n")
+    r = run_daemon(conf)
+
+    def swap() -> None:
+        write(tmp_path / "conf.new" / "a.yaml", "a: 2\n")
+        conf.rename(tmp_path / "conf.old")
+        (tmp_path / "conf.new").rename(conf)
+
+    r.deliver("directory replaced", swap)
+    r.deliver("edit inside the new directory", lambda: (conf / "a.yaml").write_text("a: 3\n"))
+    r.deliver("new file in the new directory", lambda: write(conf / "b.yaml", "b: 1\n"))
+
+
 def test_plain_edit_and_new_file(tmp_path: Path, run_daemon: Callable[..., Running]) -> None:
     conf = tmp_path / "conf.d"
     write(conf / "a.yaml", "a: 1\n")
