@@ -26,6 +26,7 @@ from reconciler.commands.common import drivers_for
 from reconciler.config.persist import FILE_NAME as PARSE_CACHE
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.driver import Teardown
+from reconciler.drivers.registry import vip_interface_of
 from reconciler.drivers.sysctl import STORE_NAME as KERNEL_SETTINGS
 from reconciler.errors import LbctlError
 from reconciler.ipam_store import STORE_NAME
@@ -34,8 +35,19 @@ from reconciler.plan import diff
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vip-interface", default=DEFAULT_VIP_INTERFACE, metavar="IF",
-                        help=f"interface holding the VIP addresses (default: {DEFAULT_VIP_INTERFACE})")
+    parser.add_argument("--vip-interface", metavar="IF",
+                        help="interface holding the VIP addresses (default: the Datapath's vipInterface "
+                             f"of the last applied configuration, else {DEFAULT_VIP_INTERFACE})")
+
+
+def _vip_interface(args: argparse.Namespace, state_dir: Path) -> str:
+    """``--vip-interface``, else what the last verified apply used, else the default."""
+    if args.vip_interface:
+        return str(args.vip_interface)
+    recorded = AppliedStore(state_dir).load()
+    if recorded is not None and recorded.problem is None:
+        return vip_interface_of(recorded.resources)
+    return DEFAULT_VIP_INTERFACE
 
 
 def _rmdir_if_empty(path: Path) -> None:
@@ -51,7 +63,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                                             for n in (STORE_NAME, PARSE_CACHE, KERNEL_SETTINGS))
     unreadable: list[str] = []
     with StateLock(state_dir, purpose="lbctl down"):
-        drivers = drivers_for(ctx, args.vip_interface)
+        drivers = drivers_for(ctx, _vip_interface(args, state_dir))
         for drv in drivers:
             try:
                 live = read_live([drv])

@@ -187,6 +187,18 @@ def test_down_leaves_nothing(box: Box) -> None:
     assert os.path.exists(f"/var/run/netns/{box.netns}")
 
 
+def test_down_finds_a_non_default_vip_interface_without_being_told(box: Box) -> None:
+    """The VIP interface comes from the last applied configuration: `lbctl down` alone removes it."""
+    custom = DATAPATH.replace("spec: {interfaces: [eth0]}", "spec: {interfaces: [eth0], vipInterface: vips7}")
+    (box.conf / "00-datapath.yaml").write_text(custom)
+    write_services(box, 2)
+    assert box.lbctl("apply", str(box.conf)) == 0
+    assert "198.51.100.1/32" in sh("ip", "-n", box.netns, "-o", "addr", "show", "dev", "vips7")
+    assert box.lbctl("down") == 0
+    links = sh("ip", "-n", box.netns, "-o", "link", "show")
+    assert "vips7" not in links and "lbctl0" not in links
+
+
 def test_down_removes_pins_of_another_layout(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
     """The layout check sends the operator to `lbctl down`: it must work on such pins."""
     from reconciler.drivers import _libbpf as B
