@@ -89,6 +89,9 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         os.unlink(state_dir / PARSE_CACHE)
     _rmdir_if_empty(state_dir)
     _rmdir_if_empty(pin_root)
+    if ctx.netns:  # the box's own subdirectories are gone: so is the base, when nothing else is in it
+        _rmdir_if_empty(state_dir.parent)
+        _rmdir_if_empty(pin_root.parent)
     restored = removed.pop("sysctl", 0)
     what = ", ".join(f"{n} {kind}" for kind, n in sorted(removed.items()) if n)
     cleaned = f"pins under {pin_root} and state in {state_dir} cleaned up"

@@ -183,6 +183,8 @@ def test_down_leaves_nothing(box: Box) -> None:
                            check=False)
     assert "xdp" not in sh("ip", "-n", box.netns, "-d", "link", "show", "eth0")
     assert not box.state.exists()
+    # the --netns box's subdirectories went, and so did the (now empty) bases they were in
+    assert not box.pins.parent.exists() and not box.state.parent.exists()
     assert box.lbctl("down") == 0
     assert os.path.exists(f"/var/run/netns/{box.netns}")
 
