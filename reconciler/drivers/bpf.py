@@ -36,6 +36,7 @@ from typing import Any
 from reconciler import maglev
 from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_migrate
 from reconciler.drivers.datapath_files import datapath_file
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
@@ -466,6 +467,7 @@ class BpfDriver:
         self._pins: tuple[tuple[int, int], ...] | None = None  # (dev, inode) of each map pin opened
         self._map_ids: frozenset[int] | None = None
         self.reopened = 0  # times the handles were dropped because the pins had been replaced
+        self.migration: bpf_migrate.Migration | None = None  # the last layout migration this driver ran
 
     # ----------------------------------------------------------------- plumbing
 
@@ -529,6 +531,8 @@ class BpfDriver:
             if before is None:
                 break
             defs = self._check_layout()
+            if self._migrate():
+                continue  # the pins are new maps now: open those
             try:
                 for name, spec in B.MAPS.items():
                     path = os.path.join(self.pin_root, name)
@@ -559,6 +563,7 @@ class BpfDriver:
             obj.check_layout()
             _check_raw_layout()
             self._checked = True
+            self._migrate()
             obj.check_pins(self.pin_root)
             obj.set_pin_root(self.pin_root)
             obj.load(tuple(PROGS.values()))
@@ -575,6 +580,13 @@ class BpfDriver:
         self._pins = self._pin_inodes()
         self._map_ids = None
         self._pin_progs()
+
+    def _migrate(self) -> bool:
+        """Convert pinned maps of another layout to the object's, live (see bpf_migrate)."""
+        done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS)
+        if done is not None:
+            self.migration = done
+        return done is not None
 
     def _pin_progs(self) -> None:
         """Pin the loaded object's programs, replacing what the program pins held."""
