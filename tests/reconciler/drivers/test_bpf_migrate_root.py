@@ -60,7 +60,8 @@ def changes(tb: Testbed, hook: str) -> list[Change]:
     ch = [Change("attach", i, "create", None, Attachment(i, hook)) for i in tb.lb_interfaces]
     eps = EndpointSet(KEY, tuple(Backend(tb.backend4(i), ECHO_PORT) for i in range(tb.n_backends)))
     ch.append(Change("endpoints", str(KEY), "create", None, eps))
-    ch.append(Change("service", str(KEY), "create", None, ServiceEntry(KEY, "echo", "default", "rr", 240, 10800)))
+    svc = ServiceEntry(KEY, "echo", "default", "rr", 240, 10800)
+    ch.append(Change("service", str(KEY), "create", None, svc))
     return ch
 
 
