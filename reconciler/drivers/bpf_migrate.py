@@ -32,6 +32,7 @@ new maps and the next reconcile repairs any hook still on the old program.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 from dataclasses import dataclass, field
@@ -182,6 +183,18 @@ def migrate_if_needed(pin_root: str, obj_path: str, netns: str | None,
     """
     if not os.path.isdir(pin_root):
         return None
+    # Two lbctl processes (a `get` beside the daemon) must not migrate at once: the pin
+    # root is locked, and the second one finds the layouts equal once it gets the lock.
+    dir_fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        return _migrate_locked(pin_root, obj_path, netns, progs)
+    finally:
+        os.close(dir_fd)  # releases the lock
+
+
+def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
+                    progs: dict[str, str]) -> Migration | None:
     obj = B.BpfObject(obj_path)
     try:
         names = B.object_map_names(obj)
