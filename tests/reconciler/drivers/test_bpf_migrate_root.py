@@ -29,6 +29,7 @@ from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
 from reconciler.plan import Change, diff
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey
+from tests.bpf.harness import Datapath
 from tests.testbed import ECHO_PORT, VIP4, Testbed
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -230,3 +231,35 @@ def test_an_impossible_conversion_is_refused_and_touches_nothing(bed: tuple[Test
             assert not os.path.exists(os.path.join(pin_root, bpf_migrate.STAGING))
     finally:
         drv.close()
+
+
+def test_the_second_pass_copies_what_the_old_program_wrote_during_the_copy(dp: Datapath) -> None:
+    """Entries created or changed in the old map after pass 1 reach the new map, unless
+    the new program wrote them since (its entry is newer)."""
+    new_root = dp.pin_root + "-new"
+    other = BpfDriver(pin_root=new_root, netns=dp.ns)
+    try:
+        other.load()
+        old_ct, new_ct = dp.driver.map("lb_ct"), other.map("lb_ct")
+        layout = B.pinned_map_layout(old_ct.fd)
+        conv = bpf_migrate.conversion("lb_ct", layout, layout)
+        old = B.raw_map("lb_ct", old_ct.fd, old_ct.key_size, old_ct.value_size, False)
+        new = B.raw_map("lb_ct", new_ct.fd, new_ct.key_size, new_ct.value_size, False)
+        ks, vs = old.key_size, old.value_size
+
+        def key(i: int) -> bytes:
+            return bytes([i]) * ks
+
+        def val(i: int) -> bytes:
+            return bytes([i]) * vs
+
+        # pass 1 copied keys 1, 2, 3 with value 1
+        before = {key(i): val(1) for i in (1, 2, 3)}
+        old.update_batch_raw([(key(1), val(1)), (key(2), val(2)), (key(3), val(3)), (key(4), val(4)),
+                              (key(5), val(5))])
+        new.update_batch_raw([(key(1), val(1)), (key(2), val(1)), (key(3), val(9)), (key(5), val(9))])
+        # old program: 1 unchanged, 2 and 3 changed, 4 and 5 created; new program: wrote 3 and 5
+        assert bpf_migrate._second_pass(conv, old, new, before) == 2
+        assert {k[0]: v[0] for k, v in new.items_raw()} == {1: 1, 2: 2, 3: 9, 4: 4, 5: 9}
+    finally:
+        other.down()
