@@ -526,13 +526,12 @@ class BpfDriver:
         """Make map handles available; False when nothing is installed and not create."""
         if self._maps:
             return True
+        self._migrate()
         for _attempt in range(3):
             before = self._pin_inodes()
             if before is None:
                 break
             defs = self._check_layout()
-            if self._migrate():
-                continue  # the pins are new maps now: open those
             try:
                 for name, spec in B.MAPS.items():
                     path = os.path.join(self.pin_root, name)
@@ -583,6 +582,10 @@ class BpfDriver:
 
     def _migrate(self) -> bool:
         """Convert pinned maps of another layout to the object's, live (see bpf_migrate)."""
+        if not any(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS):
+            return False  # nothing installed
+        if not self._checked:
+            self._check_layout()  # the migration writes lb_attach through cffi: it must fit the object
         done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS)
         if done is not None:
             self.migration = done

@@ -24,6 +24,9 @@ themselves, field by field, and compared with the object's; when they differ:
 7. the lb_attach records get the new program ids; old pins of maps the object
    no longer has, and the staging directory, are removed.
 
+A map the object has and the pins lack (a map a new version adds) is created
+empty the same way, since the running program cannot use it.
+
 Per-CPU counters incremented by the old program between pass 1 and the swap
 (a few milliseconds) are not carried over.  A failure before step 4 removes the
 staging pins and leaves the old datapath as it was; after it, the pins are the
@@ -80,7 +83,7 @@ class Migration:
     """What a migration did (for logs and tests)."""
 
     maps: dict[str, int] = field(default_factory=dict)  # entries copied per map
-    changed: tuple[str, ...] = ()  # maps whose layout changed
+    changed: tuple[str, ...] = ()  # maps whose layout changed or that were not pinned
     hooks: list[tuple[str, str, int]] = field(default_factory=list)  # (ifname, hook, new program id)
     second_pass: int = 0  # entries copied again after the swap
     removed: list[str] = field(default_factory=list)  # old pins of maps the object no longer has
@@ -200,8 +203,12 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
         names = B.object_map_names(obj)
         pins = _Pins(pin_root, names)
         try:
+            if not pins.layouts:
+                return None  # nothing installed
             new = {name: B.object_map_layout(obj, name) for name in pins.layouts}
-            changed = tuple(n for n in pins.layouts if pins.layouts[n] != new[n])
+            # A map the pins lack (one this object adds, or a pin removed by hand) is created
+            # empty, and the programs are swapped so the datapath uses it.
+            changed = tuple(n for n in names if n not in pins.layouts or pins.layouts[n] != new[n])
             if not changed:
                 return None
             convs: dict[str, Conversion] = {}

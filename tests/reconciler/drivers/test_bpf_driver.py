@@ -178,6 +178,7 @@ def test_pinned_map_of_another_layout_is_refused_with_what_to_do(dp: Datapath) -
 
 
 def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapath) -> None:
+    import os
     import shutil
 
     from reconciler.drivers import _libbpf as B
@@ -193,10 +194,12 @@ def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapat
     other = dp.pin_root + "-old"
     try:
         _pin_copy(dp, other, {"lb_be_stats": "lb_svc_stats"})
+        os.unlink(os.path.join(other, "lb_rr"))  # as if this version added the map
         drv = BpfDriver(pin_root=other, netns=dp.ns)
         try:
             assert drv.read() == as_state(ch)
-            assert drv.migration is not None and drv.migration.changed == ("lb_be_stats",)
+            assert drv.migration is not None and drv.migration.changed == ("lb_be_stats", "lb_rr")
+            assert os.path.exists(os.path.join(other, "lb_rr"))
             assert B.map_info(drv.map("lb_be_stats").fd)[3] == 131072
             got = drv.map("lb_be_stats").lookup(k)
             assert got is not None and [c.packets for c in got] == [1234] * B.lib().ncpus
