@@ -1779,6 +1779,7 @@ class BpfDriver:
                     B.xdp_detach(ifindex, ifname)
                     self._count_write()
         if os.path.isdir(self.pin_root):
+            bpf_migrate.clear_staging(self.pin_root)  # left by a migration that died
             for name in os.listdir(self.pin_root):
                 path = os.path.join(self.pin_root, name)
                 # lbctl's names, of this layout or another; directories are other boxes' pin roots

@@ -230,6 +230,11 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
         obj.close()
 
 
+def clear_staging(pin_root: str) -> None:
+    """Remove the staging pins of a migration under ``pin_root`` (``lbctl down``)."""
+    _clear_staging(os.path.join(pin_root, STAGING))
+
+
 def _clear_staging(staging: str) -> None:
     if os.path.isdir(staging):
         for name in os.listdir(staging):

@@ -263,3 +263,11 @@ def test_the_second_pass_copies_what_the_old_program_wrote_during_the_copy(dp: D
         assert {k[0]: v[0] for k, v in new.items_raw()} == {1: 1, 2: 2, 3: 9, 4: 4, 5: 9}
     finally:
         other.down()
+
+
+def test_down_removes_the_staging_pins_of_a_migration_that_died(dp: Datapath) -> None:
+    staging = os.path.join(dp.pin_root, bpf_migrate.STAGING)
+    os.makedirs(staging)
+    B.obj_pin(dp.driver.map("lb_ct").fd, os.path.join(staging, "lb_ct"))
+    dp.driver.down()
+    assert not os.path.exists(dp.pin_root)
