@@ -36,6 +36,18 @@ enum lb_limits {
 	LB_CT_CLOSING_TIMEOUT = 10,
 };
 
+/*
+ * Layout version of the maps below: bump it with every change of a key or value
+ * struct or of a map definition.  The driver compares the pinned maps' own BTF
+ * with the object's field by field and migrates them live (reconciler/drivers/
+ * bpf_migrate.py): add fields (old entries get zeros), never change the meaning
+ * of one in place -- rename it, so the converter refuses instead of misreading.
+ * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm).
+ */
+enum lb_layout {
+	LB_LAYOUT_VERSION = 2,
+};
+
 /* Endpoint selection algorithm of a service. */
 enum lb_selection {
 	LB_SEL_RR = 0,
@@ -213,6 +225,9 @@ struct lb_ct {
 	__u32 timeout;		/* seconds idle */
 	__u64 created_ns;	/* CLOCK_MONOTONIC */
 	__u64 seen_ns;
+	__u32 snat_addr[4];	/* source NAT (fullnat/onearm); zero: none (layout v2) */
+	__u16 snat_port;	/* network order */
+	__u16 pad[3];
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */

@@ -739,3 +739,148 @@ def xdp_detach(ifindex: int, ifname: str) -> None:
 
 def prog_fd_by_id(pid: int) -> int:
     return _check(lib().lib.bpf_prog_get_fd_by_id(pid), f"prog fd of id {pid}")
+
+
+# ------------------------------------------------------------- layout migration
+#
+# What reconciler/drivers/bpf_migrate.py needs: the BTF the kernel keeps for each
+# pinned map (so the layout of pins made by another lbctl can be read from the
+# pins themselves), the BTF type of each map of an object, and raw access to
+# maps whose layout cffi does not know (byte arrays of the sizes the kernel gives).
+
+_LIBBPF_CDEF += """
+struct btf_array { __u32 type; __u32 index_type; __u32 nelems; };
+struct lbctl_map_info_btf { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries;
+                            __u32 map_flags; char name[16]; __u32 ifindex; __u32 btf_vmlinux_value_type_id;
+                            __u64 netns_dev; __u64 netns_ino; __u32 btf_id; __u32 btf_key_type_id;
+                            __u32 btf_value_type_id; __u32 pad; __u64 map_extra; };
+struct btf *btf__load_from_kernel_by_id(__u32 id);
+void btf__free(struct btf *btf);
+__u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
+__u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
+"""
+
+_BTF_INT, _BTF_ARRAY, _BTF_STRUCT, _BTF_UNION, _BTF_ENUM = 1, 3, 4, 5, 6
+_BTF_MODIFIERS = frozenset({8, 9, 10, 11, 18})  # typedef, volatile, const, restrict, type tag
+
+# A type as the converter compares it: ("int", size) | ("array", size, elem, n) |
+# ("struct", size, ((member, byte offset, shape), ...)) | ("other", kind, size) | ("unknown", size).
+Shape = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """What a map is: its definition and the shapes of its key and value."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    key: Shape
+    value: Shape
+
+
+def _btf_shape(btf: Any, tid: int, size_if_void: int) -> Shape:
+    L = lib()
+    ffi, c = L.ffi, L.lib
+    if tid == 0:
+        return ("unknown", size_if_void)
+    t = c.btf__type_by_id(btf, tid)
+    kind = (t.info >> 24) & 0x1F
+    if kind in _BTF_MODIFIERS:
+        return _btf_shape(btf, int(t.size), size_if_void)  # t.size is the union's 'type'
+    if kind in (_BTF_INT, _BTF_ENUM):
+        return ("int", int(t.size))
+    if kind == _BTF_ARRAY:
+        arr = ffi.cast("struct btf_array *", t + 1)
+        elem = _btf_shape(btf, int(arr.type), 0)
+        return ("array", elem[1] * int(arr.nelems), elem, int(arr.nelems))
+    if kind in (_BTF_STRUCT, _BTF_UNION):
+        kflag = t.info >> 31
+        members = ffi.cast("struct btf_member *", t + 1)
+        out = []
+        for i in range(t.info & 0xFFFF):
+            mem = members[i]
+            name = ffi.string(c.btf__name_by_offset(btf, mem.name_off)).decode()
+            bits = mem.offset & 0xFFFFFF if kflag else mem.offset
+            out.append((name, int(bits) // 8, _btf_shape(btf, int(mem.type), 0)))
+        return ("struct" if kind == _BTF_STRUCT else "union", int(t.size), tuple(out))
+    return ("other", kind, int(t.size))
+
+
+def pinned_map_layout(fd: int) -> MapLayout:
+    """The layout of the map behind ``fd``, read from the BTF the kernel keeps for it."""
+    L = lib()
+    ffi, c = L.ffi, L.lib
+    info = ffi.new("struct lbctl_map_info_btf *")
+    ln = ffi.new("__u32 *", ffi.sizeof("struct lbctl_map_info_btf"))
+    _check(c.bpf_obj_get_info_by_fd(fd, info, ln), "bpf_obj_get_info_by_fd(map)")
+    ks, vs = int(info.key_size), int(info.value_size)
+    key: Shape = ("unknown", ks)
+    value: Shape = ("unknown", vs)
+    if info.btf_id:
+        btf = c.btf__load_from_kernel_by_id(info.btf_id)
+        if btf == ffi.NULL:
+            raise BpfError(f"BTF {int(info.btf_id)} of map id {int(info.id)}", ffi.errno or errno_mod.ENOENT)
+        try:
+            key = _btf_shape(btf, int(info.btf_key_type_id), ks)
+            value = _btf_shape(btf, int(info.btf_value_type_id), vs)
+        finally:
+            c.btf__free(btf)
+    return MapLayout(int(info.type), ks, vs, int(info.max_entries), key, value)
+
+
+def object_map_layout(obj: BpfObject, name: str) -> MapLayout:
+    """The layout the opened (not necessarily loaded) object declares for map ``name``."""
+    L = lib()
+    c = L.lib
+    m = obj.map_ptr(name)
+    typ, ks, vs, n = obj.map_def(name)
+    btf = c.bpf_object__btf(obj.obj)
+    if btf == L.ffi.NULL:
+        raise LayoutError(f"{obj.path} has no BTF; build it with clang -g")
+    return MapLayout(typ, ks, vs, n, _btf_shape(btf, int(c.bpf_map__btf_key_type_id(m)), ks),
+                     _btf_shape(btf, int(c.bpf_map__btf_value_type_id(m)), vs))
+
+
+def object_map_names(obj: BpfObject) -> list[str]:
+    """Names of the maps of an opened object (internal .rodata/.bss maps excluded)."""
+    L = lib()
+    out = []
+    m = L.lib.bpf_object__next_map(obj.obj, L.ffi.NULL)
+    while m != L.ffi.NULL:
+        name = L.ffi.string(L.lib.bpf_map__name(m)).decode()
+        if "." not in name:
+            out.append(name)
+        m = L.lib.bpf_object__next_map(obj.obj, m)
+    return out
+
+
+def raw_map(name: str, fd: int, key_size: int, value_size: int, percpu: bool) -> Map:
+    """A ``Map`` of plain bytes, for maps of a layout cffi does not know (use the *_raw calls)."""
+    return Map(name, fd, MapSpec(f"__u8[{key_size}]", f"__u8[{value_size}]", percpu))
+
+
+def write_raw_all_cpus(m: Map, items: list[tuple[bytes, bytes]], per_call: int = 4096) -> None:
+    """Write (key, value) pairs whose values already hold every CPU (``buf_size`` bytes each)
+    with BPF_MAP_UPDATE_BATCH."""
+    ffi = m.ffi
+    opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+    for lo in range(0, len(items), per_call):
+        part = items[lo : lo + per_call]
+        count = ffi.new("__u32 *", len(part))
+        rc = lib().lib.bpf_map_update_batch(m.fd, b"".join(k for k, _ in part), b"".join(v for _, v in part),
+                                             count, opts)
+        m.writes += int(count[0]) if rc < 0 else len(part)
+        _check(rc, f"update_batch of map {m.name}")
+
+
+def update_raw_all_cpus(m: Map, key: bytes, value: bytes, flags: int) -> bool:
+    """Write one entry (``value`` holds every CPU) with ``flags``; False when BPF_NOEXIST found
+    the key present or BPF_EXIST found it absent."""
+    rc = lib().lib.bpf_map_update_elem(m.fd, key, value, flags)
+    if flags != BPF_ANY and rc in (-errno_mod.EEXIST, -errno_mod.ENOENT):
+        return False
+    _check(rc, f"update of map {m.name}")
+    m.writes += 1
+    return True

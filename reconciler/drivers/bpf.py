@@ -36,6 +36,7 @@ from typing import Any
 from reconciler import maglev
 from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_migrate
 from reconciler.drivers.datapath_files import datapath_file
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
@@ -466,6 +467,7 @@ class BpfDriver:
         self._pins: tuple[tuple[int, int], ...] | None = None  # (dev, inode) of each map pin opened
         self._map_ids: frozenset[int] | None = None
         self.reopened = 0  # times the handles were dropped because the pins had been replaced
+        self.migration: bpf_migrate.Migration | None = None  # the last layout migration this driver ran
 
     # ----------------------------------------------------------------- plumbing
 
@@ -524,6 +526,7 @@ class BpfDriver:
         """Make map handles available; False when nothing is installed and not create."""
         if self._maps:
             return True
+        self._migrate()
         for _attempt in range(3):
             before = self._pin_inodes()
             if before is None:
@@ -559,6 +562,7 @@ class BpfDriver:
             obj.check_layout()
             _check_raw_layout()
             self._checked = True
+            self._migrate()
             obj.check_pins(self.pin_root)
             obj.set_pin_root(self.pin_root)
             obj.load(tuple(PROGS.values()))
@@ -575,6 +579,17 @@ class BpfDriver:
         self._pins = self._pin_inodes()
         self._map_ids = None
         self._pin_progs()
+
+    def _migrate(self) -> bool:
+        """Convert pinned maps of another layout to the object's, live (see bpf_migrate)."""
+        if not any(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS):
+            return False  # nothing installed
+        if not self._checked:
+            self._check_layout()  # the migration writes lb_attach through cffi: it must fit the object
+        done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS)
+        if done is not None:
+            self.migration = done
+        return done is not None
 
     def _pin_progs(self) -> None:
         """Pin the loaded object's programs, replacing what the program pins held."""
@@ -1764,6 +1779,7 @@ class BpfDriver:
                     B.xdp_detach(ifindex, ifname)
                     self._count_write()
         if os.path.isdir(self.pin_root):
+            bpf_migrate.clear_staging(self.pin_root)  # left by a migration that died
             for name in os.listdir(self.pin_root):
                 path = os.path.join(self.pin_root, name)
                 # lbctl's names, of this layout or another; directories are other boxes' pin roots

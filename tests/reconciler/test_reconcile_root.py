@@ -208,12 +208,12 @@ def test_down_removes_pins_of_another_layout(box: Box, capsys: pytest.CaptureFix
     write_services(box, 2)
     assert box.lbctl("apply", str(box.conf)) == 0
     assert "bpf" in sh("ip", "netns", "exec", box.netns, "tc", "filter", "show", "dev", "eth0", "ingress")
-    # An "older layout": lb_be_stats pinned with lb_svc_stats' shape (half the entries).
-    stats = box.pins / "lb_svc_stats"
+    # A layout no migration converts: lb_be_conns pinned as a per-CPU array (lb_stats).
+    stats = box.pins / "lb_stats"
     fd = B.obj_get(str(stats))
     try:
-        os.unlink(box.pins / "lb_be_stats")
-        B.obj_pin(fd, str(box.pins / "lb_be_stats"))
+        os.unlink(box.pins / "lb_be_conns")
+        B.obj_pin(fd, str(box.pins / "lb_be_conns"))
     finally:
         os.close(fd)
     assert box.lbctl("plan", str(box.conf)) == 1
@@ -221,7 +221,7 @@ def test_down_removes_pins_of_another_layout(box: Box, capsys: pytest.CaptureFix
     assert box.lbctl("down") == 0
     out = capsys.readouterr().out
     assert out.startswith("lbctl is down: removed 2 vip and a datapath this lbctl cannot read "
-                          "(pinned map "), out
+                          "(the maps pinned under "), out
     assert not box.pins.exists() or not any(box.pins.rglob("*")), list(box.pins.rglob("*"))
     assert "bpf" not in sh("ip", "netns", "exec", box.netns, "tc", "filter", "show", "dev", "eth0", "ingress",
                            check=False)

@@ -138,6 +138,17 @@ def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
     assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
 
 
+def _pin_copy(dp: Datapath, other: str, swap: dict[str, str]) -> None:
+    """Pin dp's maps again under ``other``, map ``swap[name]`` standing in for ``name``."""
+    import os
+
+    from reconciler.drivers import _libbpf as B
+
+    os.makedirs(other)
+    for name in B.MAPS:
+        B.obj_pin(dp.driver.map(swap.get(name, name)).fd, os.path.join(other, name))
+
+
 def test_pinned_map_of_another_layout_is_refused_with_what_to_do(dp: Datapath) -> None:
     import os
     import shutil
@@ -145,23 +156,55 @@ def test_pinned_map_of_another_layout_is_refused_with_what_to_do(dp: Datapath) -
     from reconciler.drivers import _libbpf as B
 
     dp.driver.apply(records(1))
-    # lb_svc_stats has lb_be_stats' key and value but half its entries: an "older layout".
+    # lb_stats (a per-CPU array) pinned as lb_be_conns (an array): a map type no migration converts.
     other = dp.pin_root + "-old"
-    os.makedirs(other)
     try:
-        for name in B.MAPS:
-            src = dp.driver.map("lb_svc_stats" if name == "lb_be_stats" else name).fd
-            B.obj_pin(src, os.path.join(other, name))
+        _pin_copy(dp, other, {"lb_be_conns": "lb_stats"})
+        inodes = sorted((n, os.stat(os.path.join(other, n)).st_ino) for n in os.listdir(other))
         for action in ("open", "load"):
             drv = BpfDriver(pin_root=other, netns=dp.ns)
             with pytest.raises(B.LayoutError) as exc:
                 drv.read() if action == "open" else drv.load()
             msg = str(exc.value)
-            assert "lb_be_stats" in msg and "max entries 65536 (this lbctl: 131072)" in msg, msg
+            assert "lb_be_conns: the map type changed" in msg and "nothing was changed" in msg, msg
             assert exc.value.hint is not None and "lbctl down" in exc.value.hint
             assert drv._own_fds == [] and drv._maps == {} and drv._obj is None
+            assert sorted((n, os.stat(os.path.join(other, n)).st_ino) for n in os.listdir(other)) == inodes
             drv.close()
     finally:
         shutil.rmtree(other, ignore_errors=True)
     # The real pins still open and read.
     assert dp.driver.read()["service"]
+
+
+def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapath) -> None:
+    import os
+    import shutil
+
+    from reconciler.drivers import _libbpf as B
+
+    ch = records(2)
+    dp.driver.apply(ch)
+    stats = dp.driver.map("lb_svc_stats")
+    k, v = next(iter(stats.items()))
+    v[0].packets = 1234
+    stats.update(k, v[0])  # every CPU: 1234 packets
+    # lb_svc_stats has lb_be_stats' key and value but half its entries: an older layout
+    # the migration converts (more entries now).
+    other = dp.pin_root + "-old"
+    try:
+        _pin_copy(dp, other, {"lb_be_stats": "lb_svc_stats"})
+        os.unlink(os.path.join(other, "lb_rr"))  # as if this version added the map
+        drv = BpfDriver(pin_root=other, netns=dp.ns)
+        try:
+            assert drv.read() == as_state(ch)
+            assert drv.migration is not None and drv.migration.changed == ("lb_be_stats", "lb_rr")
+            assert os.path.exists(os.path.join(other, "lb_rr"))
+            assert B.map_info(drv.map("lb_be_stats").fd)[3] == 131072
+            got = drv.map("lb_be_stats").lookup(k)
+            assert got is not None and [c.packets for c in got] == [1234] * B.lib().ncpus
+        finally:
+            drv.close()
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    assert dp.driver.read() == as_state(ch)  # the pins it was copied from are untouched
