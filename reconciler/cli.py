@@ -47,6 +47,9 @@ class Context:
     pin_root: Path
     output: str
     verbose: bool
+    # Commands that only look (plan, get, export, down) never change the datapath's layout:
+    # pins of an older layout are migrated only by apply and the daemon.
+    read_only: bool = False
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ json/yaml or a loxicmd-style table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -43,10 +44,17 @@ def add_follow_option(parser: argparse.ArgumentParser) -> None:
                              "like a ConfigMap's ..data, are always followed)")
 
 
-def drivers_for(ctx: Any, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
-    """Every driver of the box, whatever the configuration (``down``, ``get``, ``export``)."""
+def drivers_for(ctx: Any, vip_interface: str = DEFAULT_VIP_INTERFACE, *, read_only: bool = False
+                ) -> list[Driver]:
+    """Every driver of the box, whatever the configuration (``down``, ``get``, ``export``).
+
+    ``read_only``: the caller only looks or removes, so pins of an older map layout are
+    reported, never migrated (``Context.read_only``).
+    """
     from reconciler.drivers import registry
 
+    if read_only:
+        ctx = dataclasses.replace(ctx, read_only=True)
     return registry.build_drivers(ctx, vip_interface=vip_interface)
 
 
@@ -86,7 +94,8 @@ def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str,
     if loaded.errors:
         return ReconcileResult(plan=Plan(), errors=tuple(loaded.errors), dry_run=dry_run,
                                timings=Timings(parse=t_parse), digest=loaded.digest)
-    drivers = registry.driver_set(ctx)  # reconcile picks the ones this configuration needs
+    # reconcile picks the drivers this configuration needs; a plan migrates no pinned layout
+    drivers = registry.driver_set(dataclasses.replace(ctx, read_only=True) if dry_run else ctx)
     with StateLock(ctx.state_dir, purpose=purpose):
         result = reconcile(config_dir, drivers, ctx.state_dir, dry_run=dry_run, loaded=loaded)
     return replace(result, timings=replace(result.timings, parse=t_parse))

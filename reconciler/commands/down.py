@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                                             for n in (STORE_NAME, PARSE_CACHE, KERNEL_SETTINGS))
     unreadable: list[str] = []
     with StateLock(state_dir, purpose="lbctl down"):
-        drivers = drivers_for(ctx, _vip_interface(args, state_dir))
+        drivers = drivers_for(ctx, _vip_interface(args, state_dir), read_only=True)
         for drv in drivers:
             try:
                 live = read_live([drv])

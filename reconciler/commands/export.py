@@ -72,7 +72,7 @@ def collect(ctx: Any, *, live_only: bool = False, vip_interface: str | None = No
             recorded = None
         resources = recorded.resources if recorded is not None else ()
         vip_if = vip_interface or vip_interface_of(resources)
-        live = read_live(drivers_for(ctx, vip_if))
+        live = read_live(drivers_for(ctx, vip_if, read_only=True))
         if recorded is not None:
             vips = allocate(resources, AllocationStore(ctx.state_dir).load(), live_vip_hints(live)).vips
             exported = from_applied(resources, live, vips)

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(ctx: Any, *kinds: str,
           drivers: Sequence[Driver] | None = None) -> Mapping[str, Mapping[str, Record]] | None:
-    owner = drivers_by_kind(list(drivers_for(ctx) if drivers is None else drivers))
+    owner = drivers_by_kind(list(drivers_for(ctx, read_only=True) if drivers is None else drivers))
     out: dict[str, Mapping[str, Record]] = {}
     for kind in kinds:
         drv = owner.get(kind)
@@ -84,7 +84,7 @@ def _endpoint_counters(drivers: Sequence[Driver]) -> dict[str, dict[str, Any]] |
 
 
 def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
-    drivers = drivers_for(ctx)
+    drivers = drivers_for(ctx, read_only=True)
     live = _read(ctx, "service", "endpoints", drivers=drivers)
     if live is None:
         return None
@@ -111,7 +111,7 @@ def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
 
 
 def conntrack(ctx: Any, wide: bool) -> list[Row] | None:
-    for drv in drivers_for(ctx):
+    for drv in drivers_for(ctx, read_only=True):
         if isinstance(drv, ConntrackReader):
             rows: list[Row] = []
             for flow in drv.conntrack():

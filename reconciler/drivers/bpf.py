@@ -450,9 +450,13 @@ class BpfDriver:
     kinds = frozenset({"service", "endpoints", "attach"})
 
     def __init__(
-        self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None
+        self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None,
+        migrate: bool = True,
     ) -> None:
+        """``migrate=False``: pins of another layout are reported (LayoutError), not migrated
+        (commands that only look: plan, get, export, down)."""
         self.netns = netns
+        self.migrate = migrate
         self.pin_root = pin_root or pin_root_for(netns)
         self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
         self._obj: B.BpfObject | None = None
@@ -586,7 +590,8 @@ class BpfDriver:
             return False  # nothing installed
         if not self._checked:
             self._check_layout()  # the migration writes lb_attach through cffi: it must fit the object
-        done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS)
+        done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS,
+                                             dry_run=not self.migrate)
         if done is not None:
             self.migration = done
         return done is not None

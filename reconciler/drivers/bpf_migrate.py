@@ -177,12 +177,13 @@ class _Pins:
 
 
 def migrate_if_needed(pin_root: str, obj_path: str, netns: str | None,
-                      progs: dict[str, str]) -> Migration | None:
+                      progs: dict[str, str], *, dry_run: bool = False) -> Migration | None:
     """Migrate the maps pinned under ``pin_root`` to the layout of ``obj_path`` when they differ.
 
     None when nothing is pinned or every pinned map already has the object's layout.
     ``progs``: entry point per hook (``{"tc": "lb_tc", "xdp": "lb_xdp"}``).  Raises
-    ``LayoutError`` (nothing changed) when a map cannot be converted.
+    ``LayoutError`` (nothing changed) when a map cannot be converted, and with
+    ``dry_run`` also when it could be (a command that only looks says so and changes nothing).
     """
     if not os.path.isdir(pin_root):
         return None
@@ -191,13 +192,13 @@ def migrate_if_needed(pin_root: str, obj_path: str, netns: str | None,
     dir_fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        return _migrate_locked(pin_root, obj_path, netns, progs)
+        return _migrate_locked(pin_root, obj_path, netns, progs, dry_run)
     finally:
         os.close(dir_fd)  # releases the lock
 
 
 def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
-                    progs: dict[str, str]) -> Migration | None:
+                    progs: dict[str, str], dry_run: bool = False) -> Migration | None:
     obj = B.BpfObject(obj_path)
     try:
         names = B.object_map_names(obj)
@@ -223,6 +224,12 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
                     f"the maps pinned under {pin_root} have a layout this lbctl (layout "
                     f"v{B.const('LB_LAYOUT_VERSION')}) cannot convert: " + "; ".join(refused)
                     + "; nothing was changed", B.PIN_MISMATCH_HINT)
+            if dry_run:
+                raise B.LayoutError(
+                    f"the maps pinned under {pin_root} have another layout than this lbctl's (layout "
+                    f"v{B.const('LB_LAYOUT_VERSION')}; changed: {', '.join(changed)}); this command "
+                    "changes nothing", "run 'lbctl apply' (or let 'lbctl watch' reconcile): it migrates "
+                    "the pinned datapath live, keeping established flows")
             return _migrate(pin_root, obj, names, pins, convs, changed, netns, progs)
         finally:
             pins.close()

@@ -37,6 +37,9 @@ class BoxContext(Protocol):
     @property
     def state_dir(self) -> Path: ...
 
+    @property
+    def read_only(self) -> bool: ...
+
 
 def vip_interface_of(resources: Iterable[Resource]) -> str:
     """The Datapath's ``vipInterface`` (default ``lbctl0``)."""
@@ -58,7 +61,7 @@ def _module(name: str, ctx: BoxContext) -> Any:
 
 def bpf_driver(ctx: BoxContext, settings: object = None) -> Driver:
     mod = _module("bpf", ctx)
-    driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns)
+    driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns, migrate=not ctx.read_only)
     return driver
 
 

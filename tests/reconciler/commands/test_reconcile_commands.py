@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -273,3 +274,23 @@ def test_a_missing_netns_is_a_clear_error_not_an_internal_one(tmp_path: Path, ca
     assert code == 1
     assert "network namespace 'lbctl-test-no-such-ns' does not exist" in err and "ip netns add" in err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_only_apply_builds_drivers_that_may_migrate_the_datapath(box: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan, get, export and down see the box through read-only drivers (no layout migration)."""
+    seen: dict[str, list[bool]] = {}
+    command = [""]
+    specs = []
+    for spec in registry.SPECS:
+        def build(ctx: Any, settings: Any, inner: Any = spec.build) -> Any:
+            seen.setdefault(command[0], []).append(ctx.read_only)
+            return inner(ctx, settings)
+        specs.append(dataclasses.replace(spec, build=build))
+    monkeypatch.setattr(registry, "SPECS", tuple(specs))
+    for argv in (["plan", str(box["conf"])], ["apply", str(box["conf"])], ["get", "services"],
+                 ["export"], ["down"]):
+        command[0] = argv[0]
+        assert lbctl(box, *argv) == 0
+    assert seen == {"plan": [True] * 3, "apply": [False] * 3, "get": [True] * 3, "export": [True] * 3,
+                    "down": [True] * 3}

@@ -271,3 +271,28 @@ def test_down_removes_the_staging_pins_of_a_migration_that_died(dp: Datapath) ->
     B.obj_pin(dp.driver.map("lb_ct").fd, os.path.join(staging, "lb_ct"))
     dp.driver.down()
     assert not os.path.exists(dp.pin_root)
+
+
+def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
+        bed: tuple[Testbed, str, str], v1_dir: Path) -> None:
+    """plan, get, export and down build the driver with migrate=False: a layout-v1 box is
+    reported (apply migrates it), and its pins and programs stay exactly as they were."""
+    tb, pin_root, hook = bed
+    apply_v1(v1_dir, pin_root, tb.lb, changes(tb, hook))
+    before = sorted((n, os.stat(os.path.join(pin_root, n)).st_ino) for n in os.listdir(pin_root))
+    looker = BpfDriver(pin_root=pin_root, netns=tb.lb, migrate=False)
+    try:
+        with pytest.raises(B.LayoutError) as exc:
+            looker.read()
+        assert "changed: lb_ct" in str(exc.value) and "changes nothing" in str(exc.value)
+        assert exc.value.hint is not None and "lbctl apply" in exc.value.hint
+        assert looker.migration is None
+    finally:
+        looker.close()
+    assert sorted((n, os.stat(os.path.join(pin_root, n)).st_ino) for n in os.listdir(pin_root)) == before
+    drv = BpfDriver(pin_root=pin_root, netns=tb.lb)  # what apply and the daemon build
+    try:
+        drv.read()
+        assert drv.migration is not None and drv.migration.changed == ("lb_ct",)
+    finally:
+        drv.close()
