@@ -36,6 +36,7 @@ from typing import Any
 from reconciler import maglev
 from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT, PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.datapath_files import datapath_file
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
@@ -50,13 +51,13 @@ from reconciler.records import (
 )
 
 PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
-SELECTIONS = {"rr": 0, "hash": 1, "persist": 2, "lc": 3, "maglev": 4, "priority": 5}
-MODES = {"default": 0, "onearm": 1, "fullnat": 2, "dsr": 3}
-HOOKS = {"tc": 1, "xdp": 2}
-CT_STATES = {0: "active", 1: "syn-sent", 2: "established", 3: "fin-wait", 4: "closed"}
-WEIGHTED_TABLE_MAX = 4096
-F_HAS_SERVICE = 1
-F_HAS_ENDPOINTS = 2
+SELECTIONS = L.SELECTIONS
+MODES = L.MODES
+HOOKS = L.HOOKS
+CT_STATES = L.CT_STATES
+WEIGHTED_TABLE_MAX = 4096  # lbctl's choice: weights are scaled down to a table this long
+F_HAS_SERVICE = L.F_HAS_SERVICE
+F_HAS_ENDPOINTS = L.F_HAS_ENDPOINTS
 
 
 def pin_root_for(netns: str | None, root: str = DEFAULT_PIN_ROOT) -> str:
@@ -129,41 +130,22 @@ def _proto_num(proto: str) -> int:
 
 _PROTO_NAMES = {n: p for n, p in PROTO_NAMES.items() if p != "icmpv6"}  # ICMPv6 is keyed as 1 too
 _HOOK_NAMES = {v: k for k, v in HOOKS.items()}
-_PROG_TYPES = {"tc": 3, "xdp": 6}  # BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP
+_PROG_TYPES = {"tc": B.BPF_PROG_TYPE_SCHED_CLS, "xdp": B.BPF_PROG_TYPE_XDP}
 _ZERO12 = bytes(12)
 _ZEROS = bytes(8192)  # longer than any value whose tail must be zero
 _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
-# Raw layouts of lb_shared.h used on the hot paths (checked against cffi, and so
-# against the object's BTF, by _check_raw_layout()).
-_U32 = struct.Struct("<I")
-_BE_KEY = struct.Struct("<II")  # struct lb_be_key
-_SEL_KEY = struct.Struct("<IHH")  # struct lb_sel_key
-_SVC_KEY_TAIL = struct.Struct("<HBB")  # struct lb_svc_key after addr[4]
-_LIST_HDR = struct.Struct("<IIII")  # struct lb_backend_list before be[]
-_BE = struct.Struct("<16sHBBII")  # struct lb_backend
-_SVC_HDR = struct.Struct("<16sHBBHBBIIIII")  # struct lb_service up to allowed[]
-_CIDR = struct.Struct("<16s16sBBxx")  # struct lb_cidr
-_RANGE_HDR = struct.Struct("<II")  # struct lb_range_list before r[]
-_RANGE = struct.Struct("<HHI")  # struct lb_range
-_ATTACH = struct.Struct("<IIII")  # struct lb_attach
-_SVC_KEY_SIZE = 20  # struct lb_svc_key: also the first bytes of struct lb_service
-_RANGE_KEY = struct.Struct("<16sBBxx")  # struct lb_range_key
-_MAX_ENDPOINTS = 256
-_MAX_ALLOWED = 16
-_NAME_LEN = 64
-_SEL_CHUNK = 512
-_MAX_RANGES = 8
-_MAX_SEL_LEN = 65521  # LB_MAGLEV_MAX: no selection table is longer
-_MAX_STATS = 131072  # LB_MAX_BACKEND_STATS
-_IFNAME_LEN = 16
-_SEL_BYTES = 2 * _SEL_CHUNK
-_LIST_SIZE = _LIST_HDR.size + _MAX_ENDPOINTS * _BE.size
-_CONF_SIZE = _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size + _NAME_LEN
-_CT_SVC_OFF, _CT_STAT_OFF, _BE_STAT_OFF = 20, 24, 24  # lb_ct.svc_id, lb_ct.stat_id, lb_backend.stat_id
-_ZERO_COUNTERS = bytes(48)  # struct lb_counters
+# The layout of lb_shared.h, derived from cffi (checked against the object's BTF): bpf_layout.
+_U32, _BE_KEY, _SEL_KEY, _SVC_KEY_TAIL = L.U32, L.BE_KEY, L.SEL_KEY, L.SVC_KEY_TAIL
+_LIST_HDR, _BE, _SVC_HDR, _CIDR = L.LIST_HDR, L.BE, L.SVC_HDR, L.CIDR
+_RANGE_HDR, _RANGE, _ATTACH, _RANGE_KEY = L.RANGE_HDR, L.RANGE, L.ATTACH, L.RANGE_KEY
+_SVC_KEY_SIZE, _LIST_SIZE, _SEL_BYTES = L.SVC_KEY_SIZE, L.LIST_SIZE, L.SEL_BYTES
+_MAX_ENDPOINTS, _MAX_ALLOWED, _NAME_LEN, _SEL_CHUNK = L.MAX_ENDPOINTS, L.MAX_ALLOWED, L.NAME_LEN, L.SEL_CHUNK
+_MAX_RANGES, _MAX_SEL_LEN, _MAX_STATS, _IFNAME_LEN = L.MAX_RANGES, L.MAX_SEL_LEN, L.MAX_STATS, L.IFNAME_LEN
+_CT_SVC_OFF, _CT_STAT_OFF = L.CT_SVC_OFF, L.CT_STAT_OFF
+_ZERO_COUNTERS = L.ZERO_COUNTERS
 # Order in which buffered writes reach the kernel (see BpfDriver.apply).
 _FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
                 "lb_svc")
@@ -173,38 +155,6 @@ FLUSH_BYTES = 8 << 20
 def _lookup_raw_key(m: B.Map, k: Any) -> bytes:
     """The bytes of a cffi key of map ``m``."""
     return bytes(m.ffi.buffer(k, m.key_size))
-
-
-def _check_raw_layout() -> None:
-    ffi = B.lib().ffi
-    want = {
-        ("struct lb_be_key", None): _BE_KEY.size, ("struct lb_sel_key", None): _SEL_KEY.size,
-        ("struct lb_svc_key", None): 16 + _SVC_KEY_TAIL.size, ("struct lb_backend", None): _BE.size,
-        ("struct lb_backend_list", None): _LIST_SIZE, ("struct lb_backend_list", "be"): _LIST_HDR.size,
-        ("struct lb_service", None): _CONF_SIZE, ("struct lb_service", "allowed"): _SVC_HDR.size,
-        ("struct lb_service", "name"): _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size,
-        ("struct lb_cidr", None): _CIDR.size, ("struct lb_sel_chunk", None): _SEL_BYTES,
-        ("struct lb_ct", "svc_id"): _CT_SVC_OFF, ("struct lb_ct", "stat_id"): _CT_STAT_OFF,
-        ("struct lb_backend", "stat_id"): _BE_STAT_OFF, ("struct lb_persist", "be"): 0,
-        ("struct lb_backend", "pad"): 19,
-        ("struct lb_service", "port_end"): _SVC_KEY_SIZE, ("struct lb_range_key", None): _RANGE_KEY.size,
-        ("struct lb_range_list", "r"): _RANGE_HDR.size, ("struct lb_range", None): _RANGE.size,
-        ("struct lb_attach", None): _ATTACH.size, ("struct lb_attach_key", None): _IFNAME_LEN,
-        ("struct lb_persist_key", "svc_id"): 0, ("struct lb_counters", None): len(_ZERO_COUNTERS),
-        ("struct lb_backend", "port"): 16, ("struct lb_backend", "weight"): 20,
-        ("struct lb_service", "active"): 36, ("struct lb_service", "n_allowed"): 40,
-    }
-    bad = []
-    for (st, member), n in want.items():
-        got = ffi.sizeof(st) if member is None else ffi.offsetof(st, member)
-        if got != n:
-            bad.append(f"{st}{'.' + member if member else ''}: {got}, driver assumes {n}")
-    consts = {"LB_MAX_ENDPOINTS": _MAX_ENDPOINTS, "LB_MAX_ALLOWED_SOURCES": _MAX_ALLOWED,
-              "LB_NAME_LEN": _NAME_LEN, "LB_SEL_CHUNK": _SEL_CHUNK, "LB_MAX_RANGES": _MAX_RANGES,
-              "LB_MAGLEV_MAX": _MAX_SEL_LEN, "LB_IFNAME_LEN": _IFNAME_LEN, "LB_MAX_BACKEND_STATS": _MAX_STATS}
-    bad += [f"{c}: {B.const(c)}, driver assumes {v}" for c, v in consts.items() if B.const(c) != v]
-    if bad:
-        raise B.LayoutError("bpf driver raw layout disagrees with lb_shared.h: " + "; ".join(bad))
 
 
 def _pack_addr(address: str) -> tuple[int, bytes]:
@@ -278,11 +228,6 @@ def _allowed_region(sources: tuple[str, ...]) -> bytes:
         _, mask = _pack_addr(str(net.netmask))
         parts.append(_CIDR.pack(addr, mask, net.prefixlen, fam))
     return b"".join(parts).ljust(_MAX_ALLOWED * _CIDR.size, b"\0")
-
-
-@functools.cache
-def _limit(name: str) -> int:
-    return B.const(name)
 
 
 def _canon(address: str) -> str:
@@ -463,6 +408,8 @@ class BpfDriver:
         self._pend: dict[str, dict[bytes, bytes]] = {}
         self._pend_bytes = 0
         self._touched: set[int] = set()
+        self._purge: dict[int, set[int] | None] = {}  # service id -> stat ids whose flows end (None: all)
+        self._held_stats: set[int] = set()  # released this apply: not reused before their flows end
         self._pins: tuple[tuple[int, int], ...] | None = None  # (dev, inode) of each map pin opened
         self._map_ids: frozenset[int] | None = None
         self.reopened = 0  # times the handles were dropped because the pins had been replaced
@@ -516,7 +463,6 @@ class BpfDriver:
         finally:
             obj.close()
         if not self._checked:
-            _check_raw_layout()
             self._checked = True
         return defs
 
@@ -557,7 +503,6 @@ class BpfDriver:
         obj = B.BpfObject(self.obj_path)
         try:
             obj.check_layout()
-            _check_raw_layout()
             self._checked = True
             obj.check_pins(self.pin_root)
             obj.set_pin_root(self.pin_root)
@@ -677,7 +622,7 @@ class BpfDriver:
             faults.append(f"lb_backends: the active endpoint list (slot {slot}) is missing")
             return _List((), (), (), slot, 0, -1, faults)
         count, sel_len, sel_kind, hpad = _LIST_HDR.unpack_from(raw)
-        if count > _MAX_ENDPOINTS or sel_kind > 1 or hpad:
+        if count > _MAX_ENDPOINTS or sel_kind not in (L.SELTAB_WEIGHTED, L.SELTAB_MAGLEV) or hpad:
             faults.append(f"lb_backends: bad list header (count {count}, table kind {sel_kind}, pad {hpad})")
         n = min(count, _MAX_ENDPOINTS)
         end = _LIST_HDR.size + _BE.size * n
@@ -705,10 +650,10 @@ class BpfDriver:
         """The record of a parsed list, once its selection table is read (``get``: lb_sel by key)."""
         table = b""
         faults = lst.faults
-        if lst.sel_kind == 1:
+        if lst.sel_kind == L.SELTAB_MAGLEV:
             table, bad_table = self._table_raw(get, svc_id, lst.slot, lst.sel_len)
             faults = faults + bad_table
-        elif lst.sel_kind == 0:
+        elif lst.sel_kind == L.SELTAB_WEIGHTED:
             length, want = _weighted_chunks(lst.weights)
             if lst.sel_len != length or len(want) > 1 or (want and get(_SEL_KEY.pack(svc_id, lst.slot, 0))
                                                           != want[0]):  # one chunk: no call
@@ -805,7 +750,7 @@ class BpfDriver:
         for svc_id, lst in lists.items():
             if lst.sel_kind < 0:
                 continue
-            expected = _weighted_chunks(lst.weights)[1] if lst.sel_kind == 0 else ()
+            expected = _weighted_chunks(lst.weights)[1] if lst.sel_kind == L.SELTAB_WEIGHTED else ()
             for c in range(-(-min(lst.sel_len, _MAX_SEL_LEN) // _SEL_CHUNK)):
                 want[_SEL_KEY.pack(svc_id, lst.slot, c)] = expected[c] if c < len(expected) else None
         out: dict[bytes, bytes] = {}
@@ -1180,6 +1125,8 @@ class BpfDriver:
         self._pend = {}
         self._pend_bytes = 0
         self._touched = set()
+        self._purge = {}
+        self._held_stats = set()
         ok = False
         try:
             for ch in changes:
@@ -1198,6 +1145,7 @@ class BpfDriver:
         finally:
             try:
                 self._flush()
+                self._end_flows()
             finally:
                 if not ok:
                     self._index = None
@@ -1258,9 +1206,9 @@ class BpfDriver:
         if svc_id is not None:
             return svc_id
         idx = self._idx
-        limit = _limit("LB_MAX_SERVICES")
+        limit = L.MAX_SERVICES
         svc_id = idx.svc_hint
-        while svc_id < limit and svc_id in idx.confs:
+        while svc_id < limit and (svc_id in idx.confs or svc_id in self._purge):
             svc_id += 1
         if svc_id >= limit:
             raise LbctlError(f"no free service id (limit {limit})")
@@ -1270,7 +1218,7 @@ class BpfDriver:
         # Fresh counters for a fresh id.
         k = _U32.pack(svc_id)
         self._put("lb_svc_stats", k, _ZERO_COUNTERS)
-        self._put("lb_rr", k, b"\0\0\0\0")
+        self._put("lb_rr", k, L.ZERO_RR)
         idx.confs[svc_id] = conf
         idx.keys[svc_id] = key
         idx.ids[str(key)] = svc_id
@@ -1280,9 +1228,9 @@ class BpfDriver:
 
     def _alloc_stat(self) -> int:
         idx = self._idx
-        limit = _limit("LB_MAX_BACKEND_STATS")
+        limit = L.MAX_STATS
         sid = idx.stat_hint
-        while sid < limit and sid in idx.used_stats:
+        while sid < limit and (sid in idx.used_stats or sid in self._held_stats):
             sid += 1
         if sid >= limit:
             raise LbctlError("no free endpoint counter slot")
@@ -1290,13 +1238,14 @@ class BpfDriver:
         idx.stat_hint = sid + 1
         k = _U32.pack(sid)
         self._put("lb_be_stats", k, _ZERO_COUNTERS)
-        self._put("lb_be_conns", k, b"\0" * 8)
+        self._put("lb_be_conns", k, L.ZERO_CONNS)
         return sid
 
     def _release_stats(self, stat_ids: Iterable[int]) -> None:
         idx = self._idx
         for sid in stat_ids:
             idx.used_stats.discard(sid)
+            self._held_stats.add(sid)
             idx.stat_hint = min(idx.stat_hint, sid)
 
     def _write_conf(self, svc_id: int, conf: _Conf) -> None:
@@ -1464,10 +1413,10 @@ class BpfDriver:
             table = after.maglev
             if max(maglev.unpack(table)) >= len(after.backends):
                 raise LbctlError(f"{key}: maglev table points past the endpoint list")
-            sel_kind = 1
+            sel_kind = L.SELTAB_MAGLEV
         else:
             table = _weighted_bytes(tuple(b.weight for b in after.backends))
-            sel_kind = 0
+            sel_kind = L.SELTAB_WEIGHTED
         svc_id = self._alloc_service(key)
         conf = idx.confs[svc_id]
         had = bool(conf.flags & F_HAS_ENDPOINTS)
@@ -1526,23 +1475,43 @@ class BpfDriver:
         lm.delete_raw(k)
 
     def _purge_flows(self, svc_id: int, stat_ids: set[int] | None) -> None:
-        """End flows (both directions) and affinities of removed endpoints or services.
+        """End the flows of service ``svc_id`` to ``stat_ids`` (None: all its flows) when this
+        apply ends (``_end_flows``).  Until then the service id and the stat ids are not
+        given to anything else, so no new flow can be taken for one that must end."""
+        if stat_ids is None or (svc_id in self._purge and self._purge[svc_id] is None):
+            self._purge[svc_id] = None
+        else:
+            self._purge[svc_id] = (self._purge.get(svc_id) or set()) | stat_ids
+
+    def _end_flows(self) -> None:
+        """End flows (both directions) and affinities of the removed endpoints and services of
+        this apply: one pass over lb_ct and one over lb_persist, whatever their number.
 
         The next packet of such a flow is a new flow: it goes to a live endpoint,
         which answers a stray TCP segment with RST, so the client sees the flow end.
         """
-        for name, id_off, stat_off, id_in_key in (("lb_ct", _CT_SVC_OFF, _CT_STAT_OFF, False),
-                                                  ("lb_persist", 0, _BE_STAT_OFF, True)):
+        purge, self._purge = self._purge, {}
+        held, self._held_stats = self._held_stats, set()
+        if self._index is not None:  # the ids held back may be given out again
+            self._index.svc_hint = min([self._index.svc_hint, *purge])
+            self._index.stat_hint = min([self._index.stat_hint, *held])
+        if not purge:
+            return
+        whole = {svc for svc, stats in purge.items() if stats is None}
+        part = {svc: stats for svc, stats in purge.items() if stats is not None}
+        unpack = _U32.unpack_from
+        for name, id_off, stat_off, id_in_key in (
+                ("lb_ct", _CT_SVC_OFF, _CT_STAT_OFF, False),
+                ("lb_persist", L.PERSIST_SVC_OFF, L.PERSIST_STAT_OFF, True)):
             m = self._maps[name]
             doomed = []
             for k, v in m.items_raw():
-                sid = _U32.unpack_from(k if id_in_key else v, id_off)[0]
-                if sid != svc_id:
-                    continue
-                if stat_ids is None or _U32.unpack_from(v, stat_off)[0] in stat_ids:
+                svc = unpack(k if id_in_key else v, id_off)[0]
+                if svc in whole:
                     doomed.append(k)
-            for k in doomed:
-                m.delete_raw(k)
+                elif svc in part and unpack(v, stat_off)[0] in part[svc]:
+                    doomed.append(k)
+            m.delete_batch_raw(doomed)
 
     # ------------------------------------------------------------------ attach
 
@@ -1691,14 +1660,14 @@ class BpfDriver:
             return flows
         confs = self._confs()
         now = time.monotonic_ns()
-        closing = B.const("LB_CT_CLOSING_TIMEOUT")
+        closing = L.CT_CLOSING_TIMEOUT
         for k, v in self._maps["lb_ct"].items():
-            if int(v.dir) != 0:
+            if int(v.dir) != L.CT_FORWARD:
                 continue
             fam = int(k.family)
             conf = confs.get(int(v.svc_id))
             timeout = int(v.timeout)
-            if int(v.state) >= 3:
+            if int(v.state) >= L.CT_FIN_WAIT:
                 timeout = min(timeout, closing)
             idle = max(0, now - int(v.seen_ns)) / 1e9
             flows.append(Flow(
@@ -1719,7 +1688,8 @@ class BpfDriver:
         counts: dict[int, int] = {}
         now = time.monotonic_ns()
         for _, v in self._maps["lb_ct"].items():
-            if int(v.dir) == 0 and int(v.state) < 3 and now - int(v.seen_ns) <= int(v.timeout) * 10**9:
+            live = now - int(v.seen_ns) <= int(v.timeout) * 10**9
+            if int(v.dir) == L.CT_FORWARD and int(v.state) < L.CT_FIN_WAIT and live:
                 counts[int(v.stat_id)] = counts.get(int(v.stat_id), 0) + 1
         m = self._maps["lb_be_conns"]
         idx = self._index if self._index is not None else self._build_index()
