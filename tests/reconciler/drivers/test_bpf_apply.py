@@ -35,7 +35,8 @@ def fill_flows(dp: Datapath, per_endpoint: int) -> None:
             for _ in range(per_endpoint):
                 n += 1
                 for d in (0, 1):
-                    k = ffi.new("struct lb_ct_key *", {"sport": n & 0xFFFF, "dport": d, "proto": 6, "family": 4})
+                    k = ffi.new("struct lb_ct_key *",
+                                {"sport": n & 0xFFFF, "dport": d, "proto": 6, "family": 4})
                     k.saddr[0] = n
                     v = ffi.new("struct lb_ct *", {"dir": d, "svc_id": svc_id, "stat_id": sid, "timeout": 60})
                     cts.append((bytes(ffi.buffer(k)), bytes(ffi.buffer(v))))

@@ -1,4 +1,4 @@
-"""The layout has one source of truth: lb_shared.h, checked against the object's BTF; mismatches are refused."""
+"""One source of truth for the layout: lb_shared.h, checked against the object's BTF; mismatches refused."""
 
 from __future__ import annotations
 
