@@ -8,6 +8,10 @@ struct of ``lb_shared.h`` (as cffi sees it) with the object's BTF (as clang laid
 it out) and every map's key/value size, and refuse to run on a mismatch
 (DESIGN pitfalls 1, 2, 5, 6, 7).  Errors become ``BpfError`` naming the map or
 call and the errno.
+
+Longer than 500 lines on purpose: it is one thin wrapper per libbpf call over one
+cdef and one process-wide ffi; every part (maps, objects, attach, test runs) is a
+few lines of argument marshalling, and splitting them would only spread the cdef.
 """
 
 from __future__ import annotations
