@@ -58,9 +58,9 @@ def test_a_map_missing_from_the_description_is_refused(dp: Datapath, monkeypatch
     from reconciler.drivers.bpf import BpfDriver
 
     monkeypatch.delitem(B.MAPS, "lb_rr")
-    drv = BpfDriver(pin_root=dp.pin_root + "-sp", netns=dp.ns)
+    drv = BpfDriver(pin_root=dp.pin_root, netns=dp.ns)
     with pytest.raises(B.LayoutError, match="map lb_rr: in the object but not in _libbpf.MAPS"):
-        drv.load()
+        drv.read()
     drv.close()
 
 
