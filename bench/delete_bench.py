@@ -81,7 +81,8 @@ def fill_flows(drv: BpfDriver, flows: int) -> None:
     drv.map("lb_ct").update_batch_raw(items)
 
 
-def one_run(cls: type[BpfDriver], services: int, deleted: int, endpoints: int, flows: int) -> tuple[float, int]:
+def one_run(cls: type[BpfDriver], services: int, deleted: int, endpoints: int,
+            flows: int) -> tuple[float, int]:
     """(seconds of apply() for the deletes, lb_ct entries left)."""
     root = f"/sys/fs/bpf/lbctl-bench-del-{uuid.uuid4().hex[:8]}"
     drv = cls(pin_root=root)
