@@ -17,25 +17,6 @@ from reconciler import maglev
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import (
-    _BE,
-    _BE_KEY,
-    _CIDR,
-    _CT_STAT_OFF,
-    _CT_SVC_OFF,
-    _LIST_HDR,
-    _LIST_SIZE,
-    _MAX_ENDPOINTS,
-    _MAX_SEL_LEN,
-    _SEL_BYTES,
-    _SEL_CHUNK,
-    _SEL_KEY,
-    _SVC_KEY_TAIL,
-    _U32,
-    _ZERO_COUNTERS,
-    F_HAS_ENDPOINTS,
-    F_HAS_SERVICE,
-    MODES,
-    SELECTIONS,
     _addr_str,
     _addr_words,
     _allowed_region,
@@ -47,6 +28,27 @@ from reconciler.drivers.bpf_codec import (
     _range_entries,
     _set_words,
     _weighted_bytes,
+)
+from reconciler.drivers.bpf_layout import (
+    BE,
+    BE_KEY,
+    CIDR,
+    CT_STAT_OFF,
+    CT_SVC_OFF,
+    F_HAS_ENDPOINTS,
+    F_HAS_SERVICE,
+    LIST_HDR,
+    LIST_SIZE,
+    MAX_ENDPOINTS,
+    MAX_SEL_LEN,
+    MODES,
+    SEL_BYTES,
+    SEL_CHUNK,
+    SEL_KEY,
+    SELECTIONS,
+    SVC_KEY_TAIL,
+    U32,
+    ZERO_COUNTERS,
 )
 from reconciler.drivers.bpf_read import BpfRead
 from reconciler.errors import LbctlError
@@ -140,7 +142,7 @@ class BpfApply(BpfRead):
         if svc_id in self._touched:
             return
         self._touched.add(svc_id)
-        if self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id)) != self._idx.raw.get(svc_id):
+        if self._maps["lb_conf"].lookup_raw(U32.pack(svc_id)) != self._idx.raw.get(svc_id):
             self._flush()
             self._index = self._build_index()
             self._touched = set()
@@ -161,7 +163,7 @@ class BpfApply(BpfRead):
         for svc_id in self._idx.dupes.pop(skey, []):
             if svc_id in self._idx.confs:  # it became a live service of its own meanwhile
                 continue
-            self._maps["lb_conf"].delete_raw(_U32.pack(svc_id))
+            self._maps["lb_conf"].delete_raw(U32.pack(svc_id))
             for slot in (0, 1):
                 self._delete_slot(svc_id, slot)
             self._purge_flows(svc_id, None)
@@ -181,8 +183,8 @@ class BpfApply(BpfRead):
         conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
                      family=family, port_end=key.port_end)
         # Fresh counters for a fresh id.
-        k = _U32.pack(svc_id)
-        self._put("lb_svc_stats", k, _ZERO_COUNTERS)
+        k = U32.pack(svc_id)
+        self._put("lb_svc_stats", k, ZERO_COUNTERS)
         self._put("lb_rr", k, L.ZERO_RR)
         idx.confs[svc_id] = conf
         idx.keys[svc_id] = key
@@ -201,8 +203,8 @@ class BpfApply(BpfRead):
             raise LbctlError("no free endpoint counter slot")
         idx.used_stats.add(sid)
         idx.stat_hint = sid + 1
-        k = _U32.pack(sid)
-        self._put("lb_be_stats", k, _ZERO_COUNTERS)
+        k = U32.pack(sid)
+        self._put("lb_be_stats", k, ZERO_COUNTERS)
         self._put("lb_be_conns", k, L.ZERO_CONNS)
         return sid
 
@@ -222,7 +224,7 @@ class BpfApply(BpfRead):
         if idx.raw.get(svc_id) == raw:
             return
         idx.raw[svc_id] = raw
-        self._put("lb_conf", _U32.pack(svc_id), raw)
+        self._put("lb_conf", U32.pack(svc_id), raw)
 
     def _drop_conf_if_empty(self, svc_id: int, conf: _Conf) -> None:
         if conf.flags & (F_HAS_SERVICE | F_HAS_ENDPOINTS):
@@ -230,7 +232,7 @@ class BpfApply(BpfRead):
             return
         idx = self._idx
         self._flush()
-        self._maps["lb_conf"].delete_raw(_U32.pack(svc_id))
+        self._maps["lb_conf"].delete_raw(U32.pack(svc_id))
         idx.confs.pop(svc_id, None)
         idx.raw.pop(svc_id, None)
         key = idx.keys.pop(svc_id, None)
@@ -244,8 +246,8 @@ class BpfApply(BpfRead):
         entry faulty: rewrite the range list whole and drop other entries for the same ports."""
         if key.port == key.port_end or key.proto in ("icmp", "icmpv6"):
             family, addr = _pack_addr(key.vip)
-            k = addr + _SVC_KEY_TAIL.pack(socket.htons(key.port), _proto_num(key.proto), family)
-            v = _U32.pack(svc_id)
+            k = addr + SVC_KEY_TAIL.pack(socket.htons(key.port), _proto_num(key.proto), family)
+            v = U32.pack(svc_id)
             if not was_published or repair or self._maps["lb_svc"].lookup_raw(k) != v:
                 self._put("lb_svc", k, v)
             if repair and key.proto not in ("icmp", "icmpv6"):
@@ -327,7 +329,7 @@ class BpfApply(BpfRead):
         if len(after.allowed_sources) > limit:
             raise LbctlError(f"service {after.name}: more than {limit} allowed sources")
         n_allowed = len(after.allowed_sources)
-        allowed = _allowed_region(after.allowed_sources)[: n_allowed * _CIDR.size]
+        allowed = _allowed_region(after.allowed_sources)[: n_allowed * CIDR.size]
         svc_id = self._alloc_service(key)
         old = self._idx.confs[svc_id]
         new = replace(
@@ -361,8 +363,8 @@ class BpfApply(BpfRead):
             self._release_stats(freed)
             return
         assert isinstance(after, EndpointSet)
-        if len(after.backends) > _MAX_ENDPOINTS:
-            raise LbctlError(f"{key}: more than {_MAX_ENDPOINTS} endpoints")
+        if len(after.backends) > MAX_ENDPOINTS:
+            raise LbctlError(f"{key}: more than {MAX_ENDPOINTS} endpoints")
         if after.maglev:
             table = after.maglev
             if max(maglev.unpack(table)) >= len(after.backends):
@@ -384,7 +386,7 @@ class BpfApply(BpfRead):
                 if old_sid not in bad:
                     old_ids[(_canon(b.address), b.port)] = old_sid
         stat_ids: dict[tuple[str, int], int] = {}
-        parts = [_LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
+        parts = [LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
         for be in after.backends:
             fam, addr = _pack_addr(be.address)
             ident = (_addr_str(fam, addr), be.port)
@@ -392,22 +394,22 @@ class BpfApply(BpfRead):
             if sid < 0:
                 sid = self._alloc_stat()
             stat_ids[ident] = sid
-            parts.append(_BE.pack(addr, socket.htons(be.port), fam, 0, be.weight, sid))
+            parts.append(BE.pack(addr, socket.htons(be.port), fam, 0, be.weight, sid))
         lst = b"".join(parts)
-        lst += bytes(_LIST_SIZE - len(lst))
+        lst += bytes(LIST_SIZE - len(lst))
         slot = 1 - (conf.active & 1) if had else conf.active & 1
         # Write the inactive slot completely, then publish it with one lb_conf swap.
-        n = -(-len(table) // _SEL_BYTES)
+        n = -(-len(table) // SEL_BYTES)
         if had:
-            prev = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, slot))
+            prev = self._maps["lb_backends"].lookup_raw(BE_KEY.pack(svc_id, slot))
             if prev is not None:
-                old_n = -(-min(_LIST_HDR.unpack_from(prev)[1], _MAX_SEL_LEN) // _SEL_CHUNK)
+                old_n = -(-min(LIST_HDR.unpack_from(prev)[1], MAX_SEL_LEN) // SEL_CHUNK)
                 for c in range(n, old_n):
-                    self._maps["lb_sel"].delete_raw(_SEL_KEY.pack(svc_id, slot, c))
+                    self._maps["lb_sel"].delete_raw(SEL_KEY.pack(svc_id, slot, c))
         for c in range(n):
-            part = table[c * _SEL_BYTES : (c + 1) * _SEL_BYTES]
-            self._put("lb_sel", _SEL_KEY.pack(svc_id, slot, c), part + bytes(_SEL_BYTES - len(part)))
-        self._put("lb_backends", _BE_KEY.pack(svc_id, slot), lst)
+            part = table[c * SEL_BYTES : (c + 1) * SEL_BYTES]
+            self._put("lb_sel", SEL_KEY.pack(svc_id, slot, c), part + bytes(SEL_BYTES - len(part)))
+        self._put("lb_backends", BE_KEY.pack(svc_id, slot), lst)
         self._write_conf(svc_id, replace(conf, active=slot, flags=conf.flags | F_HAS_ENDPOINTS))
         idx.eps[svc_id] = after
         idx.stat[svc_id] = tuple(stat_ids[(_canon(b.address), b.port)] for b in after.backends)
@@ -419,13 +421,13 @@ class BpfApply(BpfRead):
 
     def _delete_slot(self, svc_id: int, slot: int) -> None:
         lm = self._maps["lb_backends"]
-        k = _BE_KEY.pack(svc_id, slot)
+        k = BE_KEY.pack(svc_id, slot)
         prev = lm.lookup_raw(k)
         if prev is None:
             return
         m = self._maps["lb_sel"]
-        for c in range(-(-min(_LIST_HDR.unpack_from(prev)[1], _MAX_SEL_LEN) // _SEL_CHUNK)):
-            m.delete_raw(_SEL_KEY.pack(svc_id, slot, c))
+        for c in range(-(-min(LIST_HDR.unpack_from(prev)[1], MAX_SEL_LEN) // SEL_CHUNK)):
+            m.delete_raw(SEL_KEY.pack(svc_id, slot, c))
         lm.delete_raw(k)
 
     def _purge_flows(self, svc_id: int, stat_ids: set[int] | None) -> None:
@@ -453,9 +455,9 @@ class BpfApply(BpfRead):
             return
         whole = {svc for svc, stats in purge.items() if stats is None}
         part = {svc: stats for svc, stats in purge.items() if stats is not None}
-        unpack = _U32.unpack_from
+        unpack = U32.unpack_from
         for name, id_off, stat_off, id_in_key in (
-                ("lb_ct", _CT_SVC_OFF, _CT_STAT_OFF, False),
+                ("lb_ct", CT_SVC_OFF, CT_STAT_OFF, False),
                 ("lb_persist", L.PERSIST_SVC_OFF, L.PERSIST_STAT_OFF, True)):
             m = self._maps[name]
             doomed = []

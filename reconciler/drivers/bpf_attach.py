@@ -11,11 +11,11 @@ import os
 import socket
 
 from reconciler.drivers import _libbpf as B
-from reconciler.drivers.bpf_codec import (
-    _ATTACH,
-    _IFNAME_LEN,
+from reconciler.drivers.bpf_codec import _zero_from
+from reconciler.drivers.bpf_layout import (
+    ATTACH,
     HOOKS,
-    _zero_from,
+    IFNAME_LEN,
 )
 from reconciler.drivers.bpf_pins import PROGS, BpfPins
 from reconciler.drivers.netns import in_netns
@@ -98,7 +98,7 @@ class BpfAttach(BpfPins):
         """The live attachment of one lb_attach entry: None when its hook holds no program;
         faults when the hook runs another program or the entry disagrees with the hook.
         ``refs`` caches lbctl's pinned programs across calls."""
-        ifindex, hook_n, prog_id, pad = _ATTACH.unpack(vb)
+        ifindex, hook_n, prog_id, pad = ATTACH.unpack(vb)
         faults = []
         with in_netns(self.netns):
             try:
@@ -147,9 +147,9 @@ class BpfAttach(BpfPins):
         ifname = ch.key
         if len(ifname.encode()) >= B.const("LB_IFNAME_LEN"):
             raise LbctlError(f"interface name {ifname!r} too long")
-        kb = ifname.encode().ljust(_IFNAME_LEN, b"\0")
+        kb = ifname.encode().ljust(IFNAME_LEN, b"\0")
         cur = self._maps["lb_attach"].lookup_raw(kb)
-        cur_hook = _HOOK_NAMES.get(_ATTACH.unpack(cur)[1], "") if cur is not None else ""
+        cur_hook = _HOOK_NAMES.get(ATTACH.unpack(cur)[1], "") if cur is not None else ""
         if before is not None:
             assert isinstance(before, Attachment)
             cur_hook = cur_hook or before.hook

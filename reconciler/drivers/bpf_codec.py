@@ -18,7 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.constants import PROTO_NAMES, PROTO_NUMBERS
-from reconciler.drivers import bpf_layout as L
+from reconciler.drivers.bpf_layout import (
+    CIDR,
+    F_HAS_ENDPOINTS,
+    F_HAS_SERVICE,
+    MAX_ALLOWED,
+    MAX_RANGES,
+    MODES,
+    NAME_LEN,
+    RANGE,
+    RANGE_HDR,
+    RANGE_KEY,
+    SEL_BYTES,
+    SELECTIONS,
+    SVC_HDR,
+)
 from reconciler.records import (
     Backend,
     EndpointSet,
@@ -26,13 +40,7 @@ from reconciler.records import (
     ServiceKey,
 )
 
-SELECTIONS = L.SELECTIONS
-MODES = L.MODES
-HOOKS = L.HOOKS
-CT_STATES = L.CT_STATES
 WEIGHTED_TABLE_MAX = 4096  # lbctl's choice: weights are scaled down to a table this long
-F_HAS_SERVICE = L.F_HAS_SERVICE
-F_HAS_ENDPOINTS = L.F_HAS_ENDPOINTS
 
 
 def weighted_table(weights: Sequence[int]) -> list[int]:
@@ -106,17 +114,6 @@ _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 
 
-# The layout of lb_shared.h, derived from cffi (checked against the object's BTF): bpf_layout.
-_U32, _BE_KEY, _SEL_KEY, _SVC_KEY_TAIL = L.U32, L.BE_KEY, L.SEL_KEY, L.SVC_KEY_TAIL
-_LIST_HDR, _BE, _SVC_HDR, _CIDR = L.LIST_HDR, L.BE, L.SVC_HDR, L.CIDR
-_RANGE_HDR, _RANGE, _ATTACH, _RANGE_KEY = L.RANGE_HDR, L.RANGE, L.ATTACH, L.RANGE_KEY
-_SVC_KEY_SIZE, _LIST_SIZE, _SEL_BYTES = L.SVC_KEY_SIZE, L.LIST_SIZE, L.SEL_BYTES
-_MAX_ENDPOINTS, _MAX_ALLOWED, _NAME_LEN, _SEL_CHUNK = L.MAX_ENDPOINTS, L.MAX_ALLOWED, L.NAME_LEN, L.SEL_CHUNK
-_MAX_RANGES, _MAX_SEL_LEN, _MAX_STATS, _IFNAME_LEN = L.MAX_RANGES, L.MAX_SEL_LEN, L.MAX_STATS, L.IFNAME_LEN
-_CT_SVC_OFF, _CT_STAT_OFF = L.CT_SVC_OFF, L.CT_STAT_OFF
-_ZERO_COUNTERS = L.ZERO_COUNTERS
-
-
 def _pack_addr(address: str) -> tuple[int, bytes]:
     """(family, the 16 bytes of lb_* addr[4]) of an address."""
     if ":" in address:
@@ -151,12 +148,12 @@ def _range_entries(raw: bytes) -> tuple[list[tuple[int, int, int]], str | None]:
     """The (start, end, service id) entries of an ``lb_range_list`` value, and what is wrong with it."""
     if not raw:
         return [], None
-    count, pad = _RANGE_HDR.unpack_from(raw)
-    n = min(count, _MAX_RANGES)
-    entries = [_RANGE.unpack_from(raw, _RANGE_HDR.size + i * _RANGE.size) for i in range(n)]
-    end = _RANGE_HDR.size + n * _RANGE.size
-    if count > _MAX_RANGES:
-        return entries, f"lb_range: the list of its VIP holds {count} entries (at most {_MAX_RANGES})"
+    count, pad = RANGE_HDR.unpack_from(raw)
+    n = min(count, MAX_RANGES)
+    entries = [RANGE.unpack_from(raw, RANGE_HDR.size + i * RANGE.size) for i in range(n)]
+    end = RANGE_HDR.size + n * RANGE.size
+    if count > MAX_RANGES:
+        return entries, f"lb_range: the list of its VIP holds {count} entries (at most {MAX_RANGES})"
     if pad or not _zero_from(raw, end):
         return entries, "lb_range: padding or bytes after the last entry of its VIP's list are not zero"
     return entries, None
@@ -166,8 +163,8 @@ def _range_entries(raw: bytes) -> tuple[list[tuple[int, int, int]], str | None]:
 def _weighted_chunks(weights: tuple[int, ...]) -> tuple[int, tuple[bytes, ...]]:
     """(table length, the ``lb_sel`` chunk values) lbctl writes for a weighted table (zero padded)."""
     table = _weighted_bytes(weights)
-    chunks = tuple(table[c : c + _SEL_BYTES].ljust(_SEL_BYTES, b"\0")
-                   for c in range(0, len(table), _SEL_BYTES))
+    chunks = tuple(table[c : c + SEL_BYTES].ljust(SEL_BYTES, b"\0")
+                   for c in range(0, len(table), SEL_BYTES))
     return len(table) // 2, chunks
 
 
@@ -179,15 +176,15 @@ def _zero_from(raw: bytes, start: int) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _allowed_region(sources: tuple[str, ...]) -> bytes:
     """``lb_service.allowed[]`` as lbctl writes it for ``sources`` (masked address, mask, zero padded)."""
-    if len(sources) > _MAX_ALLOWED:
-        raise ValueError(f"more than {_MAX_ALLOWED} allowed sources")
+    if len(sources) > MAX_ALLOWED:
+        raise ValueError(f"more than {MAX_ALLOWED} allowed sources")
     parts = []
     for cidr in sources:
         net = ipaddress.ip_network(cidr, strict=False)
         fam, addr = _pack_addr(str(net.network_address))
         _, mask = _pack_addr(str(net.netmask))
-        parts.append(_CIDR.pack(addr, mask, net.prefixlen, fam))
-    return b"".join(parts).ljust(_MAX_ALLOWED * _CIDR.size, b"\0")
+        parts.append(CIDR.pack(addr, mask, net.prefixlen, fam))
+    return b"".join(parts).ljust(MAX_ALLOWED * CIDR.size, b"\0")
 
 
 def _canon(address: str) -> str:
@@ -223,17 +220,17 @@ class _Conf:
     @classmethod
     def decode(cls, raw: bytes) -> _Conf:
         addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed = (
-            _SVC_HDR.unpack_from(raw))
-        na = _SVC_HDR.size + _MAX_ALLOWED * _CIDR.size
+            SVC_HDR.unpack_from(raw))
+        na = SVC_HDR.size + MAX_ALLOWED * CIDR.size
         return cls(addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed,
-                   allowed=raw[_SVC_HDR.size : na], name=raw[na : na + _NAME_LEN])
+                   allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN])
 
     def encode(self) -> bytes:
-        hdr = _SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
+        hdr = SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
                             self.mode, self.flags, self.session_timeout, self.persist_timeout, self.active,
                             self.n_allowed)
-        allowed = self.allowed + bytes(_MAX_ALLOWED * _CIDR.size - len(self.allowed))
-        return hdr + allowed + self.name + bytes(_NAME_LEN - len(self.name))
+        allowed = self.allowed + bytes(MAX_ALLOWED * CIDR.size - len(self.allowed))
+        return hdr + allowed + self.name + bytes(NAME_LEN - len(self.name))
 
     def service_key(self) -> ServiceKey:
         return ServiceKey(_addr_str(self.family, self.addr), _PROTO_NAMES.get(self.proto, str(self.proto)),
@@ -246,13 +243,13 @@ class _Conf:
 
     def range_key(self) -> bytes:
         """The ``lb_range`` key of this service's (VIP, protocol)."""
-        return _RANGE_KEY.pack(self.addr, self.proto, self.family)
+        return RANGE_KEY.pack(self.addr, self.proto, self.family)
 
     def service_record(self, key: ServiceKey, faults: Sequence[str] = ()) -> ServiceEntry:
         """The record; values lbctl never writes decode as ``unknown(N)`` (and differ from any config)."""
         allowed = []
-        for i in range(min(self.n_allowed, _MAX_ALLOWED)):
-            addr, _, plen, fam = _CIDR.unpack_from(self.allowed, i * _CIDR.size)
+        for i in range(min(self.n_allowed, MAX_ALLOWED)):
+            addr, _, plen, fam = CIDR.unpack_from(self.allowed, i * CIDR.size)
             allowed.append(f"{_addr_str(fam, addr)}/{plen}")
         return ServiceEntry(
             key=key, name=self.name.split(b"\0", 1)[0].decode(errors="replace"),
@@ -268,13 +265,13 @@ class _Conf:
         faults = []
         if self.flags & ~(F_HAS_SERVICE | F_HAS_ENDPOINTS):
             faults.append(f"lb_conf: unknown flag bits {self.flags:#x}")
-        if self.n_allowed > _MAX_ALLOWED:
-            faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {_MAX_ALLOWED})")
+        if self.n_allowed > MAX_ALLOWED:
+            faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {MAX_ALLOWED})")
         try:
-            want = _allowed_region(record.allowed_sources) + record.name.encode().ljust(_NAME_LEN, b"\0")
+            want = _allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
         except ValueError:
             want = b""
-        if raw[_SVC_HDR.size:] != want:
+        if raw[SVC_HDR.size:] != want:
             faults.append("lb_conf: the allowed sources or the name differ from what lbctl writes")
         return faults
 

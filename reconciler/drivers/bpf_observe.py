@@ -16,9 +16,11 @@ from reconciler.drivers import _libbpf as B
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import (
     _PROTO_NAMES,
+    _words_addr,
+)
+from reconciler.drivers.bpf_layout import (
     CT_STATES,
     F_HAS_ENDPOINTS,
-    _words_addr,
 )
 from reconciler.drivers.bpf_read import BpfRead
 from reconciler.records import ServiceKey

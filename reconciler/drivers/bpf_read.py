@@ -16,23 +16,8 @@ from typing import Any
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_attach import BpfAttach
 from reconciler.drivers.bpf_codec import (
-    _BE,
-    _BE_KEY,
-    _LIST_HDR,
-    _MAX_ENDPOINTS,
-    _MAX_RANGES,
-    _MAX_SEL_LEN,
-    _MAX_STATS,
     _PROTO_NAMES,
-    _RANGE_KEY,
-    _SEL_CHUNK,
-    _SEL_KEY,
-    _SVC_KEY_SIZE,
-    _SVC_KEY_TAIL,
-    _U32,
     _ZERO12,
-    F_HAS_ENDPOINTS,
-    F_HAS_SERVICE,
     ChunkGetter,
     _addr_str,
     _addr_str6,
@@ -49,6 +34,23 @@ from reconciler.drivers.bpf_codec import (
     _weighted_chunks,
     _zero_from,
 )
+from reconciler.drivers.bpf_layout import (
+    BE,
+    BE_KEY,
+    F_HAS_ENDPOINTS,
+    F_HAS_SERVICE,
+    LIST_HDR,
+    MAX_ENDPOINTS,
+    MAX_RANGES,
+    MAX_SEL_LEN,
+    MAX_STATS,
+    RANGE_KEY,
+    SEL_CHUNK,
+    SEL_KEY,
+    SVC_KEY_SIZE,
+    SVC_KEY_TAIL,
+    U32,
+)
 from reconciler.records import (
     Backend,
     EndpointSet,
@@ -64,11 +66,11 @@ class BpfRead(BpfAttach):
     @staticmethod
     def _table_raw(get: ChunkGetter, svc_id: int, slot: int, length: int) -> tuple[bytes, list[str]]:
         """The selection table of (service, slot) in the ``EndpointSet.maglev`` format, and its faults."""
-        if length > _MAX_SEL_LEN:
-            return b"", [f"lb_backends: selection table length {length} (at most {_MAX_SEL_LEN})"]
+        if length > MAX_SEL_LEN:
+            return b"", [f"lb_backends: selection table length {length} (at most {MAX_SEL_LEN})"]
         parts = []
-        for c in range(-(-length // _SEL_CHUNK)):
-            v = get(_SEL_KEY.pack(svc_id, slot, c))
+        for c in range(-(-length // SEL_CHUNK)):
+            v = get(SEL_KEY.pack(svc_id, slot, c))
             if v is None:
                 return b"", [f"lb_sel: chunk {c} of the selection table (slot {slot}) is missing"]
             parts.append(v)
@@ -86,7 +88,7 @@ class BpfRead(BpfAttach):
         if sel_len != length:
             return [f"lb_backends: selection table length {sel_len}, the weights give {length}"]
         for c, chunk in enumerate(want):
-            got = get(_SEL_KEY.pack(svc_id, slot, c))
+            got = get(SEL_KEY.pack(svc_id, slot, c))
             if got is None:
                 return [f"lb_sel: chunk {c} of the selection table (slot {slot}) is missing"]
             if got != chunk:
@@ -107,14 +109,14 @@ class BpfRead(BpfAttach):
         if raw is None:
             faults.append(f"lb_backends: the active endpoint list (slot {slot}) is missing")
             return _List((), (), (), slot, 0, -1, faults)
-        count, sel_len, sel_kind, hpad = _LIST_HDR.unpack_from(raw)
-        if count > _MAX_ENDPOINTS or sel_kind not in (L.SELTAB_WEIGHTED, L.SELTAB_MAGLEV) or hpad:
+        count, sel_len, sel_kind, hpad = LIST_HDR.unpack_from(raw)
+        if count > MAX_ENDPOINTS or sel_kind not in (L.SELTAB_WEIGHTED, L.SELTAB_MAGLEV) or hpad:
             faults.append(f"lb_backends: bad list header (count {count}, table kind {sel_kind}, pad {hpad})")
-        n = min(count, _MAX_ENDPOINTS)
-        end = _LIST_HDR.size + _BE.size * n
+        n = min(count, MAX_ENDPOINTS)
+        end = LIST_HDR.size + BE.size * n
         ntohs, ntop, inet4 = socket.ntohs, socket.inet_ntop, socket.AF_INET
         bad = 0
-        for a, port_n, fam, pad, weight, sid in _BE.iter_unpack(raw[_LIST_HDR.size : end]):
+        for a, port_n, fam, pad, weight, sid in BE.iter_unpack(raw[LIST_HDR.size : end]):
             if fam == 4:
                 addr = ntop(inet4, a[:4])
                 bad += pad != 0 or not a.endswith(_ZERO12)
@@ -128,7 +130,7 @@ class BpfRead(BpfAttach):
             faults.append(f"lb_backends: {bad} endpoint(s) with a bad address family or padding")
         if not _zero_from(raw, end):
             faults.append("lb_backends: bytes after the last endpoint are not zero")
-        if stat_ids and max(stat_ids) >= _MAX_STATS:
+        if stat_ids and max(stat_ids) >= MAX_STATS:
             faults.append(f"lb_backends: counter slot {max(stat_ids)} is out of range")
         return _List(tuple(backends), tuple(stat_ids), tuple(weights), slot, sel_len, sel_kind, faults)
 
@@ -141,7 +143,7 @@ class BpfRead(BpfAttach):
             faults = faults + bad_table
         elif lst.sel_kind == L.SELTAB_WEIGHTED:
             length, want = _weighted_chunks(lst.weights)
-            if lst.sel_len != length or len(want) > 1 or (want and get(_SEL_KEY.pack(svc_id, lst.slot, 0))
+            if lst.sel_len != length or len(want) > 1 or (want and get(SEL_KEY.pack(svc_id, lst.slot, 0))
                                                           != want[0]):  # one chunk: no call
                 faults = faults + self._check_weighted(get, svc_id, lst.slot, lst.sel_len, lst.weights)
         return EndpointSet(key=key, backends=lst.backends, maglev=table, faults=tuple(faults))
@@ -164,7 +166,7 @@ class BpfRead(BpfAttach):
         counted = 0
         lists: dict[int, _List] = {}
         for kb, vb in self._maps["lb_conf"].items_raw():
-            svc_id = _U32.unpack(kb)[0]
+            svc_id = U32.unpack(kb)[0]
             conf = _Conf.decode(vb)
             key = conf.service_key()
             skey = str(key)
@@ -175,7 +177,7 @@ class BpfRead(BpfAttach):
             idx.keys[svc_id] = key
             idx.ids.setdefault(skey, svc_id)
             if conf.flags & F_HAS_ENDPOINTS:
-                lists[svc_id] = self._parse_list(conf, lm.lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1)))
+                lists[svc_id] = self._parse_list(conf, lm.lookup_raw(BE_KEY.pack(svc_id, conf.active & 1)))
         for skey, extra in idx.dupes.items():
             # The id the lookup entry points at stays (its flows go on), else the lowest.
             claims = sorted([idx.ids[skey], *extra])
@@ -194,8 +196,8 @@ class BpfRead(BpfAttach):
                 idx.stat[svc_id] = stat_ids
                 counted += len(stat_ids)
                 idx.used_stats.update(stat_ids)
-                if eps.faults and stat_ids and max(stat_ids) >= _MAX_STATS:
-                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= _MAX_STATS}
+                if eps.faults and stat_ids and max(stat_ids) >= MAX_STATS:
+                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= MAX_STATS}
         if counted != len(idx.used_stats):  # some slot is listed twice: shared, or one endpoint twice
             self._shared_stats(idx)
         while idx.svc_hint in idx.confs:
@@ -237,8 +239,8 @@ class BpfRead(BpfAttach):
             if lst.sel_kind < 0:
                 continue
             expected = _weighted_chunks(lst.weights)[1] if lst.sel_kind == L.SELTAB_WEIGHTED else ()
-            for c in range(-(-min(lst.sel_len, _MAX_SEL_LEN) // _SEL_CHUNK)):
-                want[_SEL_KEY.pack(svc_id, lst.slot, c)] = expected[c] if c < len(expected) else None
+            for c in range(-(-min(lst.sel_len, MAX_SEL_LEN) // SEL_CHUNK)):
+                want[SEL_KEY.pack(svc_id, lst.slot, c)] = expected[c] if c < len(expected) else None
         out: dict[bytes, bytes] = {}
         if want:
             for k, v in self._maps["lb_sel"].items_raw():
@@ -300,7 +302,7 @@ class BpfRead(BpfAttach):
 
     def _conf_of(self, svc_id: int) -> _Conf | None:
         """The kernel's lb_conf value of ``svc_id`` (a point lookup)."""
-        raw = self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
+        raw = self._maps["lb_conf"].lookup_raw(U32.pack(svc_id))
         return None if raw is None else _Conf.decode(raw)
 
     @staticmethod
@@ -325,7 +327,7 @@ class BpfRead(BpfAttach):
             svc_id = idx.ids[skey]
             conf = idx.confs[svc_id]
             if conf.exact:
-                exact[idx.raw[svc_id][:_SVC_KEY_SIZE]] = svc_id
+                exact[idx.raw[svc_id][:SVC_KEY_SIZE]] = svc_id
             else:
                 ranged[(conf.range_key(), socket.ntohs(conf.port_n), conf.port_end)] = svc_id
         strays: dict[str, ServiceEntry] = {}
@@ -344,9 +346,9 @@ class BpfRead(BpfAttach):
 
         for kb, vb in self._maps["lb_svc"].items_raw():
             want = exact.pop(kb, None)
-            got = _U32.unpack(vb)[0]
+            got = U32.unpack(vb)[0]
             if want is None:
-                addr, (port_n, proto, family) = kb[:16], _SVC_KEY_TAIL.unpack_from(kb, 16)
+                addr, (port_n, proto, family) = kb[:16], SVC_KEY_TAIL.unpack_from(kb, 16)
                 port = socket.ntohs(port_n)
                 key = ServiceKey(_addr_str(family, addr), _PROTO_NAMES.get(proto, str(proto)), port, port)
                 stray(key, got, "lb_svc")
@@ -357,7 +359,7 @@ class BpfRead(BpfAttach):
             faults.setdefault(str(idx.keys[svc_id]), []).append(
                 "lb_svc: no entry for it (its packets are not balanced)")
         for kb, vb in self._maps["lb_range"].items_raw():
-            addr, proto, family = _RANGE_KEY.unpack(kb)
+            addr, proto, family = RANGE_KEY.unpack(kb)
             entries, bad = _range_entries(vb)
             owners = []
             for start, end, got in entries:
@@ -417,7 +419,7 @@ class BpfRead(BpfAttach):
             published = self._published_id(key)
             if svc_id is None:
                 svc_id = published
-            raw = None if svc_id is None else self._maps["lb_conf"].lookup_raw(_U32.pack(svc_id))
+            raw = None if svc_id is None else self._maps["lb_conf"].lookup_raw(U32.pack(svc_id))
             conf = None if raw is None else _Conf.decode(raw)
             if conf is None or svc_id is None or conf.service_key() != key or not conf.flags & flag:
                 stray = self._stray_entry(key, published) if kind == "service" else None
@@ -433,7 +435,7 @@ class BpfRead(BpfAttach):
                 found += self._publish_faults(key, svc_id, published)
                 out[skey] = replace(rec, faults=tuple(found)) if found else rec
             else:
-                lst = self._maps["lb_backends"].lookup_raw(_BE_KEY.pack(svc_id, conf.active & 1))
+                lst = self._maps["lb_backends"].lookup_raw(BE_KEY.pack(svc_id, conf.active & 1))
                 out[skey] = self._decode_list(svc_id, conf, key, lst)[0]
         return out
 
@@ -446,7 +448,7 @@ class BpfRead(BpfAttach):
         if where != "lb_svc" or key.proto in ("icmp", "icmpv6"):
             return None
         family, addr = _pack_addr(key.vip)
-        raw = self._maps["lb_range"].lookup_raw(_RANGE_KEY.pack(addr, _proto_num(key.proto), family))
+        raw = self._maps["lb_range"].lookup_raw(RANGE_KEY.pack(addr, _proto_num(key.proto), family))
         for start, end, svc_id in _range_entries(raw or b"")[0]:
             if (start, end) == (key.port, key.port_end):
                 return "lb_range", svc_id
@@ -462,7 +464,7 @@ class BpfRead(BpfAttach):
             found.append(f"{name}: its entry points at service id {published}, not {svc_id}")
         if not exact:
             family, addr = _pack_addr(key.vip)
-            raw = self._maps["lb_range"].lookup_raw(_RANGE_KEY.pack(addr, _proto_num(key.proto), family))
+            raw = self._maps["lb_range"].lookup_raw(RANGE_KEY.pack(addr, _proto_num(key.proto), family))
             entries, bad = _range_entries(raw or b"")
             if bad:
                 found.append(bad)
@@ -480,7 +482,7 @@ class BpfRead(BpfAttach):
             return None
         if exact:
             return int(found)
-        for r in found.r[0 : min(int(found.count), _MAX_RANGES)]:
+        for r in found.r[0 : min(int(found.count), MAX_RANGES)]:
             if (int(r.start), int(r.end)) == (key.port, key.port_end):
                 return int(r.svc_id)
         return None
