@@ -662,18 +662,6 @@ class BpfObject:
         return (int(c.bpf_map__type(m)), int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m)),
                 int(c.bpf_map__max_entries(m)))
 
-    def check_pins(self, root: str, names: list[str] | None = None) -> None:
-        """Refuse maps pinned under ``root`` that libbpf could not reuse (it says only EINVAL)."""
-        for name in names or list(MAPS):
-            path = os.path.join(root, name)
-            if not os.path.exists(path):
-                continue
-            fd = obj_get(path)
-            try:
-                check_pinned_map(name, path, fd, self.map_def(name))
-            finally:
-                os.close(fd)
-
     def set_pin_root(self, root: str, names: list[str] | None = None) -> None:
         for name in names or list(MAPS):
             _check(lib().lib.bpf_map__set_pin_path(self.map_ptr(name), os.path.join(root, name).encode()),

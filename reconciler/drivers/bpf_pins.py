@@ -112,9 +112,29 @@ class BpfPins:
             defs = {name: obj.map_def(name) for name in B.MAPS}
         finally:
             obj.close()
-        if not self._checked:
-            self._checked = True
+        self._checked = True
         return defs
+
+    def _check_pinned_layout(self, defs: dict[str, tuple[int, int, int, int]],
+                             fds: dict[str, int] | None = None) -> None:
+        """The one place pins of another layout are detected (``_open`` and ``load`` call it):
+        every pinned map must have the (type, key size, value size, max entries) the object
+        declares (``defs``), else ``LayoutError`` (``_libbpf.check_pinned_map``).  ``fds``:
+        maps already opened, by name; other existing pins are opened here for the check.
+        """
+        for name in B.MAPS:
+            path = os.path.join(self.pin_root, name)
+            fd = (fds or {}).get(name, -1)
+            if fd >= 0:
+                B.check_pinned_map(name, path, fd, defs[name])
+                continue
+            if not os.path.exists(path):
+                continue
+            fd = B.obj_get(path)
+            try:
+                B.check_pinned_map(name, path, fd, defs[name])
+            finally:
+                os.close(fd)
 
     def _open(self, create: bool) -> bool:
         """Make map handles available; False when nothing is installed and not create."""
@@ -126,12 +146,12 @@ class BpfPins:
                 break
             defs = self._check_layout()
             try:
-                for name, spec in B.MAPS.items():
-                    path = os.path.join(self.pin_root, name)
-                    fd = B.obj_get(path)
-                    self._own_fds.append(fd)
-                    B.check_pinned_map(name, path, fd, defs[name])
-                    self._maps[name] = B.Map(name, fd, spec)
+                fds = {}
+                for name in B.MAPS:
+                    fds[name] = B.obj_get(os.path.join(self.pin_root, name))
+                    self._own_fds.append(fds[name])
+                self._check_pinned_layout(defs, fds)
+                self._maps = {name: B.Map(name, fds[name], spec) for name, spec in B.MAPS.items()}
             except BaseException:
                 self.close()
                 raise
@@ -154,7 +174,7 @@ class BpfPins:
         try:
             obj.check_layout()
             self._checked = True
-            obj.check_pins(self.pin_root)
+            self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
             obj.set_pin_root(self.pin_root)
             obj.load(tuple(PROGS.values()))
         except BaseException:
