@@ -414,8 +414,7 @@ class BpfApply(BpfRead):
         idx.eps[svc_id] = after
         idx.stat[svc_id] = tuple(stat_ids[(_canon(b.address), b.port)] for b in after.backends)
         gone = {sid for ident, sid in old_ids.items() if ident not in stat_ids}
-        if gone:
-            self._flush()
+        if gone:  # their flows end after the last write of this apply (_end_flows)
             self._purge_flows(svc_id, gone)
             self._release_stats(gone)
 
