@@ -8,6 +8,10 @@ struct of ``lb_shared.h`` (as cffi sees it) with the object's BTF (as clang laid
 it out) and every map's key/value size, and refuse to run on a mismatch
 (DESIGN pitfalls 1, 2, 5, 6, 7).  Errors become ``BpfError`` naming the map or
 call and the errno.
+
+Longer than 500 lines on purpose: it is one thin wrapper per libbpf call over one
+cdef and one process-wide ffi; every part (maps, objects, attach, test runs) is a
+few lines of argument marshalling, and splitting them would only spread the cdef.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ struct lbctl_prog_info { __u32 type; __u32 id; __u8 tag[8]; __u32 jited_prog_len
 struct lbctl_map_info { __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries;
                         __u32 map_flags; char name[16]; };
 int bpf_map__type(const struct bpf_map *map);
+__u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
+__u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
 """
 
 # Structs of lb_shared.h checked against BTF.
@@ -145,6 +151,12 @@ XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 XDP_FLAGS_REPLACE = 16
 BTF_KIND_STRUCT = 4
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+BTF_KIND_TYPEDEF = 8
+# BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH, _PERCPU_CGROUP_STORAGE: the kernel
+# reads and writes one value per possible CPU (8-byte aligned) for these.
+PERCPU_MAP_TYPES = frozenset({5, 6, 10, 21})
 
 
 class BpfError(LbctlError):
@@ -405,6 +417,26 @@ class Map:
         self.writes += 1
         return True
 
+    def delete_batch_raw(self, keys: list[bytes], per_call: int = 4096) -> int:
+        """Delete many keys with BPF_MAP_DELETE_BATCH; keys already gone are skipped.  The count deleted."""
+        ffi = self.ffi
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        count = ffi.new("__u32 *")
+        done = lo = 0
+        while lo < len(keys):
+            part = keys[lo : lo + per_call]
+            count[0] = len(part)
+            rc = lib().lib.bpf_map_delete_batch(self.fd, b"".join(part), count, opts)
+            n = int(count[0])
+            done += n
+            if rc == -errno_mod.ENOENT and n < len(part):  # gone meanwhile (LRU, the datapath)
+                lo += n + 1
+                continue
+            _check(rc, f"delete_batch of map {self.name}")
+            lo += len(part)
+        self.writes += done
+        return done
+
     def delete_many(self, keys: list[Any]) -> int:
         n = 0
         for k in keys:
@@ -508,6 +540,39 @@ def check_pinned_map(name: str, path: str, fd: int, want: tuple[int, int, int, i
         raise LayoutError(f"pinned map {path} does not fit this lbctl's {name}: {diff}", PIN_MISMATCH_HINT)
 
 
+def _btf_type_name(btf: Any, tid: int) -> str:
+    """The C name of BTF type ``tid`` as cffi spells it ("struct x", "__u32"); "" if unnamed."""
+    L = lib()
+    t = L.lib.btf__type_by_id(btf, tid)
+    if t == L.ffi.NULL:
+        return ""
+    name = L.ffi.string(L.lib.btf__name_by_offset(btf, t.name_off)).decode()
+    kind = (t.info >> 24) & 0x1F
+    return f"struct {name}" if kind == BTF_KIND_STRUCT and name else name
+
+
+def _map_problems(name: str, spec: MapSpec, m: Any, btf: Any) -> list[str]:
+    """How ``spec`` (the Python description of map ``name``) differs from the object's map ``m``."""
+    L = lib()
+    ffi, c = L.ffi, L.lib
+    out = []
+    for field_, want, tid, size in (
+        ("key", spec.key, c.bpf_map__btf_key_type_id(m), c.bpf_map__key_size(m)),
+        ("value", spec.value, c.bpf_map__btf_value_type_id(m), c.bpf_map__value_size(m)),
+    ):
+        got = _btf_type_name(btf, int(tid)) if tid else ""
+        if got and got != want:
+            out.append(f"map {name}: {field_} type is {got} in the object, {want} in _libbpf.MAPS")
+        if int(size) != ffi.sizeof(want):
+            out.append(f"map {name}: {field_} size {int(size)} bytes in the object, "
+                       f"{ffi.sizeof(want)} ({want}) in cffi")
+    mtype = int(c.bpf_map__type(m))
+    if (mtype in PERCPU_MAP_TYPES) != spec.percpu:
+        out.append(f"map {name}: percpu is {mtype in PERCPU_MAP_TYPES} in the object (map type {mtype}), "
+                   f"{spec.percpu} in _libbpf.MAPS")
+    return out
+
+
 class BpfObject:
     """An opened (and, after ``load()``, loaded) BPF object file."""
 
@@ -530,21 +595,26 @@ class BpfObject:
         return m
 
     def check_layout(
-        self, maps: dict[str, MapSpec] = MAPS, structs: tuple[str, ...] = SHARED_STRUCTS
+        self, maps: dict[str, MapSpec] | None = None, structs: tuple[str, ...] = SHARED_STRUCTS
     ) -> None:
-        """Refuse to run when cffi's view of lb_shared.h differs from the object's BTF."""
+        """Refuse to run when cffi's view of lb_shared.h or ``MAPS`` differs from the object's BTF.
+
+        Per map: the key and value types (as BTF names them), their sizes, and the per-CPU
+        flag (from the map type: a per-CPU map read into a one-value buffer would overrun it);
+        every map of the object must be in ``MAPS`` and the reverse.
+        """
         L = lib()
         ffi, c = L.ffi, L.lib
+        maps = MAPS if maps is None else maps
         problems: list[str] = []
-        for name, spec in maps.items():
-            m = self.map_ptr(name)
-            ks, vs = int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m))
-            if ks != ffi.sizeof(spec.key) or vs != ffi.sizeof(spec.value):
-                problems.append(f"map {name}: object key/value {ks}/{vs} bytes, "
-                                f"cffi {ffi.sizeof(spec.key)}/{ffi.sizeof(spec.value)}")
         btf = c.bpf_object__btf(self.obj)
         if btf == ffi.NULL:
             raise LayoutError(f"{self.path} has no BTF; build it with clang -g")
+        for name, spec in maps.items():
+            m = self.map_ptr(name)
+            problems += _map_problems(name, spec, m, btf)
+        problems += [f"map {n}: in the object but not in _libbpf.MAPS" for n in self.map_names()
+                     if n not in maps]
         for sname in structs:
             tid = c.btf__find_by_name_kind(btf, sname.encode(), BTF_KIND_STRUCT)
             if tid < 0:
@@ -573,24 +643,24 @@ class BpfObject:
                 "rebuild the object (make build) from the same source tree",
             )
 
+    def map_names(self) -> list[str]:
+        """The object's own maps (not libbpf's internal .data/.rodata/.bss/.kconfig maps)."""
+        L = lib()
+        out = []
+        m = L.lib.bpf_object__next_map(self.obj, L.ffi.NULL)
+        while m != L.ffi.NULL:
+            name = L.ffi.string(L.lib.bpf_map__name(m)).decode()
+            if "." not in name:
+                out.append(name)
+            m = L.lib.bpf_object__next_map(self.obj, m)
+        return out
+
     def map_def(self, name: str) -> tuple[int, int, int, int]:
         """(type, key_size, value_size, max_entries) the object declares for map ``name``."""
         c = lib().lib
         m = self.map_ptr(name)
         return (int(c.bpf_map__type(m)), int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m)),
                 int(c.bpf_map__max_entries(m)))
-
-    def check_pins(self, root: str, names: list[str] | None = None) -> None:
-        """Refuse maps pinned under ``root`` that libbpf could not reuse (it says only EINVAL)."""
-        for name in names or list(MAPS):
-            path = os.path.join(root, name)
-            if not os.path.exists(path):
-                continue
-            fd = obj_get(path)
-            try:
-                check_pinned_map(name, path, fd, self.map_def(name))
-            finally:
-                os.close(fd)
 
     def set_pin_root(self, root: str, names: list[str] | None = None) -> None:
         for name in names or list(MAPS):
@@ -756,9 +826,7 @@ struct lbctl_map_info_btf { __u32 type; __u32 id; __u32 key_size; __u32 value_si
                             __u32 btf_value_type_id; __u32 pad; __u64 map_extra; };
 struct btf *btf__load_from_kernel_by_id(__u32 id);
 void btf__free(struct btf *btf);
-__u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
-__u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
-"""
+"""  # bpf_map__btf_key_type_id / _value_type_id are declared with the layout checks above
 
 _BTF_INT, _BTF_ARRAY, _BTF_STRUCT, _BTF_UNION, _BTF_ENUM = 1, 3, 4, 5, 6
 _BTF_MODIFIERS = frozenset({8, 9, 10, 11, 18})  # typedef, volatile, const, restrict, type tag

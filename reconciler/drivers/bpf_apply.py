@@ -1,0 +1,469 @@
+"""The bpf driver's writes: services and endpoint sets into the maps, and ending removed flows.
+
+Why this exists: apply turns plan changes into buffered batch writes in an order
+that never shows a packet a half-written service, allocates service and stat
+ids, and ends the flows of removed services and endpoints in one pass over the
+conntrack and affinity maps per apply (``_end_flows``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from reconciler import maglev
+from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_layout as L
+from reconciler.drivers.bpf_codec import (
+    _addr_str,
+    _addr_words,
+    _allowed_region,
+    _canon,
+    _Conf,
+    _Index,
+    _pack_addr,
+    _proto_num,
+    _range_entries,
+    _set_words,
+    _weighted_bytes,
+)
+from reconciler.drivers.bpf_layout import (
+    BE,
+    BE_KEY,
+    CIDR,
+    CT_STAT_OFF,
+    CT_SVC_OFF,
+    F_HAS_ENDPOINTS,
+    F_HAS_SERVICE,
+    LIST_HDR,
+    LIST_SIZE,
+    MAX_ENDPOINTS,
+    MAX_SEL_LEN,
+    MODES,
+    SEL_BYTES,
+    SEL_CHUNK,
+    SEL_KEY,
+    SELECTIONS,
+    SVC_KEY_TAIL,
+    U32,
+    ZERO_COUNTERS,
+)
+from reconciler.drivers.bpf_read import BpfRead
+from reconciler.errors import LbctlError
+from reconciler.plan import Change
+from reconciler.records import (
+    EndpointSet,
+    ServiceEntry,
+    ServiceKey,
+)
+
+# Order in which buffered writes reach the kernel (see BpfDriver.apply).
+_FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
+                "lb_svc")
+FLUSH_BYTES = 8 << 20
+
+
+def _lookup_raw_key(m: B.Map, k: Any) -> bytes:
+    """The bytes of a cffi key of map ``m``."""
+    return bytes(m.ffi.buffer(k, m.key_size))
+
+
+class BpfApply(BpfRead):
+    """apply() of service, endpoints and attach changes."""
+
+    # ------------------------------------------------------------------- apply
+    #
+    # Writes are buffered per map and flushed with BPF_MAP_UPDATE_BATCH in a fixed
+    # order (counters, then inactive-slot lists and tables, then lb_conf swaps, then
+    # lookup entries), which keeps every service's own order: a packet never finds a
+    # service whose configuration, list or table is not written yet.  Anything that
+    # deletes or must read back first flushes the buffer.  The service/stat-id state
+    # comes from the index of the last read() (or one dump); touched services are
+    # checked against lb_conf, and the index is dropped on any failure.
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        self._open(create=True)
+        if self._index is None:
+            self._index = self._build_index()
+        self._pend = {}
+        self._pend_bytes = 0
+        self._touched = set()
+        self._purge = {}
+        self._held_stats = set()
+        ok = False
+        try:
+            for ch in changes:
+                if ch.kind == "service":
+                    self._apply_service(ch)
+                elif ch.kind == "endpoints":
+                    self._apply_endpoints(ch)
+                elif ch.kind == "attach":
+                    self._flush()
+                    self._apply_attach(ch)
+                else:
+                    raise LbctlError(f"bpf driver cannot apply record kind {ch.kind!r}")
+                if self._pend_bytes > FLUSH_BYTES:
+                    self._flush()
+            ok = True
+        finally:
+            try:
+                self._flush()
+                self._end_flows()
+            finally:
+                if not ok:
+                    self._index = None
+
+    @property
+    def _idx(self) -> _Index:
+        assert self._index is not None
+        return self._index
+
+    def _put(self, name: str, key: bytes, value: bytes) -> None:
+        self._pend.setdefault(name, {})[key] = value
+        self._pend_bytes += len(key) + len(value)
+
+    def _flush(self) -> None:
+        pend, self._pend, self._pend_bytes = self._pend, {}, 0
+        try:
+            for name in _FLUSH_ORDER:
+                items = pend.get(name)
+                if items:
+                    self._maps[name].update_batch_raw(list(items.items()))
+        except Exception:
+            self._index = None
+            raise
+
+    def _validate(self, svc_id: int) -> None:
+        """Check one service of the index against lb_conf; rebuild the index if it drifted."""
+        if svc_id in self._touched:
+            return
+        self._touched.add(svc_id)
+        if self._maps["lb_conf"].lookup_raw(U32.pack(svc_id)) != self._idx.raw.get(svc_id):
+            self._flush()
+            self._index = self._build_index()
+            self._touched = set()
+
+    def _service_id(self, key: ServiceKey) -> int | None:
+        skey = str(key)
+        svc_id = self._idx.ids.get(skey)
+        if svc_id is not None:
+            self._validate(svc_id)
+            svc_id = self._idx.ids.get(skey)
+        if skey in self._idx.dupes:
+            self._drop_dupes(skey)
+        return svc_id
+
+    def _drop_dupes(self, skey: str) -> None:
+        """Remove the further ids whose lb_conf claims ``skey`` (found by a read; lbctl never writes them)."""
+        self._flush()
+        for svc_id in self._idx.dupes.pop(skey, []):
+            if svc_id in self._idx.confs:  # it became a live service of its own meanwhile
+                continue
+            self._maps["lb_conf"].delete_raw(U32.pack(svc_id))
+            for slot in (0, 1):
+                self._delete_slot(svc_id, slot)
+            self._purge_flows(svc_id, None)
+
+    def _alloc_service(self, key: ServiceKey) -> int:
+        svc_id = self._service_id(key)
+        if svc_id is not None:
+            return svc_id
+        idx = self._idx
+        limit = L.MAX_SERVICES
+        svc_id = idx.svc_hint
+        while svc_id < limit and (svc_id in idx.confs or svc_id in self._purge):
+            svc_id += 1
+        if svc_id >= limit:
+            raise LbctlError(f"no free service id (limit {limit})")
+        family, addr = _pack_addr(key.vip)
+        conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
+                     family=family, port_end=key.port_end)
+        # Fresh counters for a fresh id.
+        k = U32.pack(svc_id)
+        self._put("lb_svc_stats", k, ZERO_COUNTERS)
+        self._put("lb_rr", k, L.ZERO_RR)
+        idx.confs[svc_id] = conf
+        idx.keys[svc_id] = key
+        idx.ids[str(key)] = svc_id
+        idx.svc_hint = svc_id + 1
+        self._touched.add(svc_id)
+        return svc_id
+
+    def _alloc_stat(self) -> int:
+        idx = self._idx
+        limit = L.MAX_STATS
+        sid = idx.stat_hint
+        while sid < limit and (sid in idx.used_stats or sid in self._held_stats):
+            sid += 1
+        if sid >= limit:
+            raise LbctlError("no free endpoint counter slot")
+        idx.used_stats.add(sid)
+        idx.stat_hint = sid + 1
+        k = U32.pack(sid)
+        self._put("lb_be_stats", k, ZERO_COUNTERS)
+        self._put("lb_be_conns", k, L.ZERO_CONNS)
+        return sid
+
+    def _release_stats(self, stat_ids: Iterable[int]) -> None:
+        idx = self._idx
+        for sid in stat_ids:
+            idx.used_stats.discard(sid)
+            self._held_stats.add(sid)
+            idx.stat_hint = min(idx.stat_hint, sid)
+
+    def _write_conf(self, svc_id: int, conf: _Conf) -> None:
+        idx = self._idx
+        if conf.flags & ~(F_HAS_SERVICE | F_HAS_ENDPOINTS) or conf.active > 1:  # repairing a corrupt value
+            conf = replace(conf, flags=conf.flags & (F_HAS_SERVICE | F_HAS_ENDPOINTS), active=conf.active & 1)
+        raw = conf.encode()
+        idx.confs[svc_id] = conf
+        if idx.raw.get(svc_id) == raw:
+            return
+        idx.raw[svc_id] = raw
+        self._put("lb_conf", U32.pack(svc_id), raw)
+
+    def _drop_conf_if_empty(self, svc_id: int, conf: _Conf) -> None:
+        if conf.flags & (F_HAS_SERVICE | F_HAS_ENDPOINTS):
+            self._write_conf(svc_id, conf)
+            return
+        idx = self._idx
+        self._flush()
+        self._maps["lb_conf"].delete_raw(U32.pack(svc_id))
+        idx.confs.pop(svc_id, None)
+        idx.raw.pop(svc_id, None)
+        key = idx.keys.pop(svc_id, None)
+        if key is not None:
+            idx.ids.pop(str(key), None)
+        idx.svc_hint = min(idx.svc_hint, svc_id)
+        self._purge_flows(svc_id, None)
+
+    def _publish(self, key: ServiceKey, svc_id: int, was_published: bool, repair: bool = False) -> None:
+        """Make the lookup entry of ``key`` point at ``svc_id``.  ``repair``: the read found the
+        entry faulty: rewrite the range list whole and drop other entries for the same ports."""
+        if key.port == key.port_end or key.proto in ("icmp", "icmpv6"):
+            family, addr = _pack_addr(key.vip)
+            k = addr + SVC_KEY_TAIL.pack(socket.htons(key.port), _proto_num(key.proto), family)
+            v = U32.pack(svc_id)
+            if not was_published or repair or self._maps["lb_svc"].lookup_raw(k) != v:
+                self._put("lb_svc", k, v)
+            if repair and key.proto not in ("icmp", "icmpv6"):
+                self._flush()
+                self._unpublish_range(key, None)  # a stray range entry for exactly this port
+            return
+        self._flush()
+        name, k, _ = self._lookup_entries(key)
+        m = self._maps[name]
+        entries, bad = _range_entries(m.lookup_raw(_lookup_raw_key(m, k)) or b"")
+        if (key.port, key.port_end, svc_id) in entries and not repair and bad is None:
+            return
+        ranges = [r for r in entries if r[2] != svc_id and (r[0], r[1]) != (key.port, key.port_end)]
+        if repair or bad is not None:  # keep only the entries of other live services
+            ranges = [r for r in ranges if self._owns_range(key, r)]
+        self._write_ranges(m, k, ranges + [(key.port, key.port_end, svc_id)])
+
+    def _owns_range(self, key: ServiceKey, entry: tuple[int, int, int]) -> bool:
+        """Whether ``entry`` of ``key``'s range list publishes a service of the index."""
+        start, end, svc_id = entry
+        conf = self._idx.confs.get(svc_id)
+        return conf is not None and bool(conf.flags & F_HAS_SERVICE) and not conf.exact \
+            and self._idx.ids.get(str(ServiceKey(key.vip, key.proto, start, end))) == svc_id
+
+    def _write_ranges(self, m: B.Map, k: Any, ranges: list[tuple[int, int, int]]) -> None:
+        if not ranges:
+            m.delete(k)
+            return
+        limit = B.const("LB_MAX_RANGES")
+        if len(ranges) > limit:
+            raise LbctlError(f"more than {limit} port-range services on one VIP and protocol")
+        v = m.value()
+        v.count = len(ranges)
+        for i, (a, b, sid) in enumerate(sorted(ranges)):
+            v.r[i].start, v.r[i].end, v.r[i].svc_id = a, b, sid
+        m.update(k, v)
+
+    def _unpublish(self, key: ServiceKey, svc_id: int | None) -> None:
+        """Remove the lookup entry of ``key`` (whatever it points at: the key is this service's)."""
+        self._flush()
+        name, k, exact = self._lookup_entries(key)
+        if exact:
+            self._maps[name].delete(k)
+            return
+        self._unpublish_range(key, svc_id)
+
+    def _unpublish_range(self, key: ServiceKey, svc_id: int | None) -> None:
+        """Drop the ``lb_range`` entries for exactly ``key``'s ports and those of ``svc_id``."""
+        family, words = _addr_words(key.vip)
+        m = self._maps["lb_range"]
+        k = m.key(proto=_proto_num(key.proto), family=family)
+        _set_words(k.addr, words)
+        entries, bad = _range_entries(m.lookup_raw(_lookup_raw_key(m, k)) or b"")
+        kept = [r for r in entries if r[2] != svc_id and (r[0], r[1]) != (key.port, key.port_end)]
+        if bad is not None:
+            kept = [r for r in kept if self._owns_range(key, r)]
+        if kept != entries or bad is not None:
+            self._write_ranges(m, k, kept)
+
+    def _apply_service(self, ch: Change) -> None:
+        after = ch.after
+        key = after.key if isinstance(after, ServiceEntry) else ServiceKey.parse(ch.key)
+        if ch.action == "delete" or after is None:
+            svc_id = self._service_id(key)
+            if svc_id is None:  # stray lookup entries (no service holds the key): remove them all
+                self._unpublish(key, None)
+                if key.proto not in ("icmp", "icmpv6"):
+                    self._unpublish_range(key, None)
+                return
+            conf = self._idx.confs[svc_id]
+            self._unpublish(key, svc_id)
+            self._drop_conf_if_empty(svc_id, replace(conf, flags=conf.flags & ~F_HAS_SERVICE))
+            return
+        assert isinstance(after, ServiceEntry)
+        name = after.name.encode()
+        if len(name) >= B.const("LB_NAME_LEN"):
+            raise LbctlError(f"service name {after.name!r} is longer than {B.const('LB_NAME_LEN') - 1} bytes")
+        limit = B.const("LB_MAX_ALLOWED_SOURCES")
+        if len(after.allowed_sources) > limit:
+            raise LbctlError(f"service {after.name}: more than {limit} allowed sources")
+        n_allowed = len(after.allowed_sources)
+        allowed = _allowed_region(after.allowed_sources)[: n_allowed * CIDR.size]
+        svc_id = self._alloc_service(key)
+        old = self._idx.confs[svc_id]
+        new = replace(
+            old, flags=old.flags | F_HAS_SERVICE, selection=SELECTIONS[after.selection],
+            mode=MODES[after.mode], session_timeout=after.session_timeout,
+            persist_timeout=after.persist_timeout, n_allowed=n_allowed, allowed=allowed,
+            name=name,
+        )
+        # Configuration first, then the lookup entry that makes it reachable.
+        self._write_conf(svc_id, new)
+        repair = isinstance(ch.before, ServiceEntry) and bool(ch.before.faults)
+        self._publish(key, svc_id, bool(old.flags & F_HAS_SERVICE), repair)
+
+    def _apply_endpoints(self, ch: Change) -> None:
+        after = ch.after
+        key = after.key if isinstance(after, EndpointSet) else ServiceKey.parse(ch.key)
+        idx = self._idx
+        if ch.action == "delete" or after is None:
+            svc_id = self._service_id(key)
+            if svc_id is None:
+                return
+            conf = replace(idx.confs[svc_id], flags=idx.confs[svc_id].flags & ~F_HAS_ENDPOINTS)
+            self._write_conf(svc_id, conf)
+            self._flush()
+            for slot in (0, 1):
+                self._delete_slot(svc_id, slot)
+            idx.eps.pop(svc_id, None)
+            freed = idx.stat.pop(svc_id, ())
+            self._drop_conf_if_empty(svc_id, conf)
+            self._purge_flows(svc_id, None)
+            self._release_stats(freed)
+            return
+        assert isinstance(after, EndpointSet)
+        if len(after.backends) > MAX_ENDPOINTS:
+            raise LbctlError(f"{key}: more than {MAX_ENDPOINTS} endpoints")
+        if after.maglev:
+            table = after.maglev
+            if max(maglev.unpack(table)) >= len(after.backends):
+                raise LbctlError(f"{key}: maglev table points past the endpoint list")
+            sel_kind = L.SELTAB_MAGLEV
+        else:
+            table = _weighted_bytes(tuple(b.weight for b in after.backends))
+            sel_kind = L.SELTAB_WEIGHTED
+        svc_id = self._alloc_service(key)
+        conf = idx.confs[svc_id]
+        had = bool(conf.flags & F_HAS_ENDPOINTS)
+        if had and idx.eps.get(svc_id) == after:
+            return
+        old_ids: dict[tuple[str, int], int] = {}
+        if had:
+            old = idx.eps[svc_id].backends
+            bad = idx.bad_stats.pop(svc_id, set())
+            for b, old_sid in zip(old, idx.stat[svc_id], strict=True):
+                if old_sid not in bad:
+                    old_ids[(_canon(b.address), b.port)] = old_sid
+        stat_ids: dict[tuple[str, int], int] = {}
+        parts = [LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
+        for be in after.backends:
+            fam, addr = _pack_addr(be.address)
+            ident = (_addr_str(fam, addr), be.port)
+            sid = stat_ids.get(ident, old_ids.get(ident, -1))
+            if sid < 0:
+                sid = self._alloc_stat()
+            stat_ids[ident] = sid
+            parts.append(BE.pack(addr, socket.htons(be.port), fam, 0, be.weight, sid))
+        lst = b"".join(parts)
+        lst += bytes(LIST_SIZE - len(lst))
+        slot = 1 - (conf.active & 1) if had else conf.active & 1
+        # Write the inactive slot completely, then publish it with one lb_conf swap.
+        n = -(-len(table) // SEL_BYTES)
+        if had:
+            prev = self._maps["lb_backends"].lookup_raw(BE_KEY.pack(svc_id, slot))
+            if prev is not None:
+                old_n = -(-min(LIST_HDR.unpack_from(prev)[1], MAX_SEL_LEN) // SEL_CHUNK)
+                for c in range(n, old_n):
+                    self._maps["lb_sel"].delete_raw(SEL_KEY.pack(svc_id, slot, c))
+        for c in range(n):
+            part = table[c * SEL_BYTES : (c + 1) * SEL_BYTES]
+            self._put("lb_sel", SEL_KEY.pack(svc_id, slot, c), part + bytes(SEL_BYTES - len(part)))
+        self._put("lb_backends", BE_KEY.pack(svc_id, slot), lst)
+        self._write_conf(svc_id, replace(conf, active=slot, flags=conf.flags | F_HAS_ENDPOINTS))
+        idx.eps[svc_id] = after
+        idx.stat[svc_id] = tuple(stat_ids[(_canon(b.address), b.port)] for b in after.backends)
+        gone = {sid for ident, sid in old_ids.items() if ident not in stat_ids}
+        if gone:  # their flows end after the last write of this apply (_end_flows)
+            self._purge_flows(svc_id, gone)
+            self._release_stats(gone)
+
+    def _delete_slot(self, svc_id: int, slot: int) -> None:
+        lm = self._maps["lb_backends"]
+        k = BE_KEY.pack(svc_id, slot)
+        prev = lm.lookup_raw(k)
+        if prev is None:
+            return
+        m = self._maps["lb_sel"]
+        for c in range(-(-min(LIST_HDR.unpack_from(prev)[1], MAX_SEL_LEN) // SEL_CHUNK)):
+            m.delete_raw(SEL_KEY.pack(svc_id, slot, c))
+        lm.delete_raw(k)
+
+    def _purge_flows(self, svc_id: int, stat_ids: set[int] | None) -> None:
+        """End the flows of service ``svc_id`` to ``stat_ids`` (None: all its flows) when this
+        apply ends (``_end_flows``).  Until then the service id and the stat ids are not
+        given to anything else, so no new flow can be taken for one that must end."""
+        if stat_ids is None or (svc_id in self._purge and self._purge[svc_id] is None):
+            self._purge[svc_id] = None
+        else:
+            self._purge[svc_id] = (self._purge.get(svc_id) or set()) | stat_ids
+
+    def _end_flows(self) -> None:
+        """End flows (both directions) and affinities of the removed endpoints and services of
+        this apply: one pass over lb_ct and one over lb_persist, whatever their number.
+
+        The next packet of such a flow is a new flow: it goes to a live endpoint,
+        which answers a stray TCP segment with RST, so the client sees the flow end.
+        """
+        purge, self._purge = self._purge, {}
+        held, self._held_stats = self._held_stats, set()
+        if self._index is not None:  # the ids held back may be given out again
+            self._index.svc_hint = min([self._index.svc_hint, *purge])
+            self._index.stat_hint = min([self._index.stat_hint, *held])
+        if not purge:
+            return
+        whole = {svc for svc, stats in purge.items() if stats is None}
+        part = {svc: stats for svc, stats in purge.items() if stats is not None}
+        unpack = U32.unpack_from
+        for name, id_off, stat_off, id_in_key in (
+                ("lb_ct", CT_SVC_OFF, CT_STAT_OFF, False),
+                ("lb_persist", L.PERSIST_SVC_OFF, L.PERSIST_STAT_OFF, True)):
+            m = self._maps[name]
+            doomed = []
+            for k, v in m.items_raw():
+                svc = unpack(k if id_in_key else v, id_off)[0]
+                if svc in whole:
+                    doomed.append(k)
+                elif svc in part and unpack(v, stat_off)[0] in part[svc]:
+                    doomed.append(k)
+            m.delete_batch_raw(doomed)

@@ -1,0 +1,252 @@
+"""The bpf driver's handles: loading the object, pinning, opening and revalidating the pins.
+
+Why this exists: every other part of the driver works on ``self._maps``; this
+part makes them: it checks the object against lb_shared.h and ``_libbpf.MAPS``
+(``check_layout``), migrates pins of an older layout live (``bpf_migrate``; commands
+that only look report it instead) and refuses what cannot be converted
+(``_libbpf.check_pinned_map``, the one place that detects a pinned-layout
+mismatch), loads the object reusing
+pinned maps, pins maps and programs, and drops the handles when the pins were
+replaced behind its back (``revalidate``).  It also holds the driver's state.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Self
+
+from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT
+from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_migrate
+from reconciler.drivers.bpf_codec import _Index
+from reconciler.drivers.datapath_files import datapath_file
+from reconciler.errors import LbctlError
+
+PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
+
+
+def pin_root_for(netns: str | None, root: str = DEFAULT_PIN_ROOT) -> str:
+    return os.path.join(root, netns) if netns else root
+
+
+def _ensure_bpffs() -> None:
+    with open("/proc/mounts", encoding="ascii") as fh:
+        if any(ln.split()[1] == BPFFS and ln.split()[2] == "bpf" for ln in fh if len(ln.split()) > 2):
+            return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise LbctlError(
+            f"bpffs is not mounted at {BPFFS} and mounting it failed: {os.strerror(err)}",
+            f"mount it: mount -t bpf bpf {BPFFS} (needs root)",
+        )
+
+
+class BpfPins:
+    """Map handles and the driver's state; the base of the bpf driver's parts."""
+
+    def __init__(
+        self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None,
+        migrate: bool = True,
+    ) -> None:
+        """``migrate=False``: pins of another layout are reported (LayoutError), not migrated
+        (commands that only look: plan, get, export, down)."""
+        self.netns = netns
+        self.migrate = migrate
+        self.pin_root = pin_root or pin_root_for(netns)
+        self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
+        self._obj: B.BpfObject | None = None
+        self._maps: dict[str, B.Map] = {}
+        self._own_fds: list[int] = []
+        self._base_writes = 0
+        self._checked = False
+        self._index: _Index | None = None
+        self._pend: dict[str, dict[bytes, bytes]] = {}
+        self._pend_bytes = 0
+        self._touched: set[int] = set()
+        self._purge: dict[int, set[int] | None] = {}  # service id -> stat ids whose flows end (None: all)
+        self._held_stats: set[int] = set()  # released this apply: not reused before their flows end
+        self._pins: tuple[tuple[int, int], ...] | None = None  # (dev, inode) of each map pin opened
+        self._map_ids: frozenset[int] | None = None
+        self.reopened = 0  # times the handles were dropped because the pins had been replaced
+        self.migration: bpf_migrate.Migration | None = None  # the last layout migration this driver ran
+
+    # ----------------------------------------------------------------- plumbing
+
+    @property
+    def writes(self) -> int:
+        return self._base_writes + sum(m.writes for m in self._maps.values())
+
+    def _count_write(self, n: int = 1) -> None:
+        self._base_writes += n
+
+    def _pins_exist(self) -> bool:
+        return all(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS)
+
+    def _pin_inodes(self) -> tuple[tuple[int, int], ...] | None:
+        """(device, inode) of every map pin; None when one is missing.  A pin removed and
+        made again (``lbctl down`` then ``lbctl apply``) is a new inode on bpffs."""
+        out = []
+        for name in B.MAPS:
+            try:
+                st = os.stat(os.path.join(self.pin_root, name))
+            except OSError:
+                return None
+            out.append((st.st_dev, st.st_ino))
+        return tuple(out)
+
+    def revalidate(self) -> bool:
+        """Drop the map handles if the pins are no longer the maps they were opened from.
+
+        Another process may have removed the pins and made new ones (``lbctl down``
+        then ``lbctl apply`` while the daemon runs): writes through the old handles
+        would go to orphaned maps the datapath no longer uses.  Returns True when
+        the handles were dropped (the next call reopens the pins, or finds none).
+        Costs one ``stat`` per map; ``read``, ``read_keys`` and ``apply`` call it.
+        """
+        if not self._maps or self._pin_inodes() == self._pins:
+            return False
+        self.close()
+        self.reopened += 1
+        return True
+
+    def _check_layout(self) -> dict[str, tuple[int, int, int, int]]:
+        """Check the object against lb_shared.h; its map definitions (for the pins)."""
+        obj = B.BpfObject(self.obj_path)
+        try:
+            if not self._checked:
+                obj.check_layout()
+            defs = {name: obj.map_def(name) for name in B.MAPS}
+        finally:
+            obj.close()
+        self._checked = True
+        return defs
+
+    def _check_pinned_layout(self, defs: dict[str, tuple[int, int, int, int]],
+                             fds: dict[str, int] | None = None) -> None:
+        """The one place pins of another layout are detected (``_open`` and ``load`` call it):
+        every pinned map must have the (type, key size, value size, max entries) the object
+        declares (``defs``), else ``LayoutError`` (``_libbpf.check_pinned_map``).  ``fds``:
+        maps already opened, by name; other existing pins are opened here for the check.
+        """
+        for name in B.MAPS:
+            path = os.path.join(self.pin_root, name)
+            fd = (fds or {}).get(name, -1)
+            if fd >= 0:
+                B.check_pinned_map(name, path, fd, defs[name])
+                continue
+            if not os.path.exists(path):
+                continue
+            fd = B.obj_get(path)
+            try:
+                B.check_pinned_map(name, path, fd, defs[name])
+            finally:
+                os.close(fd)
+
+    def _open(self, create: bool) -> bool:
+        """Make map handles available; False when nothing is installed and not create."""
+        if self._maps:
+            return True
+        self._migrate()
+        for _attempt in range(3):
+            before = self._pin_inodes()
+            if before is None:
+                break
+            defs = self._check_layout()
+            try:
+                fds = {}
+                for name in B.MAPS:
+                    fds[name] = B.obj_get(os.path.join(self.pin_root, name))
+                    self._own_fds.append(fds[name])
+                self._check_pinned_layout(defs, fds)
+                self._maps = {name: B.Map(name, fds[name], spec) for name, spec in B.MAPS.items()}
+            except BaseException:
+                self.close()
+                raise
+            if self._pin_inodes() == before:
+                self._pins = before
+                return True
+            self.close()  # the pins changed while we opened them: open them again
+        if not create:
+            return False
+        self.load()
+        return True
+
+    def load(self) -> None:
+        """Load the object (reusing pinned maps), pin maps and programs."""
+        if self._obj is not None:
+            return
+        _ensure_bpffs()
+        os.makedirs(self.pin_root, exist_ok=True)
+        obj = B.BpfObject(self.obj_path)
+        try:
+            obj.check_layout()
+            self._checked = True
+            self._migrate()
+            self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
+            obj.set_pin_root(self.pin_root)
+            obj.load(tuple(PROGS.values()))
+        except BaseException:
+            obj.close()
+            raise
+        self._obj = obj
+        for m in self._maps.values():
+            self._base_writes += m.writes
+        for fd in self._own_fds:
+            os.close(fd)
+        self._own_fds = []
+        self._maps = {name: B.Map(name, obj.map_fd(name), spec) for name, spec in B.MAPS.items()}
+        self._pins = self._pin_inodes()
+        self._map_ids = None
+        self._pin_progs()
+
+    def _migrate(self) -> bool:
+        """Convert pinned maps of another layout to the object's, live (see bpf_migrate)."""
+        if not any(os.path.exists(os.path.join(self.pin_root, n)) for n in B.MAPS):
+            return False  # nothing installed
+        if not self._checked:
+            self._check_layout()  # the migration writes lb_attach through cffi: it must fit the object
+        done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS,
+                                             dry_run=not self.migrate)
+        if done is not None:
+            self.migration = done
+        return done is not None
+
+    def _pin_progs(self) -> None:
+        """Pin the loaded object's programs, replacing what the program pins held."""
+        assert self._obj is not None
+        for hook, prog in PROGS.items():
+            path = os.path.join(self.pin_root, f"prog_{hook}")
+            if os.path.lexists(path):
+                os.unlink(path)
+            B.obj_pin(self._obj.prog_fd(prog), path)
+
+    def prog_fd(self, hook: str) -> int:
+        self.load()
+        assert self._obj is not None
+        return self._obj.prog_fd(PROGS[hook])
+
+    def map(self, name: str) -> B.Map:
+        self._open(create=True)
+        return self._maps[name]
+
+    def close(self) -> None:
+        for fd in self._own_fds:
+            os.close(fd)
+        self._own_fds = []
+        for m in self._maps.values():
+            self._base_writes += m.writes
+        self._maps = {}
+        self._index = None
+        self._pins = None
+        self._map_ids = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
