@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.constants import DATAPATH_HEADER
+from reconciler.constants import DATAPATH_HEADER, DATAPATH_OBJECT
 from reconciler.drivers.datapath_files import datapath_file
 from reconciler.errors import LbctlError
 
@@ -109,14 +110,6 @@ __u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
 __u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
 """
 
-# Structs of lb_shared.h checked against BTF.
-SHARED_STRUCTS = (
-    "lb_svc_key", "lb_range_key", "lb_range", "lb_range_list", "lb_cidr", "lb_service",
-    "lb_backend", "lb_be_key", "lb_backend_list", "lb_sel_key", "lb_sel_chunk", "lb_ct_key",
-    "lb_ct", "lb_persist_key", "lb_persist", "lb_counters", "lb_attach_key", "lb_attach",
-)
-
-
 @dataclass(frozen=True)
 class MapSpec:
     key: str
@@ -124,22 +117,43 @@ class MapSpec:
     percpu: bool = False
 
 
-# Every map of lb_kern.c with its key and value types (C type names).
-MAPS: dict[str, MapSpec] = {
-    "lb_svc": MapSpec("struct lb_svc_key", "__u32"),
-    "lb_range": MapSpec("struct lb_range_key", "struct lb_range_list"),
-    "lb_conf": MapSpec("__u32", "struct lb_service"),
-    "lb_backends": MapSpec("struct lb_be_key", "struct lb_backend_list"),
-    "lb_sel": MapSpec("struct lb_sel_key", "struct lb_sel_chunk"),
-    "lb_ct": MapSpec("struct lb_ct_key", "struct lb_ct"),
-    "lb_persist": MapSpec("struct lb_persist_key", "struct lb_persist"),
-    "lb_svc_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
-    "lb_be_stats": MapSpec("__u32", "struct lb_counters", percpu=True),
-    "lb_be_conns": MapSpec("__u32", "__u64"),
-    "lb_rr": MapSpec("__u32", "__u32"),
-    "lb_stats": MapSpec("__u32", "__u64", percpu=True),
-    "lb_attach": MapSpec("struct lb_attach_key", "struct lb_attach"),
-}
+class _ObjectMaps(MutableMapping[str, MapSpec]):
+    """Every map of the datapath object with its key and value types (C names) and per-CPU
+    flag, read from the object's own BTF on first use: nothing about a map is written down
+    in Python.  Mutable only so tests can describe a map wrongly and see it refused."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, MapSpec] | None = None
+
+    def _all(self) -> dict[str, MapSpec]:
+        if self._maps is None:
+            self._maps = object_maps(datapath_file(DATAPATH_OBJECT))
+        return self._maps
+
+    def __getitem__(self, name: str) -> MapSpec:
+        return self._all()[name]
+
+    def __setitem__(self, name: str, spec: MapSpec) -> None:
+        self._all()[name] = spec
+
+    def __delitem__(self, name: str) -> None:
+        del self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+MAPS: MutableMapping[str, MapSpec] = _ObjectMaps()
+
+
+def shared_structs(header: str) -> tuple[str, ...]:
+    """The structs ``lb_shared.h`` declares (each is checked against the object's BTF)."""
+    with open(header, encoding="utf-8") as fh:
+        return tuple(re.findall(r"^struct (lb_\w+) \{", fh.read(), re.M))
+
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -573,6 +587,28 @@ def _map_problems(name: str, spec: MapSpec, m: Any, btf: Any) -> list[str]:
     return out
 
 
+def object_maps(path: str) -> dict[str, MapSpec]:
+    """The maps of the object at ``path``, described from its BTF and map types."""
+    L = lib()
+    obj = BpfObject(path)
+    try:
+        btf = L.lib.bpf_object__btf(obj.obj)
+        if btf == L.ffi.NULL:
+            raise LayoutError(f"{path} has no BTF; build it with clang -g")
+        out = {}
+        for name in obj.map_names():
+            m = obj.map_ptr(name)
+            key = _btf_type_name(btf, int(L.lib.bpf_map__btf_key_type_id(m)))
+            value = _btf_type_name(btf, int(L.lib.bpf_map__btf_value_type_id(m)))
+            if not key or not value:
+                raise LayoutError(f"map {name} of {path} has no BTF key or value type",
+                                  "declare it with __type(key, ...) and __type(value, ...)")
+            out[name] = MapSpec(key, value, int(L.lib.bpf_map__type(m)) in PERCPU_MAP_TYPES)
+        return out
+    finally:
+        obj.close()
+
+
 class BpfObject:
     """An opened (and, after ``load()``, loaded) BPF object file."""
 
@@ -595,7 +631,7 @@ class BpfObject:
         return m
 
     def check_layout(
-        self, maps: dict[str, MapSpec] | None = None, structs: tuple[str, ...] = SHARED_STRUCTS
+        self, maps: Mapping[str, MapSpec] | None = None, structs: tuple[str, ...] | None = None
     ) -> None:
         """Refuse to run when cffi's view of lb_shared.h or ``MAPS`` differs from the object's BTF.
 
@@ -606,6 +642,7 @@ class BpfObject:
         L = lib()
         ffi, c = L.ffi, L.lib
         maps = MAPS if maps is None else maps
+        structs = shared_structs(lib().header) if structs is None else structs
         problems: list[str] = []
         btf = c.bpf_object__btf(self.obj)
         if btf == ffi.NULL:

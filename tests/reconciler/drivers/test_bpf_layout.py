@@ -88,3 +88,17 @@ def test_a_header_that_disagrees_with_the_object_is_refused(tmp_path: Path,
     assert re.search(r"map lb_ct: value size \d+ bytes in the object, \d+ \(struct lb_ct\) in cffi", msg), msg
     assert "struct lb_ct.svc_id: BTF offset 20, cffi 24" in msg, msg
     assert "rebuild the object" in (exc.value.hint or "")
+
+
+def test_the_map_table_comes_from_the_object() -> None:
+    """Nothing about a map is written in Python: names, key and value types and the per-CPU
+    flag are read from the compiled object's BTF and map types."""
+    from reconciler.constants import DATAPATH_OBJECT
+    from reconciler.drivers import _libbpf as B
+    from reconciler.drivers.datapath_files import datapath_file
+
+    derived = B.object_maps(datapath_file(DATAPATH_OBJECT))
+    assert dict(B.MAPS.items()) == derived
+    assert derived["lb_ct"] == B.MapSpec("struct lb_ct_key", "struct lb_ct", percpu=False)
+    assert {n for n, spec in derived.items() if spec.percpu} == {"lb_svc_stats", "lb_be_stats", "lb_stats"}
+    assert "lb_ct" in B.shared_structs(B.lib().header)
