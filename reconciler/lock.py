@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -69,8 +70,11 @@ class StateLock:
     """``with StateLock(state_dir):`` -- exclusive, bounded wait, reentrant per object."""
 
     def __init__(self, state_dir: str | os.PathLike[str], timeout: float | None = None,
-                 purpose: str | None = None) -> None:
+                 purpose: str | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """``clock``/``sleep``: how the bounded wait measures and passes time (tests fake them)."""
         self.path = Path(state_dir) / LOCK_NAME
+        self._clock, self._sleep = clock, sleep
         self.timeout = default_timeout() if timeout is None else timeout
         self.purpose = purpose or " ".join(["lbctl", *sys.argv[1:2]])
         self._fd: int | None = None
@@ -97,20 +101,20 @@ class StateLock:
             return
         statedir.ensure(self.path.parent)
         fd = _open_lock(self.path)
-        deadline = time.monotonic() + self.timeout
+        deadline = self._clock() + self.timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if self._clock() >= deadline:
                     os.close(fd)
                     raise LockTimeout(
                         f"another lbctl is changing this box: {self.holder()} holds {self.path}; "
                         f"waited {self.timeout:g} s",
                         hint="wait for it to finish (a running 'lbctl watch' holds it only while it "
                              "reconciles), or raise LBCTL_LOCK_TIMEOUT") from None
-                time.sleep(POLL)
+                self._sleep(POLL)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
         self._fd = fd

@@ -7,8 +7,7 @@ import re
 import stat
 import subprocess
 import sys
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,28 @@ from reconciler.lock import LockTimeout, StateLock
 from tests.other_user import public_dir, run_as_nobody, spawn_as_nobody
 
 
+class FakeClock:
+    """The lock's clock and sleep: sleeping advances time at once, and may run a callback."""
+
+    def __init__(self, on_sleep: Callable[[int], None] | None = None) -> None:
+        self.now, self.sleeps, self.on_sleep = 100.0, 0, on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self.sleeps)
+
+
 def test_second_writer_waits_then_fails_naming_holder(tmp_path: Path) -> None:
     with StateLock(tmp_path, purpose="lbctl apply"):
-        t = time.monotonic()
+        clock = FakeClock()
         with pytest.raises(LockTimeout) as exc:
-            StateLock(tmp_path, timeout=0.3).acquire()
-        assert time.monotonic() - t >= 0.3
+            StateLock(tmp_path, timeout=0.3, clock=clock, sleep=clock.sleep).acquire()
+        assert clock.now - 100.0 >= 0.3 and clock.sleeps >= 2  # it waited the whole timeout, polling
         assert f"pid {os.getpid()} (lbctl apply)" in str(exc.value)
         assert "LBCTL_LOCK_TIMEOUT" in str(exc.value)
 
@@ -30,9 +45,9 @@ def test_second_writer_waits_then_fails_naming_holder(tmp_path: Path) -> None:
 def test_waiter_gets_it_when_released(tmp_path: Path) -> None:
     first = StateLock(tmp_path)
     first.acquire()
-    threading.Timer(0.2, first.release).start()
-    with StateLock(tmp_path, timeout=5) as second:
-        assert second.held
+    clock = FakeClock(on_sleep=lambda n: first.release() if n == 3 else None)  # released while it waits
+    with StateLock(tmp_path, timeout=5, clock=clock, sleep=clock.sleep) as second:
+        assert second.held and clock.sleeps == 3
 
 
 def test_reentrant_and_env_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
