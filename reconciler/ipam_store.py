@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from reconciler import statedir
-from reconciler.errors import LbctlError
 from reconciler.ipam import Allocation
-from reconciler.statefile import replace_file
+from reconciler.statefile import read_json_state, replace_file
 
 STORE_NAME = "allocations.json"
 STORE_FORMAT = 1
@@ -31,20 +30,14 @@ class AllocationStore:
         self.path = Path(state_dir) / STORE_NAME
 
     def load(self) -> dict[str, Allocation]:
-        try:
-            raw = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        try:
-            data = json.loads(raw)
-            if data.get("format_version") != STORE_FORMAT:
-                raise ValueError(f"format_version {data.get('format_version')!r}")
-            return {name: Allocation(str(a["pool"]), str(a["vip"]))
-                    for name, a in data["allocations"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LbctlError(f"{self.path} is not a valid allocation store: {exc}",
-                             hint="restore it from a backup, or remove it: lbctl then keeps the VIPs it "
-                                  "finds live and allocates the rest anew") from None
+        allocations = read_json_state(
+            self.path, STORE_FORMAT,
+            lambda data: {name: Allocation(str(a["pool"]), str(a["vip"]))
+                          for name, a in data["allocations"].items()},
+            what="allocation store",
+            hint="restore it from a backup, or remove it: lbctl then keeps the VIPs it finds live and "
+                 "allocates the rest anew")
+        return allocations if allocations is not None else {}
 
     def save(self, allocations: Mapping[str, Allocation]) -> None:
         """Replace the store atomically and durably (``reconciler.statefile``) in a safe state dir."""

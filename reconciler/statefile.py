@@ -9,9 +9,16 @@ convenience may skip the fsyncs (``durable=False``): still never half written.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+from reconciler.errors import LbctlError
+
+T = TypeVar("T")
 
 
 def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
@@ -44,3 +51,24 @@ def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = T
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def read_json_state(path: Path, format_version: int, parse: Callable[[dict[str, Any]], T], *,
+                    what: str, hint: str) -> T | None:
+    """``parse`` of the JSON state file ``path`` (None when it does not exist).
+
+    The file must carry ``"format_version": format_version``; anything unreadable (bad
+    JSON, another format, a field ``parse`` does not find) is an ``LbctlError`` saying
+    that ``path`` is not a valid ``what``, with ``hint`` on how to recover.
+    """
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        if data.get("format_version") != format_version:
+            raise ValueError(f"format_version {data.get('format_version')!r}")
+        return parse(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise LbctlError(f"{path} is not a valid {what}: {exc}", hint=hint) from None

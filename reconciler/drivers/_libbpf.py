@@ -948,19 +948,6 @@ def object_map_layout(obj: BpfObject, name: str) -> MapLayout:
                      _btf_shape(btf, int(c.bpf_map__btf_value_type_id(m)), vs))
 
 
-def object_map_names(obj: BpfObject) -> list[str]:
-    """Names of the maps of an opened object (internal .rodata/.bss maps excluded)."""
-    L = lib()
-    out = []
-    m = L.lib.bpf_object__next_map(obj.obj, L.ffi.NULL)
-    while m != L.ffi.NULL:
-        name = L.ffi.string(L.lib.bpf_map__name(m)).decode()
-        if "." not in name:
-            out.append(name)
-        m = L.lib.bpf_object__next_map(obj.obj, m)
-    return out
-
-
 def raw_map(name: str, fd: int, key_size: int, value_size: int, percpu: bool) -> Map:
     """A ``Map`` of plain bytes, for maps of a layout cffi does not know (use the *_raw calls)."""
     return Map(name, fd, MapSpec(f"__u8[{key_size}]", f"__u8[{value_size}]", percpu))

@@ -201,7 +201,7 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
                     progs: dict[str, str], dry_run: bool = False) -> Migration | None:
     obj = B.BpfObject(obj_path)
     try:
-        names = B.object_map_names(obj)
+        names = obj.map_names()
         pins = _Pins(pin_root, names)
         try:
             if not pins.layouts:

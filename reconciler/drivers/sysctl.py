@@ -35,7 +35,7 @@ from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import KernelSetting, Record
-from reconciler.statefile import replace_file
+from reconciler.statefile import read_json_state, replace_file
 
 STORE_NAME = "kernel-settings.json"
 STORE_FORMAT = 1
@@ -102,19 +102,12 @@ class SysctlDriver:
 
     def saved(self) -> dict[str, str]:
         """Setting name -> the value it had before lbctl took it in charge, in the order taken."""
-        try:
-            raw = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        try:
-            data = json.loads(raw)
-            if data.get("format_version") != STORE_FORMAT:
-                raise ValueError(f"format_version {data.get('format_version')!r}")
-            return {str(k): str(v) for k, v in data["original"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise LbctlError(f"{self.path} is not a valid record of kernel settings: {exc}",
-                             hint="restore it from a backup; removing it makes lbctl forget the values "
-                                  "to give back on 'lbctl down'") from None
+        saved = read_json_state(
+            self.path, STORE_FORMAT, lambda data: {str(k): str(v) for k, v in data["original"].items()},
+            what="record of kernel settings",
+            hint="restore it from a backup; removing it makes lbctl forget the values to give back on "
+                 "'lbctl down'")
+        return saved if saved is not None else {}
 
     def _save(self, original: Mapping[str, str]) -> None:
         if not original:
