@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
 from reconciler.desired import Health, TableBuilder, compile_state
-from reconciler.driver import Driver, DriverSet, PartialSupport
+from reconciler.driver import Driver, DriverSet, Notices, PartialSupport
 from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, allocate
 from reconciler.ipam_store import AllocationStore
@@ -112,6 +112,7 @@ class ReconcileResult:
     writes: int = 0  # driver writes made by this run
     digest: str | None = None
     warnings: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()  # what a driver did on its own (a datapath layout migration)
     desired: State = field(default_factory=dict, repr=False)
     live: State = field(default_factory=dict, repr=False)  # as read before planning
     allocations: Mapping[str, Allocation] = field(default_factory=dict)
@@ -394,7 +395,12 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
     if leftover.empty:
         warnings += record_applied(applied_store or AppliedStore(state_dir), loaded.resources, digest)
     return replace(base, applied=changes, leftover=leftover, warnings=warnings, timings=timings,
-                   writes=total_writes(drivers) - writes0)
+                   writes=total_writes(drivers) - writes0, notices=driver_notices(drivers))
+
+
+def driver_notices(drivers: Iterable[Driver]) -> tuple[str, ...]:
+    """The drivers' notices (``driver.Notices``), each handed out once."""
+    return tuple(n for d in drivers if isinstance(d, Notices) for n in d.notices())
 
 
 def summary(result: ReconcileResult) -> dict[str, Any]:
@@ -405,6 +411,7 @@ def summary(result: ReconcileResult) -> dict[str, Any]:
         "digest": result.digest,
         "errors": [e.to_json() for e in result.errors],
         "warnings": list(result.warnings),
+        "notices": list(result.notices),
         "plan": result.plan.to_dict(),
         "applied": len(result.applied),
         "failure": None if result.failure is None else {

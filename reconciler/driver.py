@@ -95,6 +95,14 @@ class ConnCountSync(Protocol):
 
 
 @runtime_checkable
+class Notices(Protocol):
+    """Says what it did on its own while it was used (e.g. migrated the pinned datapath to a
+    new layout): one line each, handed out once (``notices()`` empties the list)."""
+
+    def notices(self) -> list[str]: ...
+
+
+@runtime_checkable
 class Revalidate(Protocol):
     """Holds handles to live objects another process may replace (pinned maps).
 

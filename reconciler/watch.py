@@ -83,6 +83,7 @@ class Outcome:
     fixed: tuple[str, ...] = ()  # "~ endpoints tcp/198.51.100.1:80", what the apply changed
     kinds: Mapping[str, int] = field(default_factory=dict)  # changes applied per record kind
     warnings: tuple[str, ...] | None = None  # configured but not carried out; None: not re-evaluated
+    notices: tuple[str, ...] = ()  # what a driver did on its own (a datapath layout migration)
     # Configuration errors only reconciling could find (a pool exhausted): the delivery is
     # invalid after all, and nothing was touched.
     invalid: tuple[str, ...] = ()
@@ -525,6 +526,8 @@ class Daemon:
                              deleted=outcome.deleted, error=outcome.error)
         changes: dict[str, Any] = {"last_reconcile": last, "reconciles": snap.reconciles + 1}
         timings = " ".join(f"{k}={v * 1000:.1f}ms" for k, v in outcome.timings.items())
+        for notice in outcome.notices:
+            self.log.warning("driver-notice", detail=notice)
         if outcome.changes:
             self.log.info("applied", trigger=trigger, type=outcome.mode, create=outcome.created,
                           update=outcome.updated, delete=outcome.deleted, timings=timings)

@@ -239,14 +239,14 @@ class ReconcileEngine:
             return Outcome(verified=False, created=created, updated=updated, deleted=deleted, records=records,
                            error=f"{result.failure.message} ({len(result.failure.applied)} applied, "
                                  f"{len(result.failure.not_applied)} not)",
-                           timings=timings, fixed=_describe(result.applied))
+                           timings=timings, fixed=_describe(result.applied), notices=result.notices)
         if not result.verified:
             self.index = None
             left = result.leftover.changes if result.leftover is not None else ()
             return Outcome(verified=False, created=created, updated=updated, deleted=deleted, records=records,
                            error=f"verification left {len(left)} change(s): "
                                  + "; ".join(_describe(left)[:5]),
-                           timings=timings, fixed=_describe(result.applied))
+                           timings=timings, fixed=_describe(result.applied), notices=result.notices)
         self.records = records
         self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
                                if isinstance(r, ServiceEntry)}
@@ -262,8 +262,8 @@ class ReconcileEngine:
         self.index = (Index(loaded.resources, result.desired, vips, owned, self.health)
                       if self.incremental else None)
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
-                       timings=timings, fixed=_describe(result.applied), warnings=result.warnings,
-                       kinds=_kinds(result.applied))
+                       timings=timings, fixed=_describe(result.applied), notices=result.notices,
+                       warnings=result.warnings, kinds=_kinds(result.applied))
 
 
 def _field(value: Any, *names: str) -> int:

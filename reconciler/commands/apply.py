@@ -37,6 +37,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         print_config_errors(result.errors)
         return 1
     print_warnings(result.warnings)
+    for notice in result.notices:
+        print(f"Note: {notice}", file=sys.stderr)
     if ctx.output in ("json", "yaml"):
         dump(summary(result), ctx.output)
         return 0 if result.ok else 1

@@ -71,6 +71,7 @@ class BpfPins:
         self._map_ids: frozenset[int] | None = None
         self.reopened = 0  # times the handles were dropped because the pins had been replaced
         self.migration: bpf_migrate.Migration | None = None  # the last layout migration this driver ran
+        self._notices: list[str] = []
 
     # ----------------------------------------------------------------- plumbing
 
@@ -211,7 +212,17 @@ class BpfPins:
                                              dry_run=not self.migrate)
         if done is not None:
             self.migration = done
+            self._notices.append(
+                f"migrated the pinned datapath to layout v{B.const('LB_LAYOUT_VERSION')} live: maps "
+                f"{', '.join(done.changed)} changed; {sum(done.maps.values())} entries copied, "
+                f"{done.second_pass} again after the swap; programs replaced on "
+                f"{', '.join(f'{i} ({h})' for i, h, _ in done.hooks) or 'no hook'}")
         return done is not None
+
+    def notices(self) -> list[str]:
+        """What the driver did on its own (a layout migration), once."""
+        out, self._notices = self._notices, []
+        return out
 
     def _pin_progs(self) -> None:
         """Pin the loaded object's programs, replacing what the program pins held."""

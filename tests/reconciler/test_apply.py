@@ -12,7 +12,16 @@ from reconciler.ipam_store import AllocationStore
 from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
 from reconciler.records import empty_state
-from tests.reconciler.fakes import FakeDriver, bgp_config, datapath, fake_drivers, fake_table, pool, service
+from tests.reconciler.fakes import (
+    BPF_KINDS,
+    FakeDriver,
+    bgp_config,
+    datapath,
+    fake_drivers,
+    fake_table,
+    pool,
+    service,
+)
 
 
 @dataclass(frozen=True)
@@ -187,3 +196,20 @@ def test_endpoint_health_reaches_the_plan(tmp_path: Path) -> None:
     assert r.ok and [(c.action, c.kind) for c in r.applied] == [("update", "endpoints")]
     assert [b.address for b in bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends] == ["10.0.0.1"]  # type: ignore[union-attr]
     assert run(config(1), [bpf, nl, ks], tmp_path).plan.counts() == {"add": 0, "change": 1, "destroy": 0}
+
+
+def test_driver_notices_reach_the_result_once(tmp_path: Path) -> None:
+    """What a driver did on its own (a layout migration) is said by apply and the daemon."""
+    class Migrating(FakeDriver):
+        def __init__(self) -> None:
+            super().__init__(BPF_KINDS, name="bpf")
+            self.pending = ["migrated the pinned datapath to layout v2 live"]
+
+        def notices(self) -> list[str]:
+            out, self.pending = self.pending, []
+            return out
+
+    _, nl, ks = fake_drivers()
+    first = run(config(), [Migrating(), nl, ks], tmp_path)
+    assert first.notices == ("migrated the pinned datapath to layout v2 live",)
+    assert summary(first)["notices"] == list(first.notices)

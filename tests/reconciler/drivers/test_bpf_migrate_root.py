@@ -294,5 +294,8 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
     try:
         drv.read()
         assert drv.migration is not None and drv.migration.changed == ("lb_ct",)
+        (notice,) = drv.notices()  # apply prints it, the daemon logs it: once
+        assert "migrated the pinned datapath to layout v2 live: maps lb_ct changed" in notice, notice
+        assert drv.notices() == []
     finally:
         drv.close()
