@@ -18,7 +18,7 @@ PY          := $(VENV)/bin/python
 LBCTL       := $(VENV)/bin/lbctl
 DEBIAN_PY   := /usr/bin/python3
 VENV_STAMP  := $(VENV)/.lbctl-installed
-LOCK        := requirements/dev.lock
+LOCK        := requirements/dev-lock.txt
 RESULTS     := build/test-results
 # The whole venv run must finish well inside CI's 20 minutes.
 TEST_TIMEOUT ?= 1080
@@ -47,7 +47,7 @@ help:
 	@echo "  sudo make demo-down  remove the demo (datapath, pins, namespaces, backend servers)"
 	@echo "  sudo make test   set up, build, lint, all tests in .venv, unit tests under Debian's python3"
 	@echo "  make setup       apt packages (root if any is missing), bpffs (root), .venv"
-	@echo "  make lock        re-resolve the dev/test venv's dependencies into requirements/dev.lock"
+	@echo "  make lock        re-resolve the dev/test venv's dependencies into requirements/dev-lock.txt"
 	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o, copied into reconciler/datapath/)"
 	@echo "  make lint        ruff + mypy (strict)"
 	@echo "  make bench       run bench/*.py (tables to stdout, results in bench/results/)"

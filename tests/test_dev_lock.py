@@ -3,7 +3,7 @@
 Why this exists: the venv once resolved every dependency to the newest release
 at install time, so a PyYAML release changed what the test suite meant from one
 week to the next (issue #8).  ``make venv`` now installs
-``requirements/dev.lock`` (exact versions, hashes) and lbctl without
+``requirements/dev-lock.txt`` (exact versions, hashes) and lbctl without
 dependencies; these tests keep the lock well-formed and complete, and check
 that the venv running them holds exactly what the lock says.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LOCK = REPO / "requirements" / "dev.lock"
+LOCK = REPO / "requirements" / "dev-lock.txt"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
@@ -36,7 +36,7 @@ def _locked() -> dict[str, tuple[str, int]]:
         if not line or line.startswith("#"):
             continue
         m = PIN.match(line)
-        assert m, f"dev.lock: not an exact pin: {line[:80]}"
+        assert m, f"dev-lock.txt: not an exact pin: {line[:80]}"
         entries[_norm(m.group(1))] = (m.group(2), line.count("--hash=sha256:"))
     return entries
 
@@ -58,7 +58,7 @@ def test_lock_covers_pyproject_and_the_build_backend() -> None:
     wanted |= {_requirement_name(s) for s in project["optional-dependencies"]["dev"]}
     wanted |= {"setuptools", "wheel"}  # the editable install runs --no-build-isolation
     missing = wanted - set(_locked())
-    assert not missing, f"not in requirements/dev.lock (run 'make lock'): {sorted(missing)}"
+    assert not missing, f"not in requirements/dev-lock.txt (run 'make lock'): {sorted(missing)}"
 
 
 def test_makefile_installs_the_lock_only() -> None:
