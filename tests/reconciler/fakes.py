@@ -11,9 +11,11 @@ identical values).  The fakes own exactly the kinds the real drivers own, and
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler.driver import DriverSpec, has_kind
+from reconciler.errors import ConfigError
 from reconciler.model import (
     BGPConfigSpec,
     BGPPeerSpec,
@@ -31,6 +33,15 @@ from reconciler.model import (
 )
 from reconciler.plan import Change
 from reconciler.records import Backend, Record
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded configuration as ``reconcile(loaded=...)`` takes it (no files)."""
+
+    resources: tuple[Resource, ...]
+    errors: tuple[ConfigError, ...] = ()
+    digest: str = "sha256:test"
 
 
 class DriverFailure(RuntimeError):

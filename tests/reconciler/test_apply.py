@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.apply import ReconcileResult, apply_plan, reconcile, summary
@@ -15,6 +14,7 @@ from reconciler.records import empty_state
 from tests.reconciler.fakes import (
     BPF_KINDS,
     FakeDriver,
+    Loaded,
     bgp_config,
     datapath,
     fake_drivers,
@@ -22,13 +22,6 @@ from tests.reconciler.fakes import (
     pool,
     service,
 )
-
-
-@dataclass(frozen=True)
-class Loaded:
-    resources: tuple[Resource, ...]
-    errors: tuple[ConfigError, ...] = ()
-    digest: str = "sha256:test"
 
 
 def run(res: Sequence[Resource], drivers: Sequence[FakeDriver], state: Path, dry_run: bool = False,

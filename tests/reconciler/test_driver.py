@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from reconciler.driver import (
     Teardown,
     has_kind,
 )
-from reconciler.errors import ConfigError, LbctlError
+from reconciler.errors import LbctlError
 from reconciler.logs import EventLog
 from reconciler.model import Resource
 from reconciler.plan import Change
@@ -37,6 +36,7 @@ from reconciler.watch import Daemon, Options
 from reconciler.watch_engine import ReconcileEngine
 from tests.reconciler.fakes import (
     FakeDriver,
+    Loaded,
     bgp_config,
     bgp_peer,
     datapath,
@@ -46,13 +46,6 @@ from tests.reconciler.fakes import (
     fake_table,
     service,
 )
-
-
-@dataclass(frozen=True)
-class Loaded:
-    resources: tuple[Resource, ...]
-    errors: tuple[ConfigError, ...] = ()
-    digest: str = "sha256:test"
 
 
 def run(res: Sequence[Resource], drivers: DriverSet, state: Path, dry_run: bool = False) -> ReconcileResult:
