@@ -70,3 +70,48 @@ def dp() -> Iterator[Datapath]:
         yield d
     finally:
         d.close()
+
+
+_BPFFS = "/sys/fs/bpf"
+_TEST_PIN_PREFIXES = ("lbctl-test-", "lbctl-e2e-", "lbctl-mig-")
+_pin_dirs_at_start: set[str] = set()
+
+
+def _test_pin_dirs() -> set[str]:
+    try:
+        return {d for d in os.listdir(_BPFFS) if d.startswith(_TEST_PIN_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _pin_dirs_at_start.update(_test_pin_dirs())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A safety net for pin directories this session's tests made and left empty (tests remove
+    their pins; an interrupted teardown can leave the directory). Non-empty ones are left for
+    inspection; both are reported."""
+    left = sorted(_test_pin_dirs() - _pin_dirs_at_start)
+    if not left:
+        return
+    removed, kept = [], []
+    for name in left:
+        path = os.path.join(_BPFFS, name)
+        try:
+            for root, dirs, files in os.walk(path, topdown=False):
+                if files:
+                    raise OSError("holds pins")
+                for d in dirs:
+                    os.rmdir(os.path.join(root, d))
+            os.rmdir(path)
+            removed.append(name)
+        except OSError:
+            kept.append(name)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        if removed:
+            reporter.write_line(f"note: removed empty test pin directories left by teardowns: {removed}")
+        if kept:
+            reporter.write_line(f"warning: test pin directories with pins left behind: {kept}", red=True)
