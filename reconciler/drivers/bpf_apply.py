@@ -9,7 +9,7 @@ conntrack and affinity maps per apply (``_end_flows``).
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -69,6 +69,14 @@ def _lookup_raw_key(m: B.Map, k: Any) -> bytes:
     """The bytes of a cffi key of map ``m``."""
     return bytes(m.ffi.buffer(k, m.key_size))
 
+
+
+def _first_free(start: int, limit: int, *taken: Container[int]) -> int:
+    """The first id from ``start`` below ``limit`` in none of ``taken`` (``limit`` if none is)."""
+    n = start
+    while n < limit and any(n in t for t in taken):
+        n += 1
+    return n
 
 class BpfApply(BpfRead):
     """apply() of service, endpoints and attach changes."""
@@ -174,9 +182,7 @@ class BpfApply(BpfRead):
             return svc_id
         idx = self._idx
         limit = L.MAX_SERVICES
-        svc_id = idx.svc_hint
-        while svc_id < limit and (svc_id in idx.confs or svc_id in self._purge):
-            svc_id += 1
+        svc_id = _first_free(idx.svc_hint, limit, idx.confs, self._purge)
         if svc_id >= limit:
             raise LbctlError(f"no free service id (limit {limit})")
         family, addr = _pack_addr(key.vip)
@@ -196,9 +202,7 @@ class BpfApply(BpfRead):
     def _alloc_stat(self) -> int:
         idx = self._idx
         limit = L.MAX_STATS
-        sid = idx.stat_hint
-        while sid < limit and (sid in idx.used_stats or sid in self._held_stats):
-            sid += 1
+        sid = _first_free(idx.stat_hint, limit, idx.used_stats, self._held_stats)
         if sid >= limit:
             raise LbctlError("no free endpoint counter slot")
         idx.used_stats.add(sid)
