@@ -23,6 +23,7 @@
 #include "lb_maps.h"
 #include "lb_parse.h"
 #include "lb_counters.h"
+#include "lb_firewall.h"
 #include "lb_select.h"
 #include "lb_conntrack.h"
 #include "lb_nat.h"
@@ -86,7 +87,8 @@ static __noinline enum verdict do_new_xdp(void *ctx, struct pkt *p, __u64 now)
 }
 
 /* The one body of both hooks. */
-static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 len, __u32 ifindex)
+static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 len, __u32 ifindex,
+					       __u32 *mark)
 {
 	struct pkt p = {};
 	struct lb_ct *ct;
@@ -95,13 +97,23 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 
 	stat_inc(LB_STAT_PACKETS);
 	why = parse(ctx, xdp, &p);
+	p.len = len;
+	p.ifindex = ifindex;
+	now = bpf_ktime_get_ns();
+	/* The firewall sees every packet with an IP header as received (before any NAT). */
+	if (p.t.family) {
+		int fv = xdp ? firewall_xdp(ctx, &p, now) : firewall_tc(ctx, &p, now);
+
+		*mark = p.mark;
+		if (fv == FW_DROP)
+			return V_DROP;
+		if (fv == FW_TRAP)
+			return V_PASS;
+	}
 	if (why) {
 		stat_inc(why);
 		return V_PASS;
 	}
-	p.len = len;
-	p.ifindex = ifindex;
-	now = bpf_ktime_get_ns();
 
 	ct = bpf_map_lookup_elem(&lb_ct, &p.t);
 	if (ct && now - ct->seen_ns > ct_timeout_ns(ct)) {
@@ -151,7 +163,9 @@ int lb_tc(struct __sk_buff *skb)
 	/* Make the headers we parse linear (they nearly always are). */
 	if (linear < 128 && skb->len > linear)
 		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
-	v = lb_process(skb, 0, skb->len, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex);
+	__u32 mark = 0;
+
+	v = lb_process(skb, 0, skb->len, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex, &mark);
 	if (v == V_REDIRECT)
 		return TC_ACT_REDIRECT;
 	return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
@@ -160,9 +174,17 @@ int lb_tc(struct __sk_buff *skb)
 SEC("xdp")
 int lb_xdp(struct xdp_md *xdp)
 {
+	__u32 mark = 0;
 	enum verdict v;
 
-	v = lb_process(xdp, 1, xdp->data_end - xdp->data, xdp->ingress_ifindex);
+	v = lb_process(xdp, 1, xdp->data_end - xdp->data, xdp->ingress_ifindex, &mark);
+	/* A firewall mark travels as 4 bytes of metadata (a tc program can copy it to skb->mark). */
+	if (mark && v != V_DROP && bpf_xdp_adjust_meta(xdp, -(int)sizeof(mark)) == 0) {
+		void *meta = (void *)(long)xdp->data_meta;
+
+		if (meta + sizeof(mark) <= (void *)(long)xdp->data)
+			*(__u32 *)meta = mark;
+	}
 	if (v == V_REDIRECT)
 		return XDP_REDIRECT;
 	return v == V_DROP ? XDP_DROP : XDP_PASS;

@@ -133,4 +133,86 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_attach SEC(".maps");
 
+/* Firewall: the active slot and, per slot, which match fields are in use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_fw_conf);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_conf SEC(".maps");
+
+/* Firewall: source and destination CIDRs -> the rules admitting every address under them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LB_FW_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_fw_cidr_key);
+	__type(value, struct lb_fw_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_cidr SEC(".maps");
+
+/* Firewall: (slot, family, protocol) -> the rules admitting it; key slot * 512 + (v6) * 256 + proto. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct lb_fw_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_proto SEC(".maps");
+
+/* Firewall: port -> interval id, LB_FW_PORT_CHUNK ports an entry; key ((slot * 2 + field) << 11) + port / 32. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * 65536 / LB_FW_PORT_CHUNK);
+	__type(key, __u32);
+	__type(value, struct lb_fw_port_chunk);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_port SEC(".maps");
+
+/* Firewall: port interval -> the rules admitting it; key (slot * 2 + field) * LB_FW_MAX_INTERVALS + id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * LB_FW_MAX_INTERVALS);
+	__type(key, __u32);
+	__type(value, struct lb_fw_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_portset SEC(".maps");
+
+/* Firewall: ingress interface -> the rules admitting it (ifindex 0: rules for any interface). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_FW_MAX_IFACES);
+	__type(key, struct lb_fw_iface_key);
+	__type(value, struct lb_fw_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_iface SEC(".maps");
+
+/* Firewall: the rules of both slots by rank; key slot * LB_FW_MAX_RULES + rank. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * LB_FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct lb_fw_rule);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_rules SEC(".maps");
+
+/* Firewall: per-CPU counters per rule stat id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct lb_fw_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_stats SEC(".maps");
+
+/* Firewall: policer state per rule stat id, shared by all CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct lb_fw_rate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_fw_rate SEC(".maps");
+
 #endif /* __LB_MAPS_H */

@@ -63,6 +63,7 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 ttl;
 	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
+	__u32 mark;		/* set by a firewall mark rule */
 };
 
 enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
@@ -104,32 +105,34 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 			return LB_STAT_PASS_TRUNCATED;
 		if (ip->version != 4 || ip->ihl < 5)
 			return LB_STAT_PASS_NOT_IP;
-		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-			return LB_STAT_PASS_FRAGMENT;
 		hl = ip->ihl * 4;
 		l4 = (void *)ip + hl;
 		l4off = ETH_HLEN + hl;
 		proto = ip->protocol;
 		p->t.family = 4;
+		p->t.proto = proto;	/* addresses and protocol first: the firewall sees fragments too */
 		p->t.saddr[0] = ip->saddr;
 		p->t.daddr[0] = ip->daddr;
 		p->ttl = ip->ttl;
 		p->l3 = ip;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return LB_STAT_PASS_FRAGMENT;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
 		if ((void *)(ip6 + 1) > end)
 			return LB_STAT_PASS_TRUNCATED;
 		proto = ip6->nexthdr;
-		if (proto == NEXTHDR_FRAGMENT)
-			return LB_STAT_PASS_FRAGMENT;
 		l4 = ip6 + 1;
 		l4off = ETH_HLEN + sizeof(*ip6);
 		p->t.family = 6;
+		p->t.proto = proto;
 		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
 		p->ttl = ip6->hop_limit;
 		p->l3 = ip6;
+		if (proto == NEXTHDR_FRAGMENT)
+			return LB_STAT_PASS_FRAGMENT;
 	} else {
 		return LB_STAT_PASS_NOT_IP;
 	}
@@ -186,6 +189,16 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->t.proto = IPPROTO_ICMP;	/* one protocol number for echo services */
 		p->csum = &ih->icmp6_cksum;
 		p->csum_off = l4off + 2;
+	} else if (proto == IPPROTO_SCTP) {
+		struct udphdr *sh = l4;	/* SCTP's common header starts with the two ports */
+
+		if ((void *)(sh + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		p->t.sport = sh->source;
+		p->t.dport = sh->dest;
+		p->sport_p = &sh->source;
+		p->dport_p = &sh->dest;
+		return LB_STAT_PASS_NOT_OURS;	/* seen by the firewall, not balanced yet */
 	} else if (p->t.family == 6) {
 		return LB_STAT_PASS_EXTHDR;
 	} else {

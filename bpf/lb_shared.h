@@ -34,6 +34,12 @@ enum lb_limits {
 	LB_MAX_SEL_CHUNKS = 262144,
 	LB_MAGLEV_MAX = 65521,
 	LB_CT_CLOSING_TIMEOUT = 10,
+	LB_FW_MAX_RULES = 1024,
+	LB_FW_WORDS = 16,		/* LB_FW_MAX_RULES / 64 */
+	LB_FW_MAX_INTERVALS = 4096,	/* port intervals per (slot, field): at most 2 * rules + 1 */
+	LB_FW_PORT_CHUNK = 32,		/* ports per lb_fw_port entry */
+	LB_FW_MAX_PREFIXES = 8192,	/* lb_fw_cidr entries, both slots and fields */
+	LB_FW_MAX_IFACES = 256,		/* lb_fw_iface entries, both slots */
 };
 
 /*
@@ -42,10 +48,11 @@ enum lb_limits {
  * with the object's field by field and migrates them live (reconciler/drivers/
  * bpf_migrate.py): add fields (old entries get zeros), never change the meaning
  * of one in place -- rename it, so the converter refuses instead of misreading.
- * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm).
+ * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
+ * v3: the firewall maps (lb_fw_*) and their global counters.
  */
 enum lb_layout {
-	LB_LAYOUT_VERSION = 2,
+	LB_LAYOUT_VERSION = 3,
 };
 
 /* Endpoint selection algorithm of a service. */
@@ -114,7 +121,10 @@ enum lb_stat {
 	LB_STAT_FIB_PASS = 11,
 	LB_STAT_DROP_NO_BACKEND = 12,
 	LB_STAT_DROP_SOURCE = 13,
-	LB_STAT_MAX = 14,
+	LB_STAT_FW_DROP = 14,		/* firewall: action drop */
+	LB_STAT_FW_TRAP = 15,		/* firewall: action trap (handed to the kernel) */
+	LB_STAT_FW_RATE_DROP = 16,	/* firewall: over a rateLimit rule's rate */
+	LB_STAT_MAX = 17,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -264,6 +274,117 @@ struct lb_attach {
 	__u32 hook;		/* enum lb_hook */
 	__u32 prog_id;
 	__u32 pad;
+};
+
+/*
+ * Firewall.  Rules are classified by bitmap intersection: every rule has a bit
+ * (its rank in evaluation order: priority, then name), each match field maps a
+ * packet's value to the set of rules that field admits, and the first bit set
+ * in the AND of those sets is the rule that applies.  Every table exists twice
+ * (slot 0 and 1); the control plane writes the inactive slot whole and then
+ * flips lb_fw_conf.active, so a packet never sees a partial rule set.
+ */
+enum lb_fw_field {
+	LB_FW_SRC = 0,		/* lb_fw_cidr.field */
+	LB_FW_DST = 1,
+	LB_FW_SPORT = 0,	/* lb_fw_port / lb_fw_portset field */
+	LB_FW_DPORT = 1,
+};
+
+/* lb_fw_slot.fields: the match fields some rule of the slot restricts. */
+enum lb_fw_uses {
+	LB_FW_USES_SRC = 1,
+	LB_FW_USES_DST = 2,
+	LB_FW_USES_SPORT = 4,
+	LB_FW_USES_DPORT = 8,
+	LB_FW_USES_PROTO = 16,
+	LB_FW_USES_IFACE = 32,
+};
+
+enum lb_fw_action {
+	LB_FW_ALLOW = 0,
+	LB_FW_DROP = 1,
+	LB_FW_TRAP = 2,
+	LB_FW_MARK = 3,
+	LB_FW_RATELIMIT = 4,
+};
+
+/* A set of rules, bit i = rank i; words outside [lo, hi) are zero. */
+struct lb_fw_set {
+	__u32 lo;
+	__u32 hi;
+	__u64 bits[LB_FW_WORDS];
+};
+
+struct lb_fw_slot {
+	__u32 words;		/* 64-bit words of the sets in use; 0: no rules */
+	__u32 fields;		/* enum lb_fw_uses */
+	__u32 count;		/* rules (ranks 0 .. count-1 of lb_fw_rules) */
+	__u32 pad;
+};
+
+/* lb_fw_conf value (key 0). */
+struct lb_fw_conf {
+	__u32 active;		/* slot the datapath reads, 0 or 1 */
+	__u32 gen;		/* flips so far (lets a writer trust what it wrote to a slot) */
+	struct lb_fw_slot slot[2];
+};
+
+/* lb_fw_cidr key: an LPM trie over (slot, field, family, address). */
+struct lb_fw_cidr_key {
+	__u32 prefixlen;	/* 24 + the CIDR's prefix length */
+	__u8 slot;
+	__u8 field;		/* LB_FW_SRC or LB_FW_DST */
+	__u8 family;		/* 4 or 6 */
+	__u8 addr[16];		/* network order; IPv4 in the first 4 bytes */
+	__u8 pad[1];
+};
+
+/* lb_fw_port value: the interval id of LB_FW_PORT_CHUNK consecutive ports. */
+struct lb_fw_port_chunk {
+	__u16 id[LB_FW_PORT_CHUNK];
+};
+
+/* lb_fw_iface key: ifindex 0 holds the rules without an interface match. */
+struct lb_fw_iface_key {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+/* lb_fw_rules value (key: slot * LB_FW_MAX_RULES + rank): what a rule does, and
+ * its match as configured (for the control plane's read back). */
+struct lb_fw_rule {
+	__u8 action;		/* enum lb_fw_action */
+	__u8 proto;		/* IPPROTO_*, 0: any (ICMP: 1, also for ICMPv6) */
+	__u8 has_sport;
+	__u8 has_dport;
+	__u32 mark;
+	__u32 stat_id;		/* index of lb_fw_stats / lb_fw_rate, kept across edits */
+	__u32 priority;
+	__u64 interval_ns;	/* rateLimit: 1e9 / packets per second */
+	__u64 burst_ns;		/* rateLimit: burst * interval_ns */
+	__u32 rate_pps;
+	__u32 rate_burst;
+	__u16 sport_lo;		/* host order, inclusive */
+	__u16 sport_hi;
+	__u16 dport_lo;
+	__u16 dport_hi;
+	struct lb_cidr src;	/* prefixlen 0 and family 0: any */
+	struct lb_cidr dst;
+	char ifname[LB_IFNAME_LEN];	/* empty: any */
+	char name[LB_NAME_LEN];	/* FirewallRule resource name */
+};
+
+/* Per-CPU counters per rule (lb_fw_stats). */
+struct lb_fw_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 limited;		/* rateLimit: packets over the rate, dropped */
+};
+
+/* lb_fw_rate value: the rule's policer (GCRA theoretical arrival time). */
+struct lb_fw_rate {
+	__u64 tat_ns;
 };
 
 #endif /* LB_SHARED_H */

@@ -423,6 +423,29 @@ class Map:
                 _check(rc, f"update_batch of map {self.name}")
             self.writes += n
 
+    def update_raw(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        """Write one entry from bytes (maps without batch updates, e.g. LPM tries)."""
+        if self.spec.percpu:
+            pad = bytes(self.stride - self.value_size)
+            value = (value + pad) * self.ncpus
+        _check(lib().lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of map {self.name}")
+        self.writes += 1
+
+    def keys_raw(self) -> list[bytes]:
+        """Every key, by BPF_MAP_GET_NEXT_KEY (maps without batch lookups, e.g. LPM tries)."""
+        ffi = self.ffi
+        cur = ffi.new("char[]", self.key_size)
+        nxt = ffi.new("char[]", self.key_size)
+        out: list[bytes] = []
+        rc = lib().lib.bpf_map_get_next_key(self.fd, ffi.NULL, nxt)
+        while rc == 0:
+            out.append(bytes(ffi.buffer(nxt, self.key_size)))
+            ffi.memmove(cur, nxt, self.key_size)
+            rc = lib().lib.bpf_map_get_next_key(self.fd, cur, nxt)
+        if rc != -errno_mod.ENOENT:
+            _check(rc, f"get_next_key of map {self.name}")
+        return out
+
     def delete_raw(self, key: bytes) -> bool:
         rc = lib().lib.bpf_map_delete_elem(self.fd, key)
         if rc == -errno_mod.ENOENT:
@@ -747,9 +770,10 @@ class TestRun:
     retval: int
     data: bytes
     duration_ns: int
+    ctx: bytes = b""  # the context after the run (ctx_size bytes), when asked for
 
 
-def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096) -> TestRun:
+def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096, ctx_size: int = 0) -> TestRun:
     """BPF_PROG_TEST_RUN: run a program on one packet (pitfall 12: it writes live maps)."""
     L = lib()
     ffi = L.ffi
@@ -762,8 +786,13 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096) -
     opts.data_out = dout
     opts.data_size_out = len(dout)
     opts.repeat = repeat
+    cout = ffi.new("char[]", ctx_size) if ctx_size else ffi.NULL
+    if ctx_size:
+        opts.ctx_out = cout
+        opts.ctx_size_out = ctx_size
     _check(L.lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
-    return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration))
+    ctx = bytes(ffi.buffer(cout, opts.ctx_size_out)) if ctx_size else b""
+    return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration), ctx)
 
 
 def _tc_hook(ifindex: int) -> Any:

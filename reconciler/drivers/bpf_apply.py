@@ -104,8 +104,14 @@ class BpfApply(BpfRead):
         self._held_stats = set()
         ok = False
         try:
+            fw_done = False
             for ch in changes:
-                if ch.kind == "service":
+                if ch.kind == "firewall":
+                    if not fw_done:  # the whole rule set at once (plan order keeps a kind together)
+                        self._flush()
+                        self.apply_firewall([c for c in changes if c.kind == "firewall"])
+                        fw_done = True
+                elif ch.kind == "service":
                     self._apply_service(ch)
                 elif ch.kind == "endpoints":
                     self._apply_endpoints(ch)

@@ -9,7 +9,7 @@ anything the records cannot show, and builds the index apply starts from.
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +51,8 @@ from reconciler.drivers.bpf_layout import (
     SVC_KEY_TAIL,
     U32,
 )
+from reconciler.errors import LbctlError
+from reconciler.plan import Change
 from reconciler.records import (
     Backend,
     EndpointSet,
@@ -271,7 +273,7 @@ class BpfRead(BpfAttach):
     # lookup reaches (they cannot affect traffic).
 
     def read(self) -> Mapping[str, Mapping[str, Record]]:
-        out: dict[str, dict[str, Record]] = {"service": {}, "endpoints": {}, "attach": {}}
+        out: dict[str, dict[str, Record]] = {"service": {}, "endpoints": {}, "attach": {}, "firewall": {}}
         self.revalidate()
         if not self._open(create=False):
             self._index = None
@@ -298,7 +300,14 @@ class BpfRead(BpfAttach):
             out["service"][skey] = replace(rec, faults=tuple(faults[skey])) if skey in faults else rec
         out["service"].update(strays)
         out["attach"] = self._read_attach()
+        out["firewall"] = self.read_firewall()
         return out
+
+    def read_firewall(self) -> dict[str, Record]:  # BpfFirewall's
+        return {}
+
+    def apply_firewall(self, changes: Sequence[Change]) -> None:  # BpfFirewall's
+        raise LbctlError("this driver cannot apply record kind 'firewall'")
 
     def _conf_of(self, svc_id: int) -> _Conf | None:
         """The kernel's lb_conf value of ``svc_id`` (a point lookup)."""
@@ -402,8 +411,8 @@ class BpfRead(BpfAttach):
         with other services (that needs every list).  Orphans under ids nobody
         points at are left to the full ``read()``.
         """
-        if kind == "attach":
-            return {k: v for k, v in self.read()["attach"].items() if k in keys}
+        if kind in ("attach", "firewall"):
+            return {k: v for k, v in self.read()[kind].items() if k in keys}
         if kind not in ("service", "endpoints"):
             raise ValueError(f"bpf driver does not own record kind {kind!r}")
         out: dict[str, Record] = {}

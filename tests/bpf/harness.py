@@ -17,7 +17,7 @@ from reconciler.drivers import _libbpf as B
 from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
 from reconciler.plan import Change
-from reconciler.records import Backend, EndpointSet, ServiceEntry, ServiceKey
+from reconciler.records import Backend, EndpointSet, FirewallEntry, ServiceEntry, ServiceKey
 
 VIP4, VIP6 = "10.97.0.1", "fd00:97::1"
 CLIENT4, CLIENT6 = "10.98.0.5", "fd00:98::5"
@@ -89,10 +89,20 @@ class Datapath:
         self.driver.apply([Change("endpoints", str(key), "update", cur, EndpointSet(key, tuple(backends),
                                                                                      maglev_table))])
 
-    def run(self, hook: str, frame: bytes, repeat: int = 1) -> B.TestRun:
+    def firewall(self, rules: Sequence[FirewallEntry]) -> None:
+        """Make the rule set exactly ``rules`` (one apply, as the plan would)."""
+        cur = self.driver.read()["firewall"]
+        want = {r.name: r for r in rules}
+        changes = [Change("firewall", n, "delete", r, None) for n, r in cur.items() if n not in want]
+        changes += [Change("firewall", n, "update" if n in cur else "create", cur.get(n), r)
+                    for n, r in want.items() if cur.get(n) != r]
+        if changes:
+            self.driver.apply(changes)
+
+    def run(self, hook: str, frame: bytes, repeat: int = 1, ctx_size: int = 0) -> B.TestRun:
         fd = self.driver.prog_fd(hook)
         with in_netns(self.ns):
-            return B.test_run(fd, frame, repeat=repeat)
+            return B.test_run(fd, frame, repeat=repeat, ctx_size=ctx_size)
 
     def close(self) -> None:
         drv = getattr(self, "driver", None)
