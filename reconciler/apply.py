@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler import fwclass
 from reconciler.applied import AppliedStore
 from reconciler.desired import Health, TableBuilder, compile_state
 from reconciler.driver import Driver, DriverSet, Notices, PartialSupport
@@ -45,7 +46,7 @@ from reconciler.ipam import Allocation, allocate
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
-from reconciler.records import Record, ServiceEntry
+from reconciler.records import FirewallEntry, Record, ServiceEntry
 
 State = Mapping[str, Mapping[str, Record]]
 
@@ -254,7 +255,6 @@ def gc_paused() -> Iterator[None]:
 
 # What an operator configured that nothing on the box carries out yet, by record kind.
 _UNOWNED_MEANS = {
-    "firewall": "FirewallRule resources are not enforced",
     "bgp-peer": "BGPPeer resources open no session",
     "announce": "VIPs with bgp: true are not announced",
 }
@@ -269,7 +269,8 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                         owner: Mapping[str, Driver]) -> tuple[str, ...]:
     """Warnings for configuration the box accepts but does not (fully) carry out.
 
-    Three sources: record kinds no driver manages; records a driver applies only
+    Four sources: record kinds no driver manages; firewall drop rules that cut
+    off every address (remote management too: ``fwclass.lockout_warnings``); records a driver applies only
     in part (a ``PartialSupport`` driver says what it leaves out); health
     probes, which nothing runs yet.  Grouped by message, so 10,000 services
     give one line each, not 10,000.
@@ -288,6 +289,8 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                 name = getattr(record, "name", None)
                 partial.setdefault(why, []).append(f"{name} ({key})" if name else key)
     out += [f"{why}: {_names(keys)}" for why, keys in sorted(partial.items())]
+    out += fwclass.lockout_warnings(r for r in desired.get("firewall", {}).values()
+                                    if isinstance(r, FirewallEntry))
     probed = sorted(r.name for r in resources
                     if isinstance(r.spec, ServiceSpec) and r.spec.probe.type != "none")
     if probed:

@@ -31,12 +31,12 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.constants import PROTO_NUMBERS
 from reconciler.records import FirewallEntry
 
 WORD_BITS = 64
 PORTS = 65536
-PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1}
-_PORT_PROTOCOLS = frozenset({6, 17, 132})
+PROTOCOLS = PROTO_NUMBERS  # ICMP is 1 for both families in the tables
 
 Family = int  # 4 or 6
 CidrKey = tuple[str, Family, int, bytes]  # (field "src"|"dst", family, prefix length, 16 address bytes)

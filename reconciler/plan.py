@@ -43,7 +43,8 @@ programs, and giving kernel settings back last:
 4. restore kernel settings lbctl no longer needs to the values they had before
    lbctl set them (only after the programs that needed them are gone).
 
-Within one step, changes are sorted by key, so the same inputs give the same
+Within one step, changes are sorted by key (firewall rules by priority, then
+name: the order the datapath evaluates them), so the same inputs give the same
 plan and byte-identical ``Plan.to_json()``.
 """
 
@@ -170,8 +171,14 @@ def diff(desired: Mapping[str, Mapping[str, Record]], live: Mapping[str, Mapping
     changes: list[Change] = []
     for kind in sorted(set(desired) | set(live)):
         changes.extend(_diff_kind(kind, desired.get(kind, {}), live.get(kind, {})))
-    changes.sort(key=lambda c: (_rank(c), c.kind, c.key))
+    changes.sort(key=lambda c: (_rank(c), c.kind, _within(c), c.key))
     return Plan(tuple(changes))
+
+
+def _within(c: Change) -> int:
+    """Order inside a kind besides the key: firewall rules in evaluation order (priority, then name)."""
+    rec = c.after if c.after is not None else c.before
+    return int(getattr(rec, "priority", 0)) if c.kind == "firewall" else 0
 
 
 # --- JSON -----------------------------------------------------------------

@@ -392,19 +392,18 @@ def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: Report) ->
 
 
 def _firewall(rules: Sequence[tuple[Resource, FirewallRuleSpec]], report: Report) -> None:
-    by_priority: dict[int, Resource] = {}
+    # Equal priorities are allowed: such rules are evaluated in name order (fwclass.ordered).
     for n, (res, spec) in enumerate(rules):
         if n == limits.MAX_FIREWALL_RULES:
             report.add(res, "metadata.name", f"more than {limits.MAX_FIREWALL_RULES} firewall rules; "
                        "the datapath cannot hold them", "merge rules with wider CIDRs or port ranges")
-        if spec.priority in by_priority:
-            other = by_priority[spec.priority]
-            report.add(res, "spec.priority", f"priority {spec.priority} is already used by "
-                       f"FirewallRule/{other.name} ({_at(other, 'spec.priority')})",
-                       "give every rule its own priority so the order is defined")
-        else:
-            by_priority[spec.priority] = res
         match = spec.match
+        if match.source and match.destination and \
+                ipaddress.ip_network(match.source, strict=False).version != \
+                ipaddress.ip_network(match.destination, strict=False).version:
+            report.add(res, "spec.match.destination", f"source {match.source} and destination "
+                       f"{match.destination} are of different IP families: the rule could never match",
+                       "use two rules, one per family")
         ranges = (("sourcePorts", match.source_ports), ("destinationPorts", match.destination_ports))
         for field, rng in ranges:
             if rng is None:
