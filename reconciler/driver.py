@@ -81,6 +81,13 @@ class CounterReader(Protocol):
 
 
 @runtime_checkable
+class FirewallCounterReader(Protocol):
+    """Per firewall rule name: ``packets``, ``bytes`` matched and ``limited`` (over a rateLimit, dropped)."""
+
+    def firewall_counters(self) -> Mapping[str, Mapping[str, int]]: ...
+
+
+@runtime_checkable
 class ConntrackReader(Protocol):
     """The datapath's flow table, one entry per flow (``lbctl get conntrack``)."""
 

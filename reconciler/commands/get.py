@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
-from reconciler.driver import ConntrackReader, CounterReader, Driver
+from reconciler.driver import ConntrackReader, CounterReader, Driver, FirewallCounterReader
 from reconciler.ipam_store import AllocationStore
 from reconciler.records import (
     Announcement,
@@ -131,20 +131,34 @@ def pools(ctx: Any, wide: bool) -> list[Row] | None:
 
 
 def firewall(ctx: Any, wide: bool) -> list[Row] | None:
-    live = _read(ctx, "firewall")
+    """Rules in evaluation order with their counters (matched packets and bytes, rate-limited drops)."""
+    drivers = list(drivers_for(ctx, read_only=True))
+    live = _read(ctx, "firewall", drivers=drivers)
     if live is None:
         return None
+    counts: Mapping[str, Mapping[str, int]] = {}
+    for drv in drivers:
+        if isinstance(drv, FirewallCounterReader):
+            counts = drv.firewall_counters()
     rows = []
     for r in sorted((r for r in live.get("firewall", {}).values() if isinstance(r, FirewallEntry)),
                     key=lambda r: (r.priority, r.name)):
         def rng(p: tuple[int, int] | None) -> str:
             return "any" if p is None else (str(p[0]) if p[0] == p[1] else f"{p[0]}-{p[1]}")
-        rows.append({"PRIORITY": r.priority, "NAME": r.name, "SOURCE": r.source or "any",
-                     "DESTINATION": r.destination or "any", "PROTO": r.protocol or "any",
-                     "SPORTS": rng(r.source_ports), "DPORTS": rng(r.destination_ports),
-                     "IN IF": r.in_interface or "any", "ACTION": r.action,
-                     "MARK": r.mark if r.mark is not None else "",
-                     "RATE": f"{r.rate_pps}/s burst {r.rate_burst}" if r.rate_pps else ""})
+        c = counts.get(r.name, {})
+        row: Row = {"PRIORITY": r.priority, "NAME": r.name, "SOURCE": r.source or "any",
+                    "DESTINATION": r.destination or "any", "PROTO": r.protocol or "any",
+                    "SPORTS": rng(r.source_ports), "DPORTS": rng(r.destination_ports),
+                    "IN IF": r.in_interface or "any", "ACTION": r.action,
+                    "PACKETS": c.get("packets", 0), "BYTES": c.get("bytes", 0),
+                    "LIMITED": c.get("limited", 0)}
+        if wide:
+            row |= {"MARK": r.mark if r.mark is not None else "",
+                    "RATE": f"{r.rate_pps}/s burst {r.rate_burst}" if r.rate_pps else ""}
+        else:
+            row["ARG"] = (f"mark {r.mark}" if r.mark is not None else
+                          f"{r.rate_pps}/s burst {r.rate_burst}" if r.rate_pps else "")
+        rows.append(row)
     return rows
 
 

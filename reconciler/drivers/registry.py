@@ -78,7 +78,7 @@ def sysctl_driver(ctx: BoxContext, settings: object = None) -> Driver:
 
 
 SPECS: tuple[DriverSpec, ...] = (
-    DriverSpec("bpf", frozenset({"service", "endpoints", "attach"}), bpf_driver),
+    DriverSpec("bpf", frozenset({"service", "endpoints", "attach", "firewall"}), bpf_driver),
     DriverSpec("netlink", frozenset({"vip"}), netlink_driver, settings=vip_interface_of),
     DriverSpec("sysctl", frozenset({"sysctl"}), sysctl_driver),
 )

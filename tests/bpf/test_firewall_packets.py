@@ -25,8 +25,9 @@ OTHER4, OTHER6 = "10.98.0.77", "fd00:98::77"
 
 
 def fw(name: str, priority: int, action: str, **kw: object) -> FirewallEntry:
-    base: dict[str, object] = dict(source=None, destination=None, source_ports=None, destination_ports=None,
-                                   protocol=None, in_interface=None, mark=None, rate_pps=None, rate_burst=None)
+    base: dict[str, object] = dict(source=None, destination=None, source_ports=None,
+                                   destination_ports=None, protocol=None, in_interface=None, mark=None,
+                                   rate_pps=None, rate_burst=None)
     base.update(kw)
     return FirewallEntry(name=name, priority=priority, action=action, **base)  # type: ignore[arg-type]
 
@@ -152,7 +153,8 @@ def test_mark_travels_as_xdp_metadata(dp: Datapath, v6: bool) -> None:
 def test_rate_limit_admits_burst_then_the_rate(dp: Datapath, hook: str, v6: bool) -> None:
     client, other, vip, _, _ = _fam(v6)
     _svc(dp, v6)
-    dp.firewall([fw("police", 1, "rateLimit", source=f"{client}/{128 if v6 else 32}", rate_pps=1, rate_burst=2)])
+    dp.firewall([fw("police", 1, "rateLimit", source=f"{client}/{128 if v6 else 32}", rate_pps=1,
+                    rate_burst=2)])
     got = [dp.run(hook, P.Pkt(client, vip, P.UDP, 40000 + i, 53).bytes()).retval for i in range(10)]
     assert got == [REDIRECT[hook]] * 3 + [DROP[hook]] * 7  # burst 2 over the one the rate admits
     assert dp.run(hook, P.Pkt(other, vip, P.UDP, 40000, 53).bytes()).retval == REDIRECT[hook]

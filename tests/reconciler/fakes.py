@@ -92,7 +92,7 @@ class FakeDriver:
         self.downed = True
 
 
-BPF_KINDS = frozenset({"service", "endpoints", "attach"})
+BPF_KINDS = frozenset({"service", "endpoints", "attach", "firewall"})
 NETLINK_KINDS = frozenset({"vip"})
 SYSCTL_KINDS = frozenset({"sysctl"})
 BGP_KINDS = frozenset({"bgp-peer", "announce"})  # the planned BGP driver's
