@@ -6,8 +6,11 @@ A change to one rule can change many table entries, and a packet must never see 
 half-written rule set, so every table exists twice: apply writes the complete new
 set into the slot the datapath does not read, then flips ``lb_fw_conf.active``
 (one 4-byte store inside an array value).  The slot written last time is reused
-next time; what it held is remembered (``gen``) so a process writes only what
-differs, or, not knowing it, reads the slot's trie keys once.
+next time; what a process wrote there is remembered with the flip count
+(``gen``), so one flip later it writes only the entries that differ; a process
+that does not know the slot (a fresh ``lbctl apply``) writes every array entry
+in one batch per map and reads the slot's trie and interface keys first, to
+delete the stale ones.
 
 Each rule keeps a counter slot (``stat_id``, index of ``lb_fw_stats`` and
 ``lb_fw_rate``) across edits of other rules; a new rule gets the lowest free one,
@@ -20,7 +23,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
 from reconciler import fwclass
 from reconciler.drivers import _libbpf as B
@@ -53,6 +57,9 @@ _FIELD = {"src": B.const("LB_FW_SRC"), "dst": B.const("LB_FW_DST"),
           "sport": B.const("LB_FW_SPORT"), "dport": B.const("LB_FW_DPORT")}
 _PROTO_NAMES = {v: k for k, v in fwclass.PROTOCOLS.items()}
 _NS = 1_000_000_000
+# The maps with one entry per (slot, ...) that apply writes; hashed ones also get stale keys deleted.
+_SLOT_MAPS = ("lb_fw_rules", "lb_fw_proto", "lb_fw_port", "lb_fw_portset", "lb_fw_iface", "lb_fw_cidr")
+_HASHED = ("lb_fw_iface", "lb_fw_cidr")
 
 
 def set_bytes(s: int) -> bytes:
@@ -109,7 +116,8 @@ def rule_record(raw: bytes) -> tuple[FirewallEntry, int]:
 class BpfFirewall(BpfRead):
     """read and apply of ``firewall`` records."""
 
-    _fw_cache: dict[int, tuple[int, dict[bytes, bytes]]]  # slot -> (gen written, trie entries)
+    _fw_cache: dict[int, tuple[int, int, dict[str, dict[bytes, bytes]]]]  # slot -> (map id, gen, entries)
+    fw_timing: dict[str, float]
 
     # ------------------------------------------------------------------ read
 
@@ -121,11 +129,12 @@ class BpfFirewall(BpfRead):
     def _fw_live(self) -> dict[str, tuple[FirewallEntry, int]]:
         active, _gen, slots = self._fw_conf()
         count = min(slots[active][2], MAX_RULES)
-        rules = self._maps["lb_fw_rules"]
+        if not count:
+            return {}
+        lo = active * MAX_RULES
         out: dict[str, tuple[FirewallEntry, int]] = {}
-        for rank in range(count):
-            raw = rules.lookup_raw(_U32.pack(active * MAX_RULES + rank))
-            if raw is not None:
+        for k, raw in self._maps["lb_fw_rules"].items_raw(chunk=2 * MAX_RULES):  # one batch read
+            if lo <= _U32.unpack(k)[0] < lo + count:
                 rec, sid = rule_record(raw)
                 out[rec.name] = (rec, sid)
         return out
@@ -168,6 +177,7 @@ class BpfFirewall(BpfRead):
         return look()
 
     def apply_firewall(self, changes: Sequence[Change]) -> None:
+        t0 = time.perf_counter()
         live = self._fw_live()
         rules = {n: rec for n, (rec, _) in live.items()}
         for ch in changes:
@@ -178,7 +188,9 @@ class BpfFirewall(BpfRead):
                 rules[ch.key] = ch.after
         if len(rules) > MAX_RULES:
             raise LbctlError(f"{len(rules)} firewall rules; the datapath holds at most {MAX_RULES}")
+        t1 = time.perf_counter()
         t = fwclass.compile_rules(rules.values())
+        t2 = time.perf_counter()
         stat_ids = {n: sid for n, (_, sid) in live.items() if n in rules}
         used = set(stat_ids.values())
         fresh = []
@@ -190,82 +202,86 @@ class BpfFirewall(BpfRead):
                 fresh.append(sid)
         active, gen, slots = self._fw_conf()
         slot = 1 - active
+        want = self._fw_encode(t, slot, stat_ids)
+        t3 = time.perf_counter()
         m = self._maps
         if fresh:  # counters and policer of a new rule start at zero
             m["lb_fw_stats"].update_batch_raw([(_U32.pack(s), bytes(L.sizeof("struct lb_fw_counters")))
                                                for s in fresh])
             m["lb_fw_rate"].update_batch_raw([(_U32.pack(s), bytes(L.sizeof("struct lb_fw_rate")))
                                               for s in fresh])
-        m["lb_fw_rules"].update_batch_raw([(_U32.pack(slot * MAX_RULES + i), rule_bytes(r, stat_ids[r.name]))
-                                           for i, r in enumerate(t.rules)])
-        if "proto" in t.fields:
-            m["lb_fw_proto"].update_batch_raw([
-                (_U32.pack(slot * 512 + (256 if fam == 6 else 0) + p),
-                 set_bytes(t.protos.get((fam, p), t.proto_any)))
-                for fam in (4, 6) for p in range(256)])
-        for field in ("sport", "dport"):
-            if field in t.fields:
-                self._fw_write_ports(t, slot, field)
-        self._fw_write_ifaces(t, slot)
-        self._fw_write_cidrs(t, slot, gen)
-        words = t.words
-        fields = sum(_USES[f] for f in t.fields)
-        slots[slot] = (words, fields, len(t.rules))
-        # The flip: the datapath reads the new slot from the next packet on.
-        m["lb_fw_conf"].update_raw(_U32.pack(0), _CONF.pack(slot, gen + 1, *slots[0], *slots[1]))
-
-    def _fw_write_ports(self, t: fwclass.Tables, slot: int, field: str) -> None:
-        base = slot * 2 + _FIELD[field]
-        sets = t.port_sets[field]
-        if len(sets) > MAX_INTERVALS:
-            raise LbctlError(f"firewall port ranges cut the ports into {len(sets)} intervals; at most "
-                             f"{MAX_INTERVALS} fit")
-        ids = struct.pack(f"<{fwclass.PORTS}H", *t.port_ids(field))
-        step = PORT_CHUNK * 2
-        self._maps["lb_fw_port"].update_batch_raw([
-            (_U32.pack((base << 11) + c), ids[c * step:(c + 1) * step])
-            for c in range(fwclass.PORTS // PORT_CHUNK)])
-        self._maps["lb_fw_portset"].update_batch_raw([
-            (_U32.pack(base * MAX_INTERVALS + i), set_bytes(s)) for i, s in enumerate(sets)])
-
-    def _fw_write_ifaces(self, t: fwclass.Tables, slot: int) -> None:
-        m = self._maps["lb_fw_iface"]
-        want: dict[bytes, bytes] = {}
-        if "iface" in t.fields:
-            for name, idx in self._ifindexes(sorted(t.ifaces)).items():
-                want[_IFACE_KEY.pack(idx, slot)] = set_bytes(t.ifaces[name])
-            if t.iface_any:
-                want[_IFACE_KEY.pack(0, slot)] = set_bytes(t.iface_any)
-        stale = [k for k, _ in m.items_raw() if _IFACE_KEY.unpack(k)[1] == slot and k not in want]
-        for k in stale:
-            m.delete_raw(k)
-        if want:
-            m.update_batch_raw(list(want.items()))
-
-    def _fw_write_cidrs(self, t: fwclass.Tables, slot: int, gen: int) -> None:
-        """The slot's trie entries: only what differs from what the slot holds."""
-        m = self._maps["lb_fw_cidr"]
-        want: dict[bytes, bytes] = {}
-        for (field, fam, plen, addr), s in t.cidrs.items():
-            want[_CIDR_KEY.pack(24 + plen, slot, _FIELD[field], fam, addr)] = set_bytes(s)
         cache = getattr(self, "_fw_cache", None)
         if cache is None:
             cache = self._fw_cache = {}
         held = cache.get(slot)
-        if held is not None and self._fw_gen_ok(held[0], gen):
-            have = held[1]
-        else:  # not written by this process last time: look at what the slot holds
-            have = {}
-            for k in m.keys_raw():
-                if k[4] == slot:
-                    have[k] = b""  # unknown value: rewritten if wanted
-        for k in have:
-            if k not in want:
-                m.delete_raw(k)
-        for k, v in want.items():
-            if have.get(k) != v:
-                m.update_raw(k, v)
-        cache[slot] = (gen + 1, want)
+        # Same maps (not re-created since, e.g. after `lbctl down`) and exactly one flip since.
+        maps_id = B.map_id(m["lb_fw_conf"].fd)
+        if held is not None and held[0] == maps_id and self._fw_gen_ok(held[1], gen):
+            have = held[2]
+        else:
+            have = self._fw_slot_keys(slot)
+        for name, entries in want.items():
+            old = have.get(name, {})
+            mp = m[name]
+            if name in _HASHED:  # entries of the slot nobody wants any more
+                for k in old:
+                    if k not in entries:
+                        mp.delete_raw(k)
+            diff = [(k, v) for k, v in entries.items() if old.get(k) != v]
+            if not diff:
+                continue
+            if name == "lb_fw_cidr":  # LPM tries have no batch update
+                for k, v in diff:
+                    mp.update_raw(k, v)
+            else:
+                mp.update_batch_raw(diff)
+        cache[slot] = (maps_id, gen + 1, want)
+        slots[slot] = (t.words, sum(_USES[f] for f in t.fields), len(t.rules))
+        # The flip: the datapath reads the new slot from the next packet on.
+        m["lb_fw_conf"].update_raw(_U32.pack(0), _CONF.pack(slot, gen + 1, *slots[0], *slots[1]))
+        # Where the time went (seconds), for bench/firewall_bench.py.
+        self.fw_timing = {"read": t1 - t0, "compile": t2 - t1, "encode": t3 - t2,
+                          "kernel": time.perf_counter() - t3}
+
+    def _fw_encode(self, t: fwclass.Tables, slot: int,
+                   stat_ids: Mapping[str, int]) -> dict[str, dict[bytes, bytes]]:
+        """Every entry of ``slot`` the datapath reads for rule set ``t``, per map (fields in use only)."""
+        out: dict[str, dict[bytes, bytes]] = {name: {} for name in _SLOT_MAPS}
+        out["lb_fw_rules"] = {_U32.pack(slot * MAX_RULES + i): rule_bytes(r, stat_ids[r.name])
+                              for i, r in enumerate(t.rules)}
+        if "proto" in t.fields:
+            out["lb_fw_proto"] = {_U32.pack(slot * 512 + (256 if fam == 6 else 0) + p):
+                                  set_bytes(t.protos.get((fam, p), t.proto_any))
+                                  for fam in (4, 6) for p in range(256)}
+        step = PORT_CHUNK * 2
+        for field in ("sport", "dport"):
+            if field not in t.fields:
+                continue
+            base = slot * 2 + _FIELD[field]
+            sets = t.port_sets[field]
+            if len(sets) > MAX_INTERVALS:
+                raise LbctlError(f"firewall port ranges cut the ports into {len(sets)} intervals; at most "
+                                 f"{MAX_INTERVALS} fit", "merge port ranges")
+            ids = struct.pack(f"<{fwclass.PORTS}H", *t.port_ids(field))
+            out["lb_fw_port"].update((_U32.pack((base << 11) + c), ids[c * step:(c + 1) * step])
+                                     for c in range(fwclass.PORTS // PORT_CHUNK))
+            out["lb_fw_portset"].update((_U32.pack(base * MAX_INTERVALS + i), set_bytes(s))
+                                        for i, s in enumerate(sets))
+        if "iface" in t.fields:
+            for name, idx in self._ifindexes(sorted(t.ifaces)).items():
+                out["lb_fw_iface"][_IFACE_KEY.pack(idx, slot)] = set_bytes(t.ifaces[name])
+            if t.iface_any:
+                out["lb_fw_iface"][_IFACE_KEY.pack(0, slot)] = set_bytes(t.iface_any)
+        for (field, fam, plen, addr), st in t.cidrs.items():
+            out["lb_fw_cidr"][_CIDR_KEY.pack(24 + plen, slot, _FIELD[field], fam, addr)] = set_bytes(st)
+        return out
+
+    def _fw_slot_keys(self, slot: int) -> dict[str, dict[bytes, bytes]]:
+        """What this process does not know of a slot: the keys of its hashed entries (values unknown,
+        so every wanted entry is written; array entries are all written)."""
+        iface = {k: b"" for k, _ in self._maps["lb_fw_iface"].items_raw() if _IFACE_KEY.unpack(k)[1] == slot}
+        cidr = {k: b"" for k in self._maps["lb_fw_cidr"].keys_raw() if k[4] == slot}
+        return {"lb_fw_iface": iface, "lb_fw_cidr": cidr}
 
     @staticmethod
     def _fw_gen_ok(written: int, gen: int) -> bool:
