@@ -186,6 +186,8 @@ class BpfFirewall(BpfRead):
             else:
                 assert isinstance(ch.after, FirewallEntry)
                 rules[ch.key] = ch.after
+        if rules == {n: rec for n, (rec, _) in live.items()}:
+            return  # nothing changes (a repeated apply): no write, no flip
         if len(rules) > MAX_RULES:
             raise LbctlError(f"{len(rules)} firewall rules; the datapath holds at most {MAX_RULES}")
         t1 = time.perf_counter()

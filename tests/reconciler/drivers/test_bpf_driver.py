@@ -32,7 +32,7 @@ def records(n: int) -> list[Change]:
 
 
 def as_state(changes: list[Change]) -> dict[str, dict[str, object]]:
-    st: dict[str, dict[str, object]] = {"service": {}, "endpoints": {}, "attach": {}}
+    st: dict[str, dict[str, object]] = {"service": {}, "endpoints": {}, "attach": {}, "firewall": {}}
     for c in changes:
         st[c.kind][c.key] = c.after
     return st
@@ -113,7 +113,7 @@ def test_delete_everything(dp: Datapath) -> None:
 
 def test_read_without_pins_is_empty_and_creates_nothing(tmp_path: object) -> None:
     d = BpfDriver(pin_root="/sys/fs/bpf/lbctl-test-absent-xyz")
-    assert d.read() == {"service": {}, "endpoints": {}, "attach": {}}
+    assert d.read() == {"service": {}, "endpoints": {}, "attach": {}, "firewall": {}}
     import os
 
     assert not os.path.exists("/sys/fs/bpf/lbctl-test-absent-xyz")

@@ -31,6 +31,7 @@ from reconciler.records import (
     Backend,
     BgpPeer,
     EndpointSet,
+    FirewallEntry,
     KernelSetting,
     Record,
     ServiceEntry,
@@ -55,10 +56,13 @@ SAMPLES: dict[str, tuple[Record, Record | None]] = {
     "bgp-peer": (BgpPeer("192.0.2.254", 65000, 179, 90, 30, 0),
                  BgpPeer("192.0.2.254", 65010, 179, 90, 30, 0)),
     "announce": (Announcement("198.51.100.10/32"), None),
+    "firewall": (FirewallEntry("block", 10, "10.0.0.0/8", None, None, (80, 80), "tcp", None, "drop"),
+                 FirewallEntry("block", 20, "10.0.0.0/8", "10.97.0.1/32", (1024, 65535), None, "udp", IFACE,
+                               "rateLimit", rate_pps=100, rate_burst=10)),
 }
 
 # Order in which a driver's kinds are created when all are wanted at once (as the plan orders them).
-CREATE_ORDER = ("sysctl", "attach", "endpoints", "service", "vip", "bgp-peer", "announce")
+CREATE_ORDER = ("sysctl", "attach", "firewall", "endpoints", "service", "vip", "bgp-peer", "announce")
 
 
 def key_of(record: Record) -> str:
@@ -70,7 +74,7 @@ def key_of(record: Record) -> str:
         return record.address
     if isinstance(record, Announcement):
         return record.prefix
-    if isinstance(record, KernelSetting):
+    if isinstance(record, (KernelSetting, FirewallEntry)):
         return record.name
     raise AssertionError(f"no sample key for {record!r}")
 

@@ -194,16 +194,34 @@ def test_rate_limit_holds_a_udp_flood_to_its_rate(box: Box) -> None:
     assert row["packets"] - row["limited"] == got  # what passed is what the receiver answered
 
 
+_LB_SERVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"lb-itself"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = HTTPServer((sys.argv[1], 80), H)
+print("ready", flush=True)
+srv.serve_forever()
+"""
+
+
 def test_trap_delivers_vip_traffic_to_a_socket_on_the_lb(box: Box) -> None:
-    srv = subprocess.Popen(["ip", "netns", "exec", box.tb.lb, "socat",
-                            f"TCP-LISTEN:80,bind={VIP4},fork,reuseaddr",
-                            "SYSTEM:echo HTTP/1.0 200 OK; echo; echo lb-itself"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    srv = subprocess.Popen(["ip", "netns", "exec", box.tb.lb, sys.executable, "-c", _LB_SERVER, VIP4],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        assert srv.stdout is not None and b"ready" in srv.stdout.readline()
         assert (box.curl() or "").startswith("backend")
         box.rules(rule("to-host", 10, "trap", f"{{destination: {VIP4}/32, protocol: TCP, "
                                                "destinationPorts: {from: 80}}"))
         assert box.curl() == "lb-itself"
+        assert (box.curl() or "") == "lb-itself"
     finally:
         srv.kill()
         srv.wait()
