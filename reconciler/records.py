@@ -23,7 +23,7 @@ kind           record                driver
 ``announce``   ``Announcement``      bgp (planned)
 =============  ====================  ===========
 
-``faults`` (service, endpoints, attach, vip): what a live read found wrong with
+``faults`` (service, endpoints, attach, vip, firewall): what a live read found wrong with
 the kernel objects behind a record that its other fields cannot show (a lookup
 entry that is missing or points elsewhere, bytes that differ from what lbctl
 writes, a foreign program on the hook, an address on a link that is down).
@@ -121,6 +121,7 @@ class FirewallEntry:
     mark: int | None = None
     rate_pps: int | None = None
     rate_burst: int | None = None
+    faults: tuple[str, ...] = ()  # live only: the rule tables differ from what the rules compile to
 
 
 @dataclass(frozen=True, slots=True)

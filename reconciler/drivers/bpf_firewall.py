@@ -12,6 +12,10 @@ that does not know the slot (a fresh ``lbctl apply``) writes every array entry
 in one batch per map and reads the slot's trie and interface keys first, to
 delete the stale ones.
 
+A live read checks the active slot's tables against what its rules compile to;
+any difference is a fault on every rule, and the apply that repairs it writes
+the whole idle slot.
+
 Each rule keeps a counter slot (``stat_id``, index of ``lb_fw_stats`` and
 ``lb_fw_rate``) across edits of other rules; a new rule gets the lowest free one,
 zeroed before the flip.  The rule table stores each rule as configured, so a live
@@ -25,6 +29,7 @@ import socket
 import struct
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from reconciler import fwclass
 from reconciler.drivers import _libbpf as B
@@ -140,9 +145,42 @@ class BpfFirewall(BpfRead):
         return out
 
     def read_firewall(self) -> dict[str, Record]:
+        """The rules of the active slot; each carries the faults of the slot's tables, if any."""
         if not self._maps:
             return {}
-        return {n: rec for n, (rec, _) in self._fw_live().items()}
+        live = self._fw_live()
+        faults = tuple(self._fw_audit(live))
+        return {n: replace(rec, faults=faults) if faults else rec for n, (rec, _) in live.items()}
+
+    def _fw_audit(self, live: Mapping[str, tuple[FirewallEntry, int]]) -> list[str]:
+        """What in the active slot differs from what its rules compile to (drift, corruption)."""
+        active, _gen, slots = self._fw_conf()
+        t = fwclass.compile_rules(rec for rec, _ in live.values())
+        want = self._fw_encode(t, active, {n: sid for n, (_, sid) in live.items()})
+        out = []
+        expect = (t.words, sum(_USES[f] for f in t.fields), len(t.rules))
+        if slots[active] != expect:
+            out.append(f"lb_fw_conf: slot {active} says {slots[active]} (words, fields, rules), "
+                       f"the rules need {expect}")
+        for name, entries in want.items():
+            if not entries and name not in _HASHED:
+                continue
+            have = self._fw_slot_entries(name, active, entries)
+            bad = sum(1 for k, v in entries.items() if have.get(k) != v)
+            bad += sum(1 for k in have if k not in entries)
+            if bad:
+                out.append(f"{name}: {bad} entr{'y' if bad == 1 else 'ies'} of the active slot differ from "
+                           "what the rules compile to")
+        return out
+
+    def _fw_slot_entries(self, name: str, slot: int, wanted: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+        """The entries of ``slot`` in map ``name``: all of them for hashed maps, the wanted keys of arrays."""
+        m = self._maps[name]
+        if name == "lb_fw_cidr":
+            return {k: m.lookup_raw(k) or b"" for k in m.keys_raw() if k[4] == slot}
+        if name == "lb_fw_iface":
+            return {k: v for k, v in m.items_raw() if _IFACE_KEY.unpack(k)[1] == slot}
+        return {k: v for k, v in m.items_raw(chunk=4096) if k in wanted}
 
     def firewall_counters(self) -> dict[str, dict[str, int]]:
         """Per rule name: packets and bytes matched, packets over a rateLimit (summed over CPUs)."""
@@ -186,7 +224,8 @@ class BpfFirewall(BpfRead):
             else:
                 assert isinstance(ch.after, FirewallEntry)
                 rules[ch.key] = ch.after
-        if rules == {n: rec for n, (rec, _) in live.items()}:
+        repair = any(ch.before is not None and getattr(ch.before, "faults", ()) for ch in changes)
+        if rules == {n: rec for n, (rec, _) in live.items()} and not repair:
             return  # nothing changes (a repeated apply): no write, no flip
         if len(rules) > MAX_RULES:
             raise LbctlError(f"{len(rules)} firewall rules; the datapath holds at most {MAX_RULES}")
@@ -216,9 +255,10 @@ class BpfFirewall(BpfRead):
         if cache is None:
             cache = self._fw_cache = {}
         held = cache.get(slot)
-        # Same maps (not re-created since, e.g. after `lbctl down`) and exactly one flip since.
+        # Same maps (not re-created since, e.g. after `lbctl down`), exactly one flip since, and no
+        # repair under way (a faulty live rule: write the whole slot).
         maps_id = B.map_id(m["lb_fw_conf"].fd)
-        if held is not None and held[0] == maps_id and self._fw_gen_ok(held[1], gen):
+        if held is not None and held[0] == maps_id and self._fw_gen_ok(held[1], gen) and not repair:
             have = held[2]
         else:
             have = self._fw_slot_keys(slot)

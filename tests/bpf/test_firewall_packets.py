@@ -197,3 +197,41 @@ def test_live_read_gives_back_the_records(dp: Datapath) -> None:
              fw("c", 2, "trap")]
     dp.firewall(rules)
     assert dp.driver.read()["firewall"] == {r.name: r for r in rules}
+
+
+@pytest.mark.parametrize("damage", ["trie-delete", "trie-corrupt", "port-corrupt", "conf-fields"])
+def test_damaged_tables_show_as_faults_and_one_apply_repairs_them(dp: Datapath, damage: str) -> None:
+    from reconciler.plan import diff
+
+    _svc(dp, False)
+    rules = [fw("block", 10, "drop", source=f"{CLIENT4}/32", protocol="tcp", destination_ports=(80, 80)),
+             fw("other", 20, "drop", source="10.55.0.0/16")]
+    dp.firewall(rules)
+    frame = P.Pkt(CLIENT4, VIP4, P.TCP, 40000, 80).bytes()
+    assert dp.run("tc", frame).retval == DROP["tc"]
+    drv = dp.driver
+    conf = drv.map("lb_fw_conf").lookup_raw(struct.pack("<I", 0))
+    assert conf is not None
+    active = conf[0] & 1
+    trie = drv.map("lb_fw_cidr")
+    mine = [k for k in trie.keys_raw() if k[4] == active and k[7:11] == bytes(map(int, CLIENT4.split(".")))]
+    assert mine
+    if damage == "trie-delete":
+        trie.delete_raw(mine[0])
+    elif damage == "trie-corrupt":
+        trie.update_raw(mine[0], bytes(len(trie.lookup_raw(mine[0]) or b"")))
+    elif damage == "port-corrupt":
+        port = drv.map("lb_fw_port")
+        k = struct.pack("<I", ((active * 2 + 1) << 11) + 80 // 32)
+        port.update_raw(k, bytes(64))
+    else:  # a slot that claims no field is in use: every packet matches the first rule
+        off = 8 + 16 * active + 4  # lb_fw_conf.slot[active].fields
+        drv.map("lb_fw_conf").update_raw(struct.pack("<I", 0), conf[:off] + bytes(4) + conf[off + 4:])
+    live = drv.read()["firewall"]
+    assert all(r.faults for r in live.values()), live
+    plan = diff({"firewall": {r.name: r for r in rules}}, {"firewall": live})
+    assert {c.key for c in plan.changes} == {"block", "other"}
+    drv.apply(list(plan.changes))
+    assert not any(r.faults for r in drv.read()["firewall"].values())
+    assert dp.run("tc", frame).retval == DROP["tc"]
+    assert dp.run("tc", P.Pkt(OTHER4, VIP4, P.TCP, 40000, 80).bytes()).retval == REDIRECT["tc"]
