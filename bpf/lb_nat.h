@@ -43,41 +43,41 @@ static __always_inline __u16 csum_apply(__u16 sum, __u32 diff)
 	return (__u16)~csum_fold64((__u16)~sum + (__u64)diff);
 }
 
+/* Where a packet goes: both ends after translation (unchanged ends keep the packet's). */
+struct nat_to {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+};
+
 /*
- * Rewrite destination (forward) or source (reply) address and port, decrement
- * the TTL when we redirect, fix checksums, and forward.
+ * Rewrite source and destination address and port to *to, decrement the TTL when
+ * we redirect, fix checksums, and forward.
  */
-static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct pkt *p, int dst,
-						const __u32 *addr, __u16 port)
+static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct pkt *p,
+						const struct nat_to *to)
 {
 	struct bpf_fib_lookup f = {};
 	__u32 adiff, pdiff = 0, l3diff;
-	__u16 oldport, ttlw_old, ttlw_new;
-	int rc, redirect;
+	__u16 ttlw_old, ttlw_new;
+	int rc, redirect, n = p->t.family == 4 ? 1 : 4;
 
 	f.family = p->t.family == 4 ? AF_INET : AF_INET6;
 	f.l4_protocol = p->t.family == 6 && p->t.proto == IPPROTO_ICMP ? IPPROTO_ICMPV6 : p->t.proto;
-	f.sport = p->t.sport;
-	f.dport = p->t.dport;
+	f.sport = p->sport_p ? to->sport : p->t.sport;
+	f.dport = p->dport_p ? to->dport : p->t.dport;
 	f.tot_len = 0;		/* pitfall 15: GSO packets would fail the MTU check */
 	f.ifindex = p->ifindex;
-	if (dst) {
-		oldport = p->t.dport;
-		if (p->dport_p)
-			f.dport = port;
-		adiff = csum_diff_words(p->t.daddr, addr, p->t.family == 4 ? 1 : 4);
-	} else {
-		oldport = p->t.sport;
-		if (p->sport_p)
-			f.sport = port;
-		adiff = csum_diff_words(p->t.saddr, addr, p->t.family == 4 ? 1 : 4);
-	}
+	adiff = csum_fold64((__u64)csum_diff_words(p->t.daddr, to->daddr, n) +
+			    csum_diff_words(p->t.saddr, to->saddr, n));
 	if (p->t.family == 4) {
-		f.ipv4_src = dst ? p->t.saddr[0] : addr[0];
-		f.ipv4_dst = dst ? addr[0] : p->t.daddr[0];
+		f.ipv4_src = to->saddr[0];
+		f.ipv4_dst = to->daddr[0];
 	} else {
-		__builtin_memcpy(f.ipv6_src, dst ? p->t.saddr : addr, 16);
-		__builtin_memcpy(f.ipv6_dst, dst ? addr : p->t.daddr, 16);
+		__builtin_memcpy(f.ipv6_src, to->saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, to->daddr, 16);
 	}
 	rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
 	if (xdp)
@@ -92,10 +92,8 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 
 		if ((void *)(ip + 1) > end)
 			return V_PASS;
-		if (dst)
-			ip->daddr = addr[0];
-		else
-			ip->saddr = addr[0];
+		ip->saddr = to->saddr[0];
+		ip->daddr = to->daddr[0];
 		l3diff = adiff;
 		if (redirect) {
 			ttlw_old = *(__u16 *)&ip->ttl;
@@ -111,29 +109,28 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 
 		if ((void *)(ip6 + 1) > end)
 			return V_PASS;
-		if (dst)
-			__builtin_memcpy(&ip6->daddr, addr, 16);
-		else
-			__builtin_memcpy(&ip6->saddr, addr, 16);
+		__builtin_memcpy(&ip6->saddr, to->saddr, 16);
+		__builtin_memcpy(&ip6->daddr, to->daddr, 16);
 		l3diff = 0;
 		if (redirect)
 			ip6->hop_limit -= 1;
 	}
 	/* An unchanged port costs nothing (no write, no second checksum helper call). */
-	if (dst && p->dport_p && oldport != port) {
+	if (p->dport_p && p->t.dport != to->dport) {
 		void *end = ctx_end(ctx, xdp);
 
 		if ((void *)(p->dport_p + 1) > end)
 			return V_PASS;
-		*p->dport_p = port;
-		pdiff = csum_diff16(oldport, port);
-	} else if (!dst && p->sport_p && oldport != port) {
+		*p->dport_p = to->dport;
+		pdiff = csum_diff16(p->t.dport, to->dport);
+	}
+	if (p->sport_p && p->t.sport != to->sport) {
 		void *end = ctx_end(ctx, xdp);
 
 		if ((void *)(p->sport_p + 1) > end)
 			return V_PASS;
-		*p->sport_p = port;
-		pdiff = csum_diff16(oldport, port);
+		*p->sport_p = to->sport;
+		pdiff = csum_fold64((__u64)pdiff + csum_diff16(p->t.sport, to->sport));
 	}
 
 	if (xdp) {
@@ -196,35 +193,259 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 }
 
 /* Per-hook out-of-line copies keep each BPF stack frame small. */
-static __noinline enum verdict nat_forward_tc(void *ctx, struct pkt *p, int dst, const __u32 *addr,
-					      __u16 port)
+static __noinline enum verdict nat_forward_tc(void *ctx, struct pkt *p, const struct nat_to *to)
 {
-	return nat_forward(ctx, 0, p, dst, addr, port);
+	return nat_forward(ctx, 0, p, to);
 }
 
-static __noinline enum verdict nat_forward_xdp(void *ctx, struct pkt *p, int dst, const __u32 *addr,
-					       __u16 port)
+static __noinline enum verdict nat_forward_xdp(void *ctx, struct pkt *p, const struct nat_to *to)
 {
-	return nat_forward(ctx, 1, p, dst, addr, port);
+	return nat_forward(ctx, 1, p, to);
 }
 
-static __always_inline enum verdict nat_fwd(void *ctx, const int xdp, struct pkt *p, int dst,
-					    const __u32 *addr, __u16 port)
+static __always_inline enum verdict nat_fwd(void *ctx, const int xdp, struct pkt *p, const struct nat_to *to)
 {
 	if (xdp)
-		return nat_forward_xdp(ctx, p, dst, addr, port);
-	return nat_forward_tc(ctx, p, dst, addr, port);
+		return nat_forward_xdp(ctx, p, to);
+	return nat_forward_tc(ctx, p, to);
 }
 
-/* A reply from an endpoint: source back to the VIP. */
+#ifndef IPPROTO_IPIP
+#define IPPROTO_IPIP 4
+#endif
+
+static __always_inline int addr_set(const __u32 *a)
+{
+	return (a[0] | a[1] | a[2] | a[3]) != 0;
+}
+
+static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+/*
+ * The box's own address towards daddr and the interface it leaves by
+ * (BPF_FIB_LOOKUP_SRC: the route's preferred source).  0 on success.
+ */
+static __noinline int fib_source(void *ctx, const struct pkt *p, const __u32 *daddr, __u32 *src,
+				 __u32 *ifindex)
+{
+	struct bpf_fib_lookup f = {};
+	int rc;
+
+	f.family = p->t.family == 4 ? AF_INET : AF_INET6;
+	f.ifindex = p->ifindex;
+	if (p->t.family == 4)
+		f.ipv4_dst = daddr[0];
+	else
+		__builtin_memcpy(f.ipv6_dst, daddr, 16);
+	rc = bpf_fib_lookup(ctx, &f, sizeof(f), BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memset(src, 0, 16);
+	if (p->t.family == 4)
+		src[0] = f.ipv4_src;
+	else
+		__builtin_memcpy(src, f.ipv6_src, 16);
+	*ifindex = f.ifindex;
+	return addr_set(src) ? 0 : -1;
+}
+
+/*
+ * How a new flow of a service in mode `mode` leaves the box (the dispatch in
+ * lb_kern.c's do_new calls this): onearm and fullnat without a configured
+ * source take the box's address towards the endpoint; default mode does too
+ * when the endpoint is behind the interface the client came in by (hairpin:
+ * the endpoint would answer the client directly, or is the client).  0 on
+ * success, -1 when a source NAT has no address (no route to the endpoint).
+ */
+static __always_inline int nat_plan(void *ctx, const struct pkt *p, const struct lb_service *s,
+				    const __u32 *be_addr, struct ct_plan *plan)
+{
+	__u32 ifindex = 0;
+
+	plan->mode = s->mode;
+	if (s->mode == LB_MODE_DSR)
+		return 0;
+	if (s->mode == LB_MODE_FULLNAT && addr_set(s->snat_addr)) {
+		__builtin_memcpy(plan->saddr, s->snat_addr, 16);
+		plan->snat = 1;
+		return 0;
+	}
+	if (fib_source(ctx, p, be_addr, plan->saddr, &ifindex))
+		return s->mode == LB_MODE_ONEARM || s->mode == LB_MODE_FULLNAT ? -1 : 0;
+	plan->snat = s->mode != LB_MODE_DEFAULT || ifindex == p->ifindex;
+	return 0;
+}
+
+/* Encapsulate in IPv4 (IP-in-IP, L3 DSR): an outer header from src to dst after Ethernet. */
+static __always_inline int ipip_push(void *ctx, const int xdp, __u32 src, __u32 dst, __u16 inner_len,
+				     const __u8 *dmac, const __u8 *smac)
+{
+	struct iphdr o = {};
+	__u64 sum;
+
+	o.version = 4;
+	o.ihl = 5;
+	o.ttl = 64;
+	o.protocol = IPPROTO_IPIP;
+	o.tot_len = bpf_htons(inner_len + sizeof(o));
+	o.saddr = src;
+	o.daddr = dst;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&o, sizeof(o), 0);
+	o.check = (__u16)~csum_fold64(sum);
+	if (xdp) {
+		struct ethhdr *eth;
+		struct iphdr *ip;
+
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(o)))
+			return -1;
+		eth = ctx_data(ctx, xdp);
+		ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > ctx_end(ctx, xdp))
+			return -1;
+		__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+		eth->h_proto = bpf_htons(ETH_P_IP);
+		*ip = o;
+		return 0;
+	}
+	if (bpf_skb_adjust_room(ctx, sizeof(o), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+		return -1;
+	return bpf_skb_store_bytes(ctx, ETH_HLEN, &o, sizeof(o), 0) ? -1 : 0;
+}
+
+/*
+ * Direct server return: the packet keeps the VIP as its destination.  An endpoint
+ * on a connected subnet gets it with only the Ethernet destination changed (L2
+ * DSR; it holds the VIP on a loopback); one behind a router gets it inside an
+ * IPv4 IP-in-IP header from the box to the endpoint (L3 DSR; decapsulation is
+ * the endpoint's job).  Replies go from the endpoint straight to the client.
+ */
+static __always_inline enum verdict dsr_forward(void *ctx, const int xdp, struct pkt *p, const __u32 *be)
+{
+	struct bpf_fib_lookup f = {};
+	__u32 flags = BPF_FIB_LOOKUP_SRC;
+	int rc, routed;
+
+	f.family = p->t.family == 4 ? AF_INET : AF_INET6;
+	f.l4_protocol = p->t.family == 6 && p->t.proto == IPPROTO_ICMP ? IPPROTO_ICMPV6 : p->t.proto;
+	f.sport = p->t.sport;
+	f.dport = p->t.dport;
+	f.ifindex = p->ifindex;
+	if (p->t.family == 4)
+		f.ipv4_dst = be[0];
+	else
+		__builtin_memcpy(f.ipv6_dst, be, 16);
+	if (!xdp)
+		flags |= BPF_FIB_LOOKUP_SKIP_NEIGH;
+	rc = bpf_fib_lookup(ctx, &f, sizeof(f), flags);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		goto pass;
+	if (p->t.family == 4)
+		routed = f.ipv4_dst != be[0];
+	else
+		routed = !addr_eq(f.ipv6_dst, be);
+	if (routed) {
+		struct iphdr *ip = p->l3;
+
+		if (p->t.family != 4 || (void *)(ip + 1) > ctx_end(ctx, xdp))
+			goto pass;	/* IPv6 endpoints behind a router: not carried out */
+		if (ipip_push(ctx, xdp, f.ipv4_src, be[0], bpf_ntohs(ip->tot_len), f.dmac, f.smac))
+			goto pass;
+	}
+	if (xdp) {
+		struct ethhdr *eth = ctx_data(ctx, xdp);
+
+		if ((void *)(eth + 1) > ctx_end(ctx, xdp))
+			return V_DROP;
+		__builtin_memcpy(eth->h_dest, f.dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, f.smac, ETH_ALEN);
+		if (bpf_redirect(f.ifindex, 0) == XDP_REDIRECT) {
+			stat_inc(LB_STAT_REDIRECT);
+			return V_REDIRECT;
+		}
+	} else {
+		struct bpf_redir_neigh nh = {};
+
+		if (p->t.family == 4) {
+			nh.nh_family = AF_INET;
+			nh.ipv4_nh = f.ipv4_dst;
+		} else {
+			nh.nh_family = AF_INET6;
+			__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
+		}
+		if (bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0) == TC_ACT_REDIRECT) {
+			stat_inc(LB_STAT_REDIRECT);
+			return V_REDIRECT;
+		}
+	}
+pass:
+	stat_inc(LB_STAT_FIB_PASS);
+	return V_PASS;
+}
+
+static __noinline enum verdict dsr_forward_tc(void *ctx, struct pkt *p, const __u32 *be)
+{
+	return dsr_forward(ctx, 0, p, be);
+}
+
+static __noinline enum verdict dsr_forward_xdp(void *ctx, struct pkt *p, const __u32 *be)
+{
+	return dsr_forward(ctx, 1, p, be);
+}
+
+/* A packet of a flow towards its endpoint: as its conntrack entry (or plan) says. */
+static __always_inline enum verdict fwd_to(void *ctx, const int xdp, struct pkt *p, __u8 mode,
+					   const __u32 *be, __u16 port, const __u32 *saddr, __u16 sport)
+{
+	struct nat_to to;
+
+	if (mode == LB_MODE_DSR)
+		return xdp ? dsr_forward_xdp(ctx, p, be) : dsr_forward_tc(ctx, p, be);
+	__builtin_memcpy(to.daddr, be, 16);
+	to.dport = port;
+	__builtin_memcpy(to.saddr, saddr, 16);
+	to.sport = sport;
+	return nat_fwd(ctx, xdp, p, &to);
+}
+
+/* An established flow's packet from the client. */
+static __always_inline enum verdict ct_fwd(void *ctx, const int xdp, struct pkt *p, const struct lb_ct *ct)
+{
+	if (addr_set(ct->snat_addr))
+		return fwd_to(ctx, xdp, p, ct->mode, ct->nat_addr, ct->nat_port, ct->snat_addr, ct->snat_port);
+	return fwd_to(ctx, xdp, p, ct->mode, ct->nat_addr, ct->nat_port, p->t.saddr, p->t.sport);
+}
+
+/* A new flow's first packet, after ct_create settled its source. */
+static __always_inline enum verdict new_fwd(void *ctx, const int xdp, struct pkt *p,
+					    const struct ct_plan *plan, const __u32 *be, __u16 port)
+{
+	return fwd_to(ctx, xdp, p, plan->mode, be, port, plan->snat ? plan->saddr : p->t.saddr, plan->sport);
+}
+
+/* A reply from an endpoint: source back to the VIP, destination back to the client. */
 static __always_inline enum verdict do_reply(void *ctx, const int xdp, struct pkt *p, struct lb_ct *ct,
 					     __u64 now)
 {
+	struct nat_to to;
+
 	ct_close_reply(ct, p, now);
 	stat_inc(LB_STAT_REPLY);
 	count(&lb_svc_stats, ct->svc_id, p->len, 1, 0, 0);
 	count(&lb_be_stats, ct->stat_id, p->len, 1, 0, 0);
-	return nat_fwd(ctx, xdp, p, 0, ct->nat_addr, ct->nat_port);
+	__builtin_memcpy(to.saddr, ct->nat_addr, 16);
+	to.sport = ct->nat_port;
+	if (addr_set(ct->snat_addr)) {
+		__builtin_memcpy(to.daddr, ct->snat_addr, 16);
+		to.dport = ct->snat_port;
+	} else {
+		__builtin_memcpy(to.daddr, p->t.daddr, 16);
+		to.dport = p->t.dport;
+	}
+	return nat_fwd(ctx, xdp, p, &to);
 }
 
 #endif /* __LB_NAT_H */
