@@ -7,6 +7,8 @@ fields and every checksum of the output frame.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from reconciler.records import Backend
@@ -317,8 +319,8 @@ def _expect(hook: str, out: bytes, pkt: P.Pkt, mac: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
-@pytest.mark.parametrize("mode,v6", [("onearm", False), ("onearm", True), ("fullnat", False), ("fullnat", True),
-                                     ("fullnat-egress", False)])
+@pytest.mark.parametrize("mode,v6", [("onearm", False), ("onearm", True), ("fullnat", False),
+                                     ("fullnat", True), ("fullnat-egress", False)])
 @pytest.mark.parametrize("proto", [P.TCP, P.UDP])
 def test_source_nat_both_ways(dp: Datapath, hook: str, mode: str, v6: bool, proto: int) -> None:
     """onearm: the box's address towards the endpoint; fullnat: the configured source (else the same)."""
@@ -344,7 +346,8 @@ def test_source_nat_both_ways(dp: Datapath, hook: str, mode: str, v6: bool, prot
     assert r.retval == REDIRECT[hook]
     back = P.parse(r.data)
     assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (vip, 80, client, 41000)
-    assert r.data == _expect(hook, r.data, reply.but(src=vip, sport=80, dst=client, dport=41000, ttl=63), GW_MAC)
+    want = reply.but(src=vip, sport=80, dst=client, dport=41000, ttl=63)
+    assert r.data == _expect(hook, r.data, want, GW_MAC)
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
@@ -362,7 +365,8 @@ def test_source_nat_ports_never_collide(dp: Datapath, hook: str) -> None:
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
 def test_icmp_echo_onearm(dp: Datapath, hook: str) -> None:
     dp.service(VIP4, "icmp", 0, [Backend(BACKENDS4[2], 0)], mode="onearm")
-    assert dp.run(hook, P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8, icmp_id=77).bytes()).retval == REDIRECT[hook]
+    ping = P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8, icmp_id=77)
+    assert dp.run(hook, ping.bytes()).retval == REDIRECT[hook]
     r = dp.run(hook, P.Pkt(BACKENDS4[2], LB4, P.ICMP, icmp_type=0, icmp_id=77).bytes())
     out = P.parse(r.data)
     assert r.retval == REDIRECT[hook] and out.csum_ok and (out.src, out.dst, out.sport) == (VIP4, CLIENT4, 77)
@@ -409,7 +413,7 @@ def test_dsr_l3_encapsulates_in_ipip(dp: Datapath, hook: str) -> None:
         outer = r.data[14:34]
         assert r.data[12:14] == b"\x08\x00" and outer[0] == 0x45 and outer[9] == 4  # IPv4, IP-in-IP
         assert P.csum(outer) == 0
-        assert (outer[12:16], outer[16:20]) == (bytes(map(int, LB4.split("."))), bytes(map(int, ROUTED4.split("."))))
+        assert (outer[12:16], outer[16:20]) == (socket.inet_aton(LB4), socket.inet_aton(ROUTED4))
         assert int.from_bytes(outer[2:4], "big") == len(frame) - 14 + 20
         assert r.data[34:] == frame[14:], "the inner packet is the client's, untouched"
         if hook == "xdp":
