@@ -42,7 +42,8 @@ class Box:
     def __init__(self, tb: Testbed) -> None:
         self.tb = tb
         self.driver = BpfDriver(pin_root=f"/sys/fs/bpf/lbctl-nat-{uuid.uuid4().hex[:8]}", netns=tb.lb)
-        self.driver.apply([Change("attach", i, "create", None, Attachment(i, "tc")) for i in tb.lb_interfaces])
+        attach = [Change("attach", i, "create", None, Attachment(i, "tc")) for i in tb.lb_interfaces]
+        self.driver.apply(attach)
 
     def service(self, vip: str, proto: str, port: int, addresses: list[str], mode: str, *,
                 selection: str = "rr", source: str = "") -> None:
@@ -127,7 +128,8 @@ def test_mode_http_udp_and_the_source_endpoints_see(tb: Testbed, mode: str) -> N
         seen = dict(seen_source(tb) for _ in range(30))
         assert set(seen) == names
         for i in range(tb.n_backends):
-            want = {"default": CLIENT4, "dsr": CLIENT4, "onearm": f"10.201.{i}.1", "fullnat": FULLNAT_SOURCE}[mode]
+            want = {"default": CLIENT4, "dsr": CLIENT4, "onearm": f"10.201.{i}.1",
+                    "fullnat": FULLNAT_SOURCE}[mode]
             assert seen[tb.backend_name(i)] == want, f"{mode}: backend{i} saw {seen[tb.backend_name(i)]}"
     finally:
         box.driver.down()
