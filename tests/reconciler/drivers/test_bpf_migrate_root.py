@@ -202,7 +202,7 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
         flows = [f for f in drv.conntrack() if f.vip_port == ECHO_PORT and f.backend in backends]
         assert flows and all(f.state == "established" for f in flows), flows
         cts = [v for _k, v in drv.map("lb_ct").items() if v.state == 2]
-        assert cts and all(list(v.snat_addr) == [0, 0, 0, 0] and v.snat_port == 0 and v.mode == 0 for v in cts)
+        assert cts and all((list(v.snat_addr), v.snat_port, v.mode) == ([0, 0, 0, 0], 0, 0) for v in cts)
         stream.finish()
 
         desired = {"service": {}, "endpoints": {}, "attach": {}} | {
@@ -312,7 +312,8 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
         drv.read()
         assert drv.migration is not None and drv.migration.changed == ("lb_conf", "lb_ct", "lb_stats")
         (notice,) = drv.notices()  # apply prints it, the daemon logs it: once
-        assert "migrated the pinned datapath to layout v3 live: maps lb_conf, lb_ct, lb_stats changed" in notice, notice
+        want = "migrated the pinned datapath to layout v3 live: maps lb_conf, lb_ct, lb_stats changed"
+        assert want in notice, notice
         assert drv.notices() == []
     finally:
         drv.close()
