@@ -78,7 +78,7 @@ static __noinline void ct_close_reply(struct lb_ct *ct, struct pkt *p, __u64 now
 		__builtin_memcpy(fk.daddr, ct->nat_addr, 16);
 		fk.dport = ct->nat_port;
 		fk.proto = p->t.proto;
-		fk.family = p->t.family;
+		fk.family = ct->nat_family ? ct->nat_family : p->t.family;
 		fwd = bpf_map_lookup_elem(&lb_ct, &fk);
 		if (fwd)
 			ct_track(fwd, p);
@@ -102,6 +102,8 @@ struct ct_plan {
 	__u16 nat_port;		/* the endpoint's port */
 	__u8 snat;		/* rewrite the source address (onearm, fullnat, hairpin) */
 	__u8 mode;		/* enum lb_mode */
+	__u8 family;		/* the endpoint's (fullnat may translate between IPv4 and IPv6) */
+	__u8 pad[3];
 };
 
 static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
@@ -195,7 +197,9 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 		__builtin_memcpy(rk.daddr, plan->snat ? plan->saddr : p->t.saddr, 16);
 		rk.sport = nat_port;
 		rk.proto = p->t.proto;
-		rk.family = p->t.family;
+		rk.family = plan->family;
+		if (plan->family != p->t.family)
+			v.nat_family = p->t.family;
 		if (ct_claim(&rk, &v, p, plan->snat, now))
 			return -1;
 		sport = rk.dport;
@@ -206,6 +210,7 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 	__builtin_memcpy(v.nat_addr, be->addr, 16);
 	v.nat_port = nat_port;
 	v.dir = LB_CT_FORWARD;
+	v.nat_family = plan->family != p->t.family ? plan->family : 0;
 	__builtin_memset(v.snat_addr, 0, 16);
 	v.snat_port = 0;
 	if (moved) {

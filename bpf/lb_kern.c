@@ -53,7 +53,7 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
-	if (select_backend(svc_id, s, p, &be) || be.family != p->t.family) {
+	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT)) {
 		stat_inc(LB_STAT_DROP_NO_BACKEND);
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
@@ -72,7 +72,7 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 	case LB_MODE_FULLNAT:
 	case LB_MODE_DSR:
 	default:
-		if (nat_plan(ctx, p, s, be.addr, &plan) || ct_create(p, &be, svc_id, now, &plan)) {
+		if (nat_plan(ctx, p, s, &be, &plan) || ct_create(p, &be, svc_id, now, &plan)) {
 			stat_inc(LB_STAT_DROP_NO_SNAT);
 			count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 			return V_DROP;

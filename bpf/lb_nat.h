@@ -214,6 +214,218 @@ static __always_inline enum verdict nat_fwd(void *ctx, const int xdp, struct pkt
 #define IPPROTO_IPIP 4
 #endif
 
+/*
+ * NAT64/NAT46 (fullnat only): rewrite a TCP or UDP packet into the other IP family,
+ * addresses and ports to *to (addresses of family `fam`), with the new IP header
+ * written whole and the L4 checksum moved from one pseudo header to the other
+ * (length and protocol add the same to both, so only the addresses and ports
+ * count).  IPv4 options and UDP without a checksum (IPv6 requires one) are
+ * dropped.  Then forwarded as nat_forward does, or left to the kernel translated.
+ */
+static __always_inline enum verdict xlat_forward(void *ctx, const int xdp, struct pkt *p,
+						 const struct nat_to *to, __u8 fam)
+{
+	struct bpf_fib_lookup f = {};
+	union {
+		struct iphdr h4;
+		struct ipv6hdr h6;
+	} h = {};
+	__u32 adiff, pdiff = 0, hl = fam == 4 ? sizeof(h.h4) : sizeof(h.h6);
+	__u32 l4csum = p->t.proto == IPPROTO_TCP ? 16 : 6;
+	__u16 plen;
+	__u8 ttl, tos;
+	__u64 sum = 0;
+	int rc, redirect;
+
+	if (p->t.proto != IPPROTO_TCP && p->t.proto != IPPROTO_UDP)
+		return V_DROP;
+	if (p->t.family == 6) {
+		struct ipv6hdr *ip6 = p->l3;
+
+		if ((void *)(ip6 + 1) > ctx_end(ctx, xdp))
+			return V_PASS;
+		plen = bpf_ntohs(ip6->payload_len);
+		ttl = ip6->hop_limit;
+		tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+	} else {
+		struct iphdr *ip = p->l3;
+
+		if ((void *)(ip + 1) > ctx_end(ctx, xdp))
+			return V_PASS;
+		if (ip->ihl != 5)
+			return V_DROP;
+		plen = bpf_ntohs(ip->tot_len) - sizeof(*ip);
+		ttl = ip->ttl;
+		tos = ip->tos;
+	}
+	if (p->csum) {
+		__u16 *cs = p->csum;
+
+		if ((void *)(cs + 1) > ctx_end(ctx, xdp))
+			return V_PASS;
+		if (p->t.proto == IPPROTO_UDP && *cs == 0)
+			return V_DROP;
+	}
+	for (int i = 0; i < 4; i++) {
+		if (i < (p->t.family == 4 ? 1 : 4))
+			sum += (__u32)~p->t.saddr[i] + (__u64)(__u32)~p->t.daddr[i];
+		if (i < (fam == 4 ? 1 : 4))
+			sum += (__u64)to->saddr[i] + to->daddr[i];
+	}
+	adiff = csum_fold64(sum);
+
+	f.family = fam == 4 ? AF_INET : AF_INET6;
+	f.l4_protocol = p->t.proto;
+	f.sport = to->sport;
+	f.dport = to->dport;
+	f.ifindex = p->ifindex;
+	if (fam == 4) {
+		f.ipv4_src = to->saddr[0];
+		f.ipv4_dst = to->daddr[0];
+	} else {
+		__builtin_memcpy(f.ipv6_src, to->saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, to->daddr, 16);
+	}
+	rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+	if (xdp)
+		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS;
+	else
+		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+	if (redirect)
+		ttl -= 1;
+
+	/* Ports first, in place (the L4 header does not move with the IP header). */
+	if (!p->dport_p || !p->sport_p)
+		return V_DROP;
+	if (p->t.dport != to->dport) {
+		if ((void *)(p->dport_p + 1) > ctx_end(ctx, xdp))
+			return V_PASS;
+		*p->dport_p = to->dport;
+		pdiff = csum_diff16(p->t.dport, to->dport);
+	}
+	if (p->t.sport != to->sport) {
+		if ((void *)(p->sport_p + 1) > ctx_end(ctx, xdp))
+			return V_PASS;
+		*p->sport_p = to->sport;
+		pdiff = csum_fold64((__u64)pdiff + csum_diff16(p->t.sport, to->sport));
+	}
+
+	if (fam == 4) {
+		h.h4.version = 4;
+		h.h4.ihl = 5;
+		h.h4.tos = tos;
+		h.h4.tot_len = bpf_htons(plen + sizeof(h.h4));
+		h.h4.frag_off = bpf_htons(0x4000);	/* DF: IPv6 does not fragment on the way */
+		h.h4.ttl = ttl;
+		h.h4.protocol = p->t.proto;
+		h.h4.saddr = to->saddr[0];
+		h.h4.daddr = to->daddr[0];
+		h.h4.check = (__u16)~csum_fold64(bpf_csum_diff(0, 0, (__be32 *)&h.h4, sizeof(h.h4), 0));
+	} else {
+		h.h6.version = 6;
+		h.h6.priority = tos >> 4;
+		h.h6.flow_lbl[0] = (tos & 0xf) << 4;
+		h.h6.payload_len = bpf_htons(plen);
+		h.h6.nexthdr = p->t.proto;
+		h.h6.hop_limit = ttl;
+		__builtin_memcpy(&h.h6.saddr, to->saddr, 16);
+		__builtin_memcpy(&h.h6.daddr, to->daddr, 16);
+	}
+
+	if (xdp) {
+		struct ethhdr eth, *e;
+		__u16 *cs;
+		void *data = ctx_data(ctx, xdp);
+
+		if (data + sizeof(eth) > ctx_end(ctx, xdp))
+			return V_PASS;
+		__builtin_memcpy(&eth, data, sizeof(eth));
+		if (bpf_xdp_adjust_head(ctx, fam == 4 ? (int)sizeof(h.h6) - (int)sizeof(h.h4)
+						      : (int)sizeof(h.h4) - (int)sizeof(h.h6)))
+			return V_DROP;
+		e = ctx_data(ctx, xdp);
+		if ((void *)e + ETH_HLEN + sizeof(h.h6) + 18 > ctx_end(ctx, xdp))
+			return V_DROP;
+		if (redirect) {
+			__builtin_memcpy(eth.h_dest, f.dmac, ETH_ALEN);
+			__builtin_memcpy(eth.h_source, f.smac, ETH_ALEN);
+		}
+		eth.h_proto = bpf_htons(fam == 4 ? ETH_P_IP : ETH_P_IPV6);
+		__builtin_memcpy(e, &eth, sizeof(eth));
+		if (fam == 4)
+			__builtin_memcpy((void *)e + ETH_HLEN, &h.h4, sizeof(h.h4));
+		else
+			__builtin_memcpy((void *)e + ETH_HLEN, &h.h6, sizeof(h.h6));
+		cs = (void *)e + ETH_HLEN + (fam == 4 ? sizeof(h.h4) : sizeof(h.h6)) +
+		     (p->t.proto == IPPROTO_TCP ? 16 : 6);
+		if ((void *)(cs + 1) > ctx_end(ctx, xdp))
+			return V_DROP;
+		{
+			__u16 n = csum_apply(*cs, csum_fold64((__u64)adiff + pdiff));
+
+			if (p->t.proto == IPPROTO_UDP && n == 0)
+				n = 0xffff;
+			*cs = n;
+		}
+		if (redirect && bpf_redirect(f.ifindex, 0) == XDP_REDIRECT) {
+			stat_inc(LB_STAT_REDIRECT);
+			return V_REDIRECT;
+		}
+	} else {
+		struct __sk_buff *skb = ctx;
+		__u16 proto = bpf_htons(fam == 4 ? ETH_P_IP : ETH_P_IPV6);
+		__u32 csum_off = ETH_HLEN + hl + l4csum;
+		__u64 mflag = p->t.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+		if (bpf_skb_change_proto(skb, proto, 0))
+			return V_DROP;
+		if (bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+			return V_DROP;
+		if (fam == 4 ? bpf_skb_store_bytes(skb, ETH_HLEN, &h.h4, sizeof(h.h4), 0)
+			     : bpf_skb_store_bytes(skb, ETH_HLEN, &h.h6, sizeof(h.h6), 0))
+			return V_DROP;
+		bpf_l4_csum_replace(skb, csum_off, 0, adiff, BPF_F_PSEUDO_HDR | mflag);
+		if (pdiff)
+			bpf_l4_csum_replace(skb, csum_off, 0, pdiff, mflag);
+		if (redirect) {
+			struct bpf_redir_neigh nh = {};
+
+			if (fam == 4) {
+				nh.nh_family = AF_INET;
+				nh.ipv4_nh = f.ipv4_dst;
+			} else {
+				nh.nh_family = AF_INET6;
+				__builtin_memcpy(nh.ipv6_nh, f.ipv6_dst, 16);
+			}
+			if (bpf_redirect_neigh(f.ifindex, &nh, sizeof(nh), 0) == TC_ACT_REDIRECT) {
+				stat_inc(LB_STAT_REDIRECT);
+				return V_REDIRECT;
+			}
+		}
+	}
+	stat_inc(LB_STAT_FIB_PASS);
+	return V_PASS;
+}
+
+static __noinline enum verdict xlat_forward_tc(void *ctx, struct pkt *p, const struct nat_to *to, __u8 fam)
+{
+	return xlat_forward(ctx, 0, p, to, fam);
+}
+
+static __noinline enum verdict xlat_forward_xdp(void *ctx, struct pkt *p, const struct nat_to *to, __u8 fam)
+{
+	return xlat_forward(ctx, 1, p, to, fam);
+}
+
+/* Forward to *to, translating into family `fam` when it is not the packet's. */
+static __always_inline enum verdict nat_go(void *ctx, const int xdp, struct pkt *p, const struct nat_to *to,
+					   __u8 fam)
+{
+	if (fam && fam != p->t.family)
+		return xdp ? xlat_forward_xdp(ctx, p, to, fam) : xlat_forward_tc(ctx, p, to, fam);
+	return nat_fwd(ctx, xdp, p, to);
+}
+
 static __always_inline int addr_set(const __u32 *a)
 {
 	return (a[0] | a[1] | a[2] | a[3]) != 0;
@@ -228,15 +440,16 @@ static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
  * The box's own address towards daddr and the interface it leaves by
  * (BPF_FIB_LOOKUP_SRC: the route's preferred source).  0 on success.
  */
-static __noinline int fib_source(void *ctx, const struct pkt *p, const __u32 *daddr, __u32 *src,
+static __noinline int fib_source(void *ctx, const struct pkt *p, const struct lb_backend *be, __u32 *src,
 				 __u32 *ifindex)
 {
 	struct bpf_fib_lookup f = {};
+	const __u32 *daddr = be->addr;
 	int rc;
 
-	f.family = p->t.family == 4 ? AF_INET : AF_INET6;
+	f.family = be->family == 4 ? AF_INET : AF_INET6;
 	f.ifindex = p->ifindex;
-	if (p->t.family == 4)
+	if (be->family == 4)
 		f.ipv4_dst = daddr[0];
 	else
 		__builtin_memcpy(f.ipv6_dst, daddr, 16);
@@ -244,7 +457,7 @@ static __noinline int fib_source(void *ctx, const struct pkt *p, const __u32 *da
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return -1;
 	__builtin_memset(src, 0, 16);
-	if (p->t.family == 4)
+	if (be->family == 4)
 		src[0] = f.ipv4_src;
 	else
 		__builtin_memcpy(src, f.ipv6_src, 16);
@@ -257,15 +470,18 @@ static __noinline int fib_source(void *ctx, const struct pkt *p, const __u32 *da
  * lb_kern.c's do_new calls this): onearm and fullnat without a configured
  * source take the box's address towards the endpoint; default mode does too
  * when the endpoint is behind the interface the client came in by (hairpin:
- * the endpoint would answer the client directly, or is the client).  0 on
- * success, -1 when a source NAT has no address (no route to the endpoint).
+ * the endpoint would answer the client directly, or is the client).  An
+ * endpoint of the other family (fullnat only) gets the flow translated between
+ * IPv4 and IPv6 (the control plane sets a source of the endpoints' family).  0
+ * on success, -1 when a source NAT has no address (no route to the endpoint).
  */
 static __always_inline int nat_plan(void *ctx, const struct pkt *p, const struct lb_service *s,
-				    const __u32 *be_addr, struct ct_plan *plan)
+				    const struct lb_backend *be, struct ct_plan *plan)
 {
 	__u32 ifindex = 0;
 
 	plan->mode = s->mode;
+	plan->family = be->family;
 	if (s->mode == LB_MODE_DSR)
 		return 0;
 	if (s->mode == LB_MODE_FULLNAT && addr_set(s->snat_addr)) {
@@ -273,7 +489,7 @@ static __always_inline int nat_plan(void *ctx, const struct pkt *p, const struct
 		plan->snat = 1;
 		return 0;
 	}
-	if (fib_source(ctx, p, be_addr, plan->saddr, &ifindex))
+	if (fib_source(ctx, p, be, plan->saddr, &ifindex))
 		return s->mode == LB_MODE_ONEARM || s->mode == LB_MODE_FULLNAT ? -1 : 0;
 	plan->snat = s->mode != LB_MODE_DEFAULT || ifindex == p->ifindex;
 	return 0;
@@ -397,33 +613,36 @@ static __noinline enum verdict dsr_forward_xdp(void *ctx, struct pkt *p, const _
 }
 
 /* A packet of a flow towards its endpoint: as its conntrack entry (or plan) says. */
-static __always_inline enum verdict fwd_to(void *ctx, const int xdp, struct pkt *p, __u8 mode,
+static __always_inline enum verdict fwd_to(void *ctx, const int xdp, struct pkt *p, __u16 mode_fam,
 					   const __u32 *be, __u16 port, const __u32 *saddr, __u16 sport)
 {
 	struct nat_to to;
 
-	if (mode == LB_MODE_DSR)
+	if ((mode_fam & 0xff) == LB_MODE_DSR)
 		return xdp ? dsr_forward_xdp(ctx, p, be) : dsr_forward_tc(ctx, p, be);
 	__builtin_memcpy(to.daddr, be, 16);
 	to.dport = port;
 	__builtin_memcpy(to.saddr, saddr, 16);
 	to.sport = sport;
-	return nat_fwd(ctx, xdp, p, &to);
+	return nat_go(ctx, xdp, p, &to, mode_fam >> 8);
 }
 
 /* An established flow's packet from the client. */
 static __always_inline enum verdict ct_fwd(void *ctx, const int xdp, struct pkt *p, const struct lb_ct *ct)
 {
+	__u16 mode_fam = ct->mode | (__u16)ct->nat_family << 8;
+
 	if (addr_set(ct->snat_addr))
-		return fwd_to(ctx, xdp, p, ct->mode, ct->nat_addr, ct->nat_port, ct->snat_addr, ct->snat_port);
-	return fwd_to(ctx, xdp, p, ct->mode, ct->nat_addr, ct->nat_port, p->t.saddr, p->t.sport);
+		return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, ct->snat_addr, ct->snat_port);
+	return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, p->t.saddr, p->t.sport);
 }
 
 /* A new flow's first packet, after ct_create settled its source. */
 static __always_inline enum verdict new_fwd(void *ctx, const int xdp, struct pkt *p,
 					    const struct ct_plan *plan, const __u32 *be, __u16 port)
 {
-	return fwd_to(ctx, xdp, p, plan->mode, be, port, plan->snat ? plan->saddr : p->t.saddr, plan->sport);
+	return fwd_to(ctx, xdp, p, plan->mode | (__u16)plan->family << 8, be, port,
+		      plan->snat ? plan->saddr : p->t.saddr, plan->sport);
 }
 
 /* A reply from an endpoint: source back to the VIP, destination back to the client. */
@@ -445,7 +664,7 @@ static __always_inline enum verdict do_reply(void *ctx, const int xdp, struct pk
 		__builtin_memcpy(to.daddr, p->t.daddr, 16);
 		to.dport = p->t.dport;
 	}
-	return nat_fwd(ctx, xdp, p, &to);
+	return nat_go(ctx, xdp, p, &to, ct->nat_family);
 }
 
 #endif /* __LB_NAT_H */

@@ -43,7 +43,8 @@ enum lb_limits {
  * bpf_migrate.py): add fields (old entries get zeros), never change the meaning
  * of one in place -- rename it, so the converter refuses instead of misreading.
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
- * v3: lb_service.snat_addr (fullnat source), lb_ct.mode (dsr flows).
+ * v3: lb_service.snat_addr (fullnat source), lb_ct.mode (dsr flows) and
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6).
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 3,
@@ -240,7 +241,8 @@ struct lb_ct {
 	__u16 snat_port;	/* network order */
 	__u16 pad[3];
 	__u8 mode;		/* enum lb_mode of the flow (layout v3) */
-	__u8 pad2[7];
+	__u8 nat_family;	/* 4 or 6: nat_* and snat_* are of that family (NAT64/46); 0: the packet's */
+	__u8 pad2[6];
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */

@@ -159,14 +159,19 @@ def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
 def source_address(spec: ServiceSpec, datapath: DatapathSpec | None, vip: str) -> str:
     """The source a fullnat service's endpoints see ("": the box's own address towards each).
 
-    The Datapath's sourceAddress serves the services of its family only."""
+    The Service's own is validated to be of its endpoints' family; the Datapath's
+    serves the services whose endpoints (or, without endpoints, VIP) are all of its family."""
     if spec.mode != "fullnat":
         return ""
-    text = spec.source_address or (datapath.source_address if datapath else None)
+    if spec.source_address:
+        return str(ipaddress.ip_address(spec.source_address))
+    text = datapath.source_address if datapath else None
     if not text:
         return ""
     addr = ipaddress.ip_address(text)
-    return str(addr) if addr.version == ipaddress.ip_address(vip).version else ""
+    families = {ipaddress.ip_address(ep.address).version for ep in spec.endpoints}
+    return str(addr) if families <= {addr.version} and (families or addr.version == ipaddress.ip_address(
+        vip).version) else ""
 
 
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,

@@ -260,13 +260,10 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
         if why := addr.not_unicast:
             report.add(res, f"{p}.address", f"endpoint {ep.address} is {why}",
                        _unicast_hint(why, "endpoints must be unicast addresses of real backends"))
-        elif family is not None and addr.version != family:
-            # NAT64/NAT46 belongs to fullnat alone; refused rather than accepted and dropped
-            # until the datapath translates headers between families.
+        elif family is not None and addr.version != family and spec.mode != "fullnat":
             report.add(res, f"{p}.address", f"endpoint {ep.address} is IPv{addr.version} but the VIP is "
-                       f"IPv{family}; translating between IPv4 and IPv6 (only meaningful in mode fullnat) "
-                       "is not carried out by this datapath yet",
-                       f"use an IPv{family} endpoint, or a separate IPv{addr.version} VIP for it")
+                       f"IPv{family}; mode {spec.mode} cannot translate between families (NAT64/NAT46 is "
+                       "fullnat only)", f"set mode: fullnat or use an IPv{family} endpoint")
         key = (addr.compressed, ep.target_port)
         if key in seen:
             report.add(res, f"{p}.address",
@@ -324,6 +321,15 @@ def _check_mode(res: Resource, spec: ServiceSpec, family: int | None, report: Re
             if ep.target_port is not None and any(ep.target_port != p.port for p in spec.ports):
                 report.add(res, f"spec.endpoints[{i}].targetPort", "mode dsr cannot translate ports",
                            "remove the endpoint's targetPort")
+    eps = [a for a in (_addr(ep.address) for ep in spec.endpoints) if a is not None and not a.not_unicast]
+    if spec.mode == "fullnat" and family is not None and any(a.version != family for a in eps):
+        # The datapath translates TCP and UDP headers between families; nothing else.
+        for i, port in enumerate(spec.ports):
+            if port.protocol not in ("TCP", "UDP"):
+                report.add(res, f"spec.ports[{i}].protocol", f"{port.protocol} cannot be translated between "
+                           "IPv4 and IPv6 (the datapath's NAT64/NAT46 carries TCP and UDP)",
+                           f"use endpoints of the VIP's family (IPv{family}) for {port.protocol}, "
+                           "in a separate Service")
     if spec.source_address is not None:
         src = _addr(spec.source_address)
         if spec.mode != "fullnat":
@@ -333,9 +339,11 @@ def _check_mode(res: Resource, spec: ServiceSpec, family: int | None, report: Re
         elif src is not None and (why := src.not_unicast):
             report.add(res, "spec.sourceAddress", f"source address {spec.source_address} is {why}",
                        "use an address of this box or of a Pool")
-        elif src is not None and family is not None and src.version != family:
+        elif src is not None and (other := next((a for a in eps if a.version != src.version), None)):
             report.add(res, "spec.sourceAddress", f"source address {spec.source_address} is IPv{src.version} "
-                       f"but the VIP is IPv{family}", f"use an IPv{family} address of this box or of a Pool")
+                       f"but endpoint {other.compressed} is IPv{other.version} (endpoints see this source)",
+                       f"use an IPv{other.version} address of this box or of a Pool, or endpoints of "
+                       f"one family")
 
 
 Claim = tuple[str, str, int, int, str]  # VIP (canonical), protocol, first port, last port, path
