@@ -344,7 +344,7 @@ static __always_inline enum verdict xlat_forward(void *ctx, const int xdp, struc
 						      : (int)sizeof(h.h4) - (int)sizeof(h.h6)))
 			return V_DROP;
 		e = ctx_data(ctx, xdp);
-		if ((void *)e + ETH_HLEN + sizeof(h.h6) + 18 > ctx_end(ctx, xdp))
+		if ((void *)e + ETH_HLEN + sizeof(h.h4) > ctx_end(ctx, xdp))
 			return V_DROP;
 		if (redirect) {
 			__builtin_memcpy(eth.h_dest, f.dmac, ETH_ALEN);
@@ -352,10 +352,13 @@ static __always_inline enum verdict xlat_forward(void *ctx, const int xdp, struc
 		}
 		eth.h_proto = bpf_htons(fam == 4 ? ETH_P_IP : ETH_P_IPV6);
 		__builtin_memcpy(e, &eth, sizeof(eth));
-		if (fam == 4)
+		if (fam == 4) {
 			__builtin_memcpy((void *)e + ETH_HLEN, &h.h4, sizeof(h.h4));
-		else
+		} else {
+			if ((void *)e + ETH_HLEN + sizeof(h.h6) > ctx_end(ctx, xdp))
+				return V_DROP;
 			__builtin_memcpy((void *)e + ETH_HLEN, &h.h6, sizeof(h.h6));
+		}
 		cs = (void *)e + ETH_HLEN + (fam == 4 ? sizeof(h.h4) : sizeof(h.h6)) +
 		     (p->t.proto == IPPROTO_TCP ? 16 : 6);
 		if ((void *)(cs + 1) > ctx_end(ctx, xdp))

@@ -418,3 +418,31 @@ def test_dsr_l3_encapsulates_in_ipip(dp: Datapath, hook: str) -> None:
         assert r.data[34:] == frame[14:], "the inner packet is the client's, untouched"
         if hook == "xdp":
             assert r.data[:6] == GW_MAC
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("direction", ["6to4", "4to6"])
+@pytest.mark.parametrize("proto", [P.TCP, P.UDP])
+def test_fullnat_translates_between_families(dp: Datapath, hook: str, direction: str, proto: int) -> None:
+    """NAT64 (IPv6 VIP, IPv4 endpoint) and NAT46: whole headers rewritten, checksums valid both ways."""
+    client, vip, be, lb = ((CLIENT6, VIP6, BACKENDS4[0], LB4) if direction == "6to4"
+                           else (CLIENT4, VIP4, BACKENDS6[0], LB6))
+    dp.service(vip, "tcp" if proto == P.TCP else "udp", 80, [Backend(be, 8080)], mode="fullnat")
+    pkt = P.Pkt(client, vip, proto, 41000, 80, payload=b"translated")
+    for flags in (P.SYN, P.ACK):  # the new flow, then its conntrack entry
+        r = dp.run(hook, pkt.but(flags=flags).bytes())
+        assert r.retval == REDIRECT[hook]
+        out = P.parse(r.data)
+        assert out.csum_ok, "checksums must be valid after the translation"
+        assert (out.src, out.dst, out.dport, out.proto, out.ttl) == (lb, be, 8080, proto, 63)
+        assert out.sport in SNAT_PORTS and r.data.endswith(b"translated")
+        assert r.data[12:14] == (b"\x08\x00" if direction == "6to4" else b"\x86\xdd")
+        if hook == "xdp":
+            assert r.data[:6] == BACKEND_MAC
+    reply = P.Pkt(be, lb, proto, 8080, out.sport, flags=P.SYN | P.ACK, payload=b"answer")
+    r = dp.run(hook, reply.bytes())
+    assert r.retval == REDIRECT[hook]
+    back = P.parse(r.data)
+    assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (vip, 80, client, 41000)
+    assert r.data.endswith(b"answer") and back.ttl == 63
+    assert r.data[12:14] == (b"\x86\xdd" if direction == "6to4" else b"\x08\x00")

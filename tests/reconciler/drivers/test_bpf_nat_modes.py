@@ -29,7 +29,7 @@ from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
 from reconciler.plan import Change
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey
-from tests.testbed import CLIENT4, ECHO_PORT, HTTP_PORT, PEER_PORT, UDP_PORT, VIP4, Testbed, _ip
+from tests.testbed import CLIENT4, ECHO_PORT, HTTP_PORT, PEER_PORT, UDP_PORT, VIP4, VIP6, Testbed, _ip
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -218,5 +218,32 @@ def test_two_vips_same_client_port_same_backend_both_flows_work(tb: Testbed) -> 
         finally:
             for s in socks:
                 s.close()
+    finally:
+        box.driver.down()
+
+
+def test_nat64_ipv6_only_client_fetches_from_ipv4_endpoints(tb: Testbed) -> None:
+    """fullnat between families: an IPv6 VIP in front of IPv4-only endpoints."""
+    _ip("-n", tb.client, "addr", "del", f"{CLIENT4}/24", "dev", "eth0")  # the client is IPv6 only
+    for i in range(tb.n_backends):  # and the endpoints IPv4 only, with no route to the clients
+        _ip("-n", tb.backend_ns(i), "addr", "del", f"{tb.backend6(i)}/64", "dev", "eth0")
+    _no_route_back(tb)
+    box = Box(tb)
+    try:
+        box.service(VIP6, "tcp", HTTP_PORT, [tb.backend4(i) for i in range(tb.n_backends)], "fullnat")
+        box.service(VIP6, "tcp", PEER_PORT, [tb.backend4(i) for i in range(tb.n_backends)], "fullnat")
+        names = set()
+        for _ in range(12):
+            r = subprocess.run(["ip", "netns", "exec", tb.client, "curl", "-s", "-m", "5",
+                                f"http://[{VIP6}]:{HTTP_PORT}/"], capture_output=True, text=True)
+            assert r.returncode == 0, f"curl exit {r.returncode} {r.stderr}"
+            names.add(r.stdout.strip())
+        assert names == {tb.backend_name(i) for i in range(tb.n_backends)}
+        with in_netns(tb.client):
+            s = socket.create_connection((VIP6, PEER_PORT), timeout=5)
+        with s:
+            assert s.getpeername()[:2] == (VIP6, PEER_PORT)
+            name, addr = s.makefile("r").readline().split()
+        assert addr == f"10.201.{name.removeprefix('backend')}.1"  # the LB's IPv4 address on that arm
     finally:
         box.driver.down()
