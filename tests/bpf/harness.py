@@ -93,10 +93,11 @@ class Datapath:
         self.driver.apply([Change("endpoints", str(key), "update", cur, EndpointSet(key, tuple(backends),
                                                                                      maglev_table))])
 
-    def run(self, hook: str, frame: bytes, repeat: int = 1) -> B.TestRun:
+    def run(self, hook: str, frame: bytes, repeat: int = 1, on_v0: bool = False) -> B.TestRun:
+        """Run one frame; ``on_v0``: it arrives on v0 (the backends' interface), not on loopback."""
         fd = self.driver.prog_fd(hook)
         with in_netns(self.ns):
-            return B.test_run(fd, frame, repeat=repeat)
+            return B.test_run(fd, frame, repeat=repeat, ingress=(hook, self.ifindex) if on_v0 else None)
 
     def close(self) -> None:
         drv = getattr(self, "driver", None)

@@ -446,3 +446,22 @@ def test_fullnat_translates_between_families(dp: Datapath, hook: str, direction:
     assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (vip, 80, client, 41000)
     assert r.data.endswith(b"answer") and back.ttl == 63
     assert r.data[12:14] == (b"\x86\xdd" if direction == "6to4" else b"\x08\x00")
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_hairpin_default_mode_source_nats_when_the_endpoint_is_behind_the_ingress(dp: Datapath,
+                                                                                  hook: str) -> None:
+    """A client that is itself the chosen endpoint: the flow gets the box's address as source."""
+    client = BACKENDS4[0]
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    r = dp.run(hook, P.Pkt(client, VIP4, P.TCP, 41000, 80).bytes(), on_v0=True)
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    assert out.csum_ok and (out.src, out.dst, out.dport) == (LB4, BACKENDS4[0], 8080)
+    assert out.sport in SNAT_PORTS
+    reply = P.Pkt(BACKENDS4[0], LB4, P.TCP, 8080, out.sport, flags=P.SYN | P.ACK)
+    back = P.parse(dp.run(hook, reply.bytes(), on_v0=True).data)
+    assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (VIP4, 80, client, 41000)
+    # The same client arriving by another interface is plain DNAT.
+    other = P.parse(dp.run(hook, P.Pkt(client, VIP4, P.TCP, 41001, 80).bytes()).data)
+    assert (other.src, other.sport) == (client, 41001)
