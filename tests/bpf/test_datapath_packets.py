@@ -439,6 +439,9 @@ def test_fullnat_translates_between_families(dp: Datapath, hook: str, direction:
         assert r.data[12:14] == (b"\x08\x00" if direction == "6to4" else b"\x86\xdd")
         if hook == "xdp":
             assert r.data[:6] == BACKEND_MAC
+    (flow,) = dp.driver.conntrack()  # lbctl get conntrack: each side in its own family
+    assert (flow.client, flow.vip, flow.backend, flow.source, flow.source_port, flow.mode) == (
+        client, vip, be, lb, out.sport, "fullnat")
     reply = P.Pkt(be, lb, proto, 8080, out.sport, flags=P.SYN | P.ACK, payload=b"answer")
     r = dp.run(hook, reply.bytes())
     assert r.retval == REDIRECT[hook]
