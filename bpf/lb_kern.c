@@ -7,7 +7,9 @@
  * echo it: parses with bounds checks and passes anything it does not own;
  * finds the flow in conntrack or the service by (VIP, port, protocol), port
  * ranges included; picks an endpoint (rr, hash, persist, lc, maglev,
- * priority); DNATs with incremental checksum updates; reverse-NATs replies;
+ * priority); translates as the service's mode says (DNAT, hairpin and onearm/
+ * fullnat source NAT, NAT64, L2 and IP-in-IP DSR) with incremental checksum
+ * updates; reverse-NATs replies;
  * forwards with bpf_fib_lookup + bpf_redirect_neigh (tc) or bpf_redirect (XDP)
  * and leaves the packet to the kernel when the route or neighbour is unknown.
  *
