@@ -8,6 +8,9 @@ an iptables DNAT of the same VIP, in interleaved rounds, medians reported.
 XDP on veth is not benchmarked (DESIGN pitfall 18): its traffic numbers are
 reported n/a.  Also prints the Maglev table memory at 10,000 services.
 
+Also the per-packet cost of each NAT mode beside the default mode (issue 13);
+``--modes-only`` measures just that and writes bench/results/datapath-modes.md.
+
 Run as root from the repo: ``.venv/bin/python bench/datapath_bench.py``.
 Writes bench/results/datapath.md.  Never asserts a time.
 """
@@ -151,7 +154,7 @@ MODES = [
 ]
 
 
-def mode_costs() -> dict[str, dict[str, list[float]]]:
+def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[str, dict[str, list[float]]]:
     """ns/packet of each NAT mode: single runs minus the empty program's single run.
 
     Source NAT rewrites a packet into another one, so the repeat trick of
@@ -186,17 +189,17 @@ def mode_costs() -> dict[str, dict[str, list[float]]]:
         probe = P.Pkt(CLIENT4, VIP_NONE, P.TCP, 44000, 80, flags=P.ACK).bytes()
         fresh = 0
         with in_netns(dp.ns):
-            for _ in range(MODE_ROUNDS):
+            for _ in range(rounds):
                 for hook in ("tc", "xdp"):
                     floor = statistics.median(B.test_run(empty[hook], probe, 1).duration_ns
-                                              for _ in range(MODE_SINGLES))
+                                              for _ in range(singles))
                     for label, vip, _mode, _be, _src in MODES:
                         for case, frame in frames[(label, hook)].items():
                             ns = statistics.median(B.test_run(fds[hook], frame, 1).duration_ns
-                                                   for _ in range(MODE_SINGLES))
+                                                   for _ in range(singles))
                             out.setdefault(f"{label}: {case}", {}).setdefault(hook, []).append(ns - floor)
                         res = []
-                        for _ in range(MODE_SINGLES):
+                        for _ in range(singles):
                             fresh += 1
                             src = f"10.{100 + fresh // 62500}.{fresh // 250 % 250}.{fresh % 250 + 1}"
                             f = P.Pkt(src, vip, P.TCP, 45000, 80).bytes()
@@ -379,10 +382,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--no-traffic", action="store_true")
+    ap.add_argument("--modes-only", action="store_true", help="only the NAT modes' ns/packet")
+    ap.add_argument("--mode-rounds", type=int, default=MODE_ROUNDS)
+    ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
+    if args.modes_only:
+        load0 = os.getloadavg()
+        modes = mode_costs(args.mode_rounds, args.mode_singles)
+        text = "\n".join(["# Datapath benchmark: NAT modes", "",
+                          f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+                          f"- kernel: {platform.release()}, {os.cpu_count()} CPUs",
+                          f"- load average (1 min) before/after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}",
+                          ""] + mode_table(modes, args.mode_rounds, args.mode_singles)) + "\n"
+        print(text)
+        with open(os.path.join(REPO, "bench", "results", "datapath-modes.md"), "w") as fh:
+            fh.write(text)
+        return
     load0 = os.getloadavg()
     pp, checks = ns_per_packet()
-    modes = mode_costs()
+    modes = mode_costs(args.mode_rounds, args.mode_singles)
     load1 = os.getloadavg()
     tr = None if args.no_traffic else traffic(args.rounds, args.seconds)
     cpu = next(
@@ -407,12 +425,7 @@ def main() -> None:
     lines += ["", " ".join((ns_per_packet.__doc__ or "").split("\n\n", 1)[1].split()), "",
               "Path check (the datapath's own counters over the last round):", ""]
     lines += [f"- {k}: {v}" for k, v in checks.items()]
-    lines += ["", f"## ns/packet per NAT mode ({MODE_ROUNDS} interleaved rounds, each the median of "
-              f"{MODE_SINGLES} single runs minus the empty program's; median of the rounds [min-max])", "",
-              "| mode: path | tc | xdp |", "|---|---|---|"]
-    for case, v in modes.items():
-        lines.append(f"| {case} | {fmt(v.get('tc', []), 0)} | {fmt(v.get('xdp', []), 0)} |")
-    lines += ["", " ".join((mode_costs.__doc__ or "").split("\n\n", 1)[1].split())]
+    lines += [""] + mode_table(modes, args.mode_rounds, args.mode_singles)
     if tr:
         lines += [
             "",
@@ -451,6 +464,15 @@ def main() -> None:
     os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "datapath.md"), "w") as fh:
         fh.write(text)
+
+
+def mode_table(modes: dict[str, dict[str, list[float]]], rounds: int, singles: int) -> list[str]:
+    lines = [f"## ns/packet per NAT mode ({rounds} interleaved rounds, each the median of "
+             f"{singles} single runs minus the empty program's; median of the rounds [min-max])", "",
+             "| mode: path | tc | xdp |", "|---|---|---|"]
+    for case, v in modes.items():
+        lines.append(f"| {case} | {fmt(v.get('tc', []), 0)} | {fmt(v.get('xdp', []), 0)} |")
+    return lines + ["", " ".join((mode_costs.__doc__ or "").split("\n\n", 1)[1].split())]
 
 
 def res_modes(tr: dict[str, dict[str, list[float]]]) -> list[str]:
