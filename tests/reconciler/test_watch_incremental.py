@@ -90,7 +90,8 @@ def test_other_kinds_and_new_pool_allocations_need_a_full_reconcile() -> None:
     assert index.plan(with_pool + [service("q", vip=None, pool="edge")]) is None
     # a fullnat source address is checked against the box: full
     index = Index(res, compiled(res), {})
-    assert index.plan(res + [service("s", vip="198.51.100.77", mode="fullnat", source_address="10.0.9.1")]) is None
+    sourced = service("s", vip="198.51.100.77", mode="fullnat", source_address="10.0.9.1")
+    assert index.plan(res + [sourced]) is None
 
 
 def test_unchanged_resources_plan_nothing() -> None:
