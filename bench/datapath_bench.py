@@ -38,7 +38,7 @@ from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
-from tests.bpf.harness import BACKENDS4, CLIENT4, GW4, ROUTED4, Datapath  # noqa: E402
+from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
 from tests.testbed import VIP4, Testbed  # noqa: E402
 
 ROUNDS = 9  # interleaved rounds; each reports the median of its calls
@@ -151,6 +151,7 @@ MODES = [
     ("fullnat (configured source)", "10.97.1.3", "fullnat", BACKENDS4[0], "10.99.0.77"),
     ("dsr L2", "10.97.1.4", "dsr", BACKENDS4[0], ""),
     ("dsr L3 (IP-in-IP)", "10.97.1.5", "dsr", ROUTED4, ""),
+    ("fullnat NAT64 (IPv6 VIP, IPv4 endpoint)", "fd00:97::64", "fullnat", BACKENDS4[0], ""),
 ]
 
 
@@ -176,7 +177,7 @@ def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[s
             dp.service(vip, "tcp", 80, [Backend(be, 8080 if mode != "dsr" else 0)], mode=mode,
                        selection="hash" if mode == "dsr" else "rr", source=source)
             for n, hook in enumerate(("tc", "xdp")):
-                est = P.Pkt(CLIENT4, vip, P.TCP, 41000 + n, 80, flags=P.ACK)
+                est = P.Pkt(CLIENT6 if ":" in vip else CLIENT4, vip, P.TCP, 41000 + n, 80, flags=P.ACK)
                 r = dp.run(hook, est.bytes())
                 assert r.retval in (7, 4), f"{label} {hook}: priming run not redirected ({r.retval})"
                 fr = {"established flow": est.bytes()}
@@ -201,7 +202,8 @@ def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[s
                         res = []
                         for _ in range(singles):
                             fresh += 1
-                            src = f"10.{100 + fresh // 62500}.{fresh // 250 % 250}.{fresh % 250 + 1}"
+                            src = (f"fd00:100::{fresh:x}" if ":" in vip else
+                                   f"10.{100 + fresh // 62500}.{fresh // 250 % 250}.{fresh % 250 + 1}")
                             f = P.Pkt(src, vip, P.TCP, 45000, 80).bytes()
                             res.append(B.test_run(fds[hook], f, 1).duration_ns)
                         out.setdefault(f"{label}: new flow", {}).setdefault(hook, []).append(
