@@ -535,12 +535,45 @@ static __always_inline int ipip_push(void *ctx, const int xdp, __u32 src, __u32 
 	return bpf_skb_store_bytes(ctx, ETH_HLEN, &o, sizeof(o), 0) ? -1 : 0;
 }
 
+/* Encapsulate in IPv6 (IPv6-in-IPv6, L3 DSR of IPv6 VIPs): an outer header from src to dst. */
+static __always_inline int ip6ip6_push(void *ctx, const int xdp, const __u32 *src, const __u32 *dst,
+				       __u16 inner_len, const __u8 *dmac, const __u8 *smac)
+{
+	struct ipv6hdr o = {};
+
+	o.version = 6;
+	o.payload_len = bpf_htons(inner_len);
+	o.nexthdr = IPPROTO_IPV6;
+	o.hop_limit = 64;
+	__builtin_memcpy(&o.saddr, src, 16);
+	__builtin_memcpy(&o.daddr, dst, 16);
+	if (xdp) {
+		struct ethhdr *eth;
+		struct ipv6hdr *ip6;
+
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(o)))
+			return -1;
+		eth = ctx_data(ctx, xdp);
+		ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > ctx_end(ctx, xdp))
+			return -1;
+		__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		*ip6 = o;
+		return 0;
+	}
+	if (bpf_skb_adjust_room(ctx, sizeof(o), BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6))
+		return -1;
+	return bpf_skb_store_bytes(ctx, ETH_HLEN, &o, sizeof(o), 0) ? -1 : 0;
+}
+
 /*
  * Direct server return: the packet keeps the VIP as its destination.  An endpoint
  * on a connected subnet gets it with only the Ethernet destination changed (L2
  * DSR; it holds the VIP on a loopback); one behind a router gets it inside an
- * IPv4 IP-in-IP header from the box to the endpoint (L3 DSR; decapsulation is
- * the endpoint's job).  Replies go from the endpoint straight to the client.
+ * IP-in-IP (IPv4) or IPv6-in-IPv6 header from the box to the endpoint (L3 DSR;
+ * decapsulation is the endpoint's job).  Replies go from the endpoint straight to the client.
  */
 static __always_inline enum verdict dsr_forward(void *ctx, const int xdp, struct pkt *p, const __u32 *be)
 {
@@ -566,13 +599,21 @@ static __always_inline enum verdict dsr_forward(void *ctx, const int xdp, struct
 		routed = f.ipv4_dst != be[0];
 	else
 		routed = !addr_eq(f.ipv6_dst, be);
-	if (routed) {
+	if (routed && p->t.family == 4) {
 		struct iphdr *ip = p->l3;
 
-		if (p->t.family != 4 || (void *)(ip + 1) > ctx_end(ctx, xdp))
-			goto pass;	/* IPv6 endpoints behind a router: not carried out */
-		if (ipip_push(ctx, xdp, f.ipv4_src, be[0], bpf_ntohs(ip->tot_len), f.dmac, f.smac))
+		if ((void *)(ip + 1) > ctx_end(ctx, xdp))
 			goto pass;
+		if (ipip_push(ctx, xdp, f.ipv4_src, be[0], bpf_ntohs(ip->tot_len), f.dmac, f.smac))
+			return V_DROP;	/* the packet may be half changed */
+	} else if (routed) {
+		struct ipv6hdr *ip6 = p->l3;
+
+		if ((void *)(ip6 + 1) > ctx_end(ctx, xdp))
+			goto pass;
+		if (ip6ip6_push(ctx, xdp, f.ipv6_src, be, bpf_ntohs(ip6->payload_len) + sizeof(*ip6),
+				f.dmac, f.smac))
+			return V_DROP;
 	}
 	if (xdp) {
 		struct ethhdr *eth = ctx_data(ctx, xdp);

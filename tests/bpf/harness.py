@@ -25,7 +25,7 @@ BACKENDS4 = ("10.99.0.10", "10.99.0.11", "10.99.0.12")
 BACKENDS6 = ("fd00:99::10", "fd00:99::11", "fd00:99::12")
 GW4, GW6 = "10.99.0.254", "fd00:99::fe"
 LB4, LB6 = "10.99.0.1", "fd00:99::1"  # the box's own address towards the backends (onearm's source)
-ROUTED4 = "10.96.0.9"  # an endpoint behind the router GW4 (L3 DSR)
+ROUTED4, ROUTED6 = "10.96.0.9", "fd00:96::9"  # endpoints behind the routers GW4, GW6 (L3 DSR)
 BACKEND_MAC = bytes.fromhex("02000000aa01")
 GW_MAC = bytes.fromhex("02000000bb01")
 
@@ -62,7 +62,7 @@ class Datapath:
             "link set v0 up", "link set v1 up",
             "addr add 10.99.0.1/24 dev v0", "addr add fd00:99::1/64 dev v0 nodad",
             f"route add 10.98.0.0/24 via {GW4}", f"route add fd00:98::/64 via {GW6}",
-            f"route add 10.96.0.0/24 via {GW4}",
+            f"route add 10.96.0.0/24 via {GW4}", f"route add fd00:96::/64 via {GW6}",
         ]
         for c in cmds:
             sh("ip", "-n", ns, *c.split())

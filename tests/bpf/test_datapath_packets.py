@@ -23,6 +23,7 @@ from tests.bpf.harness import (
     LB4,
     LB6,
     ROUTED4,
+    ROUTED6,
     VIP4,
     VIP6,
     Datapath,
@@ -468,3 +469,18 @@ def test_hairpin_default_mode_source_nats_when_the_endpoint_is_behind_the_ingres
     # The same client arriving by another interface is plain DNAT.
     other = P.parse(dp.run(hook, P.Pkt(client, VIP4, P.TCP, 41001, 80).bytes()).data)
     assert (other.src, other.sport) == (client, 41001)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_dsr_l3_encapsulates_ipv6_in_ipv6(dp: Datapath, hook: str) -> None:
+    dp.service(VIP6, "tcp", 80, [Backend(ROUTED6, 0)], mode="dsr", selection="hash")
+    frame = P.Pkt(CLIENT6, VIP6, P.TCP, 41000, 80).bytes()
+    for _ in range(2):
+        r = dp.run(hook, frame)
+        assert r.retval == REDIRECT[hook]
+        outer = r.data[14:54]
+        assert r.data[12:14] == b"\x86\xdd" and outer[0] >> 4 == 6 and outer[6] == 41  # IPv6-in-IPv6
+        assert (outer[8:24], outer[24:40]) == (socket.inet_pton(socket.AF_INET6, LB6),
+                                               socket.inet_pton(socket.AF_INET6, ROUTED6))
+        assert int.from_bytes(outer[4:6], "big") == len(frame) - 14
+        assert r.data[54:] == frame[14:], "the inner packet is the client's, untouched"
