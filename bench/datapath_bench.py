@@ -8,6 +8,9 @@ an iptables DNAT of the same VIP, in interleaved rounds, medians reported.
 XDP on veth is not benchmarked (DESIGN pitfall 18): its traffic numbers are
 reported n/a.  Also prints the Maglev table memory at 10,000 services.
 
+Also the per-packet cost of each NAT mode beside the default mode (issue 13);
+``--modes-only`` measures just that and writes bench/results/datapath-modes.md.
+
 Run as root from the repo: ``.venv/bin/python bench/datapath_bench.py``.
 Writes bench/results/datapath.md.  Never asserts a time.
 """
@@ -35,7 +38,7 @@ from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
 from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
-from tests.bpf.harness import CLIENT4, GW4, Datapath  # noqa: E402
+from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
 from tests.testbed import VIP4, Testbed  # noqa: E402
 
 ROUNDS = 9  # interleaved rounds; each reports the median of its calls
@@ -137,6 +140,79 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
         dp.close()
         obj.close()
     return out, checks
+
+
+MODE_ROUNDS = 5
+MODE_SINGLES = 400  # single runs per case and round
+# (label, VIP, service mode, endpoint, configured source)
+MODES = [
+    ("default (DNAT)", "10.97.1.1", "default", BACKENDS4[0], ""),
+    ("onearm", "10.97.1.2", "onearm", BACKENDS4[0], ""),
+    ("fullnat (configured source)", "10.97.1.3", "fullnat", BACKENDS4[0], "10.99.0.77"),
+    ("dsr L2", "10.97.1.4", "dsr", BACKENDS4[0], ""),
+    ("dsr L3 (IP-in-IP)", "10.97.1.5", "dsr", ROUTED4, ""),
+    ("fullnat NAT64 (IPv6 VIP, IPv4 endpoint)", "fd00:97::64", "fullnat", BACKENDS4[0], ""),
+]
+
+
+def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[str, dict[str, list[float]]]:
+    """ns/packet of each NAT mode: single runs minus the empty program's single run.
+
+    Source NAT rewrites a packet into another one, so the repeat trick of
+    ``ns_per_packet`` does not apply: every figure here is the median of single
+    BPF_PROG_TEST_RUN calls (each starts from the same input frame) minus the
+    median single run of the empty program, i.e. the program's own cost above
+    an empty one.  Established: the flow's conntrack entry exists; reverse:
+    the endpoint's reply (none for dsr: replies bypass the box); new flow: a
+    fresh client address per run (endpoint selection, source-port allocation,
+    both conntrack entries).
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    obj = B.BpfObject(os.path.join(REPO, "build", "bpf", "lb_empty.o"))
+    obj.load()
+    dp = Datapath()
+    try:
+        frames: dict[tuple[str, str], dict[str, bytes]] = {}
+        for label, vip, mode, be, source in MODES:
+            dp.service(vip, "tcp", 80, [Backend(be, 8080 if mode != "dsr" else 0)], mode=mode,
+                       selection="hash" if mode == "dsr" else "rr", source=source)
+            for n, hook in enumerate(("tc", "xdp")):
+                est = P.Pkt(CLIENT6 if ":" in vip else CLIENT4, vip, P.TCP, 41000 + n, 80, flags=P.ACK)
+                r = dp.run(hook, est.bytes())
+                assert r.retval in (7, 4), f"{label} {hook}: priming run not redirected ({r.retval})"
+                fr = {"established flow": est.bytes()}
+                if mode != "dsr":
+                    o = P.parse(r.data)
+                    fr["reverse path"] = P.Pkt(o.dst, o.src, P.TCP, o.dport, o.sport, flags=P.ACK).bytes()
+                frames[(label, hook)] = fr
+        fds = {"tc": dp.driver.prog_fd("tc"), "xdp": dp.driver.prog_fd("xdp")}
+        empty = {h: obj.prog_fd(f"empty_{h}") for h in ("tc", "xdp")}
+        probe = P.Pkt(CLIENT4, VIP_NONE, P.TCP, 44000, 80, flags=P.ACK).bytes()
+        fresh = 0
+        with in_netns(dp.ns):
+            for _ in range(rounds):
+                for hook in ("tc", "xdp"):
+                    floor = statistics.median(B.test_run(empty[hook], probe, 1).duration_ns
+                                              for _ in range(singles))
+                    for label, vip, _mode, _be, _src in MODES:
+                        for case, frame in frames[(label, hook)].items():
+                            ns = statistics.median(B.test_run(fds[hook], frame, 1).duration_ns
+                                                   for _ in range(singles))
+                            out.setdefault(f"{label}: {case}", {}).setdefault(hook, []).append(ns - floor)
+                        res = []
+                        for _ in range(singles):
+                            fresh += 1
+                            src = (f"fd00:100::{fresh:x}" if ":" in vip else
+                                   f"10.{100 + fresh // 62500}.{fresh // 250 % 250}.{fresh % 250 + 1}")
+                            f = P.Pkt(src, vip, P.TCP, 45000, 80).bytes()
+                            res.append(B.test_run(fds[hook], f, 1).duration_ns)
+                        out.setdefault(f"{label}: new flow", {}).setdefault(hook, []).append(
+                            statistics.median(res) - floor)
+    finally:
+        dp.close()
+        obj.close()
+    return dict(sorted(out.items(), key=lambda kv: (kv[0].split(":")[1], [m[0] for m in MODES].index(
+        kv[0].split(":")[0]))))
 
 
 NGINX_CONF = """
@@ -308,9 +384,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--no-traffic", action="store_true")
+    ap.add_argument("--modes-only", action="store_true", help="only the NAT modes' ns/packet")
+    ap.add_argument("--mode-rounds", type=int, default=MODE_ROUNDS)
+    ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
+    if args.modes_only:
+        load0 = os.getloadavg()
+        modes = mode_costs(args.mode_rounds, args.mode_singles)
+        text = "\n".join(["# Datapath benchmark: NAT modes", "",
+                          f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+                          f"- kernel: {platform.release()}, {os.cpu_count()} CPUs",
+                          f"- load average (1 min) before/after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}",
+                          ""] + mode_table(modes, args.mode_rounds, args.mode_singles)) + "\n"
+        print(text)
+        with open(os.path.join(REPO, "bench", "results", "datapath-modes.md"), "w") as fh:
+            fh.write(text)
+        return
     load0 = os.getloadavg()
     pp, checks = ns_per_packet()
+    modes = mode_costs(args.mode_rounds, args.mode_singles)
     load1 = os.getloadavg()
     tr = None if args.no_traffic else traffic(args.rounds, args.seconds)
     cpu = next(
@@ -335,6 +427,7 @@ def main() -> None:
     lines += ["", " ".join((ns_per_packet.__doc__ or "").split("\n\n", 1)[1].split()), "",
               "Path check (the datapath's own counters over the last round):", ""]
     lines += [f"- {k}: {v}" for k, v in checks.items()]
+    lines += [""] + mode_table(modes, args.mode_rounds, args.mode_singles)
     if tr:
         lines += [
             "",
@@ -373,6 +466,15 @@ def main() -> None:
     os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "datapath.md"), "w") as fh:
         fh.write(text)
+
+
+def mode_table(modes: dict[str, dict[str, list[float]]], rounds: int, singles: int) -> list[str]:
+    lines = [f"## ns/packet per NAT mode ({rounds} interleaved rounds, each the median of "
+             f"{singles} single runs minus the empty program's; median of the rounds [min-max])", "",
+             "| mode: path | tc | xdp |", "|---|---|---|"]
+    for case, v in modes.items():
+        lines.append(f"| {case} | {fmt(v.get('tc', []), 0)} | {fmt(v.get('xdp', []), 0)} |")
+    return lines + ["", " ".join((mode_costs.__doc__ or "").split("\n\n", 1)[1].split())]
 
 
 def res_modes(tr: dict[str, dict[str, list[float]]]) -> list[str]:

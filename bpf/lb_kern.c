@@ -7,7 +7,9 @@
  * echo it: parses with bounds checks and passes anything it does not own;
  * finds the flow in conntrack or the service by (VIP, port, protocol), port
  * ranges included; picks an endpoint (rr, hash, persist, lc, maglev,
- * priority); DNATs with incremental checksum updates; reverse-NATs replies;
+ * priority); translates as the service's mode says (DNAT, hairpin and onearm/
+ * fullnat source NAT, NAT64, L2 and IP-in-IP DSR) with incremental checksum
+ * updates; reverse-NATs replies;
  * forwards with bpf_fib_lookup + bpf_redirect_neigh (tc) or bpf_redirect (XDP)
  * and leaves the packet to the kernel when the route or neighbour is unknown.
  *
@@ -34,6 +36,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt *p, __u64 now)
 {
 	struct lb_backend be;
+	struct ct_plan plan = {};
 	struct lb_service *s;
 	__u32 svc_id;
 	__u16 nat_port;
@@ -53,27 +56,36 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
-	if (select_backend(svc_id, s, p, &be) || be.family != p->t.family) {
+	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT)) {
 		stat_inc(LB_STAT_DROP_NO_BACKEND);
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
 	p->timeout = s->session_timeout;
-	ct_create(p, &be, nat_port, svc_id, now);
+	plan.nat_port = nat_port;
+	/* The one place a service's forwarding mode is dispatched: nat_plan
+	 * (lb_nat.h) decides the source the endpoint sees (onearm, fullnat,
+	 * hairpin) or direct server return, ct_create records it with a source
+	 * port no other flow to that endpoint holds, and established flows
+	 * follow what their conntrack entry recorded here. */
+	switch (s->mode) {
+	case LB_MODE_DEFAULT:
+	case LB_MODE_ONEARM:
+	case LB_MODE_FULLNAT:
+	case LB_MODE_DSR:
+	default:
+		if (nat_plan(ctx, p, s, &be, &plan) || ct_create(p, &be, svc_id, now, &plan)) {
+			stat_inc(LB_STAT_DROP_NO_SNAT);
+			count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
+			return V_DROP;
+		}
+	}
 	stat_inc(LB_STAT_NEW_FLOW);
 	stat_inc(LB_STAT_FORWARD);
 	count(&lb_svc_stats, svc_id, p->len, 0, 1, 0);
 	count(&lb_be_stats, be.stat_id, p->len, 0, 1, 0);
-	/* The one place a service's forwarding mode is dispatched.  Only DNAT is
-	 * carried out yet: onearm, fullnat and dsr are forwarded as DNAT, and the
-	 * control plane says so when it applies them.  Established flows follow
-	 * what their conntrack entry recorded here. */
-	switch (s->mode) {
-	case LB_MODE_DEFAULT:
-	default:
-		return nat_fwd(ctx, xdp, p, 1, be.addr, nat_port);
-	}
+	return new_fwd(ctx, xdp, p, &plan, be.addr, nat_port);
 }
 
 static __noinline enum verdict do_new_tc(void *ctx, struct pkt *p, __u64 now)
@@ -142,7 +154,7 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		stat_inc(LB_STAT_FORWARD);
 		count(&lb_svc_stats, ct->svc_id, len, 0, 0, 0);
 		count(&lb_be_stats, ct->stat_id, len, 0, 0, 0);
-		return nat_fwd(ctx, xdp, &p, 1, ct->nat_addr, ct->nat_port);
+		return ct_fwd(ctx, xdp, &p, ct);
 	}
 	if (p.ttl <= 1) {
 		/* Leave it to the kernel (it owns ICMP time exceeded). */

@@ -49,7 +49,9 @@ enum lb_limits {
  * bpf_migrate.py): add fields (old entries get zeros), never change the meaning
  * of one in place -- rename it, so the converter refuses instead of misreading.
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
- * v3: the firewall maps (lb_fw_*) and their global counters.
+ * v3: the firewall maps (lb_fw_*) and their global counters;
+ * lb_service.snat_addr (fullnat source), lb_ct.mode (dsr flows) and
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6).
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 3,
@@ -65,7 +67,7 @@ enum lb_selection {
 	LB_SEL_PRIORITY = 5,
 };
 
-/* Forwarding mode of a service (only DEFAULT, i.e. DNAT, is implemented). */
+/* Forwarding mode of a service (lb_nat.h carries each one out). */
 enum lb_mode {
 	LB_MODE_DEFAULT = 0,
 	LB_MODE_ONEARM = 1,
@@ -124,7 +126,8 @@ enum lb_stat {
 	LB_STAT_FW_DROP = 14,		/* firewall: action drop */
 	LB_STAT_FW_TRAP = 15,		/* firewall: action trap (handed to the kernel) */
 	LB_STAT_FW_RATE_DROP = 16,	/* firewall: over a rateLimit rule's rate */
-	LB_STAT_MAX = 17,
+	LB_STAT_DROP_NO_SNAT = 17,	/* source NAT without an address or a free port */
+	LB_STAT_MAX = 18,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -177,6 +180,7 @@ struct lb_service {
 	__u32 n_allowed;
 	struct lb_cidr allowed[LB_MAX_ALLOWED_SOURCES];
 	char name[LB_NAME_LEN];	/* Service resource name, NUL padded */
+	__u32 snat_addr[4];	/* fullnat source; zero: the egress address (layout v3) */
 };
 
 /* One endpoint. */
@@ -225,6 +229,14 @@ struct lb_ct_key {
 	__u8 pad[2];
 };
 
+/*
+ * Forward entries rewrite the destination to nat_* and, when snat_addr is set, the
+ * source to snat_* (onearm, fullnat, hairpin, or a default-mode flow whose client
+ * port was taken towards that endpoint).  Reply entries rewrite the source back to
+ * nat_* (the VIP) and, when snat_addr is set, the destination back to snat_* (the
+ * client).  The reply key (endpoint -> source seen by the endpoint) is unique per
+ * flow: lb_conntrack.h allocates the source port so no two flows share it.
+ */
 struct lb_ct {
 	__u32 nat_addr[4];	/* forward: backend; reply: VIP */
 	__u16 nat_port;		/* forward: backend port; reply: VIP port */
@@ -238,6 +250,9 @@ struct lb_ct {
 	__u32 snat_addr[4];	/* source NAT (fullnat/onearm); zero: none (layout v2) */
 	__u16 snat_port;	/* network order */
 	__u16 pad[3];
+	__u8 mode;		/* enum lb_mode of the flow (layout v3) */
+	__u8 nat_family;	/* 4 or 6: nat_* and snat_* are of that family (NAT64/46); 0: the packet's */
+	__u8 pad2[6];
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */

@@ -40,9 +40,9 @@ from typing import Any, Protocol
 from reconciler import fwclass
 from reconciler.applied import AppliedStore
 from reconciler.desired import Health, TableBuilder, compile_state
-from reconciler.driver import Driver, DriverSet, Notices, PartialSupport
+from reconciler.driver import BoxAddresses, Driver, DriverSet, Notices, PartialSupport
 from reconciler.errors import ConfigError, LbctlError
-from reconciler.ipam import Allocation, allocate
+from reconciler.ipam import Allocation, allocate, source_errors
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
@@ -360,6 +360,11 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
         return ReconcileResult(plan=Plan(), errors=ipam.errors, dry_run=dry_run,
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
+    sources = source_errors(loaded.resources, _box_addresses(loaded.resources, drivers))
+    if sources:
+        return ReconcileResult(plan=Plan(), errors=sources, dry_run=dry_run,
+                               timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
+                               live=live_state)
     full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder, health=health)
     # The kinds of a leaving driver are wanted empty: the plan deletes what it still holds.
     desired = restrict(full, owner) | {kind: {} for kind in leaving}
@@ -399,6 +404,13 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
         warnings += record_applied(applied_store or AppliedStore(state_dir), loaded.resources, digest)
     return replace(base, applied=changes, leftover=leftover, warnings=warnings, timings=timings,
                    writes=total_writes(drivers) - writes0, notices=driver_notices(drivers))
+
+
+def _box_addresses(resources: Sequence[Resource], drivers: Iterable[Driver]) -> frozenset[str] | None:
+    """The box's addresses when a fullnat source needs checking and a driver knows them."""
+    if not any(getattr(r.spec, "source_address", None) for r in resources):
+        return None
+    return next((d.box_addresses() for d in drivers if isinstance(d, BoxAddresses)), None)
 
 
 def driver_notices(drivers: Iterable[Driver]) -> tuple[str, ...]:

@@ -156,8 +156,26 @@ def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
     return tuple(ep for ep in spec.endpoints if health.get((res.name, canonical_ip(ep.address)), True))
 
 
+def source_address(spec: ServiceSpec, datapath: DatapathSpec | None, vip: str) -> str:
+    """The source a fullnat service's endpoints see ("": the box's own address towards each).
+
+    The Service's own is validated to be of its endpoints' family; the Datapath's
+    serves the services whose endpoints (or, without endpoints, VIP) are all of its family."""
+    if spec.mode != "fullnat":
+        return ""
+    if spec.source_address:
+        return str(ipaddress.ip_address(spec.source_address))
+    text = datapath.source_address if datapath else None
+    if not text:
+        return ""
+    addr = ipaddress.ip_address(text)
+    families = {ipaddress.ip_address(ep.address).version for ep in spec.endpoints}
+    return str(addr) if families <= {addr.version} and (families or addr.version == ipaddress.ip_address(
+        vip).version) else ""
+
+
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
-                     table_builder: TableBuilder, health: Health) -> None:
+                     table_builder: TableBuilder, health: Health, datapath: DatapathSpec | None) -> None:
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
     services, endpoints = state["service"], state["endpoints"]
@@ -177,6 +195,7 @@ def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
                 session_timeout=timeout, persist_timeout=spec.persist_timeout,
                 allowed_sources=tuple(sorted(str(ipaddress.ip_network(c, strict=False))
                                              for c in spec.allowed_sources)),
+                source_address=source_address(spec, datapath, vip),
             )
             endpoints[k] = EndpointSet(key=key, backends=backends, maglev=table)
 
@@ -272,7 +291,7 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
             vips = service_vips(res, allocated)
             if not vips:
                 continue
-            _compile_service(res, vips, state, build, health)
+            _compile_service(res, vips, state, build, health, datapath)
             for vip in vips:
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
                 if spec.bgp and has_bgp:

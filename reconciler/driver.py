@@ -67,6 +67,13 @@ class PartialSupport(Protocol):
 
 
 @runtime_checkable
+class BoxAddresses(Protocol):
+    """Knows the addresses assigned on the box (a fullnat source must be one, or a Pool's)."""
+
+    def box_addresses(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
 class KeyReader(Protocol):
     """Reads the live records of just some keys (the daemon's incremental verify)."""
 

@@ -128,8 +128,10 @@ def _port_doc(key: ServiceKey, target: int) -> Doc:
 def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
     """The spec fields ``entries`` share (mode, selection, timeouts, sources); None if they disagree."""
     first = entries[0]
-    if any((e.mode, e.selection, e.persist_timeout, e.allowed_sources)
-           != (first.mode, first.selection, first.persist_timeout, first.allowed_sources) for e in entries):
+    def shared(e: ServiceEntry) -> tuple[object, ...]:
+        return (e.mode, e.selection, e.persist_timeout, e.allowed_sources, e.source_address)
+
+    if any(shared(e) != shared(first) for e in entries):
         return None
     spec: Doc = {}
     if first.mode != "default":
@@ -144,6 +146,8 @@ def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
         spec["persistTimeout"] = first.persist_timeout
     if first.allowed_sources:
         spec["allowedSources"] = list(first.allowed_sources)
+    if first.source_address:
+        spec["sourceAddress"] = first.source_address
     return spec
 
 

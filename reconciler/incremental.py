@@ -201,6 +201,8 @@ class Index:
         for rid, res in updates.items():
             if res is None:
                 continue
+            if isinstance(res.spec, ServiceSpec) and res.spec.source_address:
+                return None  # a full reconcile checks the address against the box (ipam.source_errors)
             vips = self._vips_for(self.resources.get(rid), res)
             if vips is None:
                 return None

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from reconciler.errors import ConfigError
-from reconciler.model import PoolSpec, Resource, ServiceSpec
+from reconciler.model import DatapathSpec, PoolSpec, Resource, ServiceSpec
 
 PortSpan = tuple[str, int, int]  # (protocol, first port, last port)
 
@@ -228,3 +228,34 @@ def allocate(resources: Iterable[Resource], previous: Mapping[str, Allocation] |
                                   + ", ".join(names), hint))
     return IpamResult(vips=vips, allocations=allocs, errors=tuple(errors))
 
+
+
+def source_errors(resources: Iterable[Resource], box: frozenset[str] | None) -> tuple[ConfigError, ...]:
+    """A fullnat ``sourceAddress`` (Service or Datapath) that is neither in a Pool nor on the box.
+
+    Endpoints answer that address; one that reaches no box would black-hole every
+    flow, so it is refused before anything is applied.  ``box``: the addresses
+    assigned on the box (None: not known, so nothing is refused).
+    """
+    resources = list(resources)
+    if box is None:
+        return ()
+    pools = [PoolRanges(r.spec.addresses) for r in resources if isinstance(r.spec, PoolSpec)]
+    errors: list[ConfigError] = []
+    for res in resources:
+        spec = res.spec
+        if isinstance(spec, ServiceSpec) and spec.mode != "fullnat":
+            continue
+        if not isinstance(spec, (ServiceSpec, DatapathSpec)) or not spec.source_address:
+            continue
+        addr = ipaddress.ip_address(spec.source_address)
+        if str(addr) in box or any(p.version == addr.version and int(addr) in p for p in pools):
+            continue
+        loc = res.where("spec.sourceAddress")
+        errors.append(ConfigError(
+            loc.file, loc.line, loc.column, res.kind, res.name, "spec.sourceAddress",
+            f"source address {spec.source_address} is neither an address of this box nor in a Pool: "
+            "endpoints would answer an address that does not reach the box",
+            "assign it to an interface of the box, add it to a Pool, or leave sourceAddress out "
+            "(the box's own address towards each endpoint)"))
+    return tuple(errors)

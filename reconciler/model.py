@@ -110,6 +110,7 @@ class ServiceSpec:
     secondary_vips: tuple[str, ...] = ()  # SCTP multihoming, at most 3
     bgp: bool = False  # announce the VIP through BGP
     probe: Probe = field(default_factory=Probe)
+    source_address: str | None = None  # fullnat: the source endpoints see (else the Datapath's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class DatapathSpec:
     interfaces: tuple[DatapathInterface, ...]
     hook: Hook = DEFAULT_HOOK  # default for interfaces that do not name one
     vip_interface: str = DEFAULT_VIP_INTERFACE
+    source_address: str | None = None  # fullnat services without their own sourceAddress
 
 
 # The YAML (camelCase) name of every model field, per class: the one table both
@@ -189,7 +191,7 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "session_timeout": "sessionTimeout", "persist_timeout": "persistTimeout",
                   "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",
                   "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
-                  "probe": "probe"},
+                  "probe": "probe", "source_address": "sourceAddress"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
                     "listen_addresses": "listenAddresses"},
@@ -203,7 +205,8 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
     FirewallRuleSpec: {"priority": "priority", "match": "match", "action": "action", "mark": "mark",
                        "rate_limit": "rateLimit"},
     DatapathInterface: {"name": "name", "hook": "hook"},
-    DatapathSpec: {"interfaces": "interfaces", "hook": "hook", "vip_interface": "vipInterface"},
+    DatapathSpec: {"interfaces": "interfaces", "hook": "hook", "vip_interface": "vipInterface",
+                   "source_address": "sourceAddress"},
 }
 
 # What ``lbctl export`` writes instead of a secret (a BGP session's TCP MD5

@@ -204,15 +204,17 @@ def _jsonable(name: str, value: Any) -> Any:
 def record_to_json(record: Record | None) -> dict[str, Any] | None:
     """A record as plain JSON values (keys become text, tables a size + digest).
 
-    ``faults`` appear only when there are some (only live records have them).
+    ``faults`` appear only when there are some (only live records have them), and a
+    service's ``source_address`` only when it has one (fullnat with a configured source).
     """
     if record is None:
         return None
     out = _jsonable("", record)
     assert isinstance(out, dict)
     out.pop("key", None)  # the change's key already says it
-    if not out.get("faults"):
-        out.pop("faults", None)
+    for optional in ("faults", "source_address"):
+        if not out.get(optional):
+            out.pop(optional, None)
     return out
 
 

@@ -82,6 +82,7 @@ class ServiceEntry:
     session_timeout: int  # idle seconds before a flow is forgotten
     persist_timeout: int  # seconds a source sticks to an endpoint (persist)
     allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
+    source_address: str = ""  # fullnat: the source endpoints see; "": the box's address towards them
     faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 

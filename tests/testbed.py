@@ -13,7 +13,8 @@ private addresses that exist only inside them::
 
 Backends run a tiny Python server per namespace: HTTP on 8080 answering its
 name, a UDP echo on 5353 answering ``name`` + payload, a TCP line echo on 7000
-answering ``name: line``.  ``teardown()`` is idempotent and also ends any
+answering ``name: line``, and on 7001 a TCP server that says ``name ADDRESS`` (the
+source address it saw) and closes.  ``teardown()`` is idempotent and also ends any
 process still running inside the namespaces.
 
 The demo (``examples/demo/``) builds one with a fixed prefix from one process
@@ -35,7 +36,7 @@ VIP4 = "10.250.0.1"
 VIP6 = "fd00:250::1"
 CLIENT4 = "10.200.0.2"
 CLIENT6 = "fd00:200::2"
-HTTP_PORT, UDP_PORT, ECHO_PORT = 8080, 5353, 7000
+HTTP_PORT, UDP_PORT, ECHO_PORT, PEER_PORT = 8080, 5353, 7000, 7001
 
 _SERVER = r"""
 import socket, socketserver, sys, threading
@@ -61,10 +62,13 @@ class Srv(ThreadingHTTPServer):
 def udp():
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
     s.bind(("::", %(udp)d))
     while True:
-        data, peer = s.recvfrom(65535)
-        s.sendto(name.encode() + b" " + data, peer)
+        # Answer from the address asked (a VIP a DSR endpoint holds on its loopback).
+        data, anc, _, peer = s.recvmsg(65535, 256)
+        info = [(l, t, d[:16] + bytes(4)) for l, t, d in anc if t == socket.IPV6_PKTINFO]
+        s.sendmsg([name.encode() + b" " + data], info, 0, peer)
 class E(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
@@ -76,12 +80,18 @@ class ESrv(socketserver.ThreadingTCPServer):
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
+class Peer(socketserver.StreamRequestHandler):
+    def handle(self):
+        host = self.client_address[0]
+        self.wfile.write(("%s %s\n" % (name, host.removeprefix("::ffff:"))).encode())
 threading.Thread(target=udp, daemon=True).start()
 threading.Thread(target=ESrv(("::", %(echo)d), E).serve_forever, daemon=True).start()
+threading.Thread(target=ESrv(("::", %(peer)d), Peer).serve_forever, daemon=True).start()
 print("ready", flush=True)
 Srv(("::", %(http)d), H).serve_forever()
 """
 _SERVER = _SERVER.replace("%(udp)d", str(UDP_PORT)).replace("%(echo)d", str(ECHO_PORT))
+_SERVER = _SERVER.replace("%(peer)d", str(PEER_PORT))
 _SERVER = _SERVER.replace("%(http)d", str(HTTP_PORT))
 
 
@@ -195,8 +205,12 @@ class Testbed:
                 self._start_server(i)
 
     def _start_server(self, i: int) -> None:
+        self.start_server(self.backend_ns(i), self.backend_name(i))
+
+    def start_server(self, ns: str, name: str) -> None:
+        """The backend servers (HTTP, UDP echo, TCP echo, peer report) answering ``name``, in ``ns``."""
         p = subprocess.Popen(
-            ["ip", "netns", "exec", self.backend_ns(i), sys.executable, "-c", _SERVER, self.backend_name(i)],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _SERVER, name],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -204,7 +218,7 @@ class Testbed:
         assert p.stdout is not None
         line = p.stdout.readline()
         if b"ready" not in line:
-            raise RuntimeError(f"backend server {i} did not start")
+            raise RuntimeError(f"backend server {name} did not start")
 
     def xdp_workarounds(self) -> None:
         """Make XDP redirect work on veth (pitfalls 9, 10, 18): GRO on at the

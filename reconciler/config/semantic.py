@@ -262,8 +262,8 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
                        _unicast_hint(why, "endpoints must be unicast addresses of real backends"))
         elif family is not None and addr.version != family and spec.mode != "fullnat":
             report.add(res, f"{p}.address", f"endpoint {ep.address} is IPv{addr.version} but the VIP is "
-                       f"IPv{family}; mode {spec.mode} cannot translate between families",
-                       f"set mode: fullnat or use an IPv{family} endpoint")
+                       f"IPv{family}; mode {spec.mode} cannot translate between families (NAT64/NAT46 is "
+                       "fullnat only)", f"set mode: fullnat or use an IPv{family} endpoint")
         key = (addr.compressed, ep.target_port)
         if key in seen:
             report.add(res, f"{p}.address",
@@ -292,6 +292,8 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
                            "remove the duplicate")
             claimed.add(sec.compressed)
 
+    _check_mode(res, spec, family, report)
+
     if spec.maglev_table_size is not None:
         size = spec.maglev_table_size
         if size > limits.MAGLEV_MAX_TABLE_SIZE or not is_prime(size):
@@ -300,6 +302,48 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
     if spec.probe.timeout >= spec.probe.interval and spec.probe.type != "none":
         report.add(res, "spec.probe.timeout", f"timeout {spec.probe.timeout}s is not shorter than interval "
                    f"{spec.probe.interval}s", "make the timeout shorter than the interval")
+
+
+def _check_mode(res: Resource, spec: ServiceSpec, family: int | None, report: Report) -> None:
+    """What the NAT mode asks of the rest of the spec (dsr: no port translation, hash/maglev)."""
+    if spec.mode == "dsr":
+        if spec.selection not in ("hash", "maglev"):
+            report.add(res, "spec.selection",
+                       f"mode dsr needs selection hash or maglev, not {spec.selection}",
+                       "the LB sees only the client's side of a DSR flow: set selection: hash or maglev")
+        for i, port in enumerate(spec.ports):
+            if port.target_port is not None and port.target_port != port.port:
+                report.add(res, f"spec.ports[{i}].targetPort",
+                           "mode dsr cannot translate ports (the endpoint answers the client directly, "
+                           "from the VIP's port)",
+                           f"remove targetPort or make it {port.port}")
+        for i, ep in enumerate(spec.endpoints):
+            if ep.target_port is not None and any(ep.target_port != p.port for p in spec.ports):
+                report.add(res, f"spec.endpoints[{i}].targetPort", "mode dsr cannot translate ports",
+                           "remove the endpoint's targetPort")
+    eps = [a for a in (_addr(ep.address) for ep in spec.endpoints) if a is not None and not a.not_unicast]
+    if spec.mode == "fullnat" and family is not None and any(a.version != family for a in eps):
+        # The datapath translates TCP and UDP headers between families; nothing else.
+        for i, port in enumerate(spec.ports):
+            if port.protocol not in ("TCP", "UDP"):
+                report.add(res, f"spec.ports[{i}].protocol", f"{port.protocol} cannot be translated between "
+                           "IPv4 and IPv6 (the datapath's NAT64/NAT46 carries TCP and UDP)",
+                           f"use endpoints of the VIP's family (IPv{family}) for {port.protocol}, "
+                           "in a separate Service")
+    if spec.source_address is not None:
+        src = _addr(spec.source_address)
+        if spec.mode != "fullnat":
+            report.add(res, "spec.sourceAddress",
+                       f"sourceAddress is used by mode fullnat only, not {spec.mode}",
+                       "set mode: fullnat or remove sourceAddress")
+        elif src is not None and (why := src.not_unicast):
+            report.add(res, "spec.sourceAddress", f"source address {spec.source_address} is {why}",
+                       "use an address of this box or of a Pool")
+        elif src is not None and (other := next((a for a in eps if a.version != src.version), None)):
+            report.add(res, "spec.sourceAddress", f"source address {spec.source_address} is IPv{src.version} "
+                       f"but endpoint {other.compressed} is IPv{other.version} (endpoints see this source)",
+                       f"use an IPv{other.version} address of this box or of a Pool, or endpoints of "
+                       f"one family")
 
 
 Claim = tuple[str, str, int, int, str]  # VIP (canonical), protocol, first port, last port, path
@@ -439,6 +483,10 @@ def _datapath(res: Resource, spec: DatapathSpec, report: Report) -> None:
                        f"(also interfaces[{seen[iface.name]}])", "list each interface once")
         else:
             seen[iface.name] = i
+    src = _addr(spec.source_address) if spec.source_address is not None else None
+    if src is not None and (why := src.not_unicast):
+        report.add(res, "spec.sourceAddress", f"source address {spec.source_address} is {why}",
+                   "use an address of this box or of a Pool")
 
 
 def entries_of(spec: ServiceSpec) -> int:

@@ -773,10 +773,23 @@ class TestRun:
     ctx: bytes = b""  # the context after the run (ctx_size bytes), when asked for
 
 
-def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096, ctx_size: int = 0) -> TestRun:
-    """BPF_PROG_TEST_RUN: run a program on one packet (pitfall 12: it writes live maps)."""
+def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096,
+             ingress: tuple[str, int] | None = None, ctx_size: int = 0) -> TestRun:
+    """BPF_PROG_TEST_RUN: run a program on one packet (pitfall 12: it writes live maps).
+
+    ``ingress``: (hook, ifindex) of the interface the packet arrives on (default: loopback);
+    a ``struct __sk_buff`` with ``ifindex`` (tc) or ``struct xdp_md`` with ``ingress_ifindex``.
+    ``ctx_size``: return that many bytes of the context after the run (e.g. skb->mark).
+    """
     L = lib()
     ffi = L.ffi
+    ctx = None
+    if ingress is not None:
+        hook, ifindex = ingress
+        # __sk_buff: ifindex at byte 40; xdp_md: data, data_end, data_meta, ingress_ifindex.
+        raw = (bytes(40) + ifindex.to_bytes(4, "little") if hook == "tc"
+               else b"".join(v.to_bytes(4, "little") for v in (0, len(data), 0, ifindex)))
+        ctx = ffi.new("char[]", raw)
     din = ffi.new("char[]", data)
     dout = ffi.new("char[]", max(out_size, len(data) + 256))
     opts = ffi.new("struct bpf_test_run_opts *")
@@ -786,13 +799,16 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096, c
     opts.data_out = dout
     opts.data_size_out = len(dout)
     opts.repeat = repeat
+    if ctx is not None:
+        opts.ctx_in = ctx
+        opts.ctx_size_in = len(ctx) - 1  # cffi adds a NUL to char[] from bytes
     cout = ffi.new("char[]", ctx_size) if ctx_size else ffi.NULL
     if ctx_size:
         opts.ctx_out = cout
         opts.ctx_size_out = ctx_size
     _check(L.lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
-    ctx = bytes(ffi.buffer(cout, opts.ctx_size_out)) if ctx_size else b""
-    return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration), ctx)
+    ctx_out = bytes(ffi.buffer(cout, opts.ctx_size_out)) if ctx_size else b""
+    return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration), ctx_out)
 
 
 def _tc_hook(ifindex: int) -> Any:

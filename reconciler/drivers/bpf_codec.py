@@ -20,6 +20,7 @@ from typing import Any
 from reconciler.constants import PROTO_NAMES, PROTO_NUMBERS
 from reconciler.drivers.bpf_layout import (
     CIDR,
+    CONF_SIZE,
     F_HAS_ENDPOINTS,
     F_HAS_SERVICE,
     MAX_ALLOWED,
@@ -198,6 +199,11 @@ def _addr_str(family: int, raw: bytes) -> str:
     return _addr_str6(raw[:16])
 
 
+def snat_bytes(address: str) -> bytes:
+    """``lb_service.snat_addr`` of a record's source address ("" -> zeros)."""
+    return _pack_addr(address)[1] if address else bytes(16)
+
+
 @dataclass
 class _Conf:
     """A ``struct lb_service`` as Python values (decoded from / encoded to map bytes)."""
@@ -216,6 +222,7 @@ class _Conf:
     n_allowed: int = 0
     allowed: bytes = b""  # n_allowed packed lb_cidr (zero padded on encode)
     name: bytes = b""  # zero padded on encode
+    snat_addr: bytes = bytes(16)  # fullnat source (layout v3); zero: the egress address
 
     @classmethod
     def decode(cls, raw: bytes) -> _Conf:
@@ -223,14 +230,16 @@ class _Conf:
             SVC_HDR.unpack_from(raw))
         na = SVC_HDR.size + MAX_ALLOWED * CIDR.size
         return cls(addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed,
-                   allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN])
+                   allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN],
+                   snat_addr=raw[na + NAME_LEN : na + NAME_LEN + 16])
 
     def encode(self) -> bytes:
         hdr = SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
                             self.mode, self.flags, self.session_timeout, self.persist_timeout, self.active,
                             self.n_allowed)
         allowed = self.allowed + bytes(MAX_ALLOWED * CIDR.size - len(self.allowed))
-        return hdr + allowed + self.name + bytes(NAME_LEN - len(self.name))
+        raw = hdr + allowed + self.name + bytes(NAME_LEN - len(self.name)) + self.snat_addr
+        return raw[:CONF_SIZE]  # a header without snat_addr (layout v2 and older, in tests) ends before it
 
     def service_key(self) -> ServiceKey:
         return ServiceKey(_addr_str(self.family, self.addr), _PROTO_NAMES.get(self.proto, str(self.proto)),
@@ -256,7 +265,9 @@ class _Conf:
             mode=_MODE_NAMES.get(self.mode, f"unknown({self.mode})"),
             selection=_SELECTION_NAMES.get(self.selection, f"unknown({self.selection})"),
             session_timeout=self.session_timeout, persist_timeout=self.persist_timeout,
-            allowed_sources=tuple(allowed), faults=tuple(faults),
+            allowed_sources=tuple(allowed),
+            source_address=_addr_str(self.family, self.snat_addr) if any(self.snat_addr) else "",
+            faults=tuple(faults),
         )
 
     def service_faults(self, raw: bytes, record: ServiceEntry) -> list[str]:
@@ -268,10 +279,11 @@ class _Conf:
         if self.n_allowed > MAX_ALLOWED:
             faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {MAX_ALLOWED})")
         try:
-            want = _allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
+            want = (_allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
+                    + snat_bytes(record.source_address))
         except ValueError:
             want = b""
-        if raw[SVC_HDR.size:] != want:
+        if raw[SVC_HDR.size:] != want[: CONF_SIZE - SVC_HDR.size]:
             faults.append("lb_conf: the allowed sources or the name differ from what lbctl writes")
         return faults
 

@@ -24,6 +24,7 @@ read gives back the records the plan compares.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -40,26 +41,7 @@ from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import FirewallEntry, Record
 
-MAX_RULES = B.const("LB_FW_MAX_RULES")
-WORDS = B.const("LB_FW_WORDS")
-MAX_INTERVALS = B.const("LB_FW_MAX_INTERVALS")
-PORT_CHUNK = B.const("LB_FW_PORT_CHUNK")
-_SET_BYTES = L.sizeof("struct lb_fw_set")
-# active, gen, then (words, fields, count, pad) per slot (fmt() would give slot[] as bytes)
-_CONF = struct.Struct("<II" + "III4x" * 2)
-if _CONF.size != L.sizeof("struct lb_fw_conf") or L.offsetof("struct lb_fw_conf", "slot") != 8:
-    raise B.LayoutError("struct lb_fw_conf changed: update bpf_firewall._CONF")
-_RULE = L.fmt("struct lb_fw_rule")
-_CIDR_KEY = L.fmt("struct lb_fw_cidr_key")
-_IFACE_KEY = L.fmt("struct lb_fw_iface_key")
 _U32 = struct.Struct("<I")
-_ACTIONS = {("rateLimit" if k == "ratelimit" else k): v
-            for k, v in L.enum("enum lb_fw_action", "LB_FW_").items()
-            if k in ("allow", "drop", "trap", "mark", "ratelimit")}
-_ACTION_NAMES = {v: k for k, v in _ACTIONS.items()}
-_USES = L.enum("enum lb_fw_uses", "LB_FW_USES_")
-_FIELD = {"src": B.const("LB_FW_SRC"), "dst": B.const("LB_FW_DST"),
-          "sport": B.const("LB_FW_SPORT"), "dport": B.const("LB_FW_DPORT")}
 _PROTO_NAMES = {v: k for k, v in fwclass.PROTOCOLS.items()}
 _NS = 1_000_000_000
 # The maps with one entry per (slot, ...) that apply writes; hashed ones also get stale keys deleted.
@@ -67,13 +49,80 @@ _SLOT_MAPS = ("lb_fw_rules", "lb_fw_proto", "lb_fw_port", "lb_fw_portset", "lb_f
 _HASHED = ("lb_fw_iface", "lb_fw_cidr")
 
 
+class _Layout:
+    """The firewall's part of lb_shared.h, read on first use: an lbctl driving an older datapath
+    (before the firewall, e.g. while migrating its pins) must still import this module."""
+
+    @functools.cached_property
+    def MAX_RULES(self) -> int:
+        return B.const("LB_FW_MAX_RULES")
+
+    @functools.cached_property
+    def WORDS(self) -> int:
+        return B.const("LB_FW_WORDS")
+
+    @functools.cached_property
+    def MAX_INTERVALS(self) -> int:
+        return B.const("LB_FW_MAX_INTERVALS")
+
+    @functools.cached_property
+    def PORT_CHUNK(self) -> int:
+        return B.const("LB_FW_PORT_CHUNK")
+
+    @functools.cached_property
+    def SET_BYTES(self) -> int:
+        return L.sizeof("struct lb_fw_set")
+
+    @functools.cached_property
+    def CONF(self) -> struct.Struct:
+        # active, gen, then (words, fields, count, pad) per slot (fmt() would give slot[] as bytes)
+        conf = struct.Struct("<II" + "III4x" * 2)
+        if conf.size != L.sizeof("struct lb_fw_conf") or L.offsetof("struct lb_fw_conf", "slot") != 8:
+            raise B.LayoutError("struct lb_fw_conf changed: update bpf_firewall._Layout.CONF")
+        return conf
+
+    @functools.cached_property
+    def RULE(self) -> struct.Struct:
+        return L.fmt("struct lb_fw_rule")
+
+    @functools.cached_property
+    def CIDR_KEY(self) -> struct.Struct:
+        return L.fmt("struct lb_fw_cidr_key")
+
+    @functools.cached_property
+    def IFACE_KEY(self) -> struct.Struct:
+        return L.fmt("struct lb_fw_iface_key")
+
+    @functools.cached_property
+    def ACTIONS(self) -> dict[str, int]:
+        return {("rateLimit" if k == "ratelimit" else k): v
+                for k, v in L.enum("enum lb_fw_action", "LB_FW_").items()
+                if k in ("allow", "drop", "trap", "mark", "ratelimit")}
+
+    @functools.cached_property
+    def ACTION_NAMES(self) -> dict[int, str]:
+        return {v: k for k, v in self.ACTIONS.items()}
+
+    @functools.cached_property
+    def USES(self) -> dict[str, int]:
+        return L.enum("enum lb_fw_uses", "LB_FW_USES_")
+
+    @functools.cached_property
+    def FIELD(self) -> dict[str, int]:
+        return {"src": B.const("LB_FW_SRC"), "dst": B.const("LB_FW_DST"),
+                "sport": B.const("LB_FW_SPORT"), "dport": B.const("LB_FW_DPORT")}
+
+
+F = _Layout()
+
+
 def set_bytes(s: int) -> bytes:
     """``struct lb_fw_set`` of the rule set ``s`` (bit i: rank i)."""
     if not s:
-        return bytes(_SET_BYTES)
+        return bytes(F.SET_BYTES)
     lo = ((s & -s).bit_length() - 1) // 64
     hi = (s.bit_length() - 1) // 64 + 1
-    return _U32.pack(lo) + _U32.pack(hi) + s.to_bytes(WORDS * 8, "little")
+    return _U32.pack(lo) + _U32.pack(hi) + s.to_bytes(F.WORDS * 8, "little")
 
 
 def _cidr_fields(cidr: str | None) -> tuple[bytes, bytes, int, int]:
@@ -96,17 +145,18 @@ def rule_bytes(r: FirewallEntry, stat_id: int) -> bytes:
     sp, dp = r.source_ports or (0, 0), r.destination_ports or (0, 0)
     interval = _NS // r.rate_pps if r.rate_pps else 0
     src, dst = _cidr_fields(r.source), _cidr_fields(r.destination)
-    return _RULE.pack(_ACTIONS[r.action], proto, r.source_ports is not None, r.destination_ports is not None,
-                      r.mark or 0, stat_id, r.priority, interval, interval * (r.rate_burst or 0),
-                      r.rate_pps or 0, r.rate_burst or 0, sp[0], sp[1], dp[0], dp[1], *src, *dst,
-                      (r.in_interface or "").encode(), r.name.encode())
+    return F.RULE.pack(F.ACTIONS[r.action], proto, r.source_ports is not None,
+                       r.destination_ports is not None, r.mark or 0, stat_id, r.priority, interval,
+                       interval * (r.rate_burst or 0), r.rate_pps or 0, r.rate_burst or 0,
+                       sp[0], sp[1], dp[0], dp[1], *src, *dst,
+                       (r.in_interface or "").encode(), r.name.encode())
 
 
 def rule_record(raw: bytes) -> tuple[FirewallEntry, int]:
     """The record and the stat id of an ``lb_fw_rule`` value."""
     (action, proto, has_sp, has_dp, mark, stat_id, prio, _iv, _bn, pps, burst, sp0, sp1, dp0, dp1,
-     sa, _sm, splen, sfam, da, _dm, dplen, dfam, ifname, name) = _RULE.unpack(raw)
-    act = _ACTION_NAMES.get(action, f"unknown({action})")
+     sa, _sm, splen, sfam, da, _dm, dplen, dfam, ifname, name) = F.RULE.unpack(raw)
+    act = F.ACTION_NAMES.get(action, f"unknown({action})")
     rec = FirewallEntry(
         name=name.rstrip(b"\0").decode(errors="replace"), priority=prio,
         source=_cidr_str(sa, splen, sfam), destination=_cidr_str(da, dplen, dfam),
@@ -128,17 +178,17 @@ class BpfFirewall(BpfRead):
 
     def _fw_conf(self) -> tuple[int, int, list[tuple[int, int, int]]]:
         raw = self._maps["lb_fw_conf"].lookup_raw(_U32.pack(0)) or bytes(L.sizeof("struct lb_fw_conf"))
-        v = _CONF.unpack(raw)
+        v = F.CONF.unpack(raw)
         return v[0] & 1, v[1], [(v[2], v[3], v[4]), (v[5], v[6], v[7])]
 
     def _fw_live(self) -> dict[str, tuple[FirewallEntry, int]]:
         active, _gen, slots = self._fw_conf()
-        count = min(slots[active][2], MAX_RULES)
+        count = min(slots[active][2], F.MAX_RULES)
         if not count:
             return {}
-        lo = active * MAX_RULES
+        lo = active * F.MAX_RULES
         out: dict[str, tuple[FirewallEntry, int]] = {}
-        for k, raw in self._maps["lb_fw_rules"].items_raw(chunk=2 * MAX_RULES):  # one batch read
+        for k, raw in self._maps["lb_fw_rules"].items_raw(chunk=2 * F.MAX_RULES):  # one batch read
             if lo <= _U32.unpack(k)[0] < lo + count:
                 rec, sid = rule_record(raw)
                 out[rec.name] = (rec, sid)
@@ -146,7 +196,7 @@ class BpfFirewall(BpfRead):
 
     def read_firewall(self) -> dict[str, Record]:
         """The rules of the active slot; each carries the faults of the slot's tables, if any."""
-        if not self._maps:
+        if "lb_fw_conf" not in self._maps:  # nothing pinned, or a datapath from before the firewall
             return {}
         live = self._fw_live()
         faults = tuple(self._fw_audit(live))
@@ -158,7 +208,7 @@ class BpfFirewall(BpfRead):
         t = fwclass.compile_rules(rec for rec, _ in live.values())
         want = self._fw_encode(t, active, {n: sid for n, (_, sid) in live.items()})
         out = []
-        expect = (t.words, sum(_USES[f] for f in t.fields), len(t.rules))
+        expect = (t.words, sum(F.USES[f] for f in t.fields), len(t.rules))
         if slots[active] != expect:
             out.append(f"lb_fw_conf: slot {active} says {slots[active]} (words, fields, rules), "
                        f"the rules need {expect}")
@@ -179,12 +229,12 @@ class BpfFirewall(BpfRead):
         if name == "lb_fw_cidr":
             return {k: m.lookup_raw(k) or b"" for k in m.keys_raw() if k[4] == slot}
         if name == "lb_fw_iface":
-            return {k: v for k, v in m.items_raw() if _IFACE_KEY.unpack(k)[1] == slot}
+            return {k: v for k, v in m.items_raw() if F.IFACE_KEY.unpack(k)[1] == slot}
         return {k: v for k, v in m.items_raw(chunk=4096) if k in wanted}
 
     def firewall_counters(self) -> dict[str, dict[str, int]]:
         """Per rule name: packets and bytes matched, packets over a rateLimit (summed over CPUs)."""
-        if not self._open(create=False):
+        if not self._open(create=False) or "lb_fw_conf" not in self._maps:
             return {}
         stats = self._maps["lb_fw_stats"]
         out: dict[str, dict[str, int]] = {}
@@ -227,8 +277,8 @@ class BpfFirewall(BpfRead):
         repair = any(ch.before is not None and getattr(ch.before, "faults", ()) for ch in changes)
         if rules == {n: rec for n, (rec, _) in live.items()} and not repair:
             return  # nothing changes (a repeated apply): no write, no flip
-        if len(rules) > MAX_RULES:
-            raise LbctlError(f"{len(rules)} firewall rules; the datapath holds at most {MAX_RULES}")
+        if len(rules) > F.MAX_RULES:
+            raise LbctlError(f"{len(rules)} firewall rules; the datapath holds at most {F.MAX_RULES}")
         t1 = time.perf_counter()
         t = fwclass.compile_rules(rules.values())
         t2 = time.perf_counter()
@@ -237,7 +287,7 @@ class BpfFirewall(BpfRead):
         fresh = []
         for r in t.rules:
             if r.name not in stat_ids:
-                sid = next(i for i in range(MAX_RULES) if i not in used)
+                sid = next(i for i in range(F.MAX_RULES) if i not in used)
                 used.add(sid)
                 stat_ids[r.name] = sid
                 fresh.append(sid)
@@ -278,9 +328,9 @@ class BpfFirewall(BpfRead):
             else:
                 mp.update_batch_raw(diff)
         cache[slot] = (maps_id, gen + 1, want)
-        slots[slot] = (t.words, sum(_USES[f] for f in t.fields), len(t.rules))
+        slots[slot] = (t.words, sum(F.USES[f] for f in t.fields), len(t.rules))
         # The flip: the datapath reads the new slot from the next packet on.
-        m["lb_fw_conf"].update_raw(_U32.pack(0), _CONF.pack(slot, gen + 1, *slots[0], *slots[1]))
+        m["lb_fw_conf"].update_raw(_U32.pack(0), F.CONF.pack(slot, gen + 1, *slots[0], *slots[1]))
         # Where the time went (seconds), for bench/firewall_bench.py.
         self.fw_timing = {"read": t1 - t0, "compile": t2 - t1, "encode": t3 - t2,
                           "kernel": time.perf_counter() - t3}
@@ -289,39 +339,40 @@ class BpfFirewall(BpfRead):
                    stat_ids: Mapping[str, int]) -> dict[str, dict[bytes, bytes]]:
         """Every entry of ``slot`` the datapath reads for rule set ``t``, per map (fields in use only)."""
         out: dict[str, dict[bytes, bytes]] = {name: {} for name in _SLOT_MAPS}
-        out["lb_fw_rules"] = {_U32.pack(slot * MAX_RULES + i): rule_bytes(r, stat_ids[r.name])
+        out["lb_fw_rules"] = {_U32.pack(slot * F.MAX_RULES + i): rule_bytes(r, stat_ids[r.name])
                               for i, r in enumerate(t.rules)}
         if "proto" in t.fields:
             out["lb_fw_proto"] = {_U32.pack(slot * 512 + (256 if fam == 6 else 0) + p):
                                   set_bytes(t.protos.get((fam, p), t.proto_any))
                                   for fam in (4, 6) for p in range(256)}
-        step = PORT_CHUNK * 2
+        step = F.PORT_CHUNK * 2
         for field in ("sport", "dport"):
             if field not in t.fields:
                 continue
-            base = slot * 2 + _FIELD[field]
+            base = slot * 2 + F.FIELD[field]
             sets = t.port_sets[field]
-            if len(sets) > MAX_INTERVALS:
+            if len(sets) > F.MAX_INTERVALS:
                 raise LbctlError(f"firewall port ranges cut the ports into {len(sets)} intervals; at most "
-                                 f"{MAX_INTERVALS} fit", "merge port ranges")
+                                 f"{F.MAX_INTERVALS} fit", "merge port ranges")
             ids = struct.pack(f"<{fwclass.PORTS}H", *t.port_ids(field))
             out["lb_fw_port"].update((_U32.pack((base << 11) + c), ids[c * step:(c + 1) * step])
-                                     for c in range(fwclass.PORTS // PORT_CHUNK))
-            out["lb_fw_portset"].update((_U32.pack(base * MAX_INTERVALS + i), set_bytes(s))
+                                     for c in range(fwclass.PORTS // F.PORT_CHUNK))
+            out["lb_fw_portset"].update((_U32.pack(base * F.MAX_INTERVALS + i), set_bytes(s))
                                         for i, s in enumerate(sets))
         if "iface" in t.fields:
             for name, idx in self._ifindexes(sorted(t.ifaces)).items():
-                out["lb_fw_iface"][_IFACE_KEY.pack(idx, slot)] = set_bytes(t.ifaces[name])
+                out["lb_fw_iface"][F.IFACE_KEY.pack(idx, slot)] = set_bytes(t.ifaces[name])
             if t.iface_any:
-                out["lb_fw_iface"][_IFACE_KEY.pack(0, slot)] = set_bytes(t.iface_any)
+                out["lb_fw_iface"][F.IFACE_KEY.pack(0, slot)] = set_bytes(t.iface_any)
         for (field, fam, plen, addr), st in t.cidrs.items():
-            out["lb_fw_cidr"][_CIDR_KEY.pack(24 + plen, slot, _FIELD[field], fam, addr)] = set_bytes(st)
+            out["lb_fw_cidr"][F.CIDR_KEY.pack(24 + plen, slot, F.FIELD[field], fam, addr)] = set_bytes(st)
         return out
 
     def _fw_slot_keys(self, slot: int) -> dict[str, dict[bytes, bytes]]:
         """What this process does not know of a slot: the keys of its hashed entries (values unknown,
         so every wanted entry is written; array entries are all written)."""
-        iface = {k: b"" for k, _ in self._maps["lb_fw_iface"].items_raw() if _IFACE_KEY.unpack(k)[1] == slot}
+        iface = {k: b"" for k, _ in self._maps["lb_fw_iface"].items_raw()
+                 if F.IFACE_KEY.unpack(k)[1] == slot}
         cidr = {k: b"" for k in self._maps["lb_fw_cidr"].keys_raw() if k[4] == slot}
         return {"lb_fw_iface": iface, "lb_fw_cidr": cidr}
 

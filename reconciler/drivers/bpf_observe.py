@@ -15,6 +15,7 @@ from typing import Any
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import (
+    _MODE_NAMES,
     _PROTO_NAMES,
     _words_addr,
 )
@@ -45,6 +46,9 @@ class Flow:
     vip_port: int
     backend: str
     backend_port: int
+    source: str  # the source the endpoint sees (the client's, or the box's under source NAT)
+    source_port: int
+    mode: str
     service: str
     state: str
     age_s: float
@@ -129,6 +133,8 @@ class BpfObserve(BpfRead):
             if int(v.dir) != L.CT_FORWARD:
                 continue
             fam = int(k.family)
+            bfam = int(v.nat_family) or fam  # NAT64/NAT46: the endpoint's family
+            snat = any(int(w) for w in v.snat_addr)
             conf = confs.get(int(v.svc_id))
             timeout = int(v.timeout)
             if int(v.state) >= L.CT_FIN_WAIT:
@@ -138,7 +144,10 @@ class BpfObserve(BpfRead):
                 proto=_PROTO_NAMES.get(int(k.proto), str(int(k.proto))),
                 client=_words_addr(fam, k.saddr), client_port=socket.ntohs(int(k.sport)),
                 vip=_words_addr(fam, k.daddr), vip_port=socket.ntohs(int(k.dport)),
-                backend=_words_addr(fam, v.nat_addr), backend_port=socket.ntohs(int(v.nat_port)),
+                backend=_words_addr(bfam, v.nat_addr), backend_port=socket.ntohs(int(v.nat_port)),
+                source=_words_addr(bfam, v.snat_addr) if snat else _words_addr(fam, k.saddr),
+                source_port=socket.ntohs(int(v.snat_port if snat else k.sport)),
+                mode=_MODE_NAMES.get(int(v.mode), str(int(v.mode))),
                 service=str(self._conf_key(conf)) if conf is not None else "?",
                 state=CT_STATES.get(int(v.state), "?"),
                 age_s=max(0, now - int(v.created_ns)) / 1e9, idle_s=idle, expired=idle > timeout,

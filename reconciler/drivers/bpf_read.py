@@ -396,8 +396,6 @@ class BpfRead(BpfAttach):
             return None
         if record.key.proto == "sctp":
             return "SCTP is not balanced yet: its packets go to the kernel untouched"
-        if record.mode != "default":
-            return f"mode {record.mode} is not implemented yet: forwarded as plain DNAT"
         return None
 
     def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:

@@ -353,8 +353,9 @@ class _RtnlSocket:
         raise AssertionError("unreachable")
 
 
-def _parse_addrs(msgs: Sequence[bytes], index: int, ifname: str) -> dict[str, Record]:
-    """The addresses of link ``index`` from RTM_NEWADDR dump messages, but its IPv6 link-local one.
+def _parse_addrs(msgs: Sequence[bytes], index: int | None, ifname: str) -> dict[str, Record]:
+    """The addresses of link ``index`` (None: of every link) from RTM_NEWADDR dump messages,
+    but IPv6 link-local ones.
 
     Every other address on lbctl's interface is lbctl's: one that is not what
     lbctl adds (global scope; IPv6 usable at once) carries ``faults``, so the plan
@@ -368,7 +369,7 @@ def _parse_addrs(msgs: Sequence[bytes], index: int, ifname: str) -> dict[str, Re
         if mtype != RTM_NEWADDR or len(msg) < header:
             continue
         family, prefixlen, ifa_flags, scope, ifindex = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
-        if ifindex != index:
+        if index is not None and ifindex != index:
             continue
         if family == socket.AF_INET:
             size = 4
@@ -543,6 +544,17 @@ class NetlinkDriver:
             raise self._fail_code(f"read addresses of {self.ifname}", code, exc.strerror or "") from None
         vips = _parse_addrs(msgs, index, self.ifname)
         return {"vip": dict(sorted(vips.items()))}
+
+    def box_addresses(self) -> frozenset[str]:
+        """Every address assigned on the box (any interface, IPv6 link-local ones left out)."""
+        request = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        try:
+            with self._raw() as nl:
+                msgs = nl.dump(RTM_GETADDR, request)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise self._fail_code("read the box's addresses", code, exc.strerror or "") from None
+        return frozenset(_parse_addrs(msgs, None, ""))
 
     def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
         """Live records of just ``keys`` (for the daemon's incremental verify).

@@ -24,6 +24,8 @@ CLIENT4, CLIENT6 = "10.98.0.5", "fd00:98::5"
 BACKENDS4 = ("10.99.0.10", "10.99.0.11", "10.99.0.12")
 BACKENDS6 = ("fd00:99::10", "fd00:99::11", "fd00:99::12")
 GW4, GW6 = "10.99.0.254", "fd00:99::fe"
+LB4, LB6 = "10.99.0.1", "fd00:99::1"  # the box's own address towards the backends (onearm's source)
+ROUTED4, ROUTED6 = "10.96.0.9", "fd00:96::9"  # endpoints behind the routers GW4, GW6 (L3 DSR)
 BACKEND_MAC = bytes.fromhex("02000000aa01")
 GW_MAC = bytes.fromhex("02000000bb01")
 
@@ -60,6 +62,7 @@ class Datapath:
             "link set v0 up", "link set v1 up",
             "addr add 10.99.0.1/24 dev v0", "addr add fd00:99::1/64 dev v0 nodad",
             f"route add 10.98.0.0/24 via {GW4}", f"route add fd00:98::/64 via {GW6}",
+            f"route add 10.96.0.0/24 via {GW4}", f"route add fd00:96::/64 via {GW6}",
         ]
         for c in cmds:
             sh("ip", "-n", ns, *c.split())
@@ -74,9 +77,10 @@ class Datapath:
     def service(self, vip: str, proto: str, port: int, backends: Sequence[Backend], *,
                 port_end: int | None = None,
                 selection: str = "rr", timeout: int = 240, persist: int = 10800,
-                allowed: tuple[str, ...] = (), maglev_table: bytes = b"") -> ServiceKey:
+                allowed: tuple[str, ...] = (), maglev_table: bytes = b"", mode: str = "default",
+                source: str = "") -> ServiceKey:
         key = ServiceKey(vip, proto, port, port if port_end is None else port_end)
-        svc = ServiceEntry(key, "test", "default", selection, timeout, persist, allowed)
+        svc = ServiceEntry(key, "test", mode, selection, timeout, persist, allowed, source)
         eps = EndpointSet(key, tuple(backends), maglev_table)
         self.driver.apply([
             Change("endpoints", str(key), "create", None, eps),
@@ -99,10 +103,14 @@ class Datapath:
         if changes:
             self.driver.apply(changes)
 
-    def run(self, hook: str, frame: bytes, repeat: int = 1, ctx_size: int = 0) -> B.TestRun:
+    def run(self, hook: str, frame: bytes, repeat: int = 1, on_v0: bool = False,
+            ctx_size: int = 0) -> B.TestRun:
+        """Run one frame; ``on_v0``: it arrives on v0 (the backends' interface), not on loopback;
+        ``ctx_size``: bytes of the context to return after the run."""
         fd = self.driver.prog_fd(hook)
         with in_netns(self.ns):
-            return B.test_run(fd, frame, repeat=repeat, ctx_size=ctx_size)
+            return B.test_run(fd, frame, repeat=repeat, ingress=(hook, self.ifindex) if on_v0 else None,
+                              ctx_size=ctx_size)
 
     def close(self) -> None:
         drv = getattr(self, "driver", None)

@@ -7,6 +7,8 @@ fields and every checksum of the output frame.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from reconciler.records import Backend
@@ -18,6 +20,10 @@ from tests.bpf.harness import (
     CLIENT4,
     CLIENT6,
     GW_MAC,
+    LB4,
+    LB6,
+    ROUTED4,
+    ROUTED6,
     VIP4,
     VIP6,
     Datapath,
@@ -301,3 +307,180 @@ def test_stray_rst_or_fin_opens_no_connection(dp: Datapath) -> None:
     assert _conns(dp, key) == [0]
     assert dp.run("tc", P.Pkt(CLIENT4, VIP4, P.TCP, 44002, 80).bytes()).retval == TC_REDIRECT
     assert _conns(dp, key) == [1]
+
+
+# --- NAT modes (issue 13): onearm, fullnat, the default mode's port collision, dsr ---
+
+SNAT_PORTS = range(1024, 32768)  # lb_conntrack.h: below the kernel's ephemeral range
+
+
+def _expect(hook: str, out: bytes, pkt: P.Pkt, mac: bytes) -> bytes:
+    exp = pkt.bytes()
+    return mac + bytes(P.parse(out).smac) + exp[12:] if hook == "xdp" else exp
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("mode,v6", [("onearm", False), ("onearm", True), ("fullnat", False),
+                                     ("fullnat", True), ("fullnat-egress", False)])
+@pytest.mark.parametrize("proto", [P.TCP, P.UDP])
+def test_source_nat_both_ways(dp: Datapath, hook: str, mode: str, v6: bool, proto: int) -> None:
+    """onearm: the box's address towards the endpoint; fullnat: the configured source (else the same)."""
+    client, vip, be, lb = (CLIENT6, VIP6, BACKENDS6[0], LB6) if v6 else (CLIENT4, VIP4, BACKENDS4[0], LB4)
+    configured = ("fd00:99::77" if v6 else "10.99.0.77") if mode == "fullnat" else ""
+    dp.service(vip, "tcp" if proto == P.TCP else "udp", 80, [Backend(be, 8080)],
+               mode=mode.split("-")[0], source=configured)
+    pkt = P.Pkt(client, vip, proto, 41000, 80)
+    r = dp.run(hook, pkt.bytes())
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    src = configured or lb
+    assert out.csum_ok and (out.src, out.dst, out.dport) == (src, be, 8080)
+    assert out.sport in SNAT_PORTS
+    assert r.data == _expect(hook, r.data, pkt.but(src=src, sport=out.sport, dst=be, dport=8080, ttl=63),
+                             BACKEND_MAC)
+    # The next packet of the flow keeps its translation.
+    r2 = dp.run(hook, pkt.but(flags=P.ACK).bytes())
+    assert P.parse(r2.data).sport == out.sport and P.parse(r2.data).src == src
+    # The endpoint's reply goes back to the client, from the VIP.
+    reply = P.Pkt(be, src, proto, 8080, out.sport, flags=P.SYN | P.ACK)
+    r = dp.run(hook, reply.bytes())
+    assert r.retval == REDIRECT[hook]
+    back = P.parse(r.data)
+    assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (vip, 80, client, 41000)
+    want = reply.but(src=vip, sport=80, dst=client, dport=41000, ttl=63)
+    assert r.data == _expect(hook, r.data, want, GW_MAC)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_source_nat_ports_never_collide(dp: Datapath, hook: str) -> None:
+    """Many clients on one port to one endpoint: every flow gets its own source port."""
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)], mode="onearm")
+    ports = set()
+    for i in range(40):
+        r = dp.run(hook, P.Pkt(f"10.98.0.{10 + i}", VIP4, P.TCP, 41000, 80).bytes())
+        assert r.retval == REDIRECT[hook]
+        ports.add(P.parse(r.data).sport)
+    assert len(ports) == 40
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_icmp_echo_onearm(dp: Datapath, hook: str) -> None:
+    dp.service(VIP4, "icmp", 0, [Backend(BACKENDS4[2], 0)], mode="onearm")
+    ping = P.Pkt(CLIENT4, VIP4, P.ICMP, icmp_type=8, icmp_id=77)
+    assert dp.run(hook, ping.bytes()).retval == REDIRECT[hook]
+    r = dp.run(hook, P.Pkt(BACKENDS4[2], LB4, P.ICMP, icmp_type=0, icmp_id=77).bytes())
+    out = P.parse(r.data)
+    assert r.retval == REDIRECT[hook] and out.csum_ok and (out.src, out.dst, out.sport) == (VIP4, CLIENT4, 77)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_default_mode_two_vips_same_client_port_same_backend(dp: Datapath, hook: str) -> None:
+    """The second flow's reply entry would be the first's: its source port moves instead."""
+    vip2 = "10.97.0.2"
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    dp.service(vip2, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    first = P.parse(dp.run(hook, P.Pkt(CLIENT4, VIP4, P.TCP, 41000, 80).bytes()).data)
+    second = P.parse(dp.run(hook, P.Pkt(CLIENT4, vip2, P.TCP, 41000, 80).bytes()).data)
+    assert (first.src, first.sport) == (CLIENT4, 41000), "the first flow is plain DNAT"
+    assert second.src == CLIENT4 and second.sport in SNAT_PORTS and second.csum_ok
+    for sport, vip in ((41000, VIP4), (second.sport, vip2)):
+        r = dp.run(hook, P.Pkt(BACKENDS4[0], CLIENT4, P.TCP, 8080, sport, flags=P.SYN | P.ACK).bytes())
+        back = P.parse(r.data)
+        assert r.retval == REDIRECT[hook] and back.csum_ok
+        assert (back.src, back.sport, back.dst, back.dport) == (vip, 80, CLIENT4, 41000)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("v6", [False, True])
+def test_dsr_l2_rewrites_only_the_mac(dp: Datapath, hook: str, v6: bool) -> None:
+    client, vip, be = (CLIENT6, VIP6, BACKENDS6[0]) if v6 else (CLIENT4, VIP4, BACKENDS4[0])
+    dp.service(vip, "tcp", 80, [Backend(be, 0)], mode="dsr", selection="hash")
+    frame = P.Pkt(client, vip, P.TCP, 41000, 80).bytes()
+    for _ in range(2):  # new flow, then the conntrack path
+        r = dp.run(hook, frame)
+        assert r.retval == REDIRECT[hook]
+        # tc: bpf_redirect_neigh fills the MACs on the way out; XDP writes them itself.
+        assert r.data == (BACKEND_MAC + r.data[6:12] + frame[12:] if hook == "xdp" else frame)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_dsr_l3_encapsulates_in_ipip(dp: Datapath, hook: str) -> None:
+    """An endpoint behind a router gets the untouched packet inside IPv4 from the box to it."""
+    dp.service(VIP4, "udp", 53, [Backend(ROUTED4, 0)], mode="dsr", selection="maglev")
+    frame = P.Pkt(CLIENT4, VIP4, P.UDP, 41000, 53).bytes()
+    for _ in range(2):
+        r = dp.run(hook, frame)
+        assert r.retval == REDIRECT[hook]
+        outer = r.data[14:34]
+        assert r.data[12:14] == b"\x08\x00" and outer[0] == 0x45 and outer[9] == 4  # IPv4, IP-in-IP
+        assert P.csum(outer) == 0
+        assert (outer[12:16], outer[16:20]) == (socket.inet_aton(LB4), socket.inet_aton(ROUTED4))
+        assert int.from_bytes(outer[2:4], "big") == len(frame) - 14 + 20
+        assert r.data[34:] == frame[14:], "the inner packet is the client's, untouched"
+        if hook == "xdp":
+            assert r.data[:6] == GW_MAC
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("direction", ["6to4", "4to6"])
+@pytest.mark.parametrize("proto", [P.TCP, P.UDP])
+def test_fullnat_translates_between_families(dp: Datapath, hook: str, direction: str, proto: int) -> None:
+    """NAT64 (IPv6 VIP, IPv4 endpoint) and NAT46: whole headers rewritten, checksums valid both ways."""
+    client, vip, be, lb = ((CLIENT6, VIP6, BACKENDS4[0], LB4) if direction == "6to4"
+                           else (CLIENT4, VIP4, BACKENDS6[0], LB6))
+    dp.service(vip, "tcp" if proto == P.TCP else "udp", 80, [Backend(be, 8080)], mode="fullnat")
+    pkt = P.Pkt(client, vip, proto, 41000, 80, payload=b"translated")
+    for flags in (P.SYN, P.ACK):  # the new flow, then its conntrack entry
+        r = dp.run(hook, pkt.but(flags=flags).bytes())
+        assert r.retval == REDIRECT[hook]
+        out = P.parse(r.data)
+        assert out.csum_ok, "checksums must be valid after the translation"
+        assert (out.src, out.dst, out.dport, out.proto, out.ttl) == (lb, be, 8080, proto, 63)
+        assert out.sport in SNAT_PORTS and r.data.endswith(b"translated")
+        assert r.data[12:14] == (b"\x08\x00" if direction == "6to4" else b"\x86\xdd")
+        if hook == "xdp":
+            assert r.data[:6] == BACKEND_MAC
+    (flow,) = dp.driver.conntrack()  # lbctl get conntrack: each side in its own family
+    assert (flow.client, flow.vip, flow.backend, flow.source, flow.source_port, flow.mode) == (
+        client, vip, be, lb, out.sport, "fullnat")
+    reply = P.Pkt(be, lb, proto, 8080, out.sport, flags=P.SYN | P.ACK, payload=b"answer")
+    r = dp.run(hook, reply.bytes())
+    assert r.retval == REDIRECT[hook]
+    back = P.parse(r.data)
+    assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (vip, 80, client, 41000)
+    assert r.data.endswith(b"answer") and back.ttl == 63
+    assert r.data[12:14] == (b"\x86\xdd" if direction == "6to4" else b"\x08\x00")
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_hairpin_default_mode_source_nats_when_the_endpoint_is_behind_the_ingress(dp: Datapath,
+                                                                                  hook: str) -> None:
+    """A client that is itself the chosen endpoint: the flow gets the box's address as source."""
+    client = BACKENDS4[0]
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    r = dp.run(hook, P.Pkt(client, VIP4, P.TCP, 41000, 80).bytes(), on_v0=True)
+    assert r.retval == REDIRECT[hook]
+    out = P.parse(r.data)
+    assert out.csum_ok and (out.src, out.dst, out.dport) == (LB4, BACKENDS4[0], 8080)
+    assert out.sport in SNAT_PORTS
+    reply = P.Pkt(BACKENDS4[0], LB4, P.TCP, 8080, out.sport, flags=P.SYN | P.ACK)
+    back = P.parse(dp.run(hook, reply.bytes(), on_v0=True).data)
+    assert back.csum_ok and (back.src, back.sport, back.dst, back.dport) == (VIP4, 80, client, 41000)
+    # The same client arriving by another interface is plain DNAT.
+    other = P.parse(dp.run(hook, P.Pkt(client, VIP4, P.TCP, 41001, 80).bytes()).data)
+    assert (other.src, other.sport) == (client, 41001)
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_dsr_l3_encapsulates_ipv6_in_ipv6(dp: Datapath, hook: str) -> None:
+    dp.service(VIP6, "tcp", 80, [Backend(ROUTED6, 0)], mode="dsr", selection="hash")
+    frame = P.Pkt(CLIENT6, VIP6, P.TCP, 41000, 80).bytes()
+    for _ in range(2):
+        r = dp.run(hook, frame)
+        assert r.retval == REDIRECT[hook]
+        outer = r.data[14:54]
+        assert r.data[12:14] == b"\x86\xdd" and outer[0] >> 4 == 6 and outer[6] == 41  # IPv6-in-IPv6
+        assert (outer[8:24], outer[24:40]) == (socket.inet_pton(socket.AF_INET6, LB6),
+                                               socket.inet_pton(socket.AF_INET6, ROUTED6))
+        assert int.from_bytes(outer[4:6], "big") == len(frame) - 14
+        assert r.data[54:] == frame[14:], "the inner packet is the client's, untouched"

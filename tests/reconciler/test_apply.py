@@ -206,3 +206,16 @@ def test_driver_notices_reach_the_result_once(tmp_path: Path) -> None:
     first = run(config(), [Migrating(), nl, ks], tmp_path)
     assert first.notices == ("migrated the pinned datapath to layout v2 live",)
     assert summary(first)["notices"] == list(first.notices)
+
+
+def test_a_fullnat_source_off_the_box_is_refused_before_anything_is_applied(tmp_path: Path) -> None:
+    """Endpoints would answer an address that reaches no box: refused, never black-holed."""
+    bpf, nl, ks = fake_drivers()
+    nl.box_addresses = lambda: frozenset({"192.0.2.1"})  # type: ignore[attr-defined]
+    lost = service("lost", vip="198.51.100.30", mode="fullnat", source_address="192.0.2.77")
+    r = run(config(1) + [lost], [bpf, nl, ks], tmp_path)
+    assert [(e.name, e.path) for e in r.errors] == [("lost", "spec.sourceAddress")]
+    assert not bpf.state["service"], "nothing is applied"
+    ok = service("ok", vip="198.51.100.30", mode="fullnat", source_address="192.0.2.1")
+    r = run(config(1) + [ok], [bpf, nl, ks], tmp_path)
+    assert r.ok and bpf.state["service"]["tcp/198.51.100.30:80"].source_address == "192.0.2.1"

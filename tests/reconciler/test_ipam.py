@@ -98,3 +98,25 @@ def test_large_pool_allocation_is_linear() -> None:
     r = allocate(res)
     assert len(set(r.vips.values())) == 5000
 
+
+
+def test_fullnat_source_must_be_on_the_box_or_in_a_pool() -> None:
+    from dataclasses import replace
+
+    from reconciler.ipam import source_errors
+    from tests.reconciler.fakes import datapath
+
+    def fullnat(name: str, source: str, mode: str = "fullnat") -> Resource:
+        res = service(name)
+        return replace(res, spec=replace(res.spec, mode=mode, source_address=source))
+
+    dp = datapath("eth0")
+    dp = replace(dp, spec=replace(dp.spec, source_address="192.0.2.99"))
+    resources = [pool("edge", "198.51.100.32/28"), fullnat("in-pool", "198.51.100.40"),
+                 fullnat("on-box", "192.0.2.1"), fullnat("nowhere", "192.0.2.77"),
+                 fullnat("not-fullnat", "192.0.2.78", mode="onearm"), dp]
+    errors = source_errors(resources, frozenset({"192.0.2.1", "10.0.0.1"}))
+    assert [(e.kind, e.name, e.path) for e in errors] == [("Service", "nowhere", "spec.sourceAddress"),
+                                                          ("Datapath", "box", "spec.sourceAddress")]
+    assert "neither an address of this box nor in a Pool" in errors[0].message and errors[0].hint
+    assert source_errors(resources, None) == ()  # no driver knows the box: nothing refused

@@ -261,3 +261,19 @@ def test_reattaching_after_the_filter_was_deleted_succeeds(box: Box) -> None:
     assert box.lbctl("apply", str(box.conf)) == 0
     assert "lb_tc" in sh("tc", "-n", box.netns, "filter", "show", "dev", "eth0", "ingress")
     assert box.lbctl("plan", str(box.conf), "--detailed-exitcode") == 0
+
+
+def test_fullnat_source_must_be_an_address_of_the_box(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: endpoints answer the source address; one the box does not hold is refused."""
+    (box.conf / "svc.yaml").write_text(
+        service_yaml("nat", "198.51.100.1", ["10.0.0.1"])
+        + "  mode: fullnat\n  sourceAddress: 192.0.2.7\n")
+    assert box.lbctl("apply", str(box.conf)) == 1
+    err = capsys.readouterr()
+    assert "spec.sourceAddress: source address 192.0.2.7 is neither an address of this box nor in a Pool" in (
+        err.out + err.err)
+    assert not os.path.exists(box.pins), "nothing was applied"
+    sh("ip", "-n", box.netns, "addr", "add", "192.0.2.7/32", "dev", "lo")
+    assert box.lbctl("apply", str(box.conf)) == 0
+    (rec,) = read_live(box.drivers())["service"].values()
+    assert (rec.mode, rec.source_address) == ("fullnat", "192.0.2.7")

@@ -88,6 +88,10 @@ def test_other_kinds_and_new_pool_allocations_need_a_full_reconcile() -> None:
         compiled(edited, {"p": "203.0.113.1"}), compiled(with_pool, {"p": "203.0.113.1"})).changes
     # a new pool service needs IPAM: full
     assert index.plan(with_pool + [service("q", vip=None, pool="edge")]) is None
+    # a fullnat source address is checked against the box: full
+    index = Index(res, compiled(res), {})
+    sourced = service("s", vip="198.51.100.77", mode="fullnat", source_address="10.0.9.1")
+    assert index.plan(res + [sourced]) is None
 
 
 def test_unchanged_resources_plan_nothing() -> None:

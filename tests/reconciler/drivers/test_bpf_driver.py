@@ -133,7 +133,8 @@ def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
     entry = ServiceEntry(key, "web", "default", "rr", 240, 10800)
     assert BpfDriver.unsupported(entry) is None
     assert BpfDriver.unsupported(EndpointSet(key, ())) is None
-    assert "fullnat" in (BpfDriver.unsupported(ServiceEntry(key, "web", "fullnat", "rr", 240, 10800)) or "")
+    for mode in ("onearm", "fullnat", "dsr"):  # issue 13: every mode is carried out, no warning
+        assert BpfDriver.unsupported(ServiceEntry(key, "web", mode, "hash", 240, 10800)) is None
     sctp = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "default", "rr", 240, 10800)
     assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
 

@@ -1,8 +1,9 @@
-"""Issue 10: a datapath of the previous map layout is upgraded live, flows kept.
+"""Issues 10 and 13: a datapath of a previous map layout is upgraded live, flows kept.
 
-The previous object is built from the current sources with the previous header
-(``tests/bpf/layouts/v1/lb_shared.h``, layout v1: conntrack without the
-source-NAT side) and applied from a child process (one process holds one cffi
+A previous object is built from the sources kept in ``tests/bpf/layouts/``
+(``v2/``: the C files and header of layout v2, conntrack with the source-NAT
+side; ``v1/lb_shared.h``: the header of layout v1, built with the v2 C files)
+and applied from a child process (one process holds one cffi
 view of lb_shared.h); this process then opens the pins with the current object,
 which migrates them while a TCP stream runs through the VIP.
 """
@@ -35,26 +36,40 @@ from tests.testbed import ECHO_PORT, VIP4, Testbed
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[3]
-V1_HEADER = REPO / "tests" / "bpf" / "layouts" / "v1" / "lb_shared.h"
+LAYOUTS = REPO / "tests" / "bpf" / "layouts"
+V1_HEADER = LAYOUTS / "v1" / "lb_shared.h"
 KEY = ServiceKey(VIP4, "tcp", ECHO_PORT, ECHO_PORT)
+CT_SIZE = {"v1": 48, "v2": 72}  # struct lb_ct of each previous layout
 
 
-@pytest.fixture(scope="module")
-def v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """lb_kern.o of layout v1, built from the current bpf/ with the v1 header, as bpf/Makefile does."""
+def build_layout(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path:
+    """lb_kern.o of a previous layout, built from its kept sources as bpf/Makefile does."""
     include = REPO / "build" / "bpf" / "include"
     assert (include / ".stamp").exists(), "run 'make build' first (it stages the headers the build uses)"
-    tmp = tmp_path_factory.mktemp("v1")
+    tmp = tmp_path_factory.mktemp(version)
     src, out = tmp / "bpf", tmp / "out"
-    shutil.copytree(REPO / "bpf", src)
-    shutil.copy(V1_HEADER, src / "lb_shared.h")
+    shutil.copytree(REPO / "bpf", src)  # the Makefile and the header staging
+    for f in (LAYOUTS / "v2").iterdir():
+        shutil.copy(f, src / f.name)
+    header = LAYOUTS / version / "lb_shared.h"
+    shutil.copy(header, src / "lb_shared.h")
     # The Makefile's own rule and flags; -o: the staged include tree is used as it is.
     r = subprocess.run(["make", "-s", "-C", str(src), f"OUT={out}", f"INCLUDE={include}", "PACKAGES=staged",
                         "-o", str(include / ".stamp"), str(out / "lb_kern.o")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    shutil.copy(V1_HEADER, out / "lb_shared.h")
+    shutil.copy(header, out / "lb_shared.h")
     return out
+
+
+@pytest.fixture(scope="module")
+def v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_layout(tmp_path_factory, "v1")
+
+
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def old_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    return request.param, build_layout(tmp_path_factory, request.param)
 
 
 def changes(tb: Testbed, hook: str) -> list[Change]:
@@ -64,6 +79,11 @@ def changes(tb: Testbed, hook: str) -> list[Change]:
     svc = ServiceEntry(KEY, "echo", "default", "rr", 240, 10800)
     ch.append(Change("service", str(KEY), "create", None, svc))
     return ch
+
+
+def v3_changed() -> set[str]:
+    """Maps a v1 or v2 pin set lacks or holds in another layout: lb_conf, lb_ct, lb_stats, the firewall's."""
+    return {"lb_conf", "lb_ct", "lb_stats"} | {n for n in B.MAPS if n.startswith("lb_fw_")}
 
 
 _APPLY_V1 = textwrap.dedent("""
@@ -158,14 +178,15 @@ def bed(request: pytest.FixtureRequest) -> Iterator[tuple[Testbed, str, str]]:
             tb.teardown()
 
 
-def test_a_long_tcp_stream_survives_the_upgrade_from_layout_v1(bed: tuple[Testbed, str, str],
-                                                               v1_dir: Path) -> None:
+def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
+        bed: tuple[Testbed, str, str], old_dir: tuple[str, Path]) -> None:
     tb, pin_root, hook = bed
+    version, built = old_dir
     ch = changes(tb, hook)
-    apply_v1(v1_dir, pin_root, tb.lb, ch)
+    apply_v1(built, pin_root, tb.lb, ch)
     fd = B.obj_get(os.path.join(pin_root, "lb_ct"))
     try:
-        assert B.map_info(fd)[2] == 48  # struct lb_ct of layout v1
+        assert B.map_info(fd)[2] == CT_SIZE[version]
     finally:
         os.close(fd)
 
@@ -175,7 +196,8 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_layout_v1(bed: tuple[Testbe
     try:
         live = drv.read()  # opens the pins: the migration runs here
         mig = drv.migration
-        assert mig is not None and mig.changed == ("lb_ct",), mig
+        # v3: lb_ct.mode, lb_service.snat_addr, more global counters (lb_stats), the firewall maps.
+        assert mig is not None and set(mig.changed) == v3_changed(), mig
         assert sorted((i, h) for i, h, _ in mig.hooks) == sorted((i, hook) for i in tb.lb_interfaces)
         assert mig.maps["lb_ct"] >= 2  # the stream's forward and reply entries
         at_swap = stream.received
@@ -185,7 +207,7 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_layout_v1(bed: tuple[Testbe
         flows = [f for f in drv.conntrack() if f.vip_port == ECHO_PORT and f.backend in backends]
         assert flows and all(f.state == "established" for f in flows), flows
         cts = [v for _k, v in drv.map("lb_ct").items() if v.state == 2]
-        assert cts and all(list(v.snat_addr) == [0, 0, 0, 0] and v.snat_port == 0 for v in cts)
+        assert cts and all((list(v.snat_addr), v.snat_port, v.mode) == ([0, 0, 0, 0], 0, 0) for v in cts)
         stream.finish()
 
         desired = {"service": {}, "endpoints": {}, "attach": {}} | {
@@ -194,7 +216,7 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_layout_v1(bed: tuple[Testbe
         assert diff(desired, drv.read()).empty
         # The pins are the new layout's, nothing else is left.
         assert sorted(os.listdir(pin_root)) == sorted([*B.MAPS, "prog_tc", "prog_xdp"])
-        assert B.map_info(drv.map("lb_ct").fd)[2] == B.lib().ffi.sizeof("struct lb_ct") == 72
+        assert B.map_info(drv.map("lb_ct").fd)[2] == B.lib().ffi.sizeof("struct lb_ct") == 80
     finally:
         drv.close()
 
@@ -284,7 +306,7 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
     try:
         with pytest.raises(B.LayoutError) as exc:
             looker.read()
-        assert "changed: lb_ct" in str(exc.value) and "changes nothing" in str(exc.value)
+        assert all(n in str(exc.value) for n in v3_changed()) and "changes nothing" in str(exc.value)
         assert exc.value.hint is not None and "lbctl apply" in exc.value.hint
         assert looker.migration is None
     finally:
@@ -293,9 +315,10 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
     drv = BpfDriver(pin_root=pin_root, netns=tb.lb)  # what apply and the daemon build
     try:
         drv.read()
-        assert drv.migration is not None and drv.migration.changed == ("lb_ct",)
+        assert drv.migration is not None and set(drv.migration.changed) == v3_changed()
         (notice,) = drv.notices()  # apply prints it, the daemon logs it: once
-        assert "migrated the pinned datapath to layout v2 live: maps lb_ct changed" in notice, notice
+        assert "migrated the pinned datapath to layout v3 live: maps " in notice, notice
+        assert all(n in notice for n in v3_changed()), notice
         assert drv.notices() == []
     finally:
         drv.close()

@@ -387,3 +387,13 @@ def test_error_ack_with_extended_message() -> None:
     msg = nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(payload), nl.NLMSG_ERROR, flags, 43, 0) + payload
     assert nl._RtnlSocket._error(memoryview(msg), 0, len(msg), flags) == (
         17, "ipv6: Cannot assign multicast address")
+
+
+@pytest.mark.root
+def test_box_addresses_are_every_interfaces_but_link_local(netns: str) -> None:
+    ip("-n", netns, "link", "set", "lo", "up")
+    ip("-n", netns, "addr", "add", "192.0.2.7/32", "dev", "lo")
+    ip("-n", netns, "addr", "add", "2001:db8::7/128", "dev", "lo")
+    got = NetlinkDriver(netns=netns).box_addresses()
+    assert {"127.0.0.1", "::1", "192.0.2.7", "2001:db8::7"} <= got
+    assert not any(a.startswith("fe80") for a in got)
