@@ -52,11 +52,8 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
-	if (select_backend(svc_id, s, p, &be) || be.family != p->t.family) {
-		stat_inc(LB_STAT_DROP_NO_BACKEND);
-		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
-		return V_DROP;
-	}
+	if (select_backend(svc_id, s, p, &be) || be.family != p->t.family)
+		return no_backend(svc_id, p);
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
 	p->timeout = s->session_timeout;
 	ct_create(p, &be, nat_port, svc_id, now);

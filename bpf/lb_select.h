@@ -1,7 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * lb_select.h - selection: the service of a new packet, allowed sources, and the endpoint
- * each algorithm (rr, hash, persist, lc, maglev, priority) picks.
+ * each algorithm (rr, hash, persist, lc, maglev, priority) picks, and what a new flow
+ * meets when its service has no endpoint left.
+ *
+ * priority is loxilb's: the weights are shares of new flows, spread deterministically
+ * (the weighted table walked by the service's round-robin position, as rr), so 80/20
+ * over 32 new flows is 26/6 whatever the clients' ports.  Active/standby is not a
+ * selection: backup endpoints (control plane) enter the list only while no primary is
+ * healthy.
  */
 #ifndef __LB_SELECT_H
 #define __LB_SELECT_H
@@ -220,7 +227,7 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 	}
 	if (l->sel_len == 0)
 		return -1;
-	if (s->selection == LB_SEL_RR) {
+	if (s->selection == LB_SEL_RR || s->selection == LB_SEL_PRIORITY) {
 		__u32 *pos = bpf_map_lookup_elem(&lb_rr, &svc_id);
 
 		if (!pos)
@@ -251,6 +258,20 @@ found:
 	if (s->selection == LB_SEL_PERSIST)
 		persist_put(svc_id, p, out);
 	return 0;
+}
+
+/*
+ * A new flow of a service with no endpoint to take it (none configured, or every one
+ * down after its health probes): refused at once rather than black-holed.  The VIP is a
+ * local address of the box (lbctl's VIP interface), so the packet is passed to the
+ * kernel, which answers a TCP SYN with a RST and a UDP datagram with ICMP port
+ * unreachable, as for any closed port (a local listener on the VIP's port would take it).
+ */
+static __always_inline enum verdict no_backend(__u32 svc_id, const struct pkt *p)
+{
+	stat_inc(LB_STAT_DROP_NO_BACKEND);
+	count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
+	return V_PASS;
 }
 
 #endif /* __LB_SELECT_H */

@@ -43,8 +43,9 @@ from reconciler.driver import Driver, DriverSet, Notices, PartialSupport
 from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, allocate
 from reconciler.ipam_store import AllocationStore
-from reconciler.model import Resource, ServiceSpec
+from reconciler.model import Resource
 from reconciler.plan import Change, Plan, diff
+from reconciler.probes import store as health_store
 from reconciler.records import Record, ServiceEntry
 
 State = Mapping[str, Mapping[str, Record]]
@@ -269,9 +270,9 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                         owner: Mapping[str, Driver]) -> tuple[str, ...]:
     """Warnings for configuration the box accepts but does not (fully) carry out.
 
-    Three sources: record kinds no driver manages; records a driver applies only
-    in part (a ``PartialSupport`` driver says what it leaves out); health
-    probes, which nothing runs yet.  Grouped by message, so 10,000 services
+    Two sources: record kinds no driver manages; records a driver applies only
+    in part (a ``PartialSupport`` driver says what it leaves out).  (Health
+    probes are run by ``lbctl watch``.)  Grouped by message, so 10,000 services
     give one line each, not 10,000.
     """
     out = [f"{len(recs)} {kind} record(s) not applied: no driver manages {kind!r} on this box"
@@ -288,11 +289,6 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                 name = getattr(record, "name", None)
                 partial.setdefault(why, []).append(f"{name} ({key})" if name else key)
     out += [f"{why}: {_names(keys)}" for why, keys in sorted(partial.items())]
-    probed = sorted(r.name for r in resources
-                    if isinstance(r.spec, ServiceSpec) and r.spec.probe.type != "none")
-    if probed:
-        out.append("health probes are not run yet, so endpoints get traffic whether they answer or not: "
-                   + _names(probed))
     return tuple(out)
 
 
@@ -318,7 +314,8 @@ def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver] | DriverS
     ``loaded``: an already loaded config (the daemon's cached load); when None,
     ``config_dir`` is loaded.  ``live``: live state the caller just read (skip
     the read); when None the drivers are read.  ``health``: endpoint health
-    (``desired.compile_state``; None: all healthy).  Never raises for invalid
+    (``desired.compile_state``; None: the daemon's last record in the state dir,
+    ``reconciler.probes.store``, so a plan shows only configuration changes).  Never raises for invalid
     configuration (``result.errors``) or a failed driver (``result.failure``);
     raises ``LbctlError`` for a broken state dir.  A verified apply is recorded
     in ``applied_store`` (default: the state dir's ``AppliedStore``) for ``lbctl export``.
@@ -357,6 +354,8 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
         return ReconcileResult(plan=Plan(), errors=ipam.errors, dry_run=dry_run,
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
+    if health is None:
+        health = health_store.load_health(state_dir)
     full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder, health=health)
     # The kinds of a leaving driver are wanted empty: the plan deletes what it still holds.
     desired = restrict(full, owner) | {kind: {} for kind in leaving}

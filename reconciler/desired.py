@@ -15,13 +15,14 @@ Rules (each in one place):
   ("keep the incoming port");
 * backends are sorted (address, port), so reordering endpoints in YAML is not a
   change; the Maglev table (``selection: maglev``) indexes that sorted order;
-* endpoint health is an input (``Health``; missing means healthy): an unhealthy
-  endpoint is left out of its service's backends, so no new flow goes to it
-  under any selection and the Maglev table spreads its slots over the others;
-  when no endpoint of a service is healthy the set is empty and the datapath
-  drops the service's new flows (counted as ``drop_no_backend``), as for a
-  service without endpoints.  Nothing produces health yet (health probes are a
-  later issue), so today every endpoint is healthy;
+* endpoint health is an input (``Health``; missing means healthy; the daemon's
+  health probes produce it, ``reconciler.probes``): an unhealthy endpoint is left
+  out of its service's backends, so no new flow goes to it under any selection
+  and the Maglev table spreads its slots over the others; backup endpoints are in
+  the backends only while no other endpoint is; when no endpoint of a service is
+  healthy the set is empty and the datapath refuses the service's new flows
+  (the kernel answers RST / port unreachable; counted as ``drop_no_backend``), as
+  for a service without endpoints;
 * session timeout: explicit, else the per-protocol default
   (``model.session_timeout_for``);
 * every VIP becomes a ``VipAddress`` (/32 or /128) on the Datapath's
@@ -148,12 +149,21 @@ def _backends(endpoints: Sequence[Endpoint], port: ServicePort) -> tuple[Backend
 
 
 def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
-    """The endpoints of Service ``res`` that ``health`` does not mark unhealthy."""
+    """The endpoints of Service ``res`` that take new flows.
+
+    Those ``health`` does not mark unhealthy; of them the backups (``backup:
+    true``, HAProxy's meaning) only while no non-backup endpoint with a weight
+    above 0 is healthy.
+    """
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
-    if not health:
-        return spec.endpoints
-    return tuple(ep for ep in spec.endpoints if health.get((res.name, canonical_ip(ep.address)), True))
+    eps = spec.endpoints
+    if health:
+        eps = tuple(ep for ep in eps if health.get((res.name, canonical_ip(ep.address)), True))
+    primaries = tuple(ep for ep in eps if not ep.backup)
+    if any(ep.weight > 0 for ep in primaries):
+        return primaries
+    return tuple(ep for ep in eps if ep.backup)
 
 
 def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,

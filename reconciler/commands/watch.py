@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"default: {DEFAULT_LISTEN}; 'none' disables it)")
     parser.add_argument("--log-format", choices=FORMATS, default="kv",
                         help="structured log lines on stderr: key=value (default) or json")
+    parser.add_argument("--no-probes", action="store_true",
+                        help="do not run the Services' health probes (every endpoint counts as healthy)")
     parser.add_argument("--no-incremental", action="store_true",
                         help="always reconcile fully (slower at scale; for debugging)")
     add_follow_option(parser)
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
         return DirWatcher(path, notify, follow_external_symlinks=follow)
 
-    daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen),
+    daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen,
+                            probes=not args.no_probes, netns=ctx.netns),
                     engine, log, watcher_factory=watcher)
     daemon.install_signals()
     if ctx.netns:
