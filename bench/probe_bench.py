@@ -134,12 +134,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--endpoints", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--kinds", default="tcp,http,udp,ping", help="probe types to measure (comma-separated)")
     args = ap.parse_args()
     server = None
     rows = []
     try:
         server = setup(args.endpoints)
-        for kind in ("tcp", "http", "udp", "ping"):
+        for kind in args.kinds.split(","):
             r = measure(kind, args.endpoints, args.seconds)
             rows.append((kind, r))
             print(f"{kind:5} {r['rate']:7.0f} probes/s  CPU {r['cpu']:5.1f} % of one core  "

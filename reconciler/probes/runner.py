@@ -112,17 +112,33 @@ class ProbeRunner:
                 due = loop.time() + t.interval
 
     async def probe_once(self, t: ProbeTarget) -> ProbeResult:
+        """One probe of ``t``, bounded by its timeout.  (A timer that cancels this task, not
+        ``asyncio.wait_for``, which wraps every probe in one more task: a third of the CPU at
+        1,000 probes a second.)"""
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
         start = loop.time()
+        timer = loop.call_later(t.timeout, expire)
         try:
-            await asyncio.wait_for(self.probers.probe(t), t.timeout)
-        except TimeoutError:
+            await self.probers.probe(t)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
             took = loop.time() - start
             if timeout_means_up(t):
                 return ProbeResult(True, took, None, time.time())
             return ProbeResult(False, took, f"no answer within {t.timeout:g}s", time.time())
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - every failure of a probe is a result
             return ProbeResult(False, loop.time() - start, describe(exc), time.time())
+        finally:
+            timer.cancel()
         return ProbeResult(True, loop.time() - start, None, time.time())
