@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
@@ -43,9 +43,19 @@ from reconciler.plan import Change
 from reconciler.probes import store as health_store
 from reconciler.probes.health import HealthTracker, Transition
 from reconciler.probes.runner import ProbeRunner
-from reconciler.probes.targets import probe_targets
+from reconciler.probes.targets import HealthKey, ProbeTarget, probe_targets
 from reconciler.records import Record, ServiceEntry
 from reconciler.watch import Delivery, Outcome, ServiceCounters
+
+
+class Runner(Protocol):
+    """What the engine needs of the probe runner (``ProbeRunner``; tests use a stand-in)."""
+
+    def start(self) -> None: ...
+
+    def configure(self, targets: Mapping[HealthKey, ProbeTarget]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
@@ -88,12 +98,14 @@ class ReconcileEngine:
         # Endpoint health, an input of every compile (the probes' verdicts; missing: healthy).
         self.health: Health = {}
         self.tracker: HealthTracker | None = None
-        self._runner: ProbeRunner | None = None
+        self._runner: Runner | None = None
         self._pending: list[Transition] = []
         self._health_dirty = False
         self._pending_lock = threading.Lock()
         self._wake: Callable[[], None] = lambda: None
         self._verified: LoadResult | None = None  # the configuration last verified
+        self.runner_factory: Callable[[HealthTracker, Callable[[Transition], None], str | None], Runner] = (
+            lambda tracker, report, netns: ProbeRunner(tracker, report, netns=netns))
         self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
@@ -165,9 +177,10 @@ class ReconcileEngine:
         """Start the probe runner; ``wake`` is called (on the runner's thread) when health changed.
         Endpoints recorded down in the state dir start down."""
         self._wake = wake
-        self.tracker = HealthTracker(health_store.load_down(self.state_dir))
-        self.health = self.tracker.health()
-        self._runner = ProbeRunner(self.tracker, self._on_transition, netns=netns)
+        down = health_store.load_down(self.state_dir)
+        self.tracker = HealthTracker(down)
+        self.health = {key: False for key in down}
+        self._runner = self.runner_factory(self.tracker, self._on_transition, netns)
         self._runner.start()
 
     def stop_probes(self) -> None:
