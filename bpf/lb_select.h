@@ -191,6 +191,37 @@ static __noinline int persist_get(__u32 svc_id, __u32 timeout, const struct pkt 
 	return 0;
 }
 
+/* Is the endpoint a source is bound to still taking new flows (in the list, weight > 0)?
+ * An endpoint drained, down (health probes) or a backup on standby keeps weight 0. */
+struct usable_ctx {
+	const struct lb_backend_list *l;
+	const struct lb_backend *be;
+	int ok;
+};
+
+static long usable_step(__u32 i, void *data)
+{
+	struct usable_ctx *c = data;
+	const struct lb_backend *b;
+
+	if (i >= LB_MAX_ENDPOINTS)
+		return 1;
+	b = &c->l->be[i];
+	if (b->stat_id != c->be->stat_id || b->port != c->be->port || b->addr[0] != c->be->addr[0] ||
+	    b->addr[1] != c->be->addr[1] || b->addr[2] != c->be->addr[2] || b->addr[3] != c->be->addr[3])
+		return 0;
+	c->ok = b->weight > 0;
+	return 1;
+}
+
+static __noinline int persist_usable(const struct lb_backend_list *l, __u32 count, const struct lb_backend *be)
+{
+	struct usable_ctx c = { .l = l, .be = be, .ok = 0 };
+
+	bpf_loop(count, usable_step, &c, 0);
+	return c.ok;
+}
+
 static __noinline void persist_put(__u32 svc_id, const struct pkt *p, const struct lb_backend *be)
 {
 	struct lb_persist_key pk = { .svc_id = svc_id, .family = p->t.family };
@@ -217,7 +248,8 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 	count = l->count;
 	if (count == 0 || count > LB_MAX_ENDPOINTS)
 		return -1;
-	if (s->selection == LB_SEL_PERSIST && persist_get(svc_id, s->persist_timeout, p, out) == 0)
+	if (s->selection == LB_SEL_PERSIST && persist_get(svc_id, s->persist_timeout, p, out) == 0 &&
+	    persist_usable(l, count, out))
 		return 0;
 	if (s->selection == LB_SEL_LC) {
 		bi = select_lc(l, count);

@@ -155,3 +155,13 @@ def test_priority_is_a_deterministic_weighted_share(dp: Datapath, weights: tuple
         pkt = P.Pkt(client(rng.randrange(200)), VIP4, P.TCP, rng.randrange(1024, 65536), 80, payload=b"")
         dsts.append(P.parse(dp.run("tc", pkt.bytes()).data).dst)
     assert tuple(Counter(dsts)[a] for a in addrs) == want
+
+
+def test_persist_leaves_an_endpoint_whose_weight_went_to_0(dp: Datapath) -> None:
+    """A source bound to an endpoint now drained or down (weight 0) gets another one for a new flow."""
+    key = dp.service(VIP4, "tcp", 80, backends(), selection="persist")
+    first = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2000, 80).bytes()).data).dst
+    weights = tuple(0 if a == first else 1 for a in BACKENDS4)
+    dp.set_endpoints(key, backends(weights))
+    again = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2001, 80).bytes()).data).dst
+    assert again != first

@@ -109,7 +109,10 @@ def test_backups_take_new_flows_only_while_no_primary_is_healthy(down: tuple[str
     assert [e.address for e in healthy_endpoints(res, health)] == want
     sets = compile_state([res], health=health)["endpoints"]
     (eps,) = sets.values()
-    assert isinstance(eps, EndpointSet) and [b.address for b in eps.backends] == want
+    assert isinstance(eps, EndpointSet)
+    # Out of selection means weight 0 in the list (open flows stay), not gone.
+    assert [b.address for b in eps.backends] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert [b.address for b in eps.backends if b.weight > 0] == want
 
 
 def test_http_check() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.drivers.netns import in_netns
+from reconciler.records import EndpointSet
 from tests.reconciler.test_watch_root import HEADER, Box
 from tests.testbed import HTTP_PORT, UDP_PORT, VIP4, Testbed
 
@@ -109,8 +110,10 @@ class Lab:
                 f"  ports: [{{port: {port}, protocol: TCP, targetPort: {HTTP_PORT}}}]\n  endpoints: [{eps}]\n"
                 f"  probe: {probe}\n")
 
-    def backends(self, port: int) -> set[str]:
-        return set(self.box.backends(f"tcp/{VIP4}:{port}"))
+    def backends(self, port: int, proto: str = "tcp") -> set[str]:
+        """The endpoints in selection (weight above 0; the others are down or on standby)."""
+        rec = self.box.live()["endpoints"].get(f"{proto}/{VIP4}:{port}")
+        return {b.address for b in rec.backends if b.weight > 0} if isinstance(rec, EndpointSet) else set()
 
     def get(self, port: int, timeout: float = 2.0) -> str:
         """One HTTP request through the VIP from the client: the backend's name, or the error."""
@@ -299,7 +302,7 @@ def test_backups_and_every_endpoint_down_refuses_at_once(lab: Lab) -> None:
                        f"  ports: [{{port: 53, protocol: UDP, targetPort: {UDP_PORT}}}]\n"
                        f"  endpoints: [{udp_eps}]\n"
                        f"  probe: {{type: udp, request: x, response: x, {_timing()}}}\n")})
-    lab.box.wait("dns endpoint out", lambda: set(lab.box.backends(f"udp/{VIP4}:53")) == set() and
+    lab.box.wait("dns endpoint out", lambda: lab.backends(53, "udp") == set() and
                  f"udp/{VIP4}:53" in lab.box.live()["service"], timeout=15)
     refused = 0
     with in_netns(lab.tb.client):

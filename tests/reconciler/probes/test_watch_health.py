@@ -42,7 +42,7 @@ def write_conf(conf: Path) -> None:
 def backends(bpf: object) -> list[str]:
     rec = bpf.state["endpoints"][KEY]  # type: ignore[attr-defined]
     assert isinstance(rec, EndpointSet)
-    return [b.address for b in rec.backends]
+    return [b.address for b in rec.backends if b.weight > 0]  # the others are out of selection
 
 
 class NoThread:
