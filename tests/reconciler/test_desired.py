@@ -143,7 +143,8 @@ def test_endpoint_health_is_an_input_and_unhealthy_endpoints_get_weight_0() -> N
                                ("gone", "10.0.1.12"): False})
     eps = st["endpoints"]["tcp/198.51.100.10:80"]
     # Still listed (its open flows stay), with weight 0: no new flow picks it.
-    assert [(b.address, b.weight) for b in eps.backends] == [("10.0.1.10", 1), ("10.0.1.11", 0), ("10.0.1.12", 1)]
+    assert [(b.address, b.weight) for b in eps.backends] == [
+        ("10.0.1.10", 1), ("10.0.1.11", 0), ("10.0.1.12", 1)]
     assert eps.maglev == fake_table(eps.backends, len(eps.maglev) // 2)  # spread over the healthy two
     assert st["endpoints"]["tcp/198.51.100.20:80"] == healthy["endpoints"]["tcp/198.51.100.20:80"]
     assert st["service"] == healthy["service"] and st["vip"] == healthy["vip"]
