@@ -10,6 +10,7 @@ from reconciler.errors import ConfigError
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
+from reconciler.probes import store as health_store
 from reconciler.records import empty_state
 from tests.reconciler.fakes import (
     BPF_KINDS,
@@ -187,7 +188,14 @@ def test_endpoint_health_reaches_the_plan(tmp_path: Path) -> None:
     r = reconcile(None, [bpf, nl, ks], tmp_path, dry_run=False, loaded=Loaded(tuple(config(1))),
                   table_builder=fake_table, health={("s0", "10.0.0.2"): False})
     assert r.ok and [(c.action, c.kind) for c in r.applied] == [("update", "endpoints")]
-    assert [b.address for b in bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends] == ["10.0.0.1"]  # type: ignore[union-attr]
+    backends = bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends  # type: ignore[union-attr]
+    assert [(b.address, b.weight) for b in backends] == [("10.0.0.1", 1), ("10.0.0.2", 0)]
+    # With the daemon's record of that health in the state dir, health=None (the CLI) plans nothing;
+    # without it, the plan puts the endpoint back.
+    health_store.save(tmp_path, {("s0", "10.0.0.2"): False})
+    assert run(config(1), [bpf, nl, ks], tmp_path, dry_run=True).plan.counts() == {
+        "add": 0, "change": 0, "destroy": 0}
+    (tmp_path / health_store.FILE).unlink()
     assert run(config(1), [bpf, nl, ks], tmp_path).plan.counts() == {"add": 0, "change": 1, "destroy": 0}
 
 
