@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.probes.health import HealthTracker, Transition  # noqa: E402
 from reconciler.probes.runner import ProbeRunner  # noqa: E402
 from reconciler.probes.targets import ProbeTarget  # noqa: E402
@@ -110,7 +111,7 @@ def measure(kind: str, n: int, seconds: float) -> dict[str, float]:
         for i in range(n)}
     transitions: list[Transition] = []
     tracker = HealthTracker()
-    runner = ProbeRunner(tracker, transitions.append, netns=LB)
+    runner = ProbeRunner(tracker, transitions.append, namespace=lambda: in_netns(LB))
     runner.start()
     try:
         runner.configure(targets)

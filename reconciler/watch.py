@@ -128,7 +128,7 @@ class Engine(Protocol):
 class Probing(Protocol):
     """An engine that runs endpoint health probes (``reconciler.watch_engine``)."""
 
-    def start_probes(self, wake: Callable[[], None], netns: str | None = None) -> None:
+    def start_probes(self, wake: Callable[[], None]) -> None:
         """Start probing; ``wake`` is called from another thread when health changed."""
         ...
 
@@ -303,7 +303,6 @@ class Options:
     resync: float = DEFAULT_RESYNC
     listen: Address | None = None  # None: no status server (unit tests)
     probes: bool = False  # run the engine's health probes (when it is ``Probing``)
-    netns: str | None = None  # where the probes run
 
 
 Clock = Callable[[], float]
@@ -425,7 +424,7 @@ class Daemon:
                           endpoints="/healthz /readyz /status /metrics")
         probing = self._probing()
         if probing is not None:
-            probing.start_probes(self.health_changed, self.options.netns)
+            probing.start_probes(self.health_changed)
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.options.directory, self.notify)
             self._watcher.start()

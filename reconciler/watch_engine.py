@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +48,8 @@ from reconciler.probes.targets import HealthKey, ProbeTarget, probe_targets
 from reconciler.records import Record, ServiceEntry
 from reconciler.watch import Delivery, Outcome, ServiceCounters
 
+Namespace = Callable[[], AbstractContextManager[None]]
+
 
 class Runner(Protocol):
     """What the engine needs of the probe runner (``ProbeRunner``; tests use a stand-in)."""
@@ -56,6 +59,9 @@ class Runner(Protocol):
     def configure(self, targets: Mapping[HealthKey, ProbeTarget]) -> None: ...
 
     def stop(self) -> None: ...
+
+
+RunnerFactory = Callable[[HealthTracker, Callable[[Transition], None], Namespace | None], Runner]
 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
@@ -84,7 +90,9 @@ class ReconcileEngine:
 
     def __init__(self, directory: str | Path, state_dir: str | Path, drivers: DriverSet | Sequence[Driver], *,
                  lock_timeout: float | None = None, incremental: bool = True,
-                 follow_external_symlinks: bool = False) -> None:
+                 follow_external_symlinks: bool = False, probe_namespace: Namespace | None = None) -> None:
+        """``probe_namespace``: enters the box's network namespace on the calling thread, for
+        the probe thread (``drivers.netns.in_netns`` bound to ``--netns``; None: stay)."""
         self.directory = Path(directory)
         self.follow_external_symlinks = follow_external_symlinks
         self.state_dir = Path(state_dir)
@@ -104,8 +112,9 @@ class ReconcileEngine:
         self._pending_lock = threading.Lock()
         self._wake: Callable[[], None] = lambda: None
         self._verified: LoadResult | None = None  # the configuration last verified
-        self.runner_factory: Callable[[HealthTracker, Callable[[Transition], None], str | None], Runner] = (
-            lambda tracker, report, netns: ProbeRunner(tracker, report, netns=netns))
+        self.probe_namespace = probe_namespace
+        self.runner_factory: RunnerFactory = (
+            lambda tracker, report, namespace: ProbeRunner(tracker, report, namespace=namespace))
         self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
@@ -173,14 +182,14 @@ class ReconcileEngine:
 
     # --- health probes (``watch.Probing``) ---
 
-    def start_probes(self, wake: Callable[[], None], netns: str | None = None) -> None:
+    def start_probes(self, wake: Callable[[], None]) -> None:
         """Start the probe runner; ``wake`` is called (on the runner's thread) when health changed.
         Endpoints recorded down in the state dir start down."""
         self._wake = wake
         down = health_store.load_down(self.state_dir)
         self.tracker = HealthTracker(down)
         self.health = {key: False for key in down}
-        self._runner = self.runner_factory(self.tracker, self._on_transition, netns)
+        self._runner = self.runner_factory(self.tracker, self._on_transition, self.probe_namespace)
         self._runner.start()
 
     def stop_probes(self) -> None:

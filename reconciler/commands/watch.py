@@ -57,15 +57,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     statedir.ensure(ctx.state_dir)  # a state dir others can open would let them block every reconcile
 
     follow = args.follow_external_symlinks
+    from reconciler.drivers.netns import in_netns
+
+    netns = ctx.netns
     engine = ReconcileEngine(directory, ctx.state_dir, driver_set(ctx), incremental=not args.no_incremental,
-                             follow_external_symlinks=follow)
+                             follow_external_symlinks=follow,
+                             probe_namespace=(lambda: in_netns(netns)) if netns else None)
     log = EventLog(args.log_format)
 
     def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
         return DirWatcher(path, notify, follow_external_symlinks=follow)
 
     daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen,
-                            probes=not args.no_probes, netns=ctx.netns),
+                            probes=not args.no_probes),
                     engine, log, watcher_factory=watcher)
     daemon.install_signals()
     if ctx.netns:

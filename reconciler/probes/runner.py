@@ -12,12 +12,13 @@ timeout), hand the result to the ``HealthTracker``, and report a transition thro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 
-from reconciler.drivers.netns import in_netns
 from reconciler.probes.health import HealthTracker, ProbeResult, Transition
 from reconciler.probes.probers import Probers, describe, timeout_means_up
 from reconciler.probes.targets import HealthKey, ProbeTarget
@@ -25,10 +26,12 @@ from reconciler.probes.targets import HealthKey, ProbeTarget
 
 class ProbeRunner:
     def __init__(self, tracker: HealthTracker, on_transition: Callable[[Transition], None], *,
-                 netns: str | None = None) -> None:
+                 namespace: Callable[[], AbstractContextManager[None]] | None = None) -> None:
+        """``namespace``: enters the box's network namespace on the calling thread
+        (``drivers.netns.in_netns``, given by the command; None: stay)."""
         self.tracker = tracker
         self.on_transition = on_transition
-        self.netns = netns
+        self.namespace = namespace or contextlib.nullcontext
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -66,7 +69,7 @@ class ProbeRunner:
 
     def _main(self) -> None:
         try:
-            with in_netns(self.netns):
+            with self.namespace():
                 asyncio.run(self._run())
         except BaseException as exc:  # noqa: BLE001 - reported to start() or logged by the owner
             self._error = exc

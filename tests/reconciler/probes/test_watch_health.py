@@ -48,7 +48,7 @@ def backends(bpf: object) -> list[str]:
 class NoThread:
     """The probe runner without its thread: it only follows the configuration."""
 
-    def __init__(self, tracker: HealthTracker, report: object, netns: str | None) -> None:
+    def __init__(self, tracker: HealthTracker, report: object, namespace: object) -> None:
         self.tracker = tracker
 
     def start(self) -> None:
