@@ -354,12 +354,18 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
         return ReconcileResult(plan=Plan(), errors=ipam.errors, dry_run=dry_run,
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
+    recorded_down: tuple[str, ...] = ()
     if health is None:
         health = health_store.load_health(state_dir)
+        recorded_down = tuple(sorted(f"{svc}/{addr}" for svc, addr in health))
     full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder, health=health)
     # The kinds of a leaving driver are wanted empty: the plan deletes what it still holds.
     desired = restrict(full, owner) | {kind: {} for kind in leaving}
     warnings = capability_warnings(loaded.resources, full, desired, owner)
+    if recorded_down:
+        warnings += (f"{len(recorded_down)} endpoint(s) kept out of selection as the health probes of "
+                     f"'lbctl watch' last found them down ({Path(state_dir) / health_store.FILE}; the daemon "
+                     f"keeps it current, remove it to put them back without one): " + _names(recorded_down),)
     plan = diff(desired, live_state)
     t_plan = time.perf_counter() - t1
     base = ReconcileResult(plan=plan, dry_run=dry_run, digest=digest, warnings=warnings,

@@ -193,8 +193,9 @@ def test_endpoint_health_reaches_the_plan(tmp_path: Path) -> None:
     # With the daemon's record of that health in the state dir, health=None (the CLI) plans nothing;
     # without it, the plan puts the endpoint back.
     health_store.save(tmp_path, {("s0", "10.0.0.2"): False})
-    assert run(config(1), [bpf, nl, ks], tmp_path, dry_run=True).plan.counts() == {
-        "add": 0, "change": 0, "destroy": 0}
+    planned = run(config(1), [bpf, nl, ks], tmp_path, dry_run=True)
+    assert planned.plan.counts() == {"add": 0, "change": 0, "destroy": 0}
+    assert any("1 endpoint(s) kept out of selection" in w and "s0/10.0.0.2" in w for w in planned.warnings)
     (tmp_path / health_store.FILE).unlink()
     assert run(config(1), [bpf, nl, ks], tmp_path).plan.counts() == {"add": 0, "change": 1, "destroy": 0}
 
