@@ -46,6 +46,7 @@ class _State:
     last_failure_at: float | None = None
     transitions: int = 0
     probes: int = 0
+    not_run: str | None = None  # why the last probe could not even be run (a local problem)
 
 
 class HealthTracker:
@@ -81,6 +82,7 @@ class HealthTracker:
                 return None  # no longer probed
             st.last = result
             st.probes += 1
+            st.not_run = None
             if result.ok:
                 st.failures = 0
                 if not st.healthy:
@@ -96,6 +98,13 @@ class HealthTracker:
                 st.transitions += 1
                 return Transition(key, False, result.reason, st.failures)
             return None
+
+    def not_run(self, key: HealthKey, reason: str) -> None:
+        """The probe could not be run on this box: shown, but the endpoint's state is left alone."""
+        with self._lock:
+            st = self._states.get(key)
+            if st is not None:
+                st.not_run = reason
 
     def health(self) -> dict[HealthKey, bool]:
         """``desired.Health``: only the endpoints that are down (missing means healthy)."""
@@ -116,6 +125,6 @@ class HealthTracker:
                     "latency_ms": None if last is None else round(last.latency * 1000, 3),
                     "consecutive_failures": st.failures,
                     "last_failure": st.last_failure, "last_failure_time": st.last_failure_at,
-                    "transitions": st.transitions, "probes": st.probes,
+                    "transitions": st.transitions, "probes": st.probes, "probe_error": st.not_run,
                 })
             return out

@@ -47,6 +47,11 @@ class ProbeFailed(Exception):
     """A probe's answer says the endpoint is not healthy; the message is the reason."""
 
 
+class ProbeNotRun(Exception):
+    """The probe could not be set up on this box (e.g. an unreadable ``caFile``): says
+    nothing about the endpoint, so it must not take it out of selection."""
+
+
 def timeout_means_up(t: ProbeTarget) -> bool:
     return t.type == "udp" and not t.response
 
@@ -115,12 +120,16 @@ class Probers:
         if ctx is None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
-            if t.ca_file:
-                ctx.load_verify_locations(cafile=t.ca_file)
-            else:
-                ctx.verify_mode = ssl.CERT_NONE
-            if t.cert_file:
-                ctx.load_cert_chain(t.cert_file, t.key_file)
+            try:
+                if t.ca_file:
+                    ctx.load_verify_locations(cafile=t.ca_file)
+                else:
+                    ctx.verify_mode = ssl.CERT_NONE
+                if t.cert_file:
+                    ctx.load_cert_chain(t.cert_file, t.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                # Not cached: a file fixed later is picked up by the next probe.
+                raise ProbeNotRun(f"cannot load the TLS files of the probe: {exc}") from None
             self._ssl[key] = ctx
         return ctx
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 
 from reconciler.probes.health import HealthTracker, ProbeResult, Transition
-from reconciler.probes.probers import Probers, describe, timeout_means_up
+from reconciler.probes.probers import ProbeNotRun, Probers, describe, timeout_means_up
 from reconciler.probes.targets import HealthKey, ProbeTarget
 
 
@@ -107,7 +107,11 @@ class ProbeRunner:
         while True:
             await asyncio.sleep(max(0.0, due - loop.time()))
             due += t.interval
-            result = await self.probe_once(t)
+            try:
+                result = await self.probe_once(t)
+            except ProbeNotRun as exc:
+                self.tracker.not_run(t.key, str(exc))
+                continue
             change = self.tracker.record(t.key, result)
             if change is not None:
                 self.on_transition(change)
@@ -140,6 +144,8 @@ class ProbeRunner:
             if timeout_means_up(t):
                 return ProbeResult(True, took, None, time.time())
             return ProbeResult(False, took, f"no answer within {t.timeout:g}s", time.time())
+        except ProbeNotRun:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure of a probe is a result
             return ProbeResult(False, loop.time() - start, describe(exc), time.time())
         finally:

@@ -134,3 +134,24 @@ def test_sctp_init_and_init_ack() -> None:
     ack = init_ack(9999, 40000, 0xABCDEF01, 0x11111111, 1)
     assert parse(ack) == (9999, 40000, 0xABCDEF01, INIT_ACK, 0x11111111)
     assert parse(ack[:-1] + bytes([ack[-1] ^ 1])) is None  # a bad checksum is ignored
+
+
+def test_a_probe_that_cannot_run_here_leaves_the_endpoint_alone(tmp_path: Path) -> None:
+    """An unreadable caFile is this box's problem, not the endpoint's: no failure is counted."""
+    import asyncio
+
+    from reconciler.probes.probers import ProbeNotRun, Probers
+
+    t = target(type="https", retries=1, ca_file=str(tmp_path / "missing.pem"))
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ProbeNotRun, match="cannot load the TLS files"):
+            Probers(loop)._ssl_context(t)
+    finally:
+        loop.close()
+    h = tracker(t)
+    h.not_run(t.key, "cannot load the TLS files of the probe")
+    (st,) = h.status()
+    assert st["health"] == "up" and st["consecutive_failures"] == 0 and st["probe_error"].startswith("cannot")
+    h.record(t.key, OK)
+    assert h.status()[0]["probe_error"] is None
