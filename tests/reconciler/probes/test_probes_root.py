@@ -192,8 +192,11 @@ def test_every_probe_type_takes_a_dead_backend_out_and_brings_it_back(lab: Lab) 
     everyone = {lab.tb.backend4(i) for i in range(3)}
     dead = lab.tb.backend4(0)
     # Every probe passes: all three backends stay in every service (a few probe rounds).
-    lab.box.wait("first probes", lambda: all(e.get("last_result") == "ok"
-                                             for e in (lab.box.status() or {}).get("endpoints", [{}])), 10)
+    def all_probed_ok() -> bool:
+        eps = (lab.box.status() or {}).get("endpoints", [])
+        return len(eps) == 18 and all(e.get("last_result") == "ok" for e in eps)
+
+    lab.box.wait("first probes", all_probed_ok, 10)
     for kind, port in ports.items():
         assert lab.backends(port) == everyone, kind
     status = lab.box.status() or {}
@@ -302,8 +305,11 @@ def test_backups_and_every_endpoint_down_refuses_at_once(lab: Lab) -> None:
                        f"  ports: [{{port: 53, protocol: UDP, targetPort: {UDP_PORT}}}]\n"
                        f"  endpoints: [{udp_eps}]\n"
                        f"  probe: {{type: udp, request: x, response: x, {_timing()}}}\n")})
-    lab.box.wait("dns endpoint out", lambda: lab.backends(53, "udp") == set() and
-                 f"udp/{VIP4}:53" in lab.box.live()["service"], timeout=15)
+    def dns_refusing() -> bool:
+        rec = lab.box.live()["endpoints"].get(f"udp/{VIP4}:53")  # one read: the set exists, none in selection
+        return isinstance(rec, EndpointSet) and bool(rec.backends) and not any(b.weight for b in rec.backends)
+
+    lab.box.wait("dns endpoint out", dns_refusing, timeout=15)
     refused = 0
     with in_netns(lab.tb.client):
         for _ in range(3):
@@ -315,9 +321,7 @@ def test_backups_and_every_endpoint_down_refuses_at_once(lab: Lab) -> None:
                     s.recv(100)
                 except ConnectionRefusedError:
                     refused += 1
-                except TimeoutError:
-                    pass
-    assert refused >= 2, refused
+    assert refused == 3, refused
 
 
 @pytest.mark.parametrize(("weights", "want"), [((80, 20), (26, 6)), ((40, 40, 20), (13, 13, 6))])
