@@ -56,11 +56,8 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
-	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT)) {
-		stat_inc(LB_STAT_DROP_NO_BACKEND);
-		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
-		return V_DROP;
-	}
+	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
+		return no_backend(svc_id, p);
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
 	p->timeout = s->session_timeout;
 	plan.nat_port = nat_port;

@@ -1,7 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * lb_select.h - selection: the service of a new packet, allowed sources, and the endpoint
- * each algorithm (rr, hash, persist, lc, maglev, priority) picks.
+ * each algorithm (rr, hash, persist, lc, maglev, priority) picks, and what a new flow
+ * meets when its service has no endpoint left.
+ *
+ * priority is loxilb's: the weights are shares of new flows, spread deterministically
+ * (the weighted table walked by the service's round-robin position, as rr), so 80/20
+ * over 32 new flows is 26/6 whatever the clients' ports.  Active/standby is not a
+ * selection: backup endpoints (control plane) enter the list only while no primary is
+ * healthy.
  */
 #ifndef __LB_SELECT_H
 #define __LB_SELECT_H
@@ -184,6 +191,37 @@ static __noinline int persist_get(__u32 svc_id, __u32 timeout, const struct pkt 
 	return 0;
 }
 
+/* Is the endpoint a source is bound to still taking new flows (in the list, weight > 0)?
+ * An endpoint drained, down (health probes) or a backup on standby keeps weight 0. */
+struct usable_ctx {
+	const struct lb_backend_list *l;
+	const struct lb_backend *be;
+	int ok;
+};
+
+static long usable_step(__u32 i, void *data)
+{
+	struct usable_ctx *c = data;
+	const struct lb_backend *b;
+
+	if (i >= LB_MAX_ENDPOINTS)
+		return 1;
+	b = &c->l->be[i];
+	if (b->stat_id != c->be->stat_id || b->port != c->be->port || b->addr[0] != c->be->addr[0] ||
+	    b->addr[1] != c->be->addr[1] || b->addr[2] != c->be->addr[2] || b->addr[3] != c->be->addr[3])
+		return 0;
+	c->ok = b->weight > 0;
+	return 1;
+}
+
+static __noinline int persist_usable(const struct lb_backend_list *l, __u32 count, const struct lb_backend *be)
+{
+	struct usable_ctx c = { .l = l, .be = be, .ok = 0 };
+
+	bpf_loop(count, usable_step, &c, 0);
+	return c.ok;
+}
+
 static __noinline void persist_put(__u32 svc_id, const struct pkt *p, const struct lb_backend *be)
 {
 	struct lb_persist_key pk = { .svc_id = svc_id, .family = p->t.family };
@@ -210,7 +248,8 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 	count = l->count;
 	if (count == 0 || count > LB_MAX_ENDPOINTS)
 		return -1;
-	if (s->selection == LB_SEL_PERSIST && persist_get(svc_id, s->persist_timeout, p, out) == 0)
+	if (s->selection == LB_SEL_PERSIST && persist_get(svc_id, s->persist_timeout, p, out) == 0 &&
+	    persist_usable(l, count, out))
 		return 0;
 	if (s->selection == LB_SEL_LC) {
 		bi = select_lc(l, count);
@@ -220,7 +259,7 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 	}
 	if (l->sel_len == 0)
 		return -1;
-	if (s->selection == LB_SEL_RR) {
+	if (s->selection == LB_SEL_RR || s->selection == LB_SEL_PRIORITY) {
 		__u32 *pos = bpf_map_lookup_elem(&lb_rr, &svc_id);
 
 		if (!pos)
@@ -251,6 +290,20 @@ found:
 	if (s->selection == LB_SEL_PERSIST)
 		persist_put(svc_id, p, out);
 	return 0;
+}
+
+/*
+ * A new flow of a service with no endpoint to take it (none configured, or every one
+ * down after its health probes): refused at once rather than black-holed.  The VIP is a
+ * local address of the box (lbctl's VIP interface), so the packet is passed to the
+ * kernel, which answers a TCP SYN with a RST and a UDP datagram with ICMP port
+ * unreachable, as for any closed port (a local listener on the VIP's port would take it).
+ */
+static __always_inline enum verdict no_backend(__u32 svc_id, const struct pkt *p)
+{
+	stat_inc(LB_STAT_DROP_NO_BACKEND);
+	count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
+	return V_PASS;
 }
 
 #endif /* __LB_SELECT_H */

@@ -44,8 +44,9 @@ from reconciler.driver import BoxAddresses, Driver, DriverSet, Notices, PartialS
 from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, allocate, source_errors
 from reconciler.ipam_store import AllocationStore
-from reconciler.model import Resource, ServiceSpec
+from reconciler.model import Resource
 from reconciler.plan import Change, Plan, diff
+from reconciler.probes import store as health_store
 from reconciler.records import FirewallEntry, Record, ServiceEntry
 
 State = Mapping[str, Mapping[str, Record]]
@@ -269,10 +270,11 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                         owner: Mapping[str, Driver]) -> tuple[str, ...]:
     """Warnings for configuration the box accepts but does not (fully) carry out.
 
-    Four sources: record kinds no driver manages; firewall drop rules that cut
-    off every address (remote management too: ``fwclass.lockout_warnings``); records a driver applies only
-    in part (a ``PartialSupport`` driver says what it leaves out); health
-    probes, which nothing runs yet.  Grouped by message, so 10,000 services
+    Three sources: record kinds no driver manages; records a driver applies only
+    in part (a ``PartialSupport`` driver says what it leaves out); firewall drop
+    rules that cut off every address (remote management too:
+    ``fwclass.lockout_warnings``).  (Health probes are run by ``lbctl watch``.)
+    Grouped by message, so 10,000 services
     give one line each, not 10,000.
     """
     out = [f"{len(recs)} {kind} record(s) not applied: no driver manages {kind!r} on this box"
@@ -291,11 +293,6 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
     out += [f"{why}: {_names(keys)}" for why, keys in sorted(partial.items())]
     out += fwclass.lockout_warnings(r for r in desired.get("firewall", {}).values()
                                     if isinstance(r, FirewallEntry))
-    probed = sorted(r.name for r in resources
-                    if isinstance(r.spec, ServiceSpec) and r.spec.probe.type != "none")
-    if probed:
-        out.append("health probes are not run yet, so endpoints get traffic whether they answer or not: "
-                   + _names(probed))
     return tuple(out)
 
 
@@ -321,7 +318,8 @@ def reconcile(config_dir: str | Path | None, drivers: Sequence[Driver] | DriverS
     ``loaded``: an already loaded config (the daemon's cached load); when None,
     ``config_dir`` is loaded.  ``live``: live state the caller just read (skip
     the read); when None the drivers are read.  ``health``: endpoint health
-    (``desired.compile_state``; None: all healthy).  Never raises for invalid
+    (``desired.compile_state``; None: the daemon's last record in the state dir,
+    ``reconciler.probes.store``, so a plan shows only configuration changes).  Never raises for invalid
     configuration (``result.errors``) or a failed driver (``result.failure``);
     raises ``LbctlError`` for a broken state dir.  A verified apply is recorded
     in ``applied_store`` (default: the state dir's ``AppliedStore``) for ``lbctl export``.
@@ -365,10 +363,18 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
         return ReconcileResult(plan=Plan(), errors=sources, dry_run=dry_run,
                                timings=Timings(parse=t_parse, plan=time.perf_counter() - t1), digest=digest,
                                live=live_state)
+    recorded_down: tuple[str, ...] = ()
+    if health is None:
+        health = health_store.load_health(state_dir)
+        recorded_down = tuple(sorted(f"{svc}/{addr}" for svc, addr in health))
     full = compile_state(loaded.resources, ipam.vips, table_builder=table_builder, health=health)
     # The kinds of a leaving driver are wanted empty: the plan deletes what it still holds.
     desired = restrict(full, owner) | {kind: {} for kind in leaving}
     warnings = capability_warnings(loaded.resources, full, desired, owner)
+    if recorded_down:
+        warnings += (f"{len(recorded_down)} endpoint(s) kept out of selection as the health probes of "
+                     f"'lbctl watch' last found them down ({Path(state_dir) / health_store.FILE}; the daemon "
+                     f"keeps it current, remove it to put them back without one): " + _names(recorded_down),)
     plan = diff(desired, live_state)
     t_plan = time.perf_counter() - t1
     base = ReconcileResult(plan=plan, dry_run=dry_run, digest=digest, warnings=warnings,

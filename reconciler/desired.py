@@ -15,13 +15,16 @@ Rules (each in one place):
   ("keep the incoming port");
 * backends are sorted (address, port), so reordering endpoints in YAML is not a
   change; the Maglev table (``selection: maglev``) indexes that sorted order;
-* endpoint health is an input (``Health``; missing means healthy): an unhealthy
-  endpoint is left out of its service's backends, so no new flow goes to it
-  under any selection and the Maglev table spreads its slots over the others;
-  when no endpoint of a service is healthy the set is empty and the datapath
-  drops the service's new flows (counted as ``drop_no_backend``), as for a
-  service without endpoints.  Nothing produces health yet (health probes are a
-  later issue), so today every endpoint is healthy;
+* endpoint health is an input (``Health``; missing means healthy; the daemon's
+  health probes produce it, ``reconciler.probes``): an unhealthy endpoint stays
+  in its service's backends with weight 0 (as a drained one), so no new flow
+  goes to it under any selection, the Maglev table spreads its slots over the
+  others, and its open flows are left to end by themselves; backup endpoints
+  (``backup: true``) keep their weight only while no other endpoint with a
+  weight above 0 is healthy; when no endpoint of a service has a weight left the
+  datapath refuses the service's new flows (the kernel answers RST / port
+  unreachable; counted as ``drop_no_backend``), as for a service without
+  endpoints;
 * session timeout: explicit, else the per-protocol default
   (``model.session_timeout_for``);
 * every VIP becomes a ``VipAddress`` (/32 or /128) on the Datapath's
@@ -36,6 +39,7 @@ Rules (each in one place):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import socket
@@ -148,12 +152,21 @@ def _backends(endpoints: Sequence[Endpoint], port: ServicePort) -> tuple[Backend
 
 
 def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
-    """The endpoints of Service ``res`` that ``health`` does not mark unhealthy."""
+    """The endpoints of Service ``res`` that take new flows.
+
+    Those ``health`` does not mark unhealthy; of them the backups (``backup:
+    true``, HAProxy's meaning) only while no non-backup endpoint with a weight
+    above 0 is healthy.
+    """
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
-    if not health:
-        return spec.endpoints
-    return tuple(ep for ep in spec.endpoints if health.get((res.name, canonical_ip(ep.address)), True))
+    eps = spec.endpoints
+    if health:
+        eps = tuple(ep for ep in eps if health.get((res.name, canonical_ip(ep.address)), True))
+    primaries = tuple(ep for ep in eps if not ep.backup)
+    if any(ep.weight > 0 for ep in primaries):
+        return primaries
+    return tuple(ep for ep in eps if ep.backup)
 
 
 def source_address(spec: ServiceSpec, datapath: DatapathSpec | None, vip: str) -> str:
@@ -179,7 +192,11 @@ def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
     spec = res.spec
     assert isinstance(spec, ServiceSpec)
     services, endpoints = state["service"], state["endpoints"]
-    eps = healthy_endpoints(res, health)
+    eligible = healthy_endpoints(res, health)
+    # Endpoints out of selection (down, or backups on standby) stay in the list with weight
+    # 0: no new flow picks them, while their open flows, counters and connection counts stay.
+    eps = spec.endpoints if len(eligible) == len(spec.endpoints) else tuple(
+        ep if ep in eligible else dataclasses.replace(ep, weight=0) for ep in spec.endpoints)
     for port in spec.ports:
         backends = _backends(eps, port)
         table = b""

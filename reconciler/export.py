@@ -36,6 +36,7 @@ from typing import Any
 
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.desired import (
+    Health,
     TableBuilder,
     canonical_ip,
     compile_state,
@@ -361,18 +362,20 @@ def _comparable(kind: str, rec: Record | None) -> Record | None:
     return rec
 
 
-def _parts(resources: Sequence[Resource], vips: Mapping[str, str], table_builder: TableBuilder | None
-           ) -> list[dict[str, dict[str, Record]]]:
+def _parts(resources: Sequence[Resource], vips: Mapping[str, str], table_builder: TableBuilder | None,
+           health: Health | None = None) -> list[dict[str, dict[str, Record]]]:
     """The records each resource contributes (compiled with the Datapath and BGPConfig it depends on)."""
     context = [r for r in resources if r.kind in _CONTEXT_KINDS]
-    whole = compile_state(context, vips, table_builder=table_builder)
+    whole = compile_state(context, vips, table_builder=table_builder, health=health)
     out = []
     for res in resources:
         if res.kind in _CONTEXT_KINDS:
-            base = compile_state([r for r in context if r is not res], vips, table_builder=table_builder)
+            base = compile_state([r for r in context if r is not res], vips, table_builder=table_builder,
+                                 health=health)
             mine = whole
         else:
-            base, mine = whole, compile_state([*context, res], vips, table_builder=table_builder)
+            base = whole
+            mine = compile_state([*context, res], vips, table_builder=table_builder, health=health)
         out.append({kind: {k: v for k, v in recs.items() if base.get(kind, {}).get(k) != v}
                     for kind, recs in mine.items()})
     return out
@@ -420,17 +423,19 @@ def _live_owner(kind: str, rec: Record, live: State) -> tuple[str, str] | None:
 
 
 def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, str], *,
-                 table_builder: TableBuilder | None = None) -> Exported:
+                 table_builder: TableBuilder | None = None, health: Health | None = None) -> Exported:
     """The applied configuration ``resources``, checked against ``live`` (live wins where they differ).
 
     ``vips``: the pool VIP of each pool Service, as IPAM gives it (store, then live hints).
     Only record kinds present in ``live`` (the kinds the box's drivers read) are compared.
-    ``table_builder`` replaces the Maglev table builder (tests).
+    ``table_builder`` replaces the Maglev table builder (tests).  ``health``: the endpoint
+    health the live state was compiled with (endpoints down or backups on standby are not
+    live, yet they are configuration).
     """
     owned = [k for k in EXPORTED_KINDS if k in live]
     differs: dict[int, list[str]] = defaultdict(list)
     claimed: dict[str, set[str]] = defaultdict(set)
-    for i, part in enumerate(_parts(resources, vips, table_builder)):
+    for i, part in enumerate(_parts(resources, vips, table_builder, health)):
         for kind in owned:
             for key, rec in part.get(kind, {}).items():
                 claimed[kind].add(key)

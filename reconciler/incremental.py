@@ -106,6 +106,7 @@ class Partial:
     scan: _Scan
     changed: tuple[str, ...]  # Service names
     contributions: Mapping[str, Mapping[str, frozenset[str]]]  # new contributions of the changed names
+    health: Health | None = None  # the endpoint health compiled with (None: the index's)
 
 
 class Index:
@@ -195,6 +196,19 @@ class Index:
         scan = self.changed_services(resources, files, parsed)
         if scan is None:
             return None
+        return self._plan(scan, read_keys, None)
+
+    def plan_health(self, names: Collection[str], health: Health,
+                    read_keys: ReadKeys | None = None) -> Partial | None:
+        """The partial plan that recompiles Services ``names`` (unchanged configuration) with
+        the endpoint health ``health``: a health transition, as minimal as an endpoint edit."""
+        updates: dict[ResId, Resource | None] = {
+            ("Service", n): self.resources[("Service", n)]
+            for n in sorted(names) if ("Service", n) in self.resources}
+        scan = _Scan(updates, frozenset(), tuple(r for r in updates.values() if r is not None))
+        return self._plan(scan, read_keys, dict(health))
+
+    def _plan(self, scan: _Scan, read_keys: ReadKeys | None, health: Health | None) -> Partial | None:
         updates = scan.updates
         allocated: dict[str, str] = {}
         compile_set: list[Resource] = list(self.context)
@@ -208,7 +222,7 @@ class Index:
                 return None
             allocated.update(vips)
             compile_set.append(res)
-        full = compile_state(compile_set, allocated, health=self.health)
+        full = compile_state(compile_set, allocated, health=self.health if health is None else health)
         compiled = {kind: full.get(kind, {}) for kind in self.kinds}
         names = {name for _, name in updates}
         fresh = _contributions(compiled, {rid: r for rid, r in updates.items() if r is not None})
@@ -240,7 +254,8 @@ class Index:
         return Partial(plan=diff(desired, live), touched=frozen_touched, desired=desired, scan=scan,
                        changed=tuple(sorted(names)),
                        contributions={name: {k: frozenset(v) for k, v in own.items()}
-                                      for name, own in fresh.items() if name in names})
+                                      for name, own in fresh.items() if name in names},
+                       health=health)
 
     def _family_delta(self, keys: Iterable[str], want: Mapping[str, Record]) -> Counter[int]:
         delta: Counter[int] = Counter()
@@ -273,6 +288,8 @@ class Index:
 
     def commit(self, partial: Partial) -> None:
         """Take the partial result as the new verified state."""
+        if partial.health is not None:
+            self.health = dict(partial.health)
         names = set(partial.changed)
         for name in names:
             for kind, keys in self.contrib.pop(name, {}).items():

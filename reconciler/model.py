@@ -37,6 +37,7 @@ DEFAULT_PERSIST_TIMEOUT = 10800  # seconds, like Kubernetes sessionAffinity
 DEFAULT_PROBE_INTERVAL = 10
 DEFAULT_PROBE_TIMEOUT = 2
 DEFAULT_PROBE_RETRIES = 3
+DEFAULT_PROBE_STATUS = 200
 DEFAULT_BGP_PORT = 179
 DEFAULT_HOLD_TIME = 90
 DEFAULT_KEEPALIVE = 30
@@ -82,6 +83,7 @@ class Endpoint:
     address: str
     weight: int = 1
     target_port: int | None = None  # overrides the service port's targetPort
+    backup: bool = False  # gets new flows only while no non-backup endpoint is healthy
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,10 @@ class Probe:
     interval: int = DEFAULT_PROBE_INTERVAL
     timeout: int = DEFAULT_PROBE_TIMEOUT
     retries: int = DEFAULT_PROBE_RETRIES
+    status: int = DEFAULT_PROBE_STATUS  # http/https: the status code that counts as healthy
+    ca_file: str | None = None  # https: CA bundle verifying the endpoint (None: no verification)
+    cert_file: str | None = None  # https: client certificate (mutual TLS), PEM
+    key_file: str | None = None  # https: its private key (None: in cert_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +190,10 @@ class DatapathSpec:
 YAML_NAMES: Mapping[type, Mapping[str, str]] = {
     ServicePort: {"port": "port", "protocol": "protocol", "end_port": "endPort",
                   "target_port": "targetPort", "name": "name"},
-    Endpoint: {"address": "address", "weight": "weight", "target_port": "targetPort"},
+    Endpoint: {"address": "address", "weight": "weight", "target_port": "targetPort", "backup": "backup"},
     Probe: {"type": "type", "port": "port", "request": "request", "response": "response",
-            "interval": "interval", "timeout": "timeout", "retries": "retries"},
+            "interval": "interval", "timeout": "timeout", "retries": "retries", "status": "status",
+            "ca_file": "caFile", "cert_file": "certFile", "key_file": "keyFile"},
     ServiceSpec: {"ports": "ports", "vip": "vip", "pool": "pool", "mode": "mode", "selection": "selection",
                   "session_timeout": "sessionTimeout", "persist_timeout": "persistTimeout",
                   "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",

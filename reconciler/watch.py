@@ -17,6 +17,10 @@ Triggers and what they do:
   unchanged, already-applied configuration changes is drift, and is counted.
   If the directory is invalid at that moment, the last good configuration is
   reconciled instead, so drift is still repaired;
+* a health transition (an engine that is ``Probing``: ``lbctl watch`` runs health
+  probes): the engine applies the new endpoint health at once; one log line per
+  transition (``endpoint-down``/``endpoint-up``), and ``/status`` lists every probed
+  endpoint (``endpoints``);
 * SIGTERM/SIGINT: stop.  Nothing is torn down: the datapath is pinned and keeps
   forwarding (``lbctl down`` is the only thing that removes it).
 
@@ -35,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from reconciler.logs import EventLog
 from reconciler.metrics import Registry
@@ -117,6 +121,31 @@ class Engine(Protocol):
 
     def counters(self) -> Mapping[str, ServiceCounters]:
         """Per-service datapath counters keyed by service name (empty if unsupported)."""
+        ...
+
+
+@runtime_checkable
+class Probing(Protocol):
+    """An engine that runs endpoint health probes (``reconciler.watch_engine``)."""
+
+    def start_probes(self, wake: Callable[[], None]) -> None:
+        """Start probing; ``wake`` is called from another thread when health changed."""
+        ...
+
+    def stop_probes(self) -> None:
+        ...
+
+    def health_due(self) -> bool:
+        """Transitions wait to be applied."""
+        ...
+
+    def apply_health(self) -> tuple[tuple[Any, ...], Outcome | None]:
+        """Apply the pending health: (the transitions, each with ``key``, ``healthy``, ``reason``,
+        ``failures``; the reconcile they caused or None)."""
+        ...
+
+    def endpoint_health(self) -> list[dict[str, Any]]:
+        """Every probed endpoint as plain data (health, last result, last failure, latency)."""
         ...
 
 
@@ -273,6 +302,7 @@ class Options:
     debounce: float = DEFAULT_DEBOUNCE
     resync: float = DEFAULT_RESYNC
     listen: Address | None = None  # None: no status server (unit tests)
+    probes: bool = False  # run the engine's health probes (when it is ``Probing``)
 
 
 Clock = Callable[[], float]
@@ -294,6 +324,7 @@ class Daemon:
         self._stop = False
         self._stop_signal: str | None = None  # set by the SIGTERM/SIGINT handler, logged by run()
         self._hup = False
+        self._health = False  # the engine's probes saw a transition
         self._lock = threading.Lock()
         self._snapshot = Snapshot(directory=options.directory, started=time.time())
         self._applied: Delivery | None = None  # last good configuration that verified
@@ -319,6 +350,11 @@ class Daemon:
         self._stop = True
         self._wake.set()
 
+    def health_changed(self) -> None:
+        """The probe thread saw a transition: apply it at once."""
+        self._health = True
+        self._wake.set()
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return self._snapshot
@@ -332,7 +368,13 @@ class Daemon:
             doc["watches"] = sorted(t.path for t in self._watcher.targets())
         doc["options"] = {"debounce_s": self.options.debounce, "resync_s": self.options.resync,
                           "listen": str(self.options.listen) if self.options.listen else None}
+        if self._probing() is not None:
+            doc["endpoints"] = self.engine.endpoint_health()  # type: ignore[attr-defined]
         return doc
+
+    def _probing(self) -> Probing | None:
+        engine = self.engine
+        return engine if self.options.probes and isinstance(engine, Probing) else None
 
     def render_metrics(self) -> str:
         try:
@@ -380,6 +422,9 @@ class Daemon:
             self.server.start()
             self.log.info("listening", address=str(self.server.address),
                           endpoints="/healthz /readyz /status /metrics")
+        probing = self._probing()
+        if probing is not None:
+            probing.start_probes(self.health_changed)
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.options.directory, self.notify)
             self._watcher.start()
@@ -387,6 +432,9 @@ class Daemon:
                           targets=",".join(sorted(t.path for t in self._watcher.targets())))
 
     def shutdown(self) -> None:
+        probing = self._probing()
+        if probing is not None:
+            probing.stop_probes()
         if self._watcher is not None:
             self._watcher.stop()
         if self.server is not None:
@@ -428,6 +476,9 @@ class Daemon:
             self.log.info("sighup", action="full reload")
             self.cycle("sighup")
             return
+        if self._health:
+            self._health = False
+            self.health_cycle()
         now = self.clock()
         if self.debouncer.take(now):
             self.fired_at = now
@@ -438,6 +489,38 @@ class Daemon:
             self.cycle("resync")
 
     # -- the work --
+
+    def health_cycle(self) -> None:
+        """Apply the engine's pending health transitions; one log line per transition."""
+        probing = self._probing()
+        if probing is None or not probing.health_due():
+            return
+        started = self.clock()
+        try:
+            changes, outcome = probing.apply_health()
+        except Exception as exc:  # noqa: BLE001 - keep running; the next resync applies health too
+            self.log.error("health-apply-failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            return
+        for ch in changes:
+            service, address = ch.key
+            if ch.healthy:
+                self.log.info("endpoint-up", service=service, endpoint=address, action="back in selection")
+            else:
+                self.log.warning("endpoint-down", service=service, endpoint=address, reason=ch.reason,
+                                 failures=ch.failures, action="out of selection")
+        if outcome is None:
+            return
+        duration = self.clock() - started
+        if outcome.verified:
+            self.metrics.results.inc(result="ok")
+            self.log.info("health-applied", type=outcome.mode, changes=outcome.changes,
+                          duration_ms=round(duration * 1000, 1))
+        else:
+            self._applied = None
+            self.metrics.results.inc(result="failed")
+            self.log.error("health-apply-failed", type=outcome.mode,
+                           error=outcome.error or "verification left changes",
+                           action=f"will retry at the next resync (within {self.options.resync:g}s)")
 
     def cycle(self, trigger: Trigger) -> None:
         """Load, decide, reconcile; record the result.  Never raises for bad input."""

@@ -13,14 +13,24 @@ state.  It is dropped too when a driver finds that the objects it holds are no
 longer the live ones (``Revalidate``: the pins were replaced by another process),
 since then the live state may differ anywhere, not just in the keys a delivery
 touches.
+
+Health probes (``start_probes``): after every verified reconcile the probe runner
+(``reconciler.probes.runner``) is told which endpoints to probe; a transition it
+reports wakes the daemon, which calls ``apply_health``: the new health is recorded
+in the state dir (``reconciler.probes.store``, read by ``lbctl plan``/``apply``) and
+the Services concerned are recompiled and applied through the incremental index
+(``Index.plan_health``: the same minimal writes and slot swap as an endpoint edit),
+or by a full reconcile when there is no index.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
@@ -31,8 +41,27 @@ from reconciler.errors import LbctlError
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
 from reconciler.plan import Change
+from reconciler.probes import store as health_store
+from reconciler.probes.health import HealthTracker, Transition
+from reconciler.probes.runner import ProbeRunner
+from reconciler.probes.targets import HealthKey, ProbeTarget, probe_targets
 from reconciler.records import Record, ServiceEntry
 from reconciler.watch import Delivery, Outcome, ServiceCounters
+
+Namespace = Callable[[], AbstractContextManager[None]]
+
+
+class Runner(Protocol):
+    """What the engine needs of the probe runner (``ProbeRunner``; tests use a stand-in)."""
+
+    def start(self) -> None: ...
+
+    def configure(self, targets: Mapping[HealthKey, ProbeTarget]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+RunnerFactory = Callable[[HealthTracker, Callable[[Transition], None], Namespace | None], Runner]
 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
@@ -61,7 +90,9 @@ class ReconcileEngine:
 
     def __init__(self, directory: str | Path, state_dir: str | Path, drivers: DriverSet | Sequence[Driver], *,
                  lock_timeout: float | None = None, incremental: bool = True,
-                 follow_external_symlinks: bool = False) -> None:
+                 follow_external_symlinks: bool = False, probe_namespace: Namespace | None = None) -> None:
+        """``probe_namespace``: enters the box's network namespace on the calling thread, for
+        the probe thread (``drivers.netns.in_netns`` bound to ``--netns``; None: stay)."""
         self.directory = Path(directory)
         self.follow_external_symlinks = follow_external_symlinks
         self.state_dir = Path(state_dir)
@@ -72,8 +103,18 @@ class ReconcileEngine:
         self.applied = AppliedStore(self.state_dir)  # kept: it re-serializes only changed resources
         self.index: Index | None = None
         self.records: dict[str, int] = {}
-        # Endpoint health, an input of every compile: all healthy until health probes fill it.
+        # Endpoint health, an input of every compile (the probes' verdicts; missing: healthy).
         self.health: Health = {}
+        self.tracker: HealthTracker | None = None
+        self._runner: Runner | None = None
+        self._pending: list[Transition] = []
+        self._health_dirty = False
+        self._pending_lock = threading.Lock()
+        self._wake: Callable[[], None] = lambda: None
+        self._verified: LoadResult | None = None  # the configuration last verified
+        self.probe_namespace = probe_namespace
+        self.runner_factory: RunnerFactory = (
+            lambda tracker, report, namespace: ProbeRunner(tracker, report, namespace=namespace))
         self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
@@ -139,6 +180,83 @@ class ReconcileEngine:
             return out
         return {}
 
+    # --- health probes (``watch.Probing``) ---
+
+    def start_probes(self, wake: Callable[[], None]) -> None:
+        """Start the probe runner; ``wake`` is called (on the runner's thread) when health changed.
+        Endpoints recorded down in the state dir start down."""
+        self._wake = wake
+        down = health_store.load_down(self.state_dir)
+        self.tracker = HealthTracker(down)
+        self.health = {key: False for key in down}
+        self._runner = self.runner_factory(self.tracker, self._on_transition, self.probe_namespace)
+        self._runner.start()
+
+    def stop_probes(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+            self._runner = None
+
+    def endpoint_health(self) -> list[dict[str, Any]]:
+        """One plain dict per probed endpoint (``HealthTracker.status``); empty without probes."""
+        return self.tracker.status() if self.tracker is not None else []
+
+    def health_due(self) -> bool:
+        with self._pending_lock:
+            return bool(self._pending) or self._health_dirty
+
+    def _on_transition(self, change: Transition) -> None:
+        with self._pending_lock:
+            self._pending.append(change)
+        self._wake()
+
+    def _configure_probes(self, loaded: LoadResult) -> None:
+        self._verified = loaded
+        if self._runner is None or self.tracker is None:
+            return
+        self._runner.configure(probe_targets(loaded.resources))
+        if self.tracker.health() != dict(self.health):  # endpoints no longer probed are healthy
+            with self._pending_lock:
+                self._health_dirty = True
+            self._wake()
+
+    def apply_health(self) -> tuple[tuple[Transition, ...], Outcome | None]:
+        """Apply the probes' verdicts: the transitions since the last call, and the reconcile
+        they caused (None: nothing to change, e.g. no configuration verified yet)."""
+        with self._pending_lock:
+            changes = tuple(self._pending)
+            self._pending.clear()
+            self._health_dirty = False
+        if self.tracker is None:
+            return changes, None
+        new = self.tracker.health()
+        old = dict(self.health)
+        if new == old:
+            return changes, None
+        names = {key[0] for key in set(new) ^ set(old)}
+        self.health = new
+        try:
+            health_store.save(self.state_dir, new)
+        except OSError:
+            pass  # a convenience for plan/apply; the datapath below is what matters
+        loaded = self._verified
+        if loaded is None:
+            return changes, None  # the first reconcile compiles with it
+        t0 = time.perf_counter()
+        try:
+            with self.lock:
+                if self._revalidate(self.drivers.active):
+                    self.index = None
+                if self.incremental and self.index is not None:
+                    outcome = self._incremental(loaded, self.drivers.active, 0.0, consecutive=True,
+                                                health_of=names)
+                    if outcome is not None:
+                        return changes, outcome
+                return changes, self._full(loaded, time.perf_counter() - t0)
+        except LbctlError as exc:
+            self.index = None
+            return changes, Outcome(verified=False, error=str(exc))
+
     # --- internals ---
 
     @staticmethod
@@ -176,13 +294,16 @@ class ReconcileEngine:
         return read
 
     def _incremental(self, loaded: LoadResult, drivers: Sequence[Driver], load_time: float, *,
-                     consecutive: bool) -> Outcome | None:
+                     consecutive: bool, health_of: set[str] | None = None) -> Outcome | None:
         """``consecutive``: ``loaded`` directly follows the load the index reflects, so only its
-        re-parsed files need comparing; otherwise every resource is compared."""
+        re-parsed files need comparing; otherwise every resource is compared.  ``health_of``:
+        recompile just these Services with ``self.health`` (a health transition)."""
         assert self.index is not None
         t0 = time.perf_counter()
         read_keys = self._read_keys(drivers)
-        if consecutive:
+        if health_of is not None:
+            partial = self.index.plan_health(health_of, self.health, read_keys)
+        elif consecutive:
             partial = self.index.plan(loaded.resources, read_keys, files=loaded.files, parsed=loaded.parsed)
         else:
             partial = self.index.plan(loaded.resources, read_keys)
@@ -207,6 +328,7 @@ class ReconcileEngine:
                                  + "; ".join(_describe(leftover.changes)[:5]),
                            timings=timings, fixed=_describe(applied))
         self.index.commit(partial)
+        self._configure_probes(loaded)
         warnings = record_applied(self.applied, loaded.resources, loaded.digest)
         for kind in OWNED_KINDS:
             if kind in self.records:
@@ -248,6 +370,7 @@ class ReconcileEngine:
                                  + "; ".join(_describe(left)[:5]),
                            timings=timings, fixed=_describe(result.applied), notices=result.notices)
         self.records = records
+        self._configure_probes(loaded)
         self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
                                if isinstance(r, ServiceEntry)}
         if any(isinstance(r, ServiceEntry) and r.selection == "lc"

@@ -35,6 +35,7 @@ from reconciler.export import Exported, dns_label, from_applied, from_live
 from reconciler.ipam import allocate
 from reconciler.ipam_store import AllocationStore
 from reconciler.lock import StateLock
+from reconciler.probes import store as health_store
 from reconciler.statefile import replace_file
 
 MARK = "# Exported by 'lbctl export'"
@@ -75,7 +76,7 @@ def collect(ctx: Any, *, live_only: bool = False, vip_interface: str | None = No
         live = read_live(drivers_for(ctx, vip_if, read_only=True))
         if recorded is not None:
             vips = allocate(resources, AllocationStore(ctx.state_dir).load(), live_vip_hints(live)).vips
-            exported = from_applied(resources, live, vips)
+            exported = from_applied(resources, live, vips, health=health_store.load_health(ctx.state_dir))
             source = f"the configuration last applied to {where}, checked against its live state"
         else:
             exported = from_live(live, box_name(ctx.netns, hostname), vip_if)

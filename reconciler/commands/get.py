@@ -4,6 +4,12 @@ Why this exists: operators check what the box really does, not what the files
 say.  Tables look like loxicmd's (``|``-separated, one row per object);
 ``-o wide`` adds columns, ``-o json|yaml`` gives the same rows as data.  Read
 only: no lock is taken.
+
+``endpoints`` adds each endpoint's health (up/down, last probe result, the reason
+of the last failure, probe latency) from the running daemon's ``/status``
+(``--listen``); without a daemon, or for an endpoint it does not probe, health
+is ``unknown``.  An endpoint that is down is not in the datapath's list, so its
+row comes from the daemon's status.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
+from reconciler.commands.status import fetch_status
 from reconciler.driver import ConntrackReader, CounterReader, Driver, FirewallCounterReader
+from reconciler.errors import LbctlError
 from reconciler.ipam_store import AllocationStore
 from reconciler.records import (
     Announcement,
@@ -25,13 +33,39 @@ from reconciler.records import (
     Record,
     ServiceEntry,
 )
+from reconciler.status import DEFAULT_LISTEN, parse_listen
 
 WHAT = ("services", "endpoints", "conntrack", "pools", "firewall", "bgp")
 Row = dict[str, Any]
+HEALTH_TIMEOUT = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=WHAT, metavar="KIND", help="one of: " + ", ".join(WHAT))
+    parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
+                        help=f"the lbctl watch daemon asked for endpoint health (default: {DEFAULT_LISTEN})")
+
+
+def daemon_health(listen: str) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """(Service name, address) -> the daemon's probe status; None when no daemon answers."""
+    try:
+        doc = fetch_status(parse_listen(listen), timeout=HEALTH_TIMEOUT)
+    except LbctlError:
+        return None
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for ep in doc.get("endpoints") or []:
+        if isinstance(ep, dict) and "service" in ep and "address" in ep:
+            out[(str(ep["service"]), str(ep["address"]))] = ep
+    return out
+
+
+def _health_columns(ep: Mapping[str, Any] | None, known: bool) -> Row:
+    if ep is None:
+        return {"HEALTH": "unknown" if not known else "not probed", "LAST RESULT": "-", "LAST FAILURE": "-",
+                "LATENCY MS": "-"}
+    latency = ep.get("latency_ms")
+    return {"HEALTH": ep.get("health", "unknown"), "LAST RESULT": ep.get("last_result") or "-",
+            "LAST FAILURE": ep.get("last_failure") or "-", "LATENCY MS": "-" if latency is None else latency}
 
 
 def _read(ctx: Any, *kinds: str,
@@ -83,7 +117,8 @@ def _endpoint_counters(drivers: Sequence[Driver]) -> dict[str, dict[str, Any]] |
     return None
 
 
-def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
+def endpoints(ctx: Any, wide: bool, listen: str = DEFAULT_LISTEN) -> list[Row] | None:
+    health = daemon_health(listen)
     drivers = drivers_for(ctx, read_only=True)
     live = _read(ctx, "service", "endpoints", drivers=drivers)
     if live is None:
@@ -93,11 +128,14 @@ def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
     rows = []
     for s in _sorted_entries(live, "endpoints"):
         assert isinstance(s, EndpointSet)
+        name = names.get(str(s.key), "")
+        ports = str(s.key.port) if s.key.port == s.key.port_end else f"{s.key.port}-{s.key.port_end}"
         for b in s.backends:
-            ports = str(s.key.port) if s.key.port == s.key.port_end else f"{s.key.port}-{s.key.port_end}"
             row: Row = {"EXT IP": s.key.vip, "PORT": ports, "PROTO": s.key.proto,
-                        "NAME": names.get(str(s.key), ""), "ENDPOINT": b.address,
+                        "NAME": name, "ENDPOINT": b.address,
                         "TARGET PORT": b.port or ports, "WEIGHT": b.weight}
+            row |= _health_columns(None if health is None else health.get((name, b.address)),
+                                   health is not None)
             if counters is not None:
                 host = f"[{b.address}]" if ":" in b.address else b.address
                 c = counters.get(str(s.key), {}).get(f"{host}:{b.port or s.key.port}")
@@ -107,6 +145,17 @@ def endpoints(ctx: Any, wide: bool) -> list[Row] | None:
                     row |= {"REPLY PACKETS": getattr(c, "reply_packets", 0),
                             "REPLY BYTES": getattr(c, "reply_bytes", 0), "DROPS": getattr(c, "drops", 0)}
             rows.append(row)
+        # Endpoints out of selection (down, or a backup on standby) are not in the datapath's list.
+        listed = {b.address for b in s.backends}
+        for (svc, address), ep in sorted((health or {}).items()):
+            if svc == name and address not in listed:
+                row = {"EXT IP": s.key.vip, "PORT": ports, "PROTO": s.key.proto, "NAME": name,
+                       "ENDPOINT": address, "TARGET PORT": "-", "WEIGHT": "-"} | _health_columns(ep, True)
+                if counters is not None:
+                    row |= {"FLOWS": "-", "PACKETS": "-", "BYTES": "-"}
+                    if wide:
+                        row |= {"REPLY PACKETS": "-", "REPLY BYTES": "-", "DROPS": "-"}
+                rows.append(row)
     return rows
 
 
@@ -192,7 +241,10 @@ def print_rows(rows: Sequence[Row], output: str) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    rows = READERS[args.what](ctx, ctx.output == "wide")
+    if args.what == "endpoints":
+        rows = endpoints(ctx, ctx.output == "wide", args.listen)
+    else:
+        rows = READERS[args.what](ctx, ctx.output == "wide")
     if rows is None:
         print(f"{args.what}: not available on this box (no driver provides it)", file=sys.stderr)
         if ctx.output in ("json", "yaml"):

@@ -91,6 +91,11 @@ def render(doc: dict[str, Any]) -> None:
     table.add_row("drift repairs", _fmt(doc.get("drift_repairs"))
                   + (f" ({', '.join(f'{k}={v}' for k, v in by_kind.items())})" if by_kind else ""))
     table.add_row("reconciles", _fmt(doc.get("reconciles")))
+    probed = [e for e in doc.get("endpoints") or [] if isinstance(e, dict)]
+    if probed:
+        down = sorted(f"{e.get('service')}/{e.get('address')}" for e in probed if e.get("health") == "down")
+        table.add_row("endpoint health", f"{len(probed)} probed, {len(down)} down"
+                      + (f" ({', '.join(down[:10])}{', ...' if len(down) > 10 else ''})" if down else ""))
     console.print(table)
     error = doc.get("last_error")
     if error:

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"default: {DEFAULT_LISTEN}; 'none' disables it)")
     parser.add_argument("--log-format", choices=FORMATS, default="kv",
                         help="structured log lines on stderr: key=value (default) or json")
+    parser.add_argument("--no-probes", action="store_true",
+                        help="do not run the Services' health probes (every endpoint counts as healthy)")
     parser.add_argument("--no-incremental", action="store_true",
                         help="always reconcile fully (slower at scale; for debugging)")
     add_follow_option(parser)
@@ -55,14 +57,19 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     statedir.ensure(ctx.state_dir)  # a state dir others can open would let them block every reconcile
 
     follow = args.follow_external_symlinks
+    from reconciler.drivers.netns import in_netns
+
+    netns = ctx.netns
     engine = ReconcileEngine(directory, ctx.state_dir, driver_set(ctx), incremental=not args.no_incremental,
-                             follow_external_symlinks=follow)
+                             follow_external_symlinks=follow,
+                             probe_namespace=(lambda: in_netns(netns)) if netns else None)
     log = EventLog(args.log_format)
 
     def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
         return DirWatcher(path, notify, follow_external_symlinks=follow)
 
-    daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen),
+    daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen,
+                            probes=not args.no_probes),
                     engine, log, watcher_factory=watcher)
     daemon.install_signals()
     if ctx.netns:

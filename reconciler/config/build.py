@@ -73,7 +73,7 @@ def _endpoint(src: Mapping[str, Any]) -> Endpoint:
 
 
 def _probe(src: Mapping[str, Any]) -> Probe:
-    return Probe(**_pick(src, _names(Probe), _ints("port", "interval", "timeout", "retries")))
+    return Probe(**_pick(src, _names(Probe), _ints("port", "interval", "timeout", "retries", "status")))
 
 
 def service(spec: Mapping[str, Any]) -> ServiceSpec:

@@ -302,6 +302,16 @@ def check_service(res: Resource, spec: ServiceSpec, pools: dict[str, int | None]
     if spec.probe.timeout >= spec.probe.interval and spec.probe.type != "none":
         report.add(res, "spec.probe.timeout", f"timeout {spec.probe.timeout}s is not shorter than interval "
                    f"{spec.probe.interval}s", "make the timeout shorter than the interval")
+    probe = spec.probe
+    if probe.type != "https":
+        tls = (("caFile", probe.ca_file), ("certFile", probe.cert_file), ("keyFile", probe.key_file))
+        for field, tls_path in tls:
+            if tls_path is not None:
+                report.add(res, f"spec.probe.{field}", f"{field} is only used by https probes, not "
+                           f"{probe.type}", "remove it, or set probe.type: https")
+    elif probe.key_file is not None and probe.cert_file is None:
+        report.add(res, "spec.probe.keyFile", "keyFile without certFile",
+                   "add the client certificate as certFile")
 
 
 def _check_mode(res: Resource, spec: ServiceSpec, family: int | None, report: Report) -> None:

@@ -119,12 +119,29 @@ spec:
 ---
 apiVersion: lbctl.dev/v1alpha1
 kind: Service
+metadata: {name: tls}
+spec:
+  vip: 198.51.100.12
+  ports: [{port: 443}]
+  selection: priority
+  probe: {type: https, request: /healthz, status: 204, caFile: /etc/lbctl/ca.pem,
+          certFile: /etc/lbctl/probe.pem, keyFile: /etc/lbctl/probe.key}
+  endpoints:
+    - {address: 10.0.5.10, weight: 80}
+    - {address: 10.0.5.11, weight: 20}
+    - {address: 10.0.5.12, backup: true}
+---
+apiVersion: lbctl.dev/v1alpha1
+kind: Service
 metadata: {name: dns}
 spec:
   vip: 198.51.100.53
   ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
   probe: {type: udp, request: ping, response: pong}
-  endpoints: [{address: 10.0.3.53}, {address: 10.0.3.54, targetPort: 5353}]
+  endpoints:
+    - {address: 10.0.3.53}
+    - {address: 10.0.3.54, targetPort: 5353}
+    - {address: 10.0.3.55, backup: true}
 ---
 apiVersion: lbctl.dev/v1alpha1
 kind: Service

@@ -38,7 +38,7 @@ def test_record_and_load(tmp_path: Path) -> None:
     assert back is not None and back.problem is None and back.digest == "d1"
     assert same(back.resources) == same(rs)
     text = (tmp_path / "state" / RECORD_NAME).read_text()
-    assert PASSWORD not in text and text.startswith("# lbctl applied configuration: format 1, digest d1, 20 ")
+    assert PASSWORD not in text and text.startswith("# lbctl applied configuration: format 1, digest d1, 21 ")
     assert stat.S_IMODE(os.stat(tmp_path / "state" / RECORD_NAME).st_mode) == 0o600
     assert [p.name for p in (tmp_path / "state").iterdir()] == [RECORD_NAME]  # no temp file left
 
@@ -57,7 +57,7 @@ def test_a_long_lived_store_rewrites_changed_resources(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda t: "".join(t.splitlines(True)[:-1]), "19 documents, the header says 20 (truncated?)"),
+    (lambda t: "".join(t.splitlines(True)[:-1]), "20 documents, the header says 21 (truncated?)"),
     (lambda t: t[:-60], "invalid YAML"),
     (lambda t: "# something else\n" + t, "not an applied-configuration record"),
     (lambda t: t.replace('"kind":"Pool"', '"kind":"Poool"', 1), "Poool"),

@@ -10,6 +10,7 @@ from reconciler.errors import ConfigError
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
+from reconciler.probes import store as health_store
 from reconciler.records import empty_state
 from tests.reconciler.fakes import (
     BPF_KINDS,
@@ -149,8 +150,9 @@ def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
         "(VIPs with bgp: true are not announced)",)
 
 
-def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> None:
-    """What the box accepts but does not carry out is said, grouped, never silent."""
+def test_partly_supported_records_are_warnings_and_probes_are_not(tmp_path: Path) -> None:
+    """What the box accepts but does not carry out is said, grouped, never silent (probes run
+    in lbctl watch: no warning)."""
     bpf, nl, ks = fake_drivers()
 
     def unsupported(record: object) -> str | None:
@@ -164,7 +166,6 @@ def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> Non
     assert r.ok and r.warnings == (
         "mode fullnat is not implemented yet: f0 (tcp/198.51.100.20:80), f1 (tcp/198.51.100.21:80), "
         "f2 (tcp/198.51.100.22:80), f3 (tcp/198.51.100.23:80), f4 (tcp/198.51.100.24:80) and 2 more",
-        "health probes are not run yet, so endpoints get traffic whether they answer or not: probed",
     )
     assert len(bpf.state["service"]) == 9  # warnings never stop the apply
 
@@ -187,7 +188,15 @@ def test_endpoint_health_reaches_the_plan(tmp_path: Path) -> None:
     r = reconcile(None, [bpf, nl, ks], tmp_path, dry_run=False, loaded=Loaded(tuple(config(1))),
                   table_builder=fake_table, health={("s0", "10.0.0.2"): False})
     assert r.ok and [(c.action, c.kind) for c in r.applied] == [("update", "endpoints")]
-    assert [b.address for b in bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends] == ["10.0.0.1"]  # type: ignore[union-attr]
+    backends = bpf.state["endpoints"]["tcp/198.51.100.1:80"].backends  # type: ignore[union-attr]
+    assert [(b.address, b.weight) for b in backends] == [("10.0.0.1", 1), ("10.0.0.2", 0)]
+    # With the daemon's record of that health in the state dir, health=None (the CLI) plans nothing;
+    # without it, the plan puts the endpoint back.
+    health_store.save(tmp_path, {("s0", "10.0.0.2"): False})
+    planned = run(config(1), [bpf, nl, ks], tmp_path, dry_run=True)
+    assert planned.plan.counts() == {"add": 0, "change": 0, "destroy": 0}
+    assert any("1 endpoint(s) kept out of selection" in w and "s0/10.0.0.2" in w for w in planned.warnings)
+    (tmp_path / health_store.FILE).unlink()
     assert run(config(1), [bpf, nl, ks], tmp_path).plan.counts() == {"add": 0, "change": 1, "destroy": 0}
 
 

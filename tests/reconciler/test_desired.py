@@ -132,7 +132,7 @@ def test_kernel_settings_follow_interfaces_and_vip_families() -> None:
     assert kernel_settings([], [4, 6]) == []
 
 
-def test_endpoint_health_is_an_input_and_unhealthy_endpoints_are_left_out() -> None:
+def test_endpoint_health_is_an_input_and_unhealthy_endpoints_get_weight_0() -> None:
     web = service("web", selection="maglev", endpoints=["10.0.1.10", "10.0.1.11", "10.0.1.12"])
     api = service("api", vip="198.51.100.20", endpoints=["10.0.1.10"])
     healthy = compile_state([web, api], table_builder=fake_table)
@@ -142,12 +142,14 @@ def test_endpoint_health_is_an_input_and_unhealthy_endpoints_are_left_out() -> N
                        health={("web", "10.0.1.11"): False, ("web", "10.0.1.10"): True,
                                ("gone", "10.0.1.12"): False})
     eps = st["endpoints"]["tcp/198.51.100.10:80"]
-    assert [b.address for b in eps.backends] == ["10.0.1.10", "10.0.1.12"]
+    # Still listed (its open flows stay), with weight 0: no new flow picks it.
+    assert [(b.address, b.weight) for b in eps.backends] == [
+        ("10.0.1.10", 1), ("10.0.1.11", 0), ("10.0.1.12", 1)]
     assert eps.maglev == fake_table(eps.backends, len(eps.maglev) // 2)  # spread over the healthy two
     assert st["endpoints"]["tcp/198.51.100.20:80"] == healthy["endpoints"]["tcp/198.51.100.20:80"]
     assert st["service"] == healthy["service"] and st["vip"] == healthy["vip"]
-    # None healthy: the service stays (its VIP answers) with no backends.
+    # None healthy: the service stays (its VIP answers) with no endpoint taking new flows.
     v6 = service("v6", vip="2001:db8::1", endpoints=["2001:DB8:1::10"])
     none = compile_state([v6], health={("v6", "2001:db8:1::10"): False})
     key = "tcp/[2001:db8::1]:80"
-    assert none["endpoints"][key].backends == () and key in none["service"]
+    assert [b.weight for b in none["endpoints"][key].backends] == [0] and key in none["service"]

@@ -70,6 +70,20 @@ def test_an_unchanged_box_exports_the_applied_configuration_exactly(everything: 
     assert [(r.kind, r.metadata, r.spec) for r in again] == [(r.kind, r.metadata, r.spec) for r in everything]
 
 
+def test_endpoints_out_of_selection_by_health_are_still_exported(everything: tuple[Resource, ...]) -> None:
+    """An endpoint the daemon's probes took down (not live, yet configured) is no drift."""
+    health = {("dns", "10.0.3.53"): False, ("tls", "10.0.5.10"): False, ("tls", "10.0.5.11"): False}
+    vips = allocate(everything).vips
+    full = compile_state(everything, vips, table_builder=fake_table, health=health)
+    live = {k: dict(full[k]) for k in LIVE_KINDS}
+    tls = live["endpoints"]["tcp/198.51.100.12:443"]
+    assert isinstance(tls, EndpointSet) and [b.address for b in tls.backends if b.weight] == ["10.0.5.12"]
+    out = from_applied(everything, live, vips, table_builder=fake_table, health=health)
+    assert out.notes == ()
+    assert list(out.documents) == [to_document(r) for r in everything]
+    assert from_applied(everything, live, vips, table_builder=fake_table).notes  # without it: drift
+
+
 def test_kinds_export_does_not_know_are_ignored(everything: tuple[Resource, ...]) -> None:
     live, vips = box(everything)
     stranger = ServiceEntry(ServiceKey("192.0.2.9", "tcp", 1, 1), "x", "default", "rr", 1, 1)

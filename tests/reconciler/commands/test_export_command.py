@@ -73,7 +73,7 @@ def test_everything_round_trips(box: Box, capsys: Cap) -> None:
     assert "kind: Pool" in out and "pool: edge-v4" in out and "vipInterface: vips0" in out
     round_trip(box, write(box.tmp / "stdout", out), capsys)
     assert box("export", "--dir", str(box.tmp / "perfile")) == 0
-    assert capsys.readouterr().err.endswith(f"exported 20 resources to {box.tmp / 'perfile'}/\n")
+    assert capsys.readouterr().err.endswith(f"exported 21 resources to {box.tmp / 'perfile'}/\n")
     round_trip(box, box.tmp / "perfile", capsys)
     assert box("export", "--file", str(box.tmp / "one" / "all.yaml")) == 0
     round_trip(box, box.tmp / "one", capsys)
@@ -133,7 +133,7 @@ def test_only_a_verified_apply_is_recorded(box: Box, capsys: Cap) -> None:
     box.drivers[0].fail_at = None
     assert box("apply", str(conf)) == 0
     record = AppliedStore(box.state).load()
-    assert record is not None and record.problem is None and len(record.resources) == 20
+    assert record is not None and record.problem is None and len(record.resources) == 21
     assert PASSWORD not in (box.state / RECORD_NAME).read_text()
     assert box("down") == 0
     assert not box.state.exists()
@@ -146,7 +146,7 @@ def test_the_daemon_records_full_and_incremental_reconciles(tmp_path: Path) -> N
     assert engine.reconcile(engine.load(full=True), full=True).verified
     store = AppliedStore(tmp_path / "state")
     first = store.load()
-    assert first is not None and len(first.resources) == 20
+    assert first is not None and len(first.resources) == 21
     write(conf, EVERYTHING.replace("{address: 10.0.3.53}", "{address: 10.0.3.55}"))
     out = engine.reconcile(engine.load(full=False), full=False)
     assert out.verified and out.mode == "incremental" and out.warnings is None

@@ -158,10 +158,11 @@ def test_get_tables(box: dict[str, Any], capsys: Cap) -> None:
     out = capsys.readouterr().out
     assert out.splitlines()[0].split("|")[1].strip() == "EXT IP"
     assert "| 198.51.100.10 | 80   | tcp   | web  | rr  | default | 2" in out
-    assert lbctl(box, "get", "endpoints", "-o", "json") == 0
+    assert lbctl(box, "get", "endpoints", "-o", "json", "--listen", "127.0.0.1:1") == 0  # no daemon there
     rows = json.loads(capsys.readouterr().out)
     assert {"ext_ip": "198.51.100.10", "port": "80", "proto": "tcp", "name": "web", "endpoint": "10.0.1.10",
-            "target_port": 8080, "weight": 1} in rows
+            "target_port": 8080, "weight": 1, "health": "unknown", "last_result": "-", "last_failure": "-",
+            "latency_ms": "-"} in rows
     assert lbctl(box, "get", "services", "-o", "wide") == 0
     assert "TIMEOUT" in capsys.readouterr().out
     assert lbctl(box, "get", "pools", "-o", "yaml") == 0

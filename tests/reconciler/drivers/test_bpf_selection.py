@@ -138,3 +138,30 @@ def test_maglev_moves_few_flows_when_one_endpoint_goes(dp: Datapath) -> None:
     moved = sum(a != b for a, b in zip(before, after, strict=True)) / FLOWS
     assert moved <= 1.2 / n
     assert bes[2].address not in after
+
+
+@pytest.mark.parametrize(("weights", "want"), [((80, 20), (26, 6)), ((40, 40, 20), (13, 13, 6))])
+def test_priority_is_a_deterministic_weighted_share(dp: Datapath, weights: tuple[int, ...],
+                                                    want: tuple[int, ...]) -> None:
+    """loxilb's wrrtcplb1/2: 32 new flows from random client ports land exactly on the weights."""
+    import random
+
+    rng = random.Random(12)
+    addrs = BACKENDS4[: len(weights)]
+    dp.service(VIP4, "tcp", 80, [Backend(a, 8080, w) for a, w in zip(addrs, weights, strict=True)],
+               selection="priority")
+    dsts = []
+    for _ in range(32):
+        pkt = P.Pkt(client(rng.randrange(200)), VIP4, P.TCP, rng.randrange(1024, 65536), 80, payload=b"")
+        dsts.append(P.parse(dp.run("tc", pkt.bytes()).data).dst)
+    assert tuple(Counter(dsts)[a] for a in addrs) == want
+
+
+def test_persist_leaves_an_endpoint_whose_weight_went_to_0(dp: Datapath) -> None:
+    """A source bound to an endpoint now drained or down (weight 0) gets another one for a new flow."""
+    key = dp.service(VIP4, "tcp", 80, backends(), selection="persist")
+    first = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2000, 80).bytes()).data).dst
+    weights = tuple(0 if a == first else 1 for a in BACKENDS4)
+    dp.set_endpoints(key, backends(weights))
+    again = P.parse(dp.run("tc", P.Pkt(client(0), VIP4, P.TCP, 2001, 80).bytes()).data).dst
+    assert again != first
