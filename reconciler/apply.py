@@ -34,20 +34,22 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.applied import AppliedStore
 from reconciler.desired import Health, TableBuilder, compile_state
-from reconciler.driver import Driver, DriverSet, Notices, PartialSupport
+from reconciler.driver import Driver, DriverSet, KeyReader, Notices, PartialSupport
 from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, allocate
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource, ServiceSpec
 from reconciler.plan import Change, Plan, diff
-from reconciler.records import Record, ServiceEntry
+from reconciler.records import Record, ServiceEntry, ServiceKey, VipAddress
 
 State = Mapping[str, Mapping[str, Record]]
+_PRESENT: Record = VipAddress("", 0, "")  # "any live record without faults" in check_before_announcing
 
 
 class LoadedConfig(Protocol):
@@ -193,11 +195,54 @@ def apply_plan(plan: Plan, drivers: Iterable[Driver]) -> tuple[Change, ...]:
         while j < len(changes) and owner.get(changes[j].kind) is drv:
             j += 1
         try:
+            check_before_announcing(changes[i:j], changes[:i], owner)
             drv.apply(changes[i:j])
         except Exception as exc:
             raise ApplyError(_classify_failure(plan, done, exc, drivers)) from exc
         done = i = j
     return changes
+
+
+def _vip_of(change: Change) -> str | None:
+    rec = change.after or change.before
+    key = getattr(rec, "key", None)
+    if isinstance(key, ServiceKey):
+        return key.vip
+    return getattr(rec, "address", None) if change.kind == "vip" else None
+
+
+def check_before_announcing(batch: Sequence[Change], done: Sequence[Change],
+                            owner: Mapping[str, Driver]) -> None:
+    """Announce a VIP only once what this plan wrote for it is live (read back) and its address is up.
+
+    For each announcement ``batch`` creates or changes, the service, endpoint and
+    VIP-address changes of the same VIP applied earlier in the plan (``done``)
+    are read back (``KeyReader``, else a full read) and must equal what they
+    were to become, and the VIP must be on the VIP interface without faults.
+    Anything else raises: the announcement is not made, and the next reconcile
+    tries again.  Entries this plan did not touch were read live to make it.
+    """
+    vips = {ip_interface(c.key).ip.compressed for c in batch if c.kind == "announce" and c.after is not None}
+    if not vips:
+        return
+    wanted: dict[str, dict[str, Record | None]] = {}
+    for c in done:
+        if c.kind in ("service", "endpoints", "vip") and _vip_of(c) in vips:
+            wanted.setdefault(c.kind, {})[c.key] = c.after
+    for vip in vips:
+        wanted.setdefault("vip", {}).setdefault(vip, _PRESENT)
+    for kind, keys in wanted.items():
+        drv = owner.get(kind)
+        if drv is None:
+            continue
+        got = (drv.read_keys(kind, list(keys)) if isinstance(drv, KeyReader)
+               else drv.read().get(kind, {}))
+        for key, want in keys.items():
+            have = got.get(key)
+            ok = (have is not None and not getattr(have, "faults", ())) if want is _PRESENT else have == want
+            if not ok:
+                raise LbctlError(f"not announcing {', '.join(sorted(vips))}: {kind} {key} is not live "
+                                 "as planned", hint="the next reconcile retries once it is")
 
 
 def _classify_failure(plan: Plan, done: int, exc: Exception, drivers: Sequence[Driver]) -> ApplyFailure:
@@ -255,6 +300,7 @@ def gc_paused() -> Iterator[None]:
 # What an operator configured that nothing on the box carries out yet, by record kind.
 _UNOWNED_MEANS = {
     "firewall": "FirewallRule resources are not enforced",
+    "bgp-global": "the BGPConfig starts no BGP speaker",
     "bgp-peer": "BGPPeer resources open no session",
     "announce": "VIPs with bgp: true are not announced",
 }

@@ -28,8 +28,10 @@ Rules (each in one place):
   ``vipInterface`` (default ``lbctl0``);
 * one ``Attachment`` per Datapath interface, one ``FirewallEntry`` per
   FirewallRule;
-* BGP peers and announcements (the VIPs of services with ``bgp: true``) only
-  when a BGPConfig exists: without one there is no speaker to announce them;
+* the BGP speaker (``bgp-global``, key ``global``), its peers and the
+  announcements (the VIPs of services with ``bgp: true``, carrying the
+  BGPConfig's communities, local-pref and MED) only when a BGPConfig exists:
+  without one there is no speaker to announce them;
 * the kernel settings the datapath needs (``kernel_settings``) for each
   Datapath interface and each address family some VIP uses.
 """
@@ -44,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from reconciler import maglev
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.model import (
+    BGPConfigSpec,
     BGPPeerSpec,
     DatapathSpec,
     Endpoint,
@@ -57,6 +60,7 @@ from reconciler.records import (
     Announcement,
     Attachment,
     Backend,
+    BgpGlobal,
     BgpPeer,
     EndpointSet,
     FirewallEntry,
@@ -204,7 +208,17 @@ def _firewall(res: Resource) -> FirewallEntry:
 def _peer(spec: BGPPeerSpec) -> BgpPeer:
     return BgpPeer(address=canonical_ip(spec.address), remote_as=spec.remote_as, port=spec.port,
                    hold_time=spec.hold_time, keepalive=spec.keepalive, multihop=spec.multihop,
-                   password=spec.password)
+                   password=spec.password, description=spec.description)
+
+
+def _bgp_global(spec: BGPConfigSpec) -> BgpGlobal:
+    return BgpGlobal(asn=spec.local_as, router_id=spec.router_id, listen_port=spec.listen_port,
+                     listen_addresses=tuple(sorted({canonical_ip(a) for a in spec.listen_addresses})))
+
+
+def _announcement(prefix: str, bgp: BGPConfigSpec) -> Announcement:
+    return Announcement(prefix, communities=tuple(sorted(set(bgp.communities))), local_pref=bgp.local_pref,
+                        med=bgp.med)
 
 
 def kernel_settings(interfaces: Iterable[str], families: Iterable[int]) -> list[KernelSetting]:
@@ -264,7 +278,8 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
     resources = list(resources)
     datapath = next((r.spec for r in resources if isinstance(r.spec, DatapathSpec)), None)
     vip_if = datapath.vip_interface if datapath else DEFAULT_VIP_INTERFACE
-    has_bgp = any(r.kind == "BGPConfig" for r in resources)
+    bgp = next((r.spec for r in resources if isinstance(r.spec, BGPConfigSpec)), None)
+    has_bgp = bgp is not None
 
     for res in resources:
         spec = res.spec
@@ -275,14 +290,16 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
             _compile_service(res, vips, state, build, health)
             for vip in vips:
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
-                if spec.bgp and has_bgp:
+                if spec.bgp and bgp is not None:
                     prefix = f"{vip}/{host_prefixlen(vip)}"
-                    state["announce"][prefix] = Announcement(prefix)
+                    state["announce"][prefix] = _announcement(prefix, bgp)
         elif isinstance(spec, DatapathSpec):
             for iface in spec.interfaces:
                 state["attach"][iface.name] = Attachment(iface.name, iface.hook)
         elif isinstance(spec, FirewallRuleSpec):
             state["firewall"][res.name] = _firewall(res)
+        elif isinstance(spec, BGPConfigSpec):
+            state["bgp-global"]["global"] = _bgp_global(spec)
         elif isinstance(spec, BGPPeerSpec) and has_bgp:
             peer = _peer(spec)
             state["bgp-peer"][peer.address] = peer

@@ -58,6 +58,7 @@ from reconciler.model import (
 from reconciler.records import (
     KINDS,
     Attachment,
+    BgpGlobal,
     BgpPeer,
     EndpointSet,
     FirewallEntry,
@@ -310,7 +311,20 @@ def _peer_spec(rec: BgpPeer) -> Doc:
         spec["multihop"] = rec.multihop
     if rec.password is not None:
         spec["password"] = SECRET_PLACEHOLDER
+    if rec.description is not None:
+        spec["description"] = rec.description
     return spec
+
+
+def _bgp_config_doc(res: Resource, rec: BgpGlobal) -> Doc:
+    """The recorded BGPConfig with the speaker's settings as gobgpd runs them."""
+    doc = to_document(res)
+    spec = doc["spec"]
+    spec.update({"localAS": rec.asn, "routerID": rec.router_id, "listenPort": rec.listen_port})
+    spec.pop("listenAddresses", None)
+    if rec.listen_addresses:
+        spec["listenAddresses"] = list(rec.listen_addresses)
+    return doc
 
 
 # --- live only -----------------------------------------------------------------------------
@@ -492,6 +506,13 @@ def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, 
                 and res.kind == "FirewallRule":
             docs.append(_firewall_doc(rule))
             notes.append(f"FirewallRule/{res.name}: exported from the live state ({why})")
+        elif res.kind == "BGPConfig" and isinstance(speaker := live.get("bgp-global", {}).get("global"),
+                                                    BgpGlobal):
+            docs.append(_bgp_config_doc(res, speaker))
+            notes.append(f"BGPConfig/{res.name}: speaker settings taken from the live state ({why})")
+        elif res.kind == "BGPConfig":
+            docs.append(to_document(res))  # the peers need it; the next apply starts the speaker
+            notes.append(f"BGPConfig/{res.name}: exported as applied, though no BGP speaker runs ({why})")
         elif isinstance(res.spec, BGPPeerSpec) and isinstance(
                 peer := live.get("bgp-peer", {}).get(canonical_ip(res.spec.address)), BgpPeer):
             docs.append(_doc("BGPPeer", res.name, _peer_spec(peer)))

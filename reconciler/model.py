@@ -125,6 +125,9 @@ class BGPConfigSpec:
     router_id: str
     listen_port: int = DEFAULT_BGP_PORT
     listen_addresses: tuple[str, ...] = ()
+    communities: tuple[str, ...] = ()  # "AS:VALUE" on every announced VIP
+    local_pref: int | None = None  # LOCAL_PREF of every announced VIP (iBGP peers)
+    med: int | None = None  # MULTI_EXIT_DISC of every announced VIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,7 @@ class BGPPeerSpec:
     keepalive: int = DEFAULT_KEEPALIVE
     multihop: int = 0  # eBGP multihop TTL; 0 means directly connected
     password: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +196,11 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "probe": "probe"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
-                    "listen_addresses": "listenAddresses"},
+                    "listen_addresses": "listenAddresses", "communities": "communities",
+                    "local_pref": "localPref", "med": "med"},
     BGPPeerSpec: {"address": "address", "remote_as": "remoteAS", "port": "port", "hold_time": "holdTime",
-                  "keepalive": "keepalive", "multihop": "multihop", "password": "password"},
+                  "keepalive": "keepalive", "multihop": "multihop", "password": "password",
+                  "description": "description"},
     PortRange: {"start": "from", "end": "to"},
     FirewallMatch: {"source": "source", "destination": "destination", "source_ports": "sourcePorts",
                     "destination_ports": "destinationPorts", "protocol": "protocol",

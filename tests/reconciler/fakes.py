@@ -95,7 +95,7 @@ class FakeDriver:
 BPF_KINDS = frozenset({"service", "endpoints", "attach"})
 NETLINK_KINDS = frozenset({"vip"})
 SYSCTL_KINDS = frozenset({"sysctl"})
-BGP_KINDS = frozenset({"bgp-peer", "announce"})  # the planned BGP driver's
+BGP_KINDS = frozenset({"bgp-global", "bgp-peer", "announce"})
 
 
 def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None

@@ -146,7 +146,9 @@ def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
     r = run(config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)], [bpf, nl, ks], tmp_path)
     assert r.ok and r.warnings == (
         "1 announce record(s) not applied: no driver manages 'announce' on this box "
-        "(VIPs with bgp: true are not announced)",)
+        "(VIPs with bgp: true are not announced)",
+        "1 bgp-global record(s) not applied: no driver manages 'bgp-global' on this box "
+        "(the BGPConfig starts no BGP speaker)")
 
 
 def test_partly_supported_records_and_probes_are_warnings(tmp_path: Path) -> None:

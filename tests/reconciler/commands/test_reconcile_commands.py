@@ -249,7 +249,7 @@ def test_a_bgpconfig_brings_a_bgp_driver_up_and_removing_it_takes_it_down(
     assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 2
     assert '- bgp-peer "192.0.2.254"' in capsys.readouterr().out and not bgp.downed
     assert lbctl(box, "apply", str(box["conf"])) == 0
-    assert bgp.downed and bgp.read() == {"bgp-peer": {}, "announce": {}}
+    assert bgp.downed and bgp.read() == {"bgp-global": {}, "bgp-peer": {}, "announce": {}}
     assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 0
 
 
