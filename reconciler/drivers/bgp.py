@@ -30,7 +30,7 @@ grpc.
   ``StopBgp``/``StartBgp``, which drops every session: the driver re-adds the peers
   and paths it had, and the plan shows it as a replace.
 * Session state, uptime and prefix counts are not configuration and are never in
-  a record: ``status()`` returns them as plain data (``lbctl get bgp``, metrics).
+  a record: ``sessions()`` returns them as plain data (``lbctl get bgp``, metrics).
 * Passwords: read back from gobgpd (so a changed password is a change), never
   printed (``plan.SENSITIVE_FIELDS``, ``records.BgpPeer`` hides it from repr).
 """
@@ -334,7 +334,7 @@ class BgpDriver:
     def read(self) -> Mapping[str, Mapping[str, Record]]:
         return self._read_all()[0]
 
-    def status(self) -> dict[str, Any]:
+    def sessions(self) -> dict[str, Any]:
         """Sessions and announcements as plain data (``lbctl get bgp``, metrics).
 
         ``{"running": bool, "global": {...} | None, "peers": [{address, remote_as, state,
