@@ -15,8 +15,8 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +152,9 @@ class Bird:
         d = self.workdir
         d.mkdir(parents=True, exist_ok=True)
         (d / "bird.conf").write_text(self.config())
-        self.procs.append(_spawn(self.ns, ["bird", "-f", "-c", str(d / "bird.conf"), "-s", str(d / "bird.ctl"),
-                                           "-P", str(d / "bird.pid")], d / "bird.log"))
+        argv = ["bird", "-f", "-c", str(d / "bird.conf"), "-s", str(d / "bird.ctl"),
+                "-P", str(d / "bird.pid")]
+        self.procs.append(_spawn(self.ns, argv, d / "bird.log"))
         return self
 
     def stop(self) -> None:

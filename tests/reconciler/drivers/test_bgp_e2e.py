@@ -42,11 +42,13 @@ def config(*, services: tuple[str, ...] = (VIP, VIP2), frr_hold: int = 90, bird:
            router_id: str = LB1, interfaces: str = "[cl0, rt2, be0, be1]") -> str:
     docs = [f"kind: Datapath\nmetadata: {{name: box}}\nspec: {{interfaces: {interfaces}}}\n",
             f"kind: BGPConfig\nmetadata: {{name: bgp}}\nspec: {{localAS: 65001, routerID: {router_id}}}\n",
-            f"kind: BGPPeer\nmetadata: {{name: frr}}\nspec: {{address: {R1 if router_id == LB1 else '10.202.0.2'}, "
-            f"remoteAS: {FRR_ASN}, holdTime: {frr_hold}, keepalive: {frr_hold // 3}"
+            f"kind: BGPPeer\nmetadata: {{name: frr}}\n"
+            f"spec: {{address: {R1 if router_id == LB1 else '10.202.0.2'}, remoteAS: {FRR_ASN}, "
+            f"holdTime: {frr_hold}, keepalive: {frr_hold // 3}"
             + (f", password: {MD5_PASSWORD}" if router_id == LB1 else "") + ", description: upstream frr}\n"]
     if bird:
-        docs.append(f"kind: BGPPeer\nmetadata: {{name: bird}}\nspec: {{address: {R2}, remoteAS: {BIRD_ASN}}}\n")
+        docs.append(f"kind: BGPPeer\nmetadata: {{name: bird}}\n"
+                    f"spec: {{address: {R2}, remoteAS: {BIRD_ASN}}}\n")
     for i, vip in enumerate(services):
         docs.append(f"kind: Service\nmetadata: {{name: web{i}}}\nspec:\n  vip: {vip}\n  bgp: true\n"
                     "  ports: [{port: 80, targetPort: 8080}]\n"
@@ -150,7 +152,8 @@ def test_frr_and_bird_learn_the_vips_clients_reach_them_and_removal_withdraws(
     w = applied
     lab = w.lab
     for vip in (VIP, VIP2):
-        wait_for(f"{vip} via the LB in FRR's kernel table", lambda v=vip: kernel_route(lab.r1, f"{v}/32") == [LB1])
+        wait_for(f"{vip} via the LB in FRR's kernel table",
+                 lambda v=vip: kernel_route(lab.r1, f"{v}/32") == [LB1])
         wait_for(f"{vip} via the LB in BIRD's kernel table",
                  lambda v=vip: kernel_route(lab.ns("r2"), f"{v}/32") == ["10.203.0.1"])
     # Both sessions are up, the MD5 one with FRR included; the password is shown nowhere.
@@ -233,7 +236,8 @@ def test_two_lb_boxes_give_frr_an_ecmp_route(world: World, tmp_path: Path) -> No
     try:
         w.lb.apply()
         lb2.apply()
-        wait_for("two next hops in FRR's kernel table", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1, LB2])
+        wait_for("two next hops in FRR's kernel table",
+                 lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1, LB2])
         lb2.down()  # the second box goes away: its next hop goes with it
         wait_for("one next hop again", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1])
     finally:
