@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.driver import DriverSet
 from reconciler.drivers import bgp_wire as w
 from reconciler.drivers.bgp import announcement_record, global_record, peer_record
 from reconciler.drivers.registry import SPECS
-from reconciler.driver import DriverSet
 from reconciler.errors import LbctlError
 from reconciler.records import Announcement, BgpGlobal, BgpPeer
 from tests.reconciler.fakes import bgp_config
@@ -111,7 +111,8 @@ def test_gobgpd_missing_is_an_error_naming_the_package_only_with_a_bgpconfig(
     from reconciler.drivers import bgp
 
     monkeypatch.setattr(bgp.shutil, "which", lambda name: None)
-    ctx = Context(netns="lbctl-test-none", state_dir=tmp_path, pin_root=tmp_path, output="text", verbose=False)
+    ctx = Context(netns="lbctl-test-none", state_dir=tmp_path, pin_root=tmp_path, output="text",
+                  verbose=False)
     monkeypatch.setattr("reconciler.drivers.registry.check_netns", lambda ctx: None)
     spec = next(s for s in SPECS if s.name == "bgp")
     drivers = DriverSet([spec], ctx)
