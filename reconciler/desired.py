@@ -31,7 +31,9 @@ Rules (each in one place):
 * the BGP speaker (``bgp-global``, key ``global``), its peers and the
   announcements (the VIPs of services with ``bgp: true``, carrying the
   BGPConfig's communities, local-pref and MED) only when a BGPConfig exists:
-  without one there is no speaker to announce them;
+  without one there is no speaker to announce them.  A VIP is not announced
+  while every Service asking for it has ``withdrawWhenNoEndpoints`` and none
+  of its endpoints is healthy (routers then send its traffic elsewhere);
 * the kernel settings the datapath needs (``kernel_settings``) for each
   Datapath interface and each address family some VIP uses.
 """
@@ -281,6 +283,7 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
     bgp = next((r.spec for r in resources if isinstance(r.spec, BGPConfigSpec)), None)
     has_bgp = bgp is not None
 
+    announce: dict[str, bool] = {}  # prefix -> some Service wants it announced now
     for res in resources:
         spec = res.spec
         if isinstance(spec, ServiceSpec):
@@ -292,7 +295,8 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
                 if spec.bgp and bgp is not None:
                     prefix = f"{vip}/{host_prefixlen(vip)}"
-                    state["announce"][prefix] = _announcement(prefix, bgp)
+                    wanted = not spec.withdraw_when_no_endpoints or bool(healthy_endpoints(res, health))
+                    announce[prefix] = announce.get(prefix, False) or wanted
         elif isinstance(spec, DatapathSpec):
             for iface in spec.interfaces:
                 state["attach"][iface.name] = Attachment(iface.name, iface.hook)
@@ -303,6 +307,10 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
         elif isinstance(spec, BGPPeerSpec) and has_bgp:
             peer = _peer(spec)
             state["bgp-peer"][peer.address] = peer
+    if bgp is not None:
+        for prefix, wanted in announce.items():
+            if wanted:
+                state["announce"][prefix] = _announcement(prefix, bgp)
     if datapath is not None:
         families = {6 if ":" in vip else 4 for vip in state["vip"]}
         for setting in kernel_settings((i.name for i in datapath.interfaces), families):

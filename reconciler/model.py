@@ -109,6 +109,7 @@ class ServiceSpec:
     allowed_sources: tuple[str, ...] = ()  # CIDRs; empty means any
     secondary_vips: tuple[str, ...] = ()  # SCTP multihoming, at most 3
     bgp: bool = False  # announce the VIP through BGP
+    withdraw_when_no_endpoints: bool = False  # with bgp: withdraw the VIP while no endpoint is healthy
     probe: Probe = field(default_factory=Probe)
 
 
@@ -193,7 +194,7 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "session_timeout": "sessionTimeout", "persist_timeout": "persistTimeout",
                   "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",
                   "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
-                  "probe": "probe"},
+                  "withdraw_when_no_endpoints": "withdrawWhenNoEndpoints", "probe": "probe"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
                     "listen_addresses": "listenAddresses", "communities": "communities",
