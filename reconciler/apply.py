@@ -194,6 +194,11 @@ def apply_plan(plan: Plan, drivers: Iterable[Driver]) -> tuple[Change, ...]:
         j = i + 1
         while j < len(changes) and owner.get(changes[j].kind) is drv:
             j += 1
+        # Announcements go in a call of their own, after what they depend on read back.
+        k = next((n for n in range(i, j)
+                  if changes[n].kind == "announce" and changes[n].after is not None), j)
+        if i < k < j:
+            j = k
         try:
             check_before_announcing(changes[i:j], changes[:i], owner)
             drv.apply(changes[i:j])

@@ -17,6 +17,7 @@ from tests.reconciler.fakes import (
     Loaded,
     bgp_config,
     datapath,
+    fake_bgp,
     fake_drivers,
     fake_table,
     pool,
@@ -139,6 +140,19 @@ def test_verify_reports_leftover(tmp_path: Path) -> None:
     r = run(config(1), [bpf, LossyDriver({"vip"})], tmp_path)
     assert not r.ok and r.leftover is not None
     assert [(c.kind, c.key) for c in r.leftover.changes] == [("vip", "198.51.100.1")]
+
+
+def test_a_vip_is_announced_only_once_its_entries_and_address_read_back(tmp_path: Path) -> None:
+    """A VIP address that did not take: the announcement is not made, and the apply says why."""
+    bpf, _, ks = fake_drivers()
+    bgp = fake_bgp()
+    res = config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)]
+    r = run(res, [bpf, LossyDriver({"vip"}), ks, bgp], tmp_path)
+    assert r.failure is not None and "not announcing 198.51.100.9" in r.failure.message
+    assert not bgp.state["announce"] and bgp.state["bgp-global"]  # the speaker is up, the VIP not announced
+    nl = FakeDriver({"vip"}, name="netlink")
+    r = run(res, [bpf, nl, ks, bgp], tmp_path)
+    assert r.ok and set(bgp.state["announce"]) == {"198.51.100.9/32"}
 
 
 def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
