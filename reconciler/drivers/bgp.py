@@ -146,6 +146,7 @@ class BgpDriver:
         self._channel: Any = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._seen: tuple[int, str] | None = None  # the managed gobgpd last seen running
+        self._reported: tuple[int, str] | None = None  # the gone gobgpd already reported
         self._configured = False  # this driver has seen BGP running with a global config
         self._notices: list[str] = []
         if required:
@@ -160,23 +161,33 @@ class BgpDriver:
     def pid_file(self) -> Path:
         return self.state_dir / PID_FILE
 
+    def _recorded(self) -> tuple[int, str] | None:
+        """The gobgpd the pid file names (pid, start time), running or not."""
+        try:
+            text = self.pid_file.read_text().split()
+            return int(text[0]), text[1]
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _running(self) -> tuple[int, str] | None:
         """The managed gobgpd (pid, start time) when it runs, else None."""
         if self._proc is not None and self._proc.poll() is not None:
             self._proc = None  # reaped: no zombie left behind
-        try:
-            text = self.pid_file.read_text().split()
-            pid, start = int(text[0]), text[1]
-        except (OSError, ValueError, IndexError):
+        rec = self._recorded()
+        if rec is None or _proc_start(rec[0]) != rec[1]:
             return None
-        if _proc_start(pid) != start:
-            return None
-        return pid, start
+        return rec
 
     def _observe(self, now: tuple[int, str] | None) -> None:
-        if self._seen is not None and now != self._seen:
-            self._notices.append(f"gobgpd (pid {self._seen[0]}) is no longer running"
+        """Say once that the gobgpd seen before (by this driver, or recorded by an earlier lbctl) is gone."""
+        last = self._seen
+        if last is None:
+            rec = self._recorded()
+            last = rec if rec is not None and rec != now else None
+        if last is not None and now != last and last != self._reported:
+            self._notices.append(f"gobgpd (pid {last[0]}) is no longer running"
                                  + ("; it is started again" if self.managed else ""))
+            self._reported = last
         self._seen = now
 
     def _start(self) -> None:

@@ -204,6 +204,21 @@ def test_one_peers_timer_change_resets_only_its_session(
     assert frr_state["connectionsEstablished"] >= 2
 
 
+def test_apply_restores_a_killed_gobgpd_and_says_so(applied: World, capsys: pytest.CaptureFixture[str]) -> None:
+    w = applied
+    wait_for("the VIP in FRR's table", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1])
+    pid = int(w.lb.pid_file.read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    wait_for("FRR to drop the route", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [])
+    capsys.readouterr()
+    assert w.lb.lbctl("plan", str(w.lb.conf), "--detailed-exitcode") == 2  # gobgpd holds nothing now
+    w.lb.apply()  # a fresh process: it learns of the old gobgpd from the pid file
+    out = "".join(capsys.readouterr())
+    assert f"gobgpd (pid {pid}) is no longer running; it is started again" in out
+    wait_for("FRR to relearn the route", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1])
+    assert w.lb.lbctl("plan", str(w.lb.conf), "--detailed-exitcode") == 0
+
+
 def test_watch_restores_announcements_after_gobgpd_is_killed(world: World, tmp_path: Path) -> None:
     w = world
     w.lb.write(config(bird=False))
