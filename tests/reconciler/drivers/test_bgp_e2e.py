@@ -204,7 +204,8 @@ def test_one_peers_timer_change_resets_only_its_session(
     assert frr_state["connectionsEstablished"] >= 2
 
 
-def test_apply_restores_a_killed_gobgpd_and_says_so(applied: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_restores_a_killed_gobgpd_and_says_so(applied: World,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     w = applied
     wait_for("the VIP in FRR's table", lambda: kernel_route(w.lab.r1, f"{VIP}/32") == [LB1])
     pid = int(w.lb.pid_file.read_text().split()[0])
