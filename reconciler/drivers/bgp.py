@@ -230,19 +230,19 @@ class BgpDriver:
         self._seen = (proc.pid, start or "")
 
     def _stop(self) -> int:
+        """Stop the managed gobgpd (1 if one ran) and remove its pid file, socket and socket dir."""
         running = self._running()
         self._close()
-        if running is None:
-            return 0
-        pid = running[0]
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while _proc_start(pid) == running[1] and time.monotonic() < deadline:
-            if self._proc is not None:
-                self._proc.poll()
-            time.sleep(0.01)
-        if _proc_start(pid) == running[1]:
-            os.kill(pid, signal.SIGKILL)
+        if running is not None:
+            pid = running[0]
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _proc_start(pid) == running[1] and time.monotonic() < deadline:
+                if self._proc is not None:
+                    self._proc.poll()
+                time.sleep(0.01)
+            if _proc_start(pid) == running[1]:
+                os.kill(pid, signal.SIGKILL)
         if self._proc is not None:
             self._proc.wait()
             self._proc = None
@@ -256,7 +256,7 @@ class BgpDriver:
         except OSError:
             pass
         self._seen = None
-        return 1
+        return 0 if running is None else 1
 
     # --- gRPC ---------------------------------------------------------------------------------
 
@@ -446,9 +446,7 @@ class BgpDriver:
         """Withdraw everything and stop BGP; a managed gobgpd is stopped too.  Returns writes."""
         before = self.writes
         if self.managed:
-            if self._running() is not None:
-                self.writes += 1 + self._stop()
-            self._seen = None
+            self.writes += 2 * self._stop()  # stopping BGP and the daemon
         else:
             state, _ = self._read_all()
             if state["bgp-global"]:

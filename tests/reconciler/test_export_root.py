@@ -24,7 +24,7 @@ import pytest
 from reconciler import cli
 from reconciler.applied import RECORD_NAME
 from reconciler.model import SECRET_PLACEHOLDER
-from tests.reconciler.drivers.test_contract import kill_recorded
+from tests.reconciler.drivers.test_contract import stop_gobgpd
 from tests.reconciler.export_cases import fill_secrets, write
 
 pytestmark = pytest.mark.root
@@ -67,7 +67,7 @@ def box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Box]:
         sh("ip", "-n", name, "addr", "add", "2001:db8::1/128", "dev", "eth0", "nodad")
         yield Box(name, tmp_path, pin_root)
     finally:
-        kill_recorded(tmp_path / "state" / name / "gobgpd.pid")  # the box's gobgpd (its BGPConfig)
+        stop_gobgpd(tmp_path / "state" / name, name)  # the box's gobgpd (its BGPConfig)
         subprocess.run(["ip", "netns", "del", name], check=False)
         shutil.rmtree(pin_root, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from reconciler import cli
-from tests.reconciler.drivers.test_contract import kill_recorded
+from tests.reconciler.drivers.test_contract import stop_gobgpd
 from tests.routers import BIRD_ASN, FRR_ASN, MD5_PASSWORD, BgpLab, Bird, Frr, kernel_route, wait_for
 from tests.testbed import Testbed
 
@@ -83,7 +83,7 @@ class Box:
 
     def down(self) -> None:
         self.lbctl("down")
-        kill_recorded(self.pid_file)
+        stop_gobgpd(self.state / self.ns, self.ns)
         if self.pins.is_dir():
             for f in self.pins.rglob("*"):
                 if f.is_file():

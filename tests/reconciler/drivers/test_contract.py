@@ -120,6 +120,14 @@ def kill_recorded(pid_file: Path) -> None:
         pass
 
 
+def stop_gobgpd(state_dir: Path, netns: str) -> None:
+    """Stop the gobgpd lbctl runs for a box (if any) and remove its socket and pid file."""
+    from reconciler.drivers.bgp import BgpDriver
+
+    kill_recorded(state_dir / "gobgpd.pid")
+    BgpDriver(state_dir, netns).down()
+
+
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
@@ -139,7 +147,7 @@ def real_box(tmp_path: Path) -> Iterator[Context]:
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv4.conf.{IFACE}.rp_filter=2")
         yield Context(netns=ns, state_dir=state, pin_root=pins, output="text", verbose=False)
     finally:
-        kill_recorded(state / "gobgpd.pid")  # the bgp driver's gobgpd, if a failure left it running
+        stop_gobgpd(state, ns)  # the bgp driver's gobgpd, if a failure left it running
         if pins.is_dir():
             for f in pins.iterdir():
                 f.unlink()
