@@ -251,10 +251,11 @@ class BgpDriver:
                 p.unlink()
             except FileNotFoundError:
                 pass
-        try:
-            self.runtime_dir.rmdir()
-        except OSError:
-            pass
+        for d in (self.runtime_dir, RUNTIME_ROOT):
+            try:
+                d.rmdir()  # when empty: another box's socket dir keeps /run/lbctl
+            except OSError:
+                pass
         self._seen = None
         return 0 if running is None else 1
 
