@@ -92,7 +92,10 @@ class Frr:
             lines += [f" neighbor {n.address} remote-as {n.asn}", f" neighbor {n.address} timers connect 1"]
             if n.password:
                 lines.append(f" neighbor {n.address} password {n.password}")
-        lines += [" address-family ipv4 unicast", "  maximum-paths 4", " exit-address-family", ""]
+        lines += [" address-family ipv4 unicast", "  maximum-paths 4", " exit-address-family",
+                  " address-family ipv6 unicast", "  maximum-paths 4"]
+        lines += [f"  neighbor {n.address} activate" for n in self.neighbors if ":" in n.address]
+        lines += [" exit-address-family", ""]
         return "\n".join(lines)
 
     def start(self) -> Frr:
@@ -243,7 +246,8 @@ class BgpLab:
     def start_frr(self) -> Frr:
         # Not under pytest's tmp dir: its parents are root-only, and FRR's daemons run as frr.
         frr = Frr(self.r1, Path(tempfile.mkdtemp(prefix="lbctl-test-frr-")), FRR_ASN, "10.200.0.2",
-                  [Neighbor("10.200.0.1", LB_ASN, MD5_PASSWORD), Neighbor("10.202.0.1", LB_ASN)]).start()
+                  [Neighbor("10.200.0.1", LB_ASN, MD5_PASSWORD), Neighbor("10.202.0.1", LB_ASN),
+                   Neighbor("fd00:200::1", LB_ASN)]).start()
         self.routers.append(frr)
         return frr
 

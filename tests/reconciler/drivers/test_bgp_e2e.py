@@ -220,6 +220,25 @@ def test_apply_restores_a_killed_gobgpd_and_says_so(applied: World,
     assert w.lb.lbctl("plan", str(w.lb.conf), "--detailed-exitcode") == 0
 
 
+def test_an_ipv6_vip_is_announced_over_an_ipv6_session(world: World, tmp_path: Path) -> None:
+    w = world
+    text = config(services=(), bird=False) + "---\n" + HEAD + (
+        "kind: BGPPeer\nmetadata: {name: frr6}\nspec: {address: 'fd00:200::2', remoteAS: 65000}\n---\n"
+        + HEAD + "kind: Service\nmetadata: {name: web6}\nspec:\n  vip: 'fd00:250::1'\n  bgp: true\n"
+        "  ports: [{port: 80, targetPort: 8080}]\n  endpoints: [{address: 'fd00:201:0::2'}]\n")
+    w.lb.write(text)
+    try:
+        w.lb.apply()
+        # Next hop self: the LB's address on the session (or its link-local one, FRR's choice).
+        wait_for("the IPv6 VIP in FRR's kernel table",
+                 lambda: any(h == "fd00:200::1" or h.startswith("fe80:")
+                             for h in kernel_route(w.lab.r1, "fd00:250::1/128")))
+        assert w.lb.lbctl("plan", str(w.lb.conf), "--detailed-exitcode") == 0
+    finally:
+        w.lb.down()
+    wait_for("the IPv6 VIP withdrawn", lambda: kernel_route(w.lab.r1, "fd00:250::1/128") == [])
+
+
 def test_watch_restores_announcements_after_gobgpd_is_killed(world: World, tmp_path: Path) -> None:
     w = world
     w.lb.write(config(bird=False))
