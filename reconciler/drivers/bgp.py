@@ -150,7 +150,7 @@ class BgpDriver:
         self._configured = False  # this driver has seen BGP running with a global config
         self._notices: list[str] = []
         if required:
-            if self.managed and self.gobgpd is None:
+            if self.gobgpd is None and api is None:  # lbctl's own and the system's come from the package
                 raise LbctlError("a BGPConfig exists but gobgpd is not installed (no 'gobgpd' on PATH)",
                                  hint=f"install the Debian package {PACKAGE}: apt-get install {PACKAGE}")
             _grpc()
@@ -286,7 +286,7 @@ class BgpDriver:
                     continue
                 where = f"gobgpd at {self.target}"
                 if code == grpc.StatusCode.UNAVAILABLE:
-                    hint = ("start it: systemctl start gobgpd" if not self.managed
+                    hint = (f"start it (package {PACKAGE}): systemctl enable --now gobgpd" if not self.managed
                             else "run lbctl apply: it starts lbctl's gobgpd")
                     raise LbctlError(f"{where} is not reachable ({exc.details()})", hint=hint) from exc
                 raise LbctlError(f"{where}: {name} failed: {exc.details()}",
