@@ -122,3 +122,15 @@ def test_gobgpd_missing_is_an_error_naming_the_package_only_with_a_bgpconfig(
     with pytest.raises(LbctlError) as err:
         DriverSet([spec], ctx).select([bgp_config()])
     assert "gobgpd is not installed" in str(err.value) and "apt-get install gobgpd" in (err.value.hint or "")
+
+
+def test_an_unreachable_system_gobgpd_reads_empty_and_an_apply_says_how_to_start_it(tmp_path: Path) -> None:
+    from reconciler.drivers.bgp import BgpDriver
+    from reconciler.plan import Change
+
+    drv = BgpDriver(tmp_path, None, api=f"unix://{tmp_path}/no-such.sock")  # a real box, no gobgpd
+    assert drv.read() == {"bgp-global": {}, "bgp-peer": {}, "announce": {}}
+    rec = BgpGlobal(65001, "192.0.2.1", 179)
+    with pytest.raises(LbctlError) as err:
+        drv.apply([Change("bgp-global", "global", "create", None, rec)])
+    assert "is not reachable" in str(err.value) and drv.writes == 0
