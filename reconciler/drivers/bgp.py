@@ -10,9 +10,10 @@ grpc.
 * **Which gobgpd.**  With ``--netns NAME`` (a box simulated in a namespace: the
   tests, the demo) lbctl runs its own gobgpd inside that namespace, started on
   the first apply that needs it, detached (it outlives the lbctl command, like
-  the pinned datapath), its API on a unix socket under ``/run/lbctl/`` (a unix
-  socket is reachable from the host's namespace), its pid and log in the state
-  dir; ``down()`` stops it.  Without ``--netns`` (a real box) it talks to the
+  the pinned datapath), its API on a unix socket in the state dir (reachable
+  from the host's namespace, root only; ``/run/lbctl/bgp-HASH/`` when the state
+  dir's path is too long for a socket), its pid and log in the state dir;
+  ``down()`` stops it.  Without ``--netns`` (a real box) it talks to the
   system's gobgpd (the package's systemd unit) at ``127.0.0.1:50051``
   (``$LBCTL_GOBGP_API`` names another) and never starts or stops it.
 * **Run-time configuration only, through gobgpd's gRPC API** (no config file),
@@ -59,6 +60,8 @@ GRPC_PACKAGE = "python3-grpcio"
 SYSTEM_API = "127.0.0.1:50051"
 API_ENV = "LBCTL_GOBGP_API"
 RUNTIME_ROOT = Path("/run/lbctl")
+SOCKET_FILE = "gobgpd.sock"
+SOCKET_PATH_MAX = 100
 PID_FILE = "gobgpd.pid"
 LOG_FILE = "gobgpd.log"
 GLOBAL_KEY = "global"
@@ -137,8 +140,12 @@ class BgpDriver:
         self.netns = netns
         self.managed = api is None and netns is not None
         tag = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
-        self.runtime_dir = RUNTIME_ROOT / f"bgp-{tag}"
-        self.socket = self.runtime_dir / "api.sock"
+        # The API socket lives in the state dir (0700: root only) unless that path is too long
+        # for a unix socket (108 bytes with the NUL); then in a directory of its own under /run.
+        in_state = self.state_dir / SOCKET_FILE
+        self.runtime_dir = (self.state_dir if len(str(in_state)) < SOCKET_PATH_MAX
+                            else RUNTIME_ROOT / f"bgp-{tag}")
+        self.socket = self.runtime_dir / (SOCKET_FILE if self.runtime_dir == self.state_dir else "api.sock")
         self.target = (api if api is not None
                        else f"unix://{self.socket}" if self.managed
                        else os.environ.get(API_ENV, SYSTEM_API))
@@ -251,7 +258,7 @@ class BgpDriver:
                 p.unlink()
             except FileNotFoundError:
                 pass
-        for d in (self.runtime_dir, RUNTIME_ROOT):
+        for d in ((self.runtime_dir, RUNTIME_ROOT) if self.runtime_dir != self.state_dir else ()):
             try:
                 d.rmdir()  # when empty: another box's socket dir keeps /run/lbctl
             except OSError:
