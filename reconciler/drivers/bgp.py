@@ -18,9 +18,9 @@ grpc.
   (``$LBCTL_GOBGP_API`` names another) and never starts or stops it.
 * **Run-time configuration only, through gobgpd's gRPC API** (no config file),
   with the messages of Debian's protos encoded by ``bgp_wire``.  The ``gobgp``
-  CLI was measured at ~22 ms per call against ~0.13 ms for a gRPC call on an open
-  channel, and it cannot set hold/keepalive timers, the peer port or a TCP MD5
-  password at all (``bench/results/bgp.md``).
+  CLI was measured at 12-22 ms per call (a process each) against 0.13-0.5 ms for
+  a gRPC call on an open channel, and it cannot set hold/keepalive timers, the
+  peer port or a TCP MD5 password at all (``bench/results/bgp.md``).
 * **Live state is read back** (``GetBgp``, ``ListPeer``, ``ListPath``), so a
   gobgpd that restarted (and lost everything: it keeps no configuration) reads as
   empty; the next reconcile plans creates and restores it, and the driver says so
