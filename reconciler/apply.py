@@ -14,6 +14,9 @@ exactly the same thing, so the whole loop lives in one function,
   it holds, and once that verified it is taken away (``down()``).
 * Applying walks the plan in its order and hands each run of consecutive
   changes owned by the same driver to one ``driver.apply()`` call (batching).
+  Announcements (BGP) get a call of their own, made only once the service
+  entries and VIP address the plan wrote for their VIP read back as planned
+  (``check_before_announcing``).
 * Verifying re-reads and re-diffs: verified means the new plan is empty;
   otherwise the leftover plan is returned.
 * A driver failure stops the walk.  The live state is then re-read to tell
