@@ -98,7 +98,7 @@ class ConnCountSync(Protocol):
 class SessionReader(Protocol):
     """Routing sessions as plain data (the BGP driver: ``lbctl get bgp``, metrics):
     ``{"running", "global", "peers": [{address, remote_as, state, uptime, received, accepted,
-    advertised}], "announced": [prefix]}``."""
+    advertised, flops}], "announced": [prefix]}``."""
 
     def sessions(self) -> Mapping[str, Any]: ...
 

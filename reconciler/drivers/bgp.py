@@ -357,7 +357,8 @@ class BgpDriver:
         """Sessions and announcements as plain data (``lbctl get bgp``, metrics).
 
         ``{"running": bool, "global": {...} | None, "peers": [{address, remote_as, state,
-        uptime (UNIX seconds, 0 when down), received, accepted, advertised}], "announced": [prefix]}``
+        uptime (UNIX seconds it came up, 0 when down), received, accepted, advertised, flops
+        (times it went down)}], "announced": [prefix]}``
         """
         state, statuses = self._read_all()
         g = state["bgp-global"].get(GLOBAL_KEY)

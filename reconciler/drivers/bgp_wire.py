@@ -173,6 +173,7 @@ class PeerStatus:
     received: int  # prefixes received
     accepted: int
     advertised: int  # prefixes sent
+    flops: int = 0  # times the session left established
 
 
 def family(ip6: bool) -> bytes:
@@ -234,7 +235,9 @@ def list_peer(address: str = "") -> bytes:
 
 
 def read_peer(resp: bytes) -> tuple[PeerConf, PeerStatus]:
-    """One ListPeerResponse{peer=1}: its configuration and its session."""
+    """One ListPeerResponse{peer=1}: its configuration and its session (PeerState: session_state=13,
+    flops=17; TimersState: uptime=6, a Timestamp{seconds=1}; AfiSafiState: received=3, accepted=4,
+    advertised=5)."""
     p = get_msg(parse(resp), 1)
     conf, state = get_msg(p, 2), get_msg(p, 5)
     multihop = get_msg(p, 3)
@@ -258,7 +261,7 @@ def read_peer(resp: bytes) -> tuple[PeerConf, PeerStatus]:
     uptime = get_int(get_msg(tstate, 6), 1) if session == 6 else 0
     status = PeerStatus(cfg.address, cfg.remote_as,
                         SESSION_STATES[session] if session < len(SESSION_STATES) else str(session),
-                        uptime, received, accepted, advertised)
+                        uptime, received, accepted, advertised, get_int(state, 17))
     return cfg, status
 
 

@@ -66,7 +66,7 @@ USED = {  # message -> the fields bgp_wire writes or reads, with the numbers it 
     "Global": {"asn": 1, "router_id": 2, "listen_port": 3, "listen_addresses": 4},
     "Peer": {"conf": 2, "ebgp_multihop": 3, "state": 5, "timers": 6, "transport": 7, "afi_safis": 10},
     "PeerConf": {"auth_password": 1, "description": 2, "neighbor_address": 4, "peer_asn": 5},
-    "PeerState": {"neighbor_address": 5, "session_state": 13},
+    "PeerState": {"neighbor_address": 5, "session_state": 13, "flops": 17},
     "EbgpMultihop": {"enabled": 1, "multihop_ttl": 2},
     "TimersConfig": {"connect_retry": 1, "hold_time": 2, "keepalive_interval": 3},
     "TimersState": {"uptime": 6},
