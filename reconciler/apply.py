@@ -14,6 +14,9 @@ exactly the same thing, so the whole loop lives in one function,
   it holds, and once that verified it is taken away (``down()``).
 * Applying walks the plan in its order and hands each run of consecutive
   changes owned by the same driver to one ``driver.apply()`` call (batching).
+  Announcements (BGP) get a call of their own, made only once the service
+  entries and VIP address the plan wrote for their VIP read back as planned
+  (``check_before_announcing``).
 * Verifying re-reads and re-diffs: verified means the new plan is empty;
   otherwise the leftover plan is returned.
 * A driver failure stops the walk.  The live state is then re-read to tell
@@ -34,22 +37,24 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler import fwclass
 from reconciler.applied import AppliedStore
 from reconciler.desired import Health, TableBuilder, compile_state
-from reconciler.driver import BoxAddresses, Driver, DriverSet, Notices, PartialSupport
+from reconciler.driver import BoxAddresses, Driver, DriverSet, KeyReader, Notices, PartialSupport
 from reconciler.errors import ConfigError, LbctlError
 from reconciler.ipam import Allocation, allocate, source_errors
 from reconciler.ipam_store import AllocationStore
 from reconciler.model import Resource
 from reconciler.plan import Change, Plan, diff
 from reconciler.probes import store as health_store
-from reconciler.records import FirewallEntry, Record, ServiceEntry
+from reconciler.records import FirewallEntry, Record, ServiceEntry, ServiceKey, VipAddress
 
 State = Mapping[str, Mapping[str, Record]]
+_PRESENT: Record = VipAddress("", 0, "")  # "any live record without faults" in check_before_announcing
 
 
 class LoadedConfig(Protocol):
@@ -194,12 +199,60 @@ def apply_plan(plan: Plan, drivers: Iterable[Driver]) -> tuple[Change, ...]:
         j = i + 1
         while j < len(changes) and owner.get(changes[j].kind) is drv:
             j += 1
+        # Announcements go in a call of their own, after what they depend on read back.
+        k = next((n for n in range(i, j)
+                  if changes[n].kind == "announce" and changes[n].after is not None), j)
+        if i < k < j:
+            j = k
         try:
+            check_before_announcing(changes[i:j], changes[:i], owner)
             drv.apply(changes[i:j])
         except Exception as exc:
             raise ApplyError(_classify_failure(plan, done, exc, drivers)) from exc
         done = i = j
     return changes
+
+
+def _vip_of(change: Change) -> str | None:
+    rec = change.after or change.before
+    key = getattr(rec, "key", None)
+    if isinstance(key, ServiceKey):
+        return key.vip
+    return getattr(rec, "address", None) if change.kind == "vip" else None
+
+
+def check_before_announcing(batch: Sequence[Change], done: Sequence[Change],
+                            owner: Mapping[str, Driver]) -> None:
+    """Announce a VIP only once what this plan wrote for it is live (read back) and its address is up.
+
+    For each announcement ``batch`` creates or changes, the service, endpoint and
+    VIP-address changes of the same VIP applied earlier in the plan (``done``)
+    are read back (``KeyReader``, else a full read) and must equal what they
+    were to become, and the VIP must be on the VIP interface without faults.
+    Anything else raises: the announcement is not made, and the next reconcile
+    tries again.  Entries this plan did not touch were read live to make it.
+    """
+    vips = {ip_interface(c.key).ip.compressed for c in batch if c.kind == "announce" and c.after is not None}
+    if not vips:
+        return
+    wanted: dict[str, dict[str, Record | None]] = {}
+    for c in done:
+        if c.kind in ("service", "endpoints", "vip") and _vip_of(c) in vips:
+            wanted.setdefault(c.kind, {})[c.key] = c.after
+    for vip in vips:
+        wanted.setdefault("vip", {}).setdefault(vip, _PRESENT)
+    for kind, keys in wanted.items():
+        drv = owner.get(kind)
+        if drv is None:
+            continue
+        got = (drv.read_keys(kind, list(keys)) if isinstance(drv, KeyReader)
+               else drv.read().get(kind, {}))
+        for key, want in keys.items():
+            have = got.get(key)
+            ok = (have is not None and not getattr(have, "faults", ())) if want is _PRESENT else have == want
+            if not ok:
+                raise LbctlError(f"not announcing {', '.join(sorted(vips))}: {kind} {key} is not live "
+                                 "as planned", hint="the next reconcile retries once it is")
 
 
 def _classify_failure(plan: Plan, done: int, exc: Exception, drivers: Sequence[Driver]) -> ApplyFailure:
@@ -256,6 +309,7 @@ def gc_paused() -> Iterator[None]:
 
 # What an operator configured that nothing on the box carries out yet, by record kind.
 _UNOWNED_MEANS = {
+    "bgp-global": "the BGPConfig starts no BGP speaker",
     "bgp-peer": "BGPPeer resources open no session",
     "announce": "VIPs with bgp: true are not announced",
 }

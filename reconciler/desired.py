@@ -31,8 +31,12 @@ Rules (each in one place):
   ``vipInterface`` (default ``lbctl0``);
 * one ``Attachment`` per Datapath interface, one ``FirewallEntry`` per
   FirewallRule;
-* BGP peers and announcements (the VIPs of services with ``bgp: true``) only
-  when a BGPConfig exists: without one there is no speaker to announce them;
+* the BGP speaker (``bgp-global``, key ``global``), its peers and the
+  announcements (the VIPs of services with ``bgp: true``, carrying the
+  BGPConfig's communities, local-pref and MED) only when a BGPConfig exists:
+  without one there is no speaker to announce them.  A VIP is not announced
+  while every Service asking for it has ``withdrawWhenNoEndpoints`` and none
+  of its endpoints is healthy (routers then send its traffic elsewhere);
 * the kernel settings the datapath needs (``kernel_settings``) for each
   Datapath interface and each address family some VIP uses.
 """
@@ -48,6 +52,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from reconciler import maglev
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.model import (
+    BGPConfigSpec,
     BGPPeerSpec,
     DatapathSpec,
     Endpoint,
@@ -61,6 +66,7 @@ from reconciler.records import (
     Announcement,
     Attachment,
     Backend,
+    BgpGlobal,
     BgpPeer,
     EndpointSet,
     FirewallEntry,
@@ -240,7 +246,17 @@ def _firewall(res: Resource) -> FirewallEntry:
 def _peer(spec: BGPPeerSpec) -> BgpPeer:
     return BgpPeer(address=canonical_ip(spec.address), remote_as=spec.remote_as, port=spec.port,
                    hold_time=spec.hold_time, keepalive=spec.keepalive, multihop=spec.multihop,
-                   password=spec.password)
+                   password=spec.password, description=spec.description)
+
+
+def _bgp_global(spec: BGPConfigSpec) -> BgpGlobal:
+    return BgpGlobal(asn=spec.local_as, router_id=spec.router_id, listen_port=spec.listen_port,
+                     listen_addresses=tuple(sorted({canonical_ip(a) for a in spec.listen_addresses})))
+
+
+def _announcement(prefix: str, bgp: BGPConfigSpec) -> Announcement:
+    return Announcement(prefix, communities=tuple(sorted(set(bgp.communities))), local_pref=bgp.local_pref,
+                        med=bgp.med)
 
 
 def kernel_settings(interfaces: Iterable[str], families: Iterable[int]) -> list[KernelSetting]:
@@ -300,8 +316,10 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
     resources = list(resources)
     datapath = next((r.spec for r in resources if isinstance(r.spec, DatapathSpec)), None)
     vip_if = datapath.vip_interface if datapath else DEFAULT_VIP_INTERFACE
-    has_bgp = any(r.kind == "BGPConfig" for r in resources)
+    bgp = next((r.spec for r in resources if isinstance(r.spec, BGPConfigSpec)), None)
+    has_bgp = bgp is not None
 
+    announce: dict[str, bool] = {}  # prefix -> some Service wants it announced now
     for res in resources:
         spec = res.spec
         if isinstance(spec, ServiceSpec):
@@ -311,17 +329,24 @@ def compile_state(resources: Iterable[Resource], allocated: Mapping[str, str] | 
             _compile_service(res, vips, state, build, health, datapath)
             for vip in vips:
                 state["vip"][vip] = VipAddress(vip, host_prefixlen(vip), vip_if)
-                if spec.bgp and has_bgp:
+                if spec.bgp and bgp is not None:
                     prefix = f"{vip}/{host_prefixlen(vip)}"
-                    state["announce"][prefix] = Announcement(prefix)
+                    wanted = not spec.withdraw_when_no_endpoints or bool(healthy_endpoints(res, health))
+                    announce[prefix] = announce.get(prefix, False) or wanted
         elif isinstance(spec, DatapathSpec):
             for iface in spec.interfaces:
                 state["attach"][iface.name] = Attachment(iface.name, iface.hook)
         elif isinstance(spec, FirewallRuleSpec):
             state["firewall"][res.name] = _firewall(res)
+        elif isinstance(spec, BGPConfigSpec):
+            state["bgp-global"]["global"] = _bgp_global(spec)
         elif isinstance(spec, BGPPeerSpec) and has_bgp:
             peer = _peer(spec)
             state["bgp-peer"][peer.address] = peer
+    if bgp is not None:
+        for prefix, wanted in announce.items():
+            if wanted:
+                state["announce"][prefix] = _announcement(prefix, bgp)
     if datapath is not None:
         families = {6 if ":" in vip else 4 for vip in state["vip"]}
         for setting in kernel_settings((i.name for i in datapath.interfaces), families):

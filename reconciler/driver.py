@@ -8,7 +8,7 @@ effects on the box) through this module alone, so the core never imports the
   counter, ``read()`` and ``apply(changes)``.
 * Optional abilities are small ``runtime_checkable`` protocols a driver may
   also follow (``Teardown``, ``PartialSupport``, ``KeyReader``,
-  ``CounterReader``, ``ConntrackReader``, ``ConnCountSync``); callers test for
+  ``CounterReader``, ``ConntrackReader``, ``ConnCountSync``, ``SessionReader``); callers test for
   them with ``isinstance``, never by probing attribute names.
 * ``DriverSpec`` registers a driver: its name, the kinds it owns, how to build
   it and when the desired state needs it.  ``DriverSet`` keeps the drivers of
@@ -106,6 +106,15 @@ class ConnCountSync(Protocol):
     """Keeps per-endpoint open-connection counts (least-connection selection) in step with conntrack."""
 
     def sync_conn_counts(self) -> None: ...
+
+
+@runtime_checkable
+class SessionReader(Protocol):
+    """Routing sessions as plain data (the BGP driver: ``lbctl get bgp``, metrics):
+    ``{"running", "global", "peers": [{address, remote_as, state, uptime, received, accepted,
+    advertised, flops}], "announced": [prefix]}``."""
+
+    def sessions(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

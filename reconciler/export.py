@@ -46,6 +46,7 @@ from reconciler.desired import (
 from reconciler.documents import to_document
 from reconciler.model import (
     API_VERSION,
+    DEFAULT_BGP_PORT,
     DEFAULT_HOOK,
     DEFAULT_OTHER_SESSION_TIMEOUT,
     DEFAULT_PERSIST_TIMEOUT,
@@ -58,7 +59,9 @@ from reconciler.model import (
 )
 from reconciler.records import (
     KINDS,
+    Announcement,
     Attachment,
+    BgpGlobal,
     BgpPeer,
     EndpointSet,
     FirewallEntry,
@@ -315,7 +318,20 @@ def _peer_spec(rec: BgpPeer) -> Doc:
         spec["multihop"] = rec.multihop
     if rec.password is not None:
         spec["password"] = SECRET_PLACEHOLDER
+    if rec.description is not None:
+        spec["description"] = rec.description
     return spec
+
+
+def _bgp_config_doc(res: Resource, rec: BgpGlobal) -> Doc:
+    """The recorded BGPConfig with the speaker's settings as gobgpd runs them."""
+    doc = to_document(res)
+    spec = doc["spec"]
+    spec.update({"localAS": rec.asn, "routerID": rec.router_id, "listenPort": rec.listen_port})
+    spec.pop("listenAddresses", None)
+    if rec.listen_addresses:
+        spec["listenAddresses"] = list(rec.listen_addresses)
+    return doc
 
 
 # --- live only -----------------------------------------------------------------------------
@@ -337,8 +353,10 @@ def from_live(live: State, box_name: str, vip_interface: str = DEFAULT_VIP_INTER
     endpoints = live.get("endpoints", {})
     by_name = _entries_by_name(live)
     taken: set[str] = set(by_name)
+    speaker = live.get("bgp-global", {}).get("global")
+    announced = _announced(live) if isinstance(speaker, BgpGlobal) else None
     for name in sorted(by_name):
-        docs += _service_docs(name, by_name[name], endpoints, None, taken, notes)
+        docs += _service_docs(name, by_name[name], endpoints, announced, taken, notes)
     used = {e.key.vip for group in by_name.values() for e in group}
     missing = sorted(used - set(live.get("vip", {}))) if "vip" in live else []
     if missing:
@@ -347,10 +365,44 @@ def from_live(live: State, box_name: str, vip_interface: str = DEFAULT_VIP_INTER
                      f"apply of this export adds them to {vip_interface}")
     notes += [f"VIP address {v} on {r.ifname} is used by no service: not exported (an apply removes it)"
               for v, r in sorted(live.get("vip", {}).items()) if isinstance(r, VipAddress) and v not in used]
-    if live.get("bgp-peer") or live.get("announce"):
-        notes.append("BGP peers and announcements are not exported without the applied configuration "
-                     "(it holds the BGPConfig they need)")
-    return Exported(tuple(docs), tuple(notes))
+    secrets: list[str] = []
+    if isinstance(speaker, BgpGlobal):
+        docs += _live_bgp(speaker, live, secrets)
+        if live.get("announce"):
+            communities = {tuple(a.communities) for a in live["announce"].values()
+                           if isinstance(a, Announcement)}
+            if len(communities) > 1:
+                notes.append("announcements carry different communities: the BGPConfig gets the first VIP's")
+    elif live.get("bgp-peer") or live.get("announce"):
+        notes.append("BGP peers and announcements are not exported without a running BGP speaker "
+                     "(it holds the AS and router ID they need)")
+    return Exported(tuple(docs), tuple(notes), tuple(secrets))
+
+
+def _live_bgp(speaker: BgpGlobal, live: State, secrets: list[str]) -> list[Doc]:
+    """BGPConfig (named ``bgp``) and one BGPPeer per live peer (named after its address)."""
+    spec: Doc = {"localAS": speaker.asn, "routerID": speaker.router_id}
+    if speaker.listen_port != DEFAULT_BGP_PORT:
+        spec["listenPort"] = speaker.listen_port
+    if speaker.listen_addresses:
+        spec["listenAddresses"] = list(speaker.listen_addresses)
+    first = next((a for _, a in sorted(live.get("announce", {}).items())
+                  if isinstance(a, Announcement)), None)
+    if first is not None:
+        if first.communities:
+            spec["communities"] = list(first.communities)
+        if first.local_pref is not None:
+            spec["localPref"] = first.local_pref
+        if first.med is not None:
+            spec["med"] = first.med
+    docs = [_doc("BGPConfig", "bgp", spec)]
+    for addr, peer in sorted(live.get("bgp-peer", {}).items()):
+        if isinstance(peer, BgpPeer):
+            name = dns_label(f"peer-{addr}", "peer")
+            docs.append(_doc("BGPPeer", name, _peer_spec(peer)))
+            if peer.password is not None:
+                secrets.append(f"BGPPeer/{name}")
+    return docs
 
 
 # --- from the applied configuration --------------------------------------------------------
@@ -501,6 +553,13 @@ def from_applied(resources: Sequence[Resource], live: State, vips: Mapping[str, 
                 and res.kind == "FirewallRule":
             docs.append(_firewall_doc(rule))
             notes.append(f"FirewallRule/{res.name}: exported from the live state ({why})")
+        elif res.kind == "BGPConfig" and isinstance(speaker := live.get("bgp-global", {}).get("global"),
+                                                    BgpGlobal):
+            docs.append(_bgp_config_doc(res, speaker))
+            notes.append(f"BGPConfig/{res.name}: speaker settings taken from the live state ({why})")
+        elif res.kind == "BGPConfig":
+            docs.append(to_document(res))  # the peers need it; the next apply starts the speaker
+            notes.append(f"BGPConfig/{res.name}: exported as applied, though no BGP speaker runs ({why})")
         elif isinstance(res.spec, BGPPeerSpec) and isinstance(
                 peer := live.get("bgp-peer", {}).get(canonical_ip(res.spec.address)), BgpPeer):
             docs.append(_doc("BGPPeer", res.name, _peer_spec(peer)))

@@ -115,6 +115,7 @@ class ServiceSpec:
     allowed_sources: tuple[str, ...] = ()  # CIDRs; empty means any
     secondary_vips: tuple[str, ...] = ()  # SCTP multihoming, at most 3
     bgp: bool = False  # announce the VIP through BGP
+    withdraw_when_no_endpoints: bool = False  # with bgp: withdraw the VIP while no endpoint is healthy
     probe: Probe = field(default_factory=Probe)
     source_address: str | None = None  # fullnat: the source endpoints see (else the Datapath's)
 
@@ -132,6 +133,9 @@ class BGPConfigSpec:
     router_id: str
     listen_port: int = DEFAULT_BGP_PORT
     listen_addresses: tuple[str, ...] = ()
+    communities: tuple[str, ...] = ()  # "AS:VALUE" on every announced VIP
+    local_pref: int | None = None  # LOCAL_PREF of every announced VIP (iBGP peers)
+    med: int | None = None  # MULTI_EXIT_DISC of every announced VIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,7 @@ class BGPPeerSpec:
     keepalive: int = DEFAULT_KEEPALIVE
     multihop: int = 0  # eBGP multihop TTL; 0 means directly connected
     password: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +203,15 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "session_timeout": "sessionTimeout", "persist_timeout": "persistTimeout",
                   "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",
                   "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
-                  "probe": "probe", "source_address": "sourceAddress"},
+                  "withdraw_when_no_endpoints": "withdrawWhenNoEndpoints", "probe": "probe",
+                  "source_address": "sourceAddress"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
-                    "listen_addresses": "listenAddresses"},
+                    "listen_addresses": "listenAddresses", "communities": "communities",
+                    "local_pref": "localPref", "med": "med"},
     BGPPeerSpec: {"address": "address", "remote_as": "remoteAS", "port": "port", "hold_time": "holdTime",
-                  "keepalive": "keepalive", "multihop": "multihop", "password": "password"},
+                  "keepalive": "keepalive", "multihop": "multihop", "password": "password",
+                  "description": "description"},
     PortRange: {"start": "from", "end": "to"},
     FirewallMatch: {"source": "source", "destination": "destination", "source_ports": "sourcePorts",
                     "destination_ports": "destinationPorts", "protocol": "protocol",

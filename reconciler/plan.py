@@ -19,10 +19,15 @@ Actions per record (``diff``):
     (detach one, attach the other);
   - ``vip``: ``prefixlen``, ``ifname`` -- a kernel address cannot be moved or
     re-masked, only removed and added;
-  - ``bgp-peer``: every field -- a session parameter change means a new session;
+  - ``bgp-global``: every field -- gobgpd changes its AS, router ID or listen
+    socket only by stopping and starting BGP, which resets every session (the
+    driver adds the peers and announcements back);
+  - ``bgp-peer``: every field -- a changed AS, timer, port, multihop, password
+    or description means a new session: that peer's session alone is reset,
+    so a replaced ``bgp-peer`` is the list of sessions the plan resets;
   - ``endpoints`` and the other ``service`` fields update in place (the
-    endpoint set is swapped atomically as a whole); ``announce`` records are
-    all key.
+    endpoint set is swapped atomically as a whole); so do ``announce``
+    attributes (communities, local-pref, MED: the path is re-announced).
 
 Order (``ORDER``): kernel settings the datapath needs first, then teardown,
 innermost consumer first, then build-up, dependencies first, then detaching
@@ -31,14 +36,16 @@ programs, and giving kernel settings back last:
 0. kernel settings (``sysctl``: forwarding, rp_filter) are set before anything
    else, so traffic is never steered into a box that cannot forward it;
 1. withdraw announcements (never announce a VIP that is going away), remove BGP
-   peers, delete services (before their endpoints, so no lookup ever finds a
+   peers, stop the BGP speaker, delete services (before their endpoints, so no lookup ever finds a
    service without endpoints), delete endpoint sets, delete VIP addresses (after
    the announcement was withdrawn), delete firewall rules (protection stays
    until the services are gone).  Deletes come before creates, so freed map
    slots and VIP/port keys are available to the creates that follow;
 2. attach programs, firewall rules (before anything is announced), endpoint
-   sets (before the service that points at them), services, VIP addresses, BGP
-   peers, and finally announcements;
+   sets (before the service that points at them), services, VIP addresses, the
+   BGP speaker, its peers, and finally announcements (``reconciler.apply`` also
+   verifies the services and VIP addresses behind an announcement before it
+   announces it);
 3. detach programs that are no longer configured;
 4. restore kernel settings lbctl no longer needs to the values they had before
    lbctl set them (only after the programs that needed them are gone).
@@ -70,8 +77,8 @@ REPLACE_FIELDS: dict[str, frozenset[str]] = {
     "firewall": frozenset({"priority"}),
     "attach": frozenset({"hook"}),
     "vip": frozenset({"prefixlen", "ifname"}),
+    "bgp-global": frozenset({ALL_FIELDS}),
     "bgp-peer": frozenset({ALL_FIELDS}),
-    "announce": frozenset({ALL_FIELDS}),
 }
 
 # (kind, phase) in execution order; phase "destroy" is delete, "build" is
@@ -80,6 +87,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("sysctl", "build"),
     ("announce", "destroy"),
     ("bgp-peer", "destroy"),
+    ("bgp-global", "destroy"),
     ("service", "destroy"),
     ("endpoints", "destroy"),
     ("vip", "destroy"),
@@ -89,6 +97,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("endpoints", "build"),
     ("service", "build"),
     ("vip", "build"),
+    ("bgp-global", "build"),
     ("bgp-peer", "build"),
     ("announce", "build"),
     ("attach", "destroy"),

@@ -8,20 +8,21 @@ compared without knowing how a driver lays out its maps.
 
 A ``State`` maps a record kind to a mapping of key -> record.  The record kinds
 and the driver meant to own each (what each real driver owns today is its entry
-in ``reconciler.drivers.registry.SPECS``; firewall and BGP have none yet):
+in ``reconciler.drivers.registry.SPECS``; firewall has none yet):
 
-=============  ====================  ===========
-kind           record                driver
-=============  ====================  ===========
-``sysctl``     ``KernelSetting``     sysctl
-``service``    ``ServiceEntry``      bpf
-``endpoints``  ``EndpointSet``       bpf
-``firewall``   ``FirewallEntry``     bpf (planned)
-``attach``     ``Attachment``        bpf
-``vip``        ``VipAddress``        netlink
-``bgp-peer``   ``BgpPeer``           bgp (planned)
-``announce``   ``Announcement``      bgp (planned)
-=============  ====================  ===========
+==============  ====================  ===========
+kind            record                driver
+==============  ====================  ===========
+``sysctl``      ``KernelSetting``     sysctl
+``service``     ``ServiceEntry``      bpf
+``endpoints``   ``EndpointSet``       bpf
+``firewall``    ``FirewallEntry``     bpf (planned)
+``attach``      ``Attachment``        bpf
+``vip``         ``VipAddress``        netlink
+``bgp-global``  ``BgpGlobal``         bgp
+``bgp-peer``    ``BgpPeer``           bgp
+``announce``    ``Announcement``      bgp
+==============  ====================  ===========
 
 ``faults`` (service, endpoints, attach, vip, firewall): what a live read found wrong with
 the kernel objects behind a record that its other fields cannot show (a lookup
@@ -145,6 +146,16 @@ class VipAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class BgpGlobal:
+    """The box's BGP speaker (one per box, key ``global``)."""
+
+    asn: int
+    router_id: str
+    listen_port: int
+    listen_addresses: tuple[str, ...] = ()  # sorted; empty: all addresses
+
+
+@dataclass(frozen=True, slots=True)
 class BgpPeer:
     address: str
     remote_as: int
@@ -153,11 +164,18 @@ class BgpPeer:
     keepalive: int
     multihop: int
     password: str | None = field(default=None, repr=False)
+    description: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
+    """A VIP announced with next hop self; optional path attributes."""
+
     prefix: str  # VIP/32 or VIP/128
+    next_hop: str = "self"  # always: each peer gets the session's local address
+    communities: tuple[str, ...] = ()  # "AS:VALUE", sorted
+    local_pref: int | None = None
+    med: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,17 +190,18 @@ class KernelSetting:
     value: str
 
 
-Record = (ServiceEntry | EndpointSet | FirewallEntry | Attachment | VipAddress | BgpPeer | Announcement
-          | KernelSetting)
+Record = (ServiceEntry | EndpointSet | FirewallEntry | Attachment | VipAddress | BgpGlobal | BgpPeer
+          | Announcement | KernelSetting)
 
 # Record kinds in the order a from-scratch build creates them.
-KINDS: tuple[str, ...] = ("sysctl", "attach", "firewall", "endpoints", "service", "vip", "bgp-peer",
-                          "announce")
+KINDS: tuple[str, ...] = ("sysctl", "attach", "firewall", "endpoints", "service", "vip", "bgp-global",
+                          "bgp-peer", "announce")
 
 State = Mapping[str, Mapping[str, Record]]
 """kind -> key -> record.  Keys are ``str(ServiceKey)`` for service and
 endpoints, the rule name for firewall, the interface name for attach, the
-address for vip and bgp-peer, the prefix for announce, the sysctl name for sysctl."""
+address for vip and bgp-peer, ``global`` for bgp-global, the prefix for announce,
+the sysctl name for sysctl."""
 
 
 def empty_state() -> dict[str, dict[str, Record]]:

@@ -33,6 +33,11 @@ HEADLINE = {
 }
 STYLE = {"+": "green", "~": "yellow", "-": "red", "-/+": "magenta", " ": "", "#": "dim"}
 NO_CHANGES = "No changes. The datapath matches the configuration."
+# What replacing a record of these kinds does beyond the record itself (BGP: which sessions reset).
+REPLACE_EFFECT = {
+    "bgp-peer": "its BGP session is reset; other sessions stay up",
+    "bgp-global": "every BGP session is reset",
+}
 FAULTS = "faults"  # the record field naming what a live read found wrong (reconciler.records)
 
 Line = tuple[str, str]  # (text, style)
@@ -150,7 +155,9 @@ def plan_lines(plan_json: str | Mapping[str, Any]) -> list[Line]:
     for c in changes:
         sym = c["symbol"]
         lines.append(("", ""))
-        lines.append((f"  # {c['kind']} {c['key']} {HEADLINE[c['action']]}", "bold"))
+        effect = REPLACE_EFFECT.get(c["kind"]) if c["action"] == "replace" else None
+        lines.append((f"  # {c['kind']} {c['key']} {HEADLINE[c['action']]}"
+                      + (f" ({effect})" if effect else ""), "bold"))
         lines.append((f"{sym:>3} {c['kind']} {json.dumps(c['key'])} {{", sym))
         if c["action"] == "create":
             _whole(lines, "+", c.get("after") or {})

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
 from reconciler.commands.status import fetch_status
-from reconciler.driver import ConntrackReader, CounterReader, Driver, FirewallCounterReader
+from reconciler.driver import ConntrackReader, CounterReader, Driver, FirewallCounterReader, SessionReader
 from reconciler.errors import LbctlError
 from reconciler.ipam_store import AllocationStore
 from reconciler.records import (
-    Announcement,
-    BgpPeer,
     EndpointSet,
     FirewallEntry,
     Record,
@@ -211,17 +210,42 @@ def firewall(ctx: Any, wide: bool) -> list[Row] | None:
     return rows
 
 
+def _uptime(since: int, now: float) -> str:
+    if not since:
+        return "never"
+    secs = max(0, int(now - since))
+    days, rest = divmod(secs, 86400)
+    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
+
+
 def bgp(ctx: Any, wide: bool) -> list[Row] | None:
-    live = _read(ctx, "bgp-peer", "announce")
-    if live is None:
+    """Peers (address, AS, session state, uptime, prefixes sent/received), then announced prefixes.
+
+    Uptime is ``HH:MM:SS`` in tables and seconds with ``-o json|yaml``; passwords are never shown.
+    """
+    drivers = drivers_for(ctx, read_only=True)
+    reader = next((d for d in drivers if isinstance(d, SessionReader)), None)
+    if reader is None:
         return None
+    data = reader.sessions()
+    now = time.time()
+    as_data = ctx.output in ("json", "yaml")
     rows: list[Row] = []
-    for p in live.get("bgp-peer", {}).values():
-        if isinstance(p, BgpPeer):
-            rows.append({"TYPE": "peer", "ADDRESS": p.address, "REMOTE AS": p.remote_as, "PORT": p.port})
-    for a in live.get("announce", {}).values():
-        if isinstance(a, Announcement):
-            rows.append({"TYPE": "announce", "ADDRESS": a.prefix, "REMOTE AS": "", "PORT": ""})
+    for p in data.get("peers", []):
+        up = int(now - p["uptime"]) if p["uptime"] else 0
+        row: Row = {"TYPE": "peer", "ADDRESS": p["address"], "AS": p["remote_as"], "STATE": p["state"],
+                    "UPTIME": up if as_data else _uptime(p["uptime"], now),
+                    "SENT": p["advertised"], "RECEIVED": p["received"]}
+        if wide or as_data:
+            row["ACCEPTED"] = p["accepted"]
+        rows.append(row)
+    for prefix in data.get("announced", []):
+        row = {"TYPE": "announce", "ADDRESS": prefix, "AS": "", "STATE": "", "UPTIME": "", "SENT": "",
+               "RECEIVED": ""}
+        if wide or as_data:
+            row["ACCEPTED"] = ""
+        rows.append(row)
     return rows
 
 

@@ -91,7 +91,8 @@ def pool(spec: Mapping[str, Any]) -> PoolSpec:
 
 def bgp_config(spec: Mapping[str, Any]) -> BGPConfigSpec:
     return BGPConfigSpec(**_pick(spec, _names(BGPConfigSpec),
-                                 {"listenAddresses": tuple, **_ints("localAS", "listenPort")}))
+                                 {"listenAddresses": tuple, "communities": tuple,
+                                  **_ints("localAS", "listenPort", "localPref", "med")}))
 
 
 def bgp_peer(spec: Mapping[str, Any]) -> BGPPeerSpec:

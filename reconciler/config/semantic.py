@@ -26,6 +26,7 @@ from reconciler.errors import ConfigError
 from reconciler.maglev import is_prime
 from reconciler.model import (
     SECRET_PLACEHOLDER,
+    BGPConfigSpec,
     BGPPeerSpec,
     DatapathSpec,
     FirewallRuleSpec,
@@ -504,9 +505,19 @@ def entries_of(spec: ServiceSpec) -> int:
     return len(spec.ports) * (1 + len(spec.secondary_vips))
 
 
+def _bgp_config(res: Resource, spec: BGPConfigSpec, report: Report) -> None:
+    for i, text in enumerate(spec.communities):
+        if any(int(part) > 65535 for part in text.split(":")):
+            report.add(res, f"spec.communities[{i}]", f'"{text}" is out of range: each part is 0-65535',
+                       "write a community as AS:VALUE, e.g. 65001:100")
+
+
 def check_others(others: Sequence[Resource], report: Report) -> None:
     """The checks of the kinds that come in small numbers (everything but Service)."""
     _bgp_peers([(r, r.spec) for r in others if isinstance(r.spec, BGPPeerSpec)], report)
+    for res in others:
+        if isinstance(res.spec, BGPConfigSpec):
+            _bgp_config(res, res.spec, report)
     _firewall([(r, r.spec) for r in others if isinstance(r.spec, FirewallRuleSpec)], report)
     for res in others:
         if isinstance(res.spec, DatapathSpec):

@@ -5,10 +5,10 @@ without knowing their constructors, and ``validate`` and the unit tests must
 not import libbpf/cffi or pyroute2 at all.  So each driver module is imported
 here, lazily, when a driver is actually built.  Adding a driver is one entry in
 ``SPECS``: its name, the record kinds it owns, its factory, and when the
-desired state needs it (``reconciler.driver.DriverSpec``; a BGP driver would be
+desired state needs it (``reconciler.driver.DriverSpec``; the BGP driver is
 ``needed=has_kind("BGPConfig")``).  The order of ``SPECS`` is the order
-``lbctl down`` takes the box apart: programs first, kernel settings given back
-last.  Tests replace ``SPECS`` with in-memory drivers.
+``lbctl down`` takes the box apart: BGP announcements withdrawn first, then
+programs, kernel settings given back last.  Tests replace ``SPECS`` with in-memory drivers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.constants import DEFAULT_VIP_INTERFACE
-from reconciler.driver import Driver, DriverSet, DriverSpec
+from reconciler.driver import Driver, DriverSet, DriverSpec, has_kind
 from reconciler.errors import LbctlError
 from reconciler.model import DatapathSpec, Resource
 
@@ -71,6 +71,18 @@ def netlink_driver(ctx: BoxContext, vip_interface: str = DEFAULT_VIP_INTERFACE) 
     return driver
 
 
+def bgp_needs_speaker(resources: Iterable[Resource]) -> bool:
+    """The BGP driver's setting: a BGPConfig exists, so gobgpd must be there (else: an error naming
+    the package); without one the driver is only built to read or take down what is up."""
+    return any(r.kind == "BGPConfig" for r in resources)
+
+
+def bgp_driver(ctx: BoxContext, required: object = False) -> Driver:
+    mod = _module("bgp", ctx)
+    driver: Driver = mod.BgpDriver(state_dir=ctx.state_dir, netns=ctx.netns, required=bool(required))
+    return driver
+
+
 def sysctl_driver(ctx: BoxContext, settings: object = None) -> Driver:
     mod = _module("sysctl", ctx)
     driver: Driver = mod.SysctlDriver(state_dir=ctx.state_dir, netns=ctx.netns)
@@ -78,6 +90,9 @@ def sysctl_driver(ctx: BoxContext, settings: object = None) -> Driver:
 
 
 SPECS: tuple[DriverSpec, ...] = (
+    # First, so lbctl down withdraws the VIPs from the routers before the datapath goes.
+    DriverSpec("bgp", frozenset({"bgp-global", "bgp-peer", "announce"}), bgp_driver,
+               needed=has_kind("BGPConfig"), settings=bgp_needs_speaker),
     DriverSpec("bpf", frozenset({"service", "endpoints", "attach", "firewall"}), bpf_driver),
     DriverSpec("netlink", frozenset({"vip"}), netlink_driver, settings=vip_interface_of),
     DriverSpec("sysctl", frozenset({"sysctl"}), sysctl_driver),

@@ -57,6 +57,7 @@ spec:
     - {address: 10.0.1.12, weight: 0, targetPort: 8081}
   allowedSources: [0.0.0.0/0, 2001:db8:ffff::/48]
   bgp: true
+  withdrawWhenNoEndpoints: true
   probe: {type: http, port: 8080, request: /healthz, response: ok, interval: 5, timeout: 1, retries: 4}
 ---
 apiVersion: lbctl.dev/v1alpha1
@@ -154,7 +155,8 @@ spec:
 apiVersion: lbctl.dev/v1alpha1
 kind: BGPConfig
 metadata: {name: bgp}
-spec: {localAS: 65001, routerID: 192.0.2.1, listenPort: 1179, listenAddresses: [192.0.2.1, "2001:db8::1"]}
+spec: {localAS: 65001, routerID: 192.0.2.1, listenPort: 1179, listenAddresses: [192.0.2.1, "2001:db8::1"],
+       communities: ["65001:100", "65001:200"], localPref: 200, med: 10}
 ---
 apiVersion: lbctl.dev/v1alpha1
 kind: BGPPeer
@@ -167,6 +169,7 @@ spec:
   keepalive: 3
   multihop: 2
   password: s3cret
+  description: upstream router A
 ---
 apiVersion: lbctl.dev/v1alpha1
 kind: BGPPeer

@@ -32,7 +32,7 @@ from reconciler.model import (
     ServiceSpec,
 )
 from reconciler.plan import Change
-from reconciler.records import Backend, Record
+from reconciler.records import Backend, BgpPeer, Record
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class FakeDriver:
 BPF_KINDS = frozenset({"service", "endpoints", "attach", "firewall"})
 NETLINK_KINDS = frozenset({"vip"})
 SYSCTL_KINDS = frozenset({"sysctl"})
-BGP_KINDS = frozenset({"bgp-peer", "announce"})  # the planned BGP driver's
+BGP_KINDS = frozenset({"bgp-global", "bgp-peer", "announce"})
 
 
 def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None
@@ -106,9 +106,24 @@ def fake_drivers(initial: Mapping[str, Mapping[str, Record]] | None = None
             FakeDriver(SYSCTL_KINDS, initial, name="sysctl"))
 
 
-def fake_bgp(initial: Mapping[str, Mapping[str, Record]] | None = None) -> FakeDriver:
+class FakeBgp(FakeDriver):
+    """The BGP driver's stand-in: its records, and every session up since ``up_since``."""
+
+    up_since = 1_000_000_000
+
+    def sessions(self) -> Mapping[str, Any]:
+        peers = [{"address": p.address, "remote_as": p.remote_as, "state": "established",
+                  "uptime": self.up_since, "received": 0, "accepted": 0,
+                  "advertised": len(self.state["announce"])}
+                 for p in sorted(self.state["bgp-peer"].values(), key=lambda p: getattr(p, "address", ""))
+                 if isinstance(p, BgpPeer)]
+        return {"running": bool(self.state["bgp-global"]), "global": None, "peers": peers,
+                "announced": sorted(self.state["announce"])}
+
+
+def fake_bgp(initial: Mapping[str, Mapping[str, Record]] | None = None) -> FakeBgp:
     """A 'bgp' fake, for the driver the registry brings up when a BGPConfig exists."""
-    return FakeDriver(BGP_KINDS, initial, name="bgp")
+    return FakeBgp(BGP_KINDS, initial, name="bgp")
 
 
 def fake_specs(drivers: Sequence[FakeDriver]) -> tuple[DriverSpec, ...]:

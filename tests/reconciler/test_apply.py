@@ -18,6 +18,7 @@ from tests.reconciler.fakes import (
     Loaded,
     bgp_config,
     datapath,
+    fake_bgp,
     fake_drivers,
     fake_table,
     pool,
@@ -142,12 +143,27 @@ def test_verify_reports_leftover(tmp_path: Path) -> None:
     assert [(c.kind, c.key) for c in r.leftover.changes] == [("vip", "198.51.100.1")]
 
 
+def test_a_vip_is_announced_only_once_its_entries_and_address_read_back(tmp_path: Path) -> None:
+    """A VIP address that did not take: the announcement is not made, and the apply says why."""
+    bpf, _, ks = fake_drivers()
+    bgp = fake_bgp()
+    res = config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)]
+    r = run(res, [bpf, LossyDriver({"vip"}), ks, bgp], tmp_path)
+    assert r.failure is not None and "not announcing 198.51.100.9" in r.failure.message
+    assert not bgp.state["announce"] and bgp.state["bgp-global"]  # the speaker is up, the VIP not announced
+    nl = FakeDriver({"vip"}, name="netlink")
+    r = run(res, [bpf, nl, ks, bgp], tmp_path)
+    assert r.ok and set(bgp.state["announce"]) == {"198.51.100.9/32"}
+
+
 def test_unmanaged_kinds_are_warnings(tmp_path: Path) -> None:
     bpf, nl, ks = fake_drivers()
     r = run(config(1) + [bgp_config(), service("b", vip="198.51.100.9", bgp=True)], [bpf, nl, ks], tmp_path)
     assert r.ok and r.warnings == (
         "1 announce record(s) not applied: no driver manages 'announce' on this box "
-        "(VIPs with bgp: true are not announced)",)
+        "(VIPs with bgp: true are not announced)",
+        "1 bgp-global record(s) not applied: no driver manages 'bgp-global' on this box "
+        "(the BGPConfig starts no BGP speaker)")
 
 
 def test_partly_supported_records_are_warnings_and_probes_are_not(tmp_path: Path) -> None:

@@ -100,6 +100,29 @@ def test_datapath_firewall_bgp() -> None:
     assert list(st["bgp-peer"]) == ["192.0.2.254"]
 
 
+def test_bgp_speaker_attributes_and_withdraw_when_no_endpoints() -> None:
+    from dataclasses import replace
+
+    from reconciler.records import Announcement, BgpGlobal
+
+    cfg = bgp_config()
+    cfg = replace(cfg, spec=replace(cfg.spec, communities=("65001:200", "65001:100"), med=10,  # type: ignore[arg-type]
+                                    listen_addresses=("192.0.2.1",)))
+    keep = service("keep", vip="198.51.100.1", bgp=True)
+    drop = service("drop", vip="198.51.100.2", bgp=True, withdraw_when_no_endpoints=True)
+    st = compile_state([cfg, keep, drop])
+    assert st["bgp-global"] == {"global": BgpGlobal(65001, "192.0.2.1", 179, ("192.0.2.1",))}
+    assert st["announce"]["198.51.100.1/32"] == Announcement("198.51.100.1/32", "self",
+                                                             ("65001:100", "65001:200"), None, 10)
+    assert set(st["announce"]) == {"198.51.100.1/32", "198.51.100.2/32"}
+    down = {(name, ep): False for name in ("keep", "drop") for ep in ("10.0.1.10", "10.0.1.11")}
+    st = compile_state([cfg, keep, drop], health=down)
+    assert set(st["announce"]) == {"198.51.100.1/32"}  # only the one that asked is withdrawn
+    # A VIP shared with a Service that keeps announcing stays announced.
+    other = service("other", vip="198.51.100.2", ports=[443], bgp=True)
+    assert "198.51.100.2/32" in compile_state([cfg, keep, drop, other], health=down)["announce"]
+
+
 def test_shared_vip_is_one_address() -> None:
     st = compile_state([service("a", ports=[80]), service("b", ports=[443])])
     assert list(st["vip"]) == ["198.51.100.10"] and len(st["service"]) == 2

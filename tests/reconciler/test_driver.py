@@ -116,13 +116,14 @@ def test_a_bgpconfig_brings_the_bgp_driver_up_and_removing_it_takes_it_down(tmp_
     # Removing the BGPConfig: the plan withdraws and removes what the driver holds, then it goes down.
     plan = run(without_bgp(), drivers, tmp_path, dry_run=True)
     assert sorted(f"{c.symbol} {c.kind} {c.key}" for c in plan.plan.changes) == [
-        "- announce 198.51.100.10/32", "- bgp-peer 192.0.2.254"]
+        "- announce 198.51.100.10/32", "- bgp-global global", "- bgp-peer 192.0.2.254"]
     assert not bgp.downed and bgp.state["announce"]  # a plan takes nothing away
     down = run(without_bgp(), drivers, tmp_path)
-    assert down.ok and down.verified and len(down.applied) == 2
+    assert down.ok and down.verified and len(down.applied) == 3
     assert bgp.downed and bgp not in drivers.active
     again = run(without_bgp(), drivers, tmp_path)
-    assert again.ok and again.plan.empty and len(bgp.calls) == 2 and bgp not in drivers.active
+    # three calls: speaker and peer, then the announcement (after its VIP read back), then the teardown
+    assert again.ok and again.plan.empty and len(bgp.calls) == 3 and bgp not in drivers.active
 
 
 def test_a_fresh_process_takes_away_a_driver_left_up_by_an_earlier_configuration(tmp_path: Path) -> None:
@@ -133,8 +134,8 @@ def test_a_fresh_process_takes_away_a_driver_left_up_by_an_earlier_configuration
     bgp.downed = False
     fresh = DriverSet(fake_specs([bpf, nl, ks, bgp]))
     r = run(without_bgp(), fresh, tmp_path)
-    assert r.ok and {c.kind for c in r.applied} == {"announce", "bgp-peer"} and bgp.downed
-    assert bgp.read() == {"bgp-peer": {}, "announce": {}}
+    assert r.ok and {c.kind for c in r.applied} == {"announce", "bgp-global", "bgp-peer"} and bgp.downed
+    assert bgp.read() == {"bgp-global": {}, "bgp-peer": {}, "announce": {}}
     # An unneeded driver with nothing live is left alone.
     bgp.downed = False
     r = run(without_bgp(), DriverSet(fake_specs([bpf, nl, ks, bgp])), tmp_path)
@@ -237,5 +238,6 @@ def test_the_daemon_brings_the_bgp_driver_up_and_down_with_the_bgpconfig(tmp_pat
     (conf / "bgp.yaml").unlink()
     daemon.cycle("delivery")
     last = daemon.snapshot().last_reconcile
-    assert last is not None and last.result == "ok" and last.deleted == 5  # api's 3 records, announce, peer
-    assert bgp.downed and bgp not in engine.drivers.active and bgp.read() == {"bgp-peer": {}, "announce": {}}
+    assert last is not None and last.result == "ok" and last.deleted == 6  # api's 3, announce, peer, speaker
+    assert bgp.downed and bgp not in engine.drivers.active
+    assert bgp.read() == {"bgp-global": {}, "bgp-peer": {}, "announce": {}}

@@ -24,6 +24,7 @@ import pytest
 from reconciler import cli
 from reconciler.applied import RECORD_NAME
 from reconciler.model import SECRET_PLACEHOLDER
+from tests.reconciler.drivers.test_contract import stop_gobgpd
 from tests.reconciler.export_cases import fill_secrets, write
 
 pytestmark = pytest.mark.root
@@ -61,8 +62,12 @@ def box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Box]:
         sh("ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
         for ifname in ("eth0", "eth1"):
             sh("ip", "-n", name, "link", "set", ifname, "up")
+        # The BGPConfig's listen addresses: gobgpd binds them.
+        sh("ip", "-n", name, "addr", "add", "192.0.2.1/32", "dev", "eth0")
+        sh("ip", "-n", name, "addr", "add", "2001:db8::1/128", "dev", "eth0", "nodad")
         yield Box(name, tmp_path, pin_root)
     finally:
+        stop_gobgpd(tmp_path / "state" / name, name)  # the box's gobgpd (its BGPConfig)
         subprocess.run(["ip", "netns", "del", name], check=False)
         shutil.rmtree(pin_root, ignore_errors=True)
 
@@ -99,7 +104,8 @@ def test_export_round_trips_on_the_real_datapath(box: Box, capsys: Cap) -> None:
     label = box.netns.lower().replace("_", "-").replace(".", "-")  # the namespace name as a DNS label
     assert f"kind: Datapath\nmetadata:\n  name: {label}\n" in live
     assert "port: 0" not in live and "web-tcp" not in live
-    round_trip(box, write(box.tmp / "live", live), capsys, secret=False)
+    assert "kind: BGPConfig" in live  # rebuilt from the running speaker, peers included
+    round_trip(box, write(box.tmp / "live", live), capsys, secret=True)
 
 
 def test_a_box_lbctl_never_recorded_exports_valid_yaml(box: Box, capsys: Cap) -> None:
@@ -109,7 +115,7 @@ def test_a_box_lbctl_never_recorded_exports_valid_yaml(box: Box, capsys: Cap) ->
     assert box("export") == 0
     out, err = capsys.readouterr()
     assert "are not on lbctl0" in err and "--vip-interface" in err  # the VIPs live on vips0
-    assert box("validate", str(write(box.tmp / "guess", out))) == 0
+    assert box("validate", str(write(box.tmp / "guess", fill_secrets(out)))) == 0  # BGP peers from live
     capsys.readouterr()
     assert box("export", "--vip-interface", "vips0") == 0
-    round_trip(box, write(box.tmp / "live", capsys.readouterr().out), capsys, secret=False)
+    round_trip(box, write(box.tmp / "live", capsys.readouterr().out), capsys, secret=True)

@@ -35,17 +35,18 @@ def test_from_empty_orders_dependencies_first() -> None:
     plan = diff(desired, empty_state())
     kinds = [c.kind for c in plan.changes]
     # forwarding on eth0 (and rp_filter on it and on all) before traffic is steered
-    assert kinds == ["sysctl"] * 3 + ["attach", "firewall", "endpoints", "service", "vip", "announce"]
+    assert kinds == ["sysctl"] * 3 + ["attach", "firewall", "endpoints", "service", "vip", "bgp-global",
+                                      "announce"]
     assert all(c.action == "create" for c in plan.changes)
-    assert plan.counts() == {"add": 9, "change": 0, "destroy": 0}
+    assert plan.counts() == {"add": 10, "change": 0, "destroy": 0}
 
 
 def test_teardown_order_is_reverse() -> None:
     live = compile_state([datapath("eth0"), firewall("fw", 1), service("web", bgp=True), bgp_config()])
     plan = diff(empty_state(), live)
-    assert [c.kind for c in plan.changes] == ["announce", "service", "endpoints", "vip", "firewall", "attach",
-                                              *["sysctl"] * 3]  # settings given back last
-    assert plan.counts() == {"add": 0, "change": 0, "destroy": 9}
+    assert [c.kind for c in plan.changes] == ["announce", "bgp-global", "service", "endpoints", "vip",
+                                              "firewall", "attach", *["sysctl"] * 3]  # settings last
+    assert plan.counts() == {"add": 0, "change": 0, "destroy": 10}
 
 
 def test_deletes_come_before_creates() -> None:

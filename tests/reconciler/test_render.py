@@ -110,3 +110,15 @@ def test_faults_of_live_records_show_as_what_the_apply_clears() -> None:
     assert '      ~ faults = [\n          - "lb_svc: no entry for it"\n        ]\n' in text
     assert '      - faults          = ["lb_svc: an entry no service of lbctl\'s owns' in text
     assert text.endswith("Plan: 0 to add, 1 to change, 1 to destroy.\n")
+
+
+def test_a_replaced_bgp_peer_says_its_session_alone_is_reset() -> None:
+    from reconciler.records import BgpPeer
+
+    old = BgpPeer("192.0.2.254", 65000, 179, 90, 30, 0, "s3cret")
+    new = BgpPeer("192.0.2.254", 65000, 179, 30, 10, 0, "s3cret")
+    plan = diff({"bgp-peer": {"192.0.2.254": new}}, {"bgp-peer": {"192.0.2.254": old}})
+    text = render_plain(plan.to_json())
+    assert ("# bgp-peer 192.0.2.254 must be replaced (its BGP session is reset; other sessions stay up)"
+            in text)
+    assert "hold_time = 90 -> 30  # forces replacement" in text and "s3cret" not in text

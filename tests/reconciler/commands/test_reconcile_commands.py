@@ -231,7 +231,7 @@ spec: {localAS: 65001, routerID: 192.0.2.1}
 apiVersion: lbctl.dev/v1alpha1
 kind: BGPPeer
 metadata: {name: upstream}
-spec: {address: 192.0.2.254, remoteAS: 65000}
+spec: {address: 192.0.2.254, remoteAS: 65000, password: s3cret-pw}
 """
 
 
@@ -245,12 +245,22 @@ def test_a_bgpconfig_brings_a_bgp_driver_up_and_removing_it_takes_it_down(
     (box["conf"] / "bgp.yaml").write_text(BGP)
     assert lbctl(box, "apply", str(box["conf"])) == 0
     assert set(bgp.state["bgp-peer"]) == {"192.0.2.254"}
+    capsys.readouterr()
+    assert lbctl(box, "get", "bgp") == 0
+    out = capsys.readouterr().out
+    assert "| peer | 192.0.2.254 | 65000 | established |" in out
+    assert lbctl(box, "get", "bgp", "-o", "json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["type"] == "peer" and rows[0]["as"] == 65000 and rows[0]["uptime"] > 0
+    assert "s3cret-pw" not in json.dumps(rows)
     (box["conf"] / "bgp.yaml").unlink()
     capsys.readouterr()
     assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 2
-    assert '- bgp-peer "192.0.2.254"' in capsys.readouterr().out and not bgp.downed
+    out = capsys.readouterr().out
+    assert '- bgp-peer "192.0.2.254"' in out and not bgp.downed
+    assert "s3cret-pw" not in out and '"(sensitive)"' in out  # the plan never prints a password
     assert lbctl(box, "apply", str(box["conf"])) == 0
-    assert bgp.downed and bgp.read() == {"bgp-peer": {}, "announce": {}}
+    assert bgp.downed and bgp.read() == {"bgp-global": {}, "bgp-peer": {}, "announce": {}}
     assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 0
 
 
