@@ -66,7 +66,7 @@ class Endpoints:
 
     ready: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
-    metrics: Callable[[], str]
+    metrics: Callable[[], str | bytes]
 
 
 class _Server(ThreadingHTTPServer):
@@ -89,8 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # probes every few seconds would flood the daemon's log
 
-    def _send(self, code: int, body: str, content_type: str) -> None:
-        data = body.encode()
+    def _send(self, code: int, body: str | bytes, content_type: str) -> None:
+        data = body if isinstance(body, bytes) else body.encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))

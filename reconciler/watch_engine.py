@@ -18,21 +18,20 @@ touches.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.desired import Health
-from reconciler.driver import ConnCountSync, CounterReader, Driver, DriverSet, KeyReader, Revalidate
+from reconciler.driver import ConnCountSync, Driver, DriverSet, KeyReader, Revalidate
 from reconciler.errors import LbctlError
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
 from reconciler.plan import Change
 from reconciler.records import Record, ServiceEntry
-from reconciler.watch import Delivery, Outcome, ServiceCounters
+from reconciler.watch import Delivery, Outcome
 
 
 def _describe(changes: Sequence[Change]) -> tuple[str, ...]:
@@ -74,7 +73,6 @@ class ReconcileEngine:
         self.records: dict[str, int] = {}
         # Endpoint health, an input of every compile: all healthy until health probes fill it.
         self.health: Health = {}
-        self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
         # changed since the index only when that previous load is the one the index
@@ -122,24 +120,9 @@ class ReconcileEngine:
             self.index = None
             return Outcome(verified=False, error=str(exc))
 
-    def counters(self) -> Mapping[str, ServiceCounters]:
-        """Per-service totals from the datapath driver, when it is a ``CounterReader``."""
-        for driver in self.drivers.active:
-            if not isinstance(driver, CounterReader):
-                continue
-            out: dict[str, ServiceCounters] = {}
-            for key, value in driver.counters().items():
-                if isinstance(value, Mapping) and "service" in value:
-                    value = value["service"]  # the bpf driver: {"service": Counters, "endpoints": {...}}
-                name = self._service_names.get(str(key), str(key))
-                prev = out.get(name, ServiceCounters(0, 0, 0))
-                out[name] = ServiceCounters(prev.packets + int(_field(value, "packets")),
-                                            prev.bytes + int(_field(value, "bytes")),
-                                            prev.flows + int(_field(value, "flows", "new_flows")))
-            return out
-        return {}
-
-    # --- internals ---
+    def sources(self) -> Iterable[object]:
+        """The box's active drivers: the bpf driver is the ``telemetry.DatapathSource``."""
+        return list(self.drivers.active)
 
     @staticmethod
     def _revalidate(drivers: Sequence[Driver]) -> bool:
@@ -211,12 +194,6 @@ class ReconcileEngine:
         for kind in OWNED_KINDS:
             if kind in self.records:
                 self.records[kind] = len(self.index.desired[kind])
-        for change in applied:
-            if change.kind == "service":
-                if isinstance(change.after, ServiceEntry):
-                    self._service_names[change.key] = change.after.name
-                else:
-                    self._service_names.pop(change.key, None)
         return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
                        records=dict(self.records), timings=timings, fixed=_describe(applied),
                        warnings=warnings or None,  # None: the last full reconcile's warnings stand
@@ -248,8 +225,6 @@ class ReconcileEngine:
                                  + "; ".join(_describe(left)[:5]),
                            timings=timings, fixed=_describe(result.applied), notices=result.notices)
         self.records = records
-        self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
-                               if isinstance(r, ServiceEntry)}
         if any(isinstance(r, ServiceEntry) and r.selection == "lc"
                for r in result.desired.get("service", {}).values()):
             # Flows that age out or are evicted never say goodbye: recount open
@@ -265,11 +240,3 @@ class ReconcileEngine:
                        timings=timings, fixed=_describe(result.applied), notices=result.notices,
                        warnings=result.warnings, kinds=_kinds(result.applied))
 
-
-def _field(value: Any, *names: str) -> int:
-    for name in names:
-        if isinstance(value, Mapping) and name in value:
-            return int(value[name])
-        if hasattr(value, name):
-            return int(getattr(value, name))
-    return 0

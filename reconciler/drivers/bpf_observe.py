@@ -1,7 +1,12 @@
-"""The bpf driver's observations for ``lbctl get``: counters, conntrack, connection counts.
+"""The bpf driver's observations: counters, conntrack, connection counts, the scrape snapshot.
 
 Why this exists: reading the datapath's own state (per-CPU counters, flows) is
 not part of the reconcile loop; it only reads, except ``sync_conn_counts``.
+``datapath_snapshot()`` (the ``telemetry.DatapathSource`` of ``/metrics``,
+``lbctl top`` and ``lbctl get endpoints``) reads each map it needs with one
+batch dump per scrape and sums per-CPU values a whole chunk at a time; what it
+decodes from lb_conf and lb_backends (addresses as text, names) is kept between
+scrapes and reused while the entry's bytes are unchanged.
 """
 
 from __future__ import annotations
@@ -10,20 +15,59 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import add
 from typing import Any
 
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import (
     _PROTO_NAMES,
+    _addr_str,
     _words_addr,
 )
 from reconciler.drivers.bpf_layout import (
+    BE,
+    BE_KEY,
     CT_STATES,
     F_HAS_ENDPOINTS,
+    LIST_HDR,
+    MAX_ENDPOINTS,
+    NAME_LEN,
+    NAME_OFF,
+    STATS,
+    SVC_HDR,
 )
 from reconciler.drivers.bpf_read import BpfRead
 from reconciler.records import ServiceKey
+from reconciler.telemetry import DatapathSnapshot, EndpointStats, ServiceStats, Traffic
+
+CT_KEY = L.fmt("struct lb_ct_key")
+CT_VALUE = L.fmt("struct lb_ct")
+MAX_FLOWS = L.const("LB_MAX_FLOWS")
+_COUNTER_FIELDS = 6  # struct lb_counters: packets, bytes, reply_packets, reply_bytes, new_flows, drops
+_STAT_NAMES = {v: k.replace("-", "_") for k, v in STATS.items()}
+
+
+@dataclass(frozen=True)
+class _SvcLabels:
+    """What a scrape decodes of one lb_conf entry (kept while its bytes stay the same)."""
+
+    hdr: bytes
+    name_raw: bytes
+    key: ServiceKey
+    name: str
+    slot: int
+    has_endpoints: bool
+
+
+@dataclass(frozen=True)
+class _ListLabels:
+    """What a scrape decodes of one active endpoint list (kept while its bytes stay the same)."""
+
+    raw: bytes
+    port: int  # the service port, for endpoints that keep it (port 0)
+    endpoints: tuple[str, ...]
+    stat_ids: tuple[int, ...]
 
 
 @dataclass
@@ -50,10 +94,22 @@ class Flow:
     age_s: float
     idle_s: float
     expired: bool
+    name: str = ""  # the Service resource's name
+
+
+def _dense(counts: dict[int, int], n: int) -> list[int]:
+    out = [0] * n
+    for i, c in counts.items():
+        if i < n:
+            out[i] = c
+    return out
 
 
 class BpfObserve(BpfRead):
     """Counters, flows and least-connection counts."""
+
+    _obs_confs: dict[int, _SvcLabels]
+    _obs_lists: dict[int, _ListLabels]
 
 
     def _confs(self) -> dict[int, Any]:
@@ -140,10 +196,132 @@ class BpfObserve(BpfRead):
                 vip=_words_addr(fam, k.daddr), vip_port=socket.ntohs(int(k.dport)),
                 backend=_words_addr(fam, v.nat_addr), backend_port=socket.ntohs(int(v.nat_port)),
                 service=str(self._conf_key(conf)) if conf is not None else "?",
+                name=B.lib().ffi.string(conf.name).decode(errors="replace") if conf is not None else "",
                 state=CT_STATES.get(int(v.state), "?"),
                 age_s=max(0, now - int(v.created_ns)) / 1e9, idle_s=idle, expired=idle > timeout,
             ))
         return flows
+
+    # ------------------------------------------------------- the scrape snapshot
+
+    def datapath_snapshot(self) -> DatapathSnapshot | None:
+        """Every counter of the datapath now: one batch dump of each map it needs."""
+        if not self._open(create=False):
+            return None
+        confs = self._scan_confs()
+        lists = self._scan_lists(confs)
+        svc = self._percpu_sums("lb_svc_stats", _COUNTER_FIELDS)
+        be = self._percpu_sums("lb_be_stats", _COUNTER_FIELDS)
+        by_state, svc_active, be_active = self._scan_conntrack()
+        (stats,) = self._percpu_sums("lb_stats", 1)
+        # Rows by index (one transpose each, in C): a service's or slot's counters and live flows.
+        svc_rows = list(zip(*svc, _dense(svc_active, len(svc[0])), strict=True))
+        be_rows = list(zip(*be, _dense(be_active, len(be[0])), strict=True))
+        n_svc, n_be, zero = len(svc_rows), len(be_rows), (0,) * (_COUNTER_FIELDS + 1)
+        make = Traffic._make
+        services = []
+        for svc_id, c in confs.items():
+            eps: tuple[EndpointStats, ...] = ()
+            lst = lists.get(svc_id)
+            if lst is not None:
+                eps = tuple(EndpointStats(ep, make(be_rows[sid] if sid < n_be else zero))
+                            for ep, sid in zip(lst.endpoints, lst.stat_ids, strict=True))
+            row = svc_rows[svc_id] if svc_id < n_svc else zero
+            services.append(ServiceStats(c.key, c.name, make(row), eps))
+        counters = {_STAT_NAMES[i]: v for i, v in enumerate(stats) if i in _STAT_NAMES}
+        drops = {k[len("drop_"):]: v for k, v in counters.items() if k.startswith("drop_")}
+        return DatapathSnapshot(services=tuple(services), conntrack=by_state, conntrack_capacity=MAX_FLOWS,
+                                counters=counters, drops=drops)
+
+    def _scan_confs(self) -> dict[int, _SvcLabels]:
+        """lb_conf, decoded where its bytes changed since the last scrape."""
+        old: dict[int, _SvcLabels] = getattr(self, "_obs_confs", {})
+        new: dict[int, _SvcLabels] = {}
+        m = self._maps["lb_conf"]
+        hs, vs = SVC_HDR.size, m.buf_size
+        for n, kv, vv in m.chunks_raw(1024):
+            ids = kv.cast("I")
+            for i in range(n):
+                svc_id, off = ids[i], i * vs
+                hdr = bytes(vv[off : off + hs])
+                name_raw = bytes(vv[off + NAME_OFF : off + NAME_OFF + NAME_LEN])
+                c = old.get(svc_id)
+                if c is None or c.hdr != hdr or c.name_raw != name_raw:
+                    addr, port_n, proto, family, port_end, _, _, flags, _, _, active, _ = SVC_HDR.unpack(hdr)
+                    key = ServiceKey(_addr_str(family, addr), _PROTO_NAMES.get(proto, str(proto)),
+                                     socket.ntohs(port_n), port_end)
+                    c = _SvcLabels(hdr, name_raw, key, name_raw.split(b"\0", 1)[0].decode(errors="replace"),
+                                   active & 1, bool(flags & F_HAS_ENDPOINTS))
+                new[svc_id] = c
+        self._obs_confs = new
+        return new
+
+    def _scan_lists(self, confs: dict[int, _SvcLabels]) -> dict[int, _ListLabels]:
+        """The active endpoint list of each service (one dump of lb_backends; idle slots skipped)."""
+        old: dict[int, _ListLabels] = getattr(self, "_obs_lists", {})
+        new: dict[int, _ListLabels] = {}
+        m = self._maps["lb_backends"]
+        vs, hdr, bes, ks = m.buf_size, LIST_HDR.size, BE.size, m.key_size
+        for n, kv, vv in m.chunks_raw(256):
+            for i in range(n):
+                svc_id, slot = BE_KEY.unpack_from(kv, i * ks)
+                c = confs.get(svc_id)
+                if c is None or not c.has_endpoints or slot != c.slot:
+                    continue
+                off = i * vs
+                count = min(L.U32.unpack_from(vv, off)[0], MAX_ENDPOINTS)
+                raw = bytes(vv[off + hdr : off + hdr + count * bes])
+                lst = old.get(svc_id)
+                if lst is None or lst.raw != raw or lst.port != c.key.port:
+                    eps, sids = [], []
+                    for addr, port_n, family, _, _, sid in BE.iter_unpack(raw):
+                        host = _addr_str(family, addr)
+                        host = f"[{host}]" if family == 6 else host
+                        eps.append(f"{host}:{socket.ntohs(port_n) or c.key.port}")
+                        sids.append(sid)
+                    lst = _ListLabels(raw, c.key.port, tuple(eps), tuple(sids))
+                new[svc_id] = lst
+        self._obs_lists = new
+        return new
+
+    def _percpu_sums(self, name: str, fields: int) -> list[list[int]]:
+        """Per field, the values of a per-CPU array by index, summed over CPUs a chunk at a time.
+
+        An array's batch dump comes in index order, so the lists are indexed by key.
+        """
+        m = self._maps[name]
+        per_cpu = m.stride // 8
+        per_entry = per_cpu * m.ncpus
+        out: list[list[int]] = [[] for _ in range(fields)]
+        for _, _, vv in m.chunks_raw(4096):
+            words = vv.cast("Q")
+            for f in range(fields):
+                acc = words[f::per_entry].tolist()
+                for cpu in range(1, m.ncpus):
+                    acc = list(map(add, acc, words[cpu * per_cpu + f :: per_entry].tolist()))
+                out[f].extend(acc)
+        return out
+
+    def _scan_conntrack(self) -> tuple[dict[tuple[str, str], int], dict[int, int], dict[int, int]]:
+        """Forward entries by (protocol, state); live flows per service id and per counter slot."""
+        now = time.monotonic_ns()
+        closing, fin_wait, forward = L.CT_CLOSING_TIMEOUT, L.CT_FIN_WAIT, L.CT_FORWARD
+        counts: dict[tuple[int, int], int] = {}
+        svc_active: dict[int, int] = {}
+        be_active: dict[int, int] = {}
+        for _, kv, vv in self._maps["lb_ct"].chunks_raw(4096):
+            for k, v in zip(CT_KEY.iter_unpack(kv), CT_VALUE.iter_unpack(vv), strict=True):
+                if v[2] != forward:
+                    continue
+                state = v[3]
+                counts[(k[4], state)] = counts.get((k[4], state), 0) + 1
+                timeout = min(v[6], closing) if state >= fin_wait else v[6]
+                if now - v[8] <= timeout * 1_000_000_000:
+                    svc_active[v[4]] = svc_active.get(v[4], 0) + 1
+                    be_active[v[5]] = be_active.get(v[5], 0) + 1
+        by_state = {(_PROTO_NAMES.get(p, str(p)), CT_STATES.get(s, str(s)).replace("-", "_")): n
+                    for (p, s), n in counts.items()}
+        return by_state, svc_active, be_active
 
     def sync_conn_counts(self) -> None:
         """Recompute least-connection counts from live conntrack (fixes LRU-evicted drift)."""
