@@ -44,6 +44,7 @@ from reconciler.telemetry import (
     FirewallRuleStats,
     FirewallSource,
     HealthSource,
+    ServiceStats,
 )
 
 # The classic text format both writers produce (prometheus_client >= 0.20 names a newer one "latest").
@@ -184,9 +185,16 @@ F = {f.name: f for f in (
        ("service",)),
     _f("loxilb_service_traffic_bytes_total", "counter", "Bytes per service name, both directions.",
        ("service",)),
-    _f("loxilb_endpoint_traffic_bytes_total", "counter", "Bytes per endpoint (dip) of a service name.",
-       ("service", "dip")),
 )}
+
+# The families each service yields (one line per service, or per endpoint), in this order.
+PER_SERVICE = ("lbctl_service_packets_total", "lbctl_service_bytes_total",
+               "lbctl_service_reply_packets_total", "lbctl_service_reply_bytes_total",
+               "lbctl_service_new_flows_total", "lbctl_service_drops_total", "lbctl_service_active_flows")
+PER_ENDPOINT = ("lbctl_endpoint_packets_total", "lbctl_endpoint_bytes_total",
+                "lbctl_endpoint_new_flows_total", "lbctl_endpoint_active_flows")
+PER_NAME = ("loxilb_service_traffic_packets_total", "loxilb_service_traffic_bytes_total",
+            "loxilb_service_requests_total", "loxilb_service_errors_total")
 
 Labels = tuple[str, ...]
 Series = list[tuple[Labels, float]]
@@ -196,10 +204,29 @@ HistSeries = list[tuple[Labels, Sequence[tuple[float, int]], int, float]]
 
 @dataclass(frozen=True)
 class Samples:
-    """One scrape's values per family name (what both writers render)."""
+    """One scrape's values (what both writers render): ``services`` yield the PER_SERVICE and
+    PER_ENDPOINT families (``service_series``), ``names`` the PER_NAME ones, ``series`` the rest."""
 
     series: dict[str, Series]
     histograms: dict[str, HistSeries]
+    services: tuple[ServiceStats, ...] = ()
+    names: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()  # name, (packets, bytes, flows, drops)
+
+
+def service_series(svc: ServiceStats) -> list[list[tuple[Labels, int]]]:
+    """A service's samples, one list per family of PER_SERVICE + PER_ENDPOINT."""
+    k, t = svc.key, svc.traffic
+    labels: Labels = (svc.name, k.vip, svc.port_label, k.proto)
+    out: list[list[tuple[Labels, int]]] = [[(labels, v)] for v in t[:7]] + [[], [], [], []]
+    p, b, nf, a = out[7], out[8], out[9], out[10]
+    for ep in svc.endpoints:
+        el = labels + (ep.endpoint,)
+        et = ep.traffic
+        p.append((el, et.packets))
+        b.append((el, et.bytes))
+        nf.append((el, et.new_flows))
+        a.append((el, et.active_flows))
+    return out
 
 
 def _escape(value: str) -> str:
@@ -230,7 +257,7 @@ class DatapathCollector:
         self._sources = sources
         self._on_error = on_error
         self._errors: dict[str, int] = {}
-        self._label_text: dict[Labels, str] = {}
+        self._text: dict[int, tuple[ServiceStats, list[bytes]]] = {}  # id(service) -> its lines
         self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
@@ -264,58 +291,40 @@ class DatapathCollector:
         out: dict[str, Series] = {name: [] for name, f in F.items() if f.kind != "histogram"}
         hist: dict[str, HistSeries] = {name: [] for name, f in F.items() if f.kind == "histogram"}
         names: dict[ServiceKey, str] = {}
+        by_name: dict[str, list[int]] = {}
         for snap in snaps:
-            self._datapath(snap, health, out)
-            names.update((svc.key, svc.name) for svc in snap.services)
+            self._datapath(snap, health, out, by_name)
+            if health:
+                names.update((svc.key, svc.name) for svc in snap.services)
         self._health(health, names, out, hist)
         self._firewall(rules, out)
         self._bgp(sessions, out)
         out["lbctl_scrape_duration_seconds"].append(((), time.perf_counter() - started))
         for what in ("datapath", "firewall", "health", "bgp"):
             out["lbctl_scrape_errors_total"].append(((what,), self._errors.get(what, 0)))
-        return Samples(out, hist)
+        services = tuple(svc for snap in snaps for svc in snap.services)
+        named = tuple((n, (v[0], v[1], v[2], v[3])) for n, v in sorted(by_name.items()))
+        return Samples(out, hist, services, named)
 
     @staticmethod
-    def _datapath(snap: DatapathSnapshot, health: Sequence[EndpointHealth], out: dict[str, Series]) -> None:
-        s_p, s_b = out["lbctl_service_packets_total"], out["lbctl_service_bytes_total"]
-        s_rp, s_rb = out["lbctl_service_reply_packets_total"], out["lbctl_service_reply_bytes_total"]
-        s_nf, s_d = out["lbctl_service_new_flows_total"], out["lbctl_service_drops_total"]
-        s_a = out["lbctl_service_active_flows"]
-        e_p, e_b = out["lbctl_endpoint_packets_total"], out["lbctl_endpoint_bytes_total"]
-        e_nf, e_a = out["lbctl_endpoint_new_flows_total"], out["lbctl_endpoint_active_flows"]
-        lx_ep = out["loxilb_endpoint_traffic_bytes_total"]
-        by_name: dict[str, list[int]] = {}  # name -> packets, bytes, new flows, drops (both directions)
+    def _datapath(snap: DatapathSnapshot, health: Sequence[EndpointHealth], out: dict[str, Series],
+                  by_name: dict[str, list[int]]) -> None:
+        """The families over all services (the per-service ones come from ``service_series``)."""
         by_proto: dict[str, list[int]] = {}
         active = endpoints = 0
         for svc in snap.services:
-            k, t = svc.key, svc.traffic
-            labels = (svc.name, k.vip, svc.port_label, k.proto)
-            s_p.append((labels, t.packets))
-            s_b.append((labels, t.bytes))
-            s_rp.append((labels, t.reply_packets))
-            s_rb.append((labels, t.reply_bytes))
-            s_nf.append((labels, t.new_flows))
-            s_d.append((labels, t.drops))
-            s_a.append((labels, t.active_flows))
+            t = svc.traffic
             n = by_name.setdefault(svc.name, [0, 0, 0, 0])
             n[0] += t.packets + t.reply_packets
             n[1] += t.bytes + t.reply_bytes
             n[2] += t.new_flows
             n[3] += t.drops
-            p = by_proto.setdefault(k.proto, [0, 0, 0])
+            p = by_proto.setdefault(svc.key.proto, [0, 0, 0])
             p[0] += t.packets + t.reply_packets
             p[1] += t.bytes + t.reply_bytes
             p[2] += t.active_flows
             active += t.active_flows
             endpoints += len(svc.endpoints)
-            for ep in svc.endpoints:
-                el = labels + (ep.endpoint,)
-                et = ep.traffic
-                e_p.append((el, et.packets))
-                e_b.append((el, et.bytes))
-                e_nf.append((el, et.new_flows))
-                e_a.append((el, et.active_flows))
-                lx_ep.append(((svc.name, ep.endpoint), et.bytes + et.reply_bytes))
         for outcome, v in sorted(snap.counters.items()):
             out["lbctl_datapath_packets_total"].append(((outcome,), v))
         for reason, v in sorted(snap.drops.items()):
@@ -337,11 +346,6 @@ class DatapathCollector:
         out["loxilb_processed_bytes_total"].append(((), sum(n[1] for n in by_name.values())))
         out["loxilb_healthy_endpoints"].append(((), max(0, endpoints - down)))
         out["loxilb_unhealthy_endpoints"].append(((), down))
-        for name, n in sorted(by_name.items()):
-            out["loxilb_service_traffic_packets_total"].append(((name,), n[0]))
-            out["loxilb_service_traffic_bytes_total"].append(((name,), n[1]))
-            out["loxilb_service_requests_total"].append(((name,), n[2]))
-            out["loxilb_service_errors_total"].append(((name,), n[3]))
 
     @staticmethod
     def _health(health: Sequence[EndpointHealth], names: Mapping[ServiceKey, str], out: dict[str, Series],
@@ -397,6 +401,15 @@ class DatapathCollector:
                 m = CounterMetricFamily(base, fam.help, labels=list(fam.labels))
             else:
                 m = GaugeMetricFamily(base, fam.help, labels=list(fam.labels))
+            if name in PER_SERVICE or name in PER_ENDPOINT:
+                i = (PER_SERVICE + PER_ENDPOINT).index(name)
+                for svc in got.services:
+                    for labels, n in service_series(svc)[i]:
+                        m.add_metric(list(labels), n)
+            elif name in PER_NAME:
+                i = PER_NAME.index(name)
+                for sname, values in got.names:
+                    m.add_metric([sname], values[i])
             for labels, value in got.series[name]:
                 m.add_metric(list(labels), value)
             yield m
@@ -404,37 +417,58 @@ class DatapathCollector:
     # -- the fast writer --
 
     def _labels(self, names: tuple[str, ...], values: Labels) -> str:
-        text = self._label_text.get(values)
-        if text is None:
-            text = "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
-            self._label_text[values] = text
-        return text
+        return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
 
-    def render(self) -> str:
-        """The collector's families in the text format (the same as ``generate_latest`` gives)."""
+    def _service_text(self, svc: ServiceStats) -> list[bytes]:
+        """A service's lines, one chunk per family of PER_SERVICE + PER_ENDPOINT (kept per object:
+        the datapath source hands back the same object while nothing of the service changed)."""
+        got = self._text.get(id(svc))
+        if got is not None and got[0] is svc:
+            return got[1]
+        k, t = svc.key, svc.traffic
+        base = (f'service="{_escape(svc.name)}",vip="{k.vip}",port="{svc.port_label}",'
+                f'protocol="{k.proto}"')
+        chunks = [f"{name}{{{base}}} {v}\n".encode() for name, v in zip(PER_SERVICE, t, strict=False)]
+        eps = [(f'{base},endpoint="{_escape(ep.endpoint)}"}} ', ep.traffic) for ep in svc.endpoints]
+        for i, name in enumerate(PER_ENDPOINT):
+            field = (0, 1, 4, 6)[i]  # packets, bytes, new_flows, active_flows of Traffic
+            chunks.append("".join([f"{name}{{{lt}{et[field]}\n" for lt, et in eps]).encode())
+        return chunks
+
+    def render(self) -> bytes:
+        """The collector's families in the text format (what ``generate_latest`` gives, faster)."""
         with self._lock:
             got = self.samples()
-            if len(self._label_text) > 4 * sum(len(s) for s in got.series.values()) + 1000:
-                self._label_text.clear()  # services came and went: forget their label text
-            parts: list[str] = []
+            text: dict[int, tuple[ServiceStats, list[bytes]]] = {}
+            per_svc = []
+            for svc in got.services:
+                chunks = self._service_text(svc)
+                text[id(svc)] = (svc, chunks)
+                per_svc.append(chunks)
+            self._text = text
+            order = PER_SERVICE + PER_ENDPOINT
+            parts: list[bytes] = []
             for name, fam in F.items():
-                parts.append(f"# HELP {name} {_escape(fam.help)}\n# TYPE {name} {fam.kind}\n")
+                parts.append(f"# HELP {name} {_escape(fam.help)}\n# TYPE {name} {fam.kind}\n".encode())
+                if name in order:
+                    i = order.index(name)
+                    parts.extend(c[i] for c in per_svc)
+                elif name in PER_NAME:
+                    i = PER_NAME.index(name)
+                    parts.append("".join([f'{name}{{service="{_escape(n)}"}} {v[i]}\n'
+                                          for n, v in got.names]).encode())
                 if fam.kind == "histogram":
                     for labels, buckets, count, total in got.histograms[name]:
                         lt = self._labels(fam.labels, labels)[:-1]
                         for bound, c in buckets:
-                            parts.append(f'{name}_bucket{lt},le="{_number(bound)}"}} {c}\n')
-                        parts.append(f'{name}_bucket{lt},le="+Inf"}} {count}\n')
-                        parts.append(f"{name}_count{lt}}} {count}\n{name}_sum{lt}}} {_number(total)}\n")
+                            parts.append(f'{name}_bucket{lt},le="{_number(bound)}"}} {c}\n'.encode())
+                        parts.append(f'{name}_bucket{lt},le="+Inf"}} {count}\n'.encode())
+                        parts.append(f"{name}_count{lt}}} {count}\n".encode())
+                        parts.append(f"{name}_sum{lt}}} {_number(total)}\n".encode())
                     continue
-                if not fam.labels:
-                    parts.extend(f"{name} {_number(v)}\n" for _, v in got.series[name])
-                    continue
-                lab = self._labels
-                names = fam.labels
-                parts.append("".join([f"{name}{lab(names, labels)} {_number(v)}\n"
-                                      for labels, v in got.series[name]]))
-            return "".join(parts)
+                parts.append("".join([f"{name}{self._labels(fam.labels, labels) if labels else ''} "
+                                      f"{_number(v)}\n" for labels, v in got.series[name]]).encode())
+            return b"".join(parts)
 
 
 class Exporter:
@@ -447,7 +481,7 @@ class Exporter:
         self.collector = DatapathCollector(sources, on_error)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry) + self.collector.render().encode()
+        return generate_latest(self.registry) + self.collector.render()
 
     def reference_registry(self) -> CollectorRegistry:
         """A registry holding the daemon's metrics and the collector, for ``generate_latest``
