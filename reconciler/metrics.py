@@ -392,8 +392,9 @@ class DatapathCollector:
             base = name[: -len("_total")] if fam.kind == "counter" else name
             if fam.kind == "histogram":
                 h = HistogramMetricFamily(base, fam.help, labels=list(fam.labels))
-                for labels, buckets, _count, total in got.histograms[name]:
-                    h.add_metric(list(labels), [(_number(b), c) for b, c in buckets], total)
+                for labels, buckets, count, total in got.histograms[name]:
+                    cumulative = [(_number(b), c) for b, c in buckets] + [("+Inf", count)]
+                    h.add_metric(list(labels), cumulative, total)
                 yield h
                 continue
             m: CounterMetricFamily | GaugeMetricFamily
