@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import add, ne, or_
 from typing import Any
@@ -82,16 +81,6 @@ class _Built:
 
 
 @dataclass
-class Counters:
-    packets: int = 0
-    bytes: int = 0
-    reply_packets: int = 0
-    reply_bytes: int = 0
-    new_flows: int = 0
-    drops: int = 0
-
-
-@dataclass
 class Flow:
     proto: str
     client: str
@@ -127,10 +116,6 @@ class BpfObserve(BpfRead):
         return ServiceKey(_words_addr(family, k.addr), _PROTO_NAMES.get(int(k.proto), str(int(k.proto))),
                           port, int(conf.port_end))
 
-    def _list(self, svc_id: int, slot: int) -> Any | None:
-        bk = self._maps["lb_backends"].key(svc_id=svc_id, slot=slot)
-        return self._maps["lb_backends"].lookup(bk)
-
     # ---------------------------------------------------------- for lbctl get
 
     def stats(self) -> dict[str, int]:
@@ -147,35 +132,13 @@ class BpfObserve(BpfRead):
         del ffi
         return out
 
-    @staticmethod
-    def _sum(vals: Iterable[Any]) -> Counters:
-        c = Counters()
-        for v in vals:
-            c.packets += int(v.packets)
-            c.bytes += int(v.bytes)
-            c.reply_packets += int(v.reply_packets)
-            c.reply_bytes += int(v.reply_bytes)
-            c.new_flows += int(v.new_flows)
-            c.drops += int(v.drops)
-        return c
-
     def counters(self) -> dict[str, dict[str, Any]]:
-        """Per service key: {"service": Counters, "endpoints": {"addr:port": Counters}}."""
-        out: dict[str, dict[str, Any]] = {}
-        if not self._open(create=False):
-            return out
-        for svc_id, conf in self._confs().items():
-            entry: dict[str, Any] = {"service": self._sum(self._maps["lb_svc_stats"].lookup(svc_id) or []),
-                                     "endpoints": {}}
-            if int(conf.flags) & F_HAS_ENDPOINTS:
-                lst = self._list(svc_id, int(conf.active))
-                for b in lst.be[0 : int(lst.count)] if lst is not None else []:
-                    addr = _words_addr(int(b.family), b.addr)
-                    host = f"[{addr}]" if ":" in addr else addr
-                    c = self._sum(self._maps["lb_be_stats"].lookup(int(b.stat_id)) or [])
-                    entry["endpoints"][f"{host}:{socket.ntohs(int(b.port))}"] = c
-            out[str(self._conf_key(conf))] = entry
-        return out
+        """Per service key: {"service": Traffic, "endpoints": {"addr:port": Traffic}} (from the snapshot)."""
+        snap = self.datapath_snapshot()
+        if snap is None:
+            return {}
+        return {str(s.key): {"service": s.traffic, "endpoints": {e.endpoint: e.traffic for e in s.endpoints}}
+                for s in snap.services}
 
     def conntrack(self) -> list[Flow]:
         """Forward conntrack entries (one per flow) with state and ages."""

@@ -234,3 +234,30 @@ def test_prometheus_evaluates_every_dashboard_query_while_traffic_flows(obs: Obs
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_get_conntrack_shows_the_flows_of_one_service(obs: Obs, capsys: pytest.CaptureFixture[str]) -> None:
+    sent = obs.send(VIP_B, flows=2, per_flow=1)
+    capsys.readouterr()
+    assert cli.main(["get", "conntrack", "--service", "beta", "-o", "json", *obs.box.common]) == 0
+    flows = json.loads(capsys.readouterr().out)
+    assert len(flows) >= 2 and {f["service"] for f in flows} == {"beta"}
+    assert {f["vip"] for f in flows} == {f"{VIP_B}:{PORT}"} and {f["proto"] for f in flows} == {"udp"}
+    assert {f["endpoint"] for f in flows} >= {obs.endpoint(b) for b in sent}
+    assert all(f["state"] == "active" and f["age_s"] >= f["idle_s"] >= 0 for f in flows)
+    assert cli.main(["get", "conntrack", "-o", "wide", *obs.box.common]) == 0
+    table = capsys.readouterr().out
+    assert "SERVICE KEY" in table and f"udp/{VIP4}:{PORT}" in table and f"udp/{VIP_B}:{PORT}" in table
+    assert cli.main(["get", "endpoints", "--service", "beta", "-o", "json", *obs.box.common]) == 0
+    eps = json.loads(capsys.readouterr().out)
+    assert {e["name"] for e in eps} == {"beta"} and sum(e["packets"] for e in eps) > 0
+
+
+def test_top_reads_the_maps_itself(obs: Obs, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # rich's width when stdout is no terminal
+    capsys.readouterr()
+    assert cli.main(["top", "--iterations", "2", "--interval", "0.05", *obs.box.common]) == 0
+    out = capsys.readouterr().out
+    assert "lbctl top" in out and f"udp/{VIP4}:{PORT}" in out and f"udp/{VIP_B}:{PORT}" in out
+    assert "2 (not probed)" in out
