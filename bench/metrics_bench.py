@@ -123,15 +123,18 @@ def main() -> None:
                 t0 = time.perf_counter()
                 drv.datapath_snapshot()
                 t1 = time.perf_counter()
+                c1 = time.thread_time()
                 daemon.render_metrics()
                 t2 = time.perf_counter()
+                c2 = time.thread_time()
                 if kind == "busy":
                     traffic(drv, a.busy, r + a.rounds)
                 t3 = time.perf_counter()
                 with urllib.request.urlopen(url, timeout=30) as resp:
                     got = resp.read()
                 t4 = time.perf_counter()
-                t = times.setdefault(kind, {"snap": [], "body": [], "http": []})
+                t = times.setdefault(kind, {"snap": [], "body": [], "cpu": [], "http": []})
+                t["cpu"].append(c2 - c1)
                 t["snap"].append(t1 - t0)
                 t["body"].append(t2 - t1)
                 t["http"].append(t4 - t3)
@@ -168,6 +171,8 @@ def main() -> None:
         f"per-CPU sums) | {ms(times['idle']['snap'])} | {ms(times['busy']['snap'])} |",
         f"| whole /metrics body (snapshot + daemon metrics + collector text) | {ms(times['idle']['body'])} | "
         f"{ms(times['busy']['body'])} |",
+        f"| the same, CPU time of the scraping thread (what the shared machine's load does not inflate) | "
+        f"{ms(times['idle']['cpu'])} | {ms(times['busy']['cpu'])} |",
         f"| HTTP GET /metrics on loopback (a scrape as Prometheus sees it) | {ms(times['idle']['http'])} | "
         f"{ms(times['busy']['http'])} |",
         f"| for comparison: prometheus_client generate_latest over the same collector (once) | "

@@ -230,6 +230,8 @@ def service_series(svc: ServiceStats) -> list[list[tuple[Labels, int]]]:
 
 
 def _escape(value: str) -> str:
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -314,16 +316,23 @@ class DatapathCollector:
         active = endpoints = 0
         for svc in snap.services:
             t = svc.traffic
-            n = by_name.setdefault(svc.name, [0, 0, 0, 0])
-            n[0] += t.packets + t.reply_packets
-            n[1] += t.bytes + t.reply_bytes
-            n[2] += t.new_flows
-            n[3] += t.drops
-            p = by_proto.setdefault(svc.key.proto, [0, 0, 0])
-            p[0] += t.packets + t.reply_packets
-            p[1] += t.bytes + t.reply_bytes
-            p[2] += t.active_flows
-            active += t.active_flows
+            packets, nbytes = t[0] + t[2], t[1] + t[3]
+            n = by_name.get(svc.name)
+            if n is None:
+                by_name[svc.name] = [packets, nbytes, t[4], t[5]]
+            else:
+                n[0] += packets
+                n[1] += nbytes
+                n[2] += t[4]
+                n[3] += t[5]
+            p = by_proto.get(svc.key.proto)
+            if p is None:
+                by_proto[svc.key.proto] = [packets, nbytes, t[6]]
+            else:
+                p[0] += packets
+                p[1] += nbytes
+                p[2] += t[6]
+            active += t[6]
             endpoints += len(svc.endpoints)
         for outcome, v in sorted(snap.counters.items()):
             out["lbctl_datapath_packets_total"].append(((outcome,), v))
@@ -420,12 +429,12 @@ class DatapathCollector:
     def _labels(self, names: tuple[str, ...], values: Labels) -> str:
         return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
 
-    def _service_text(self, svc: ServiceStats) -> list[bytes]:
+    def _service_text(self, svc: ServiceStats) -> tuple[ServiceStats, list[bytes]]:
         """A service's lines, one chunk per family of PER_SERVICE + PER_ENDPOINT (kept per object:
         the datapath source hands back the same object while nothing of the service changed)."""
         got = self._text.get(id(svc))
         if got is not None and got[0] is svc:
-            return got[1]
+            return got
         k, t = svc.key, svc.traffic
         base = (f'service="{_escape(svc.name)}",vip="{k.vip}",port="{svc.port_label}",'
                 f'protocol="{k.proto}"')
@@ -434,30 +443,31 @@ class DatapathCollector:
         for i, name in enumerate(PER_ENDPOINT):
             field = (0, 1, 4, 6)[i]  # packets, bytes, new_flows, active_flows of Traffic
             chunks.append("".join([f"{name}{{{lt}{et[field]}\n" for lt, et in eps]).encode())
-        return chunks
+        return svc, chunks
 
-    def render(self) -> bytes:
-        """The collector's families in the text format (what ``generate_latest`` gives, faster)."""
+    def render(self, head: bytes = b"") -> bytes:
+        """The collector's families in the text format (what ``generate_latest`` gives, faster),
+        after ``head`` (one copy of the whole body, not two)."""
         with self._lock:
             got = self.samples()
             text: dict[int, tuple[ServiceStats, list[bytes]]] = {}
             per_svc = []
             for svc in got.services:
-                chunks = self._service_text(svc)
-                text[id(svc)] = (svc, chunks)
-                per_svc.append(chunks)
+                entry = self._service_text(svc)
+                text[id(svc)] = entry
+                per_svc.append(entry[1])
             self._text = text
+            named = [(f'{{service="{_escape(n)}"}} ', v) for n, v in got.names]
             order = PER_SERVICE + PER_ENDPOINT
-            parts: list[bytes] = []
+            columns = list(zip(*per_svc, strict=True)) if per_svc else [()] * len(order)
+            parts: list[bytes] = [head]
             for name, fam in F.items():
                 parts.append(f"# HELP {name} {_escape(fam.help)}\n# TYPE {name} {fam.kind}\n".encode())
                 if name in order:
-                    i = order.index(name)
-                    parts.extend(c[i] for c in per_svc)
+                    parts.extend(columns[order.index(name)])
                 elif name in PER_NAME:
                     i = PER_NAME.index(name)
-                    parts.append("".join([f'{name}{{service="{_escape(n)}"}} {v[i]}\n'
-                                          for n, v in got.names]).encode())
+                    parts.append("".join([f"{name}{lt}{v[i]}\n" for lt, v in named]).encode())
                 if fam.kind == "histogram":
                     for labels, buckets, count, total in got.histograms[name]:
                         lt = self._labels(fam.labels, labels)[:-1]
@@ -482,7 +492,7 @@ class Exporter:
         self.collector = DatapathCollector(sources, on_error)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry) + self.collector.render()
+        return self.collector.render(head=generate_latest(self.registry))
 
     def reference_registry(self) -> CollectorRegistry:
         """A registry holding the daemon's metrics and the collector, for ``generate_latest``

@@ -48,7 +48,7 @@ _STAT_NAMES = {v: k.replace("-", "_") for k, v in STATS.items()}
 _CHUNK = 4096  # entries per batch call over the counter arrays (and per kept chunk of sums)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _SvcLabels:
     """What a scrape decodes of one lb_conf entry (kept while its bytes stay the same)."""
 
@@ -60,7 +60,7 @@ class _SvcLabels:
     has_endpoints: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _ListLabels:
     """What a scrape decodes of one active endpoint list (kept while its lb_conf entry is the same)."""
 
@@ -69,14 +69,12 @@ class _ListLabels:
     stat_ids: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Built:
     """A service's stats as the last scrape built them, with what they were built from."""
 
     conf: _SvcLabels
     lst: _ListLabels | None
-    active: int
-    acts: tuple[int, ...]
     stats: ServiceStats
 
 
@@ -97,12 +95,21 @@ class Flow:
     name: str = ""  # the Service resource's name
 
 
+def _moved(old: dict[int, int], new: dict[int, int]) -> set[int]:
+    """The keys whose count differs between two scrapes (absent counts as 0)."""
+    if old == new:
+        return set()
+    return {k for k in old.keys() | new.keys() if old.get(k, 0) != new.get(k, 0)}
+
+
 class BpfObserve(BpfRead):
     """Counters, flows and least-connection counts."""
 
     _obs_confs: dict[int, _SvcLabels]
     _obs_lists: dict[int, _ListLabels]
     _obs_built: dict[int, _Built]
+    _obs_svc_active: dict[int, int]
+    _obs_be_active: dict[int, int]
 
 
     def _confs(self) -> dict[int, Any]:
@@ -192,6 +199,10 @@ class BpfObserve(BpfRead):
         (stats,), _ = self._percpu_sums("lb_stats", 1)
         n_svc, n_be, zero = len(svc[0]), len(be[0]), (0,) * _COUNTER_FIELDS
         prev: dict[int, _Built] = getattr(self, "_obs_built", {})
+        # Live-flow counts that moved since the last scrape (proportional to the flows, not services).
+        svc_moved = _moved(getattr(self, "_obs_svc_active", {}), svc_active)
+        be_moved = _moved(getattr(self, "_obs_be_active", {}), be_active) | be_dirty
+        self._obs_svc_active, self._obs_be_active = svc_active, be_active
         built: dict[int, _Built] = {}
         make = Traffic._make
         bp, bb, brp, brb, bnf, bd = be
@@ -199,20 +210,19 @@ class BpfObserve(BpfRead):
         for svc_id, c in confs.items():
             lst = lists.get(svc_id)
             sids = lst.stat_ids if lst is not None else ()
-            active = svc_active.get(svc_id, 0)
-            acts = tuple(be_active.get(sid, 0) for sid in sids)
             p = prev.get(svc_id)
-            if (p is not None and p.conf is c and p.lst is lst and p.active == active and p.acts == acts
-                    and svc_id not in svc_dirty and not (be_dirty and any(sid in be_dirty for sid in sids))):
-                stats_ = p.stats
-            else:
-                eps = tuple(EndpointStats(ep, make((bp[sid], bb[sid], brp[sid], brb[sid], bnf[sid], bd[sid],
-                                                    a)
-                                                   if sid < n_be else (*zero, a)))
-                            for ep, sid, a in zip(lst.endpoints if lst else (), sids, acts, strict=True))
-                row = tuple(f[svc_id] for f in svc) if svc_id < n_svc else zero
-                stats_ = ServiceStats(c.key, c.name, make((*row, active)), eps)
-            built[svc_id] = _Built(c, lst, active, acts, stats_)
+            if (p is not None and p.conf is c and p.lst is lst and svc_id not in svc_dirty
+                    and svc_id not in svc_moved and not (be_moved and any(sid in be_moved for sid in sids))):
+                built[svc_id] = p
+                services.append(p.stats)
+                continue
+            eps = tuple(EndpointStats(ep, make((bp[sid], bb[sid], brp[sid], brb[sid], bnf[sid], bd[sid],
+                                                be_active.get(sid, 0))
+                                               if sid < n_be else (*zero, be_active.get(sid, 0))))
+                        for ep, sid in zip(lst.endpoints if lst else (), sids, strict=True))
+            row = tuple(f[svc_id] for f in svc) if svc_id < n_svc else zero
+            stats_ = ServiceStats(c.key, c.name, make((*row, svc_active.get(svc_id, 0))), eps)
+            built[svc_id] = _Built(c, lst, stats_)
             services.append(stats_)
         self._obs_built = built
         counters = {_STAT_NAMES[i]: v for i, v in enumerate(stats) if i in _STAT_NAMES}
@@ -227,11 +237,12 @@ class BpfObserve(BpfRead):
         m = self._maps["lb_conf"]
         hs, vs = SVC_HDR.size, m.buf_size
         for n, kv, vv in m.chunks_raw(1024):
-            ids = kv.cast("I")
+            ids = kv.cast("I").tolist()
+            raw = vv.tobytes()  # one copy per chunk: slices of bytes are cheaper than of a view
             for i in range(n):
                 svc_id, off = ids[i], i * vs
-                hdr = bytes(vv[off : off + hs])
-                name_raw = bytes(vv[off + NAME_OFF : off + NAME_OFF + NAME_LEN])
+                hdr = raw[off : off + hs]
+                name_raw = raw[off + NAME_OFF : off + NAME_OFF + NAME_LEN]
                 c = old.get(svc_id)
                 if c is None or c.hdr != hdr or c.name_raw != name_raw:
                     addr, port_n, proto, family, port_end, _, _, flags, _, _, active, _ = SVC_HDR.unpack(hdr)
@@ -286,10 +297,10 @@ class BpfObserve(BpfRead):
         dirty: set[int] = set()
         out: list[list[int]] = [[] for _ in range(fields)]
         for k, (_, _, vv) in enumerate(m.chunks_raw(_CHUNK)):
-            raw = bytes(vv)
-            if k < len(old) and old[k][0] == raw:
-                sums = old[k][1]
+            if k < len(old) and vv == old[k][0]:  # compared in place: no copy of an unchanged chunk
+                raw, sums = old[k]
             else:
+                raw = bytes(vv)
                 words = memoryview(raw).cast("Q")
                 sums = []
                 for f in range(fields):
