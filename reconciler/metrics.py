@@ -279,7 +279,7 @@ class DatapathCollector:
     def samples(self) -> Samples:
         started = time.perf_counter()
         sources = list(self._sources())
-        snaps = [s for s in (self._ask("datapath", d.datapath_snapshot)
+        snaps = [s for s in (self._ask("dataplane", d.datapath_snapshot)
                              for d in sources if isinstance(d, DatapathSource)) if s is not None]
         rules: list[FirewallRuleStats] = []
         for fw in (s for s in sources if isinstance(s, FirewallSource)):
@@ -302,7 +302,7 @@ class DatapathCollector:
         self._firewall(rules, out)
         self._bgp(sessions, out)
         out["lbctl_scrape_duration_seconds"].append(((), time.perf_counter() - started))
-        for what in ("datapath", "firewall", "health", "bgp"):
+        for what in ("dataplane", "firewall", "health", "bgp"):
             out["lbctl_scrape_errors_total"].append(((what,), self._errors.get(what, 0)))
         services = tuple(svc for snap in snaps for svc in snap.services)
         named = tuple((n, (v[0], v[1], v[2], v[3])) for n, v in sorted(by_name.items()))

@@ -27,6 +27,7 @@ binds it to the real config loader, reconcile layer and drivers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import threading
@@ -347,6 +348,10 @@ class Daemon:
             self.server.start()
             self.log.info("listening", address=str(self.server.address),
                           endpoints="/healthz /readyz /status /metrics")
+            if not ipaddress.ip_address(self.options.listen.host).is_loopback:
+                self.log.warning("listening-off-loopback", address=str(self.server.address),
+                                 detail="/status and /metrics have no TLS or authentication here; "
+                                        "put a reverse proxy in front (docs/metrics.md)")
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.options.directory, self.notify)
             self._watcher.start()

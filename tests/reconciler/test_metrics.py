@@ -140,7 +140,7 @@ def test_a_failing_source_is_counted_and_logged_not_fatal() -> None:
     engine.telemetry = [Broken(), Extras()]
     daemon = Daemon(Options(directory="/cfg"), engine, EventLog("kv", log))
     text = daemon.render_metrics().decode()
-    assert 'lbctl_scrape_errors_total{source="datapath"} 1' in text
+    assert 'lbctl_scrape_errors_total{source="dataplane"} 1' in text
     assert "lbctl_bgp_session_up" in text
     assert "metrics-source-failed" in log.getvalue() and "map gone" in log.getvalue()
 

@@ -210,3 +210,14 @@ def test_json_log_lines_are_one_object_each() -> None:
     assert docs[0]["create"] == 1 and docs[1]["level"] == "error"
     with pytest.raises(ValueError):
         EventLog("xml")  # type: ignore[arg-type]
+
+
+def test_listening_off_loopback_warns_about_tls_and_auth() -> None:
+    log = io.StringIO()
+    daemon = Daemon(Options(directory="/cfg", listen=Address("0.0.0.0", 0)), ScriptedEngine(),
+                    EventLog("kv", log))
+    daemon.start_services()
+    try:
+        assert "listening-off-loopback" in log.getvalue() and "reverse proxy" in log.getvalue()
+    finally:
+        daemon.shutdown()
