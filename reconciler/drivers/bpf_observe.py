@@ -95,6 +95,9 @@ class Flow:
     name: str = ""  # the Service resource's name
 
 
+_ConfChunk = tuple[bytes, bytes, list[tuple[int, _SvcLabels]]]  # keys, values, decoded entries
+
+
 def _moved(old: dict[int, int], new: dict[int, int]) -> set[int]:
     """The keys whose count differs between two scrapes (absent counts as 0)."""
     if old == new:
@@ -109,6 +112,7 @@ class BpfObserve(BpfRead):
     _obs_lists: dict[int, _ListLabels]
     _obs_built: dict[int, _Built]
     _obs_svc_active: dict[int, int]
+    _obs_conf_chunks: list[_ConfChunk]
     _obs_be_active: dict[int, int]
 
 
@@ -231,14 +235,22 @@ class BpfObserve(BpfRead):
                                 counters=counters, drops=drops)
 
     def _scan_confs(self) -> dict[int, _SvcLabels]:
-        """lb_conf (one dump), decoded where its bytes changed since the last scrape."""
+        """lb_conf (one dump), decoded where its bytes changed since the last scrape (a chunk of
+        the dump equal to the last one's is taken whole)."""
         old: dict[int, _SvcLabels] = getattr(self, "_obs_confs", {})
+        old_chunks: list[_ConfChunk] = getattr(self, "_obs_conf_chunks", [])
+        chunks: list[_ConfChunk] = []
         new: dict[int, _SvcLabels] = {}
         m = self._maps["lb_conf"]
         hs, vs = SVC_HDR.size, m.buf_size
-        for n, kv, vv in m.chunks_raw(1024):
+        for k, (n, kv, vv) in enumerate(m.chunks_raw(1024)):
+            if k < len(old_chunks) and old_chunks[k][0] == kv and old_chunks[k][1] == vv:
+                chunks.append(old_chunks[k])
+                new.update(old_chunks[k][2])
+                continue
             ids = kv.cast("I").tolist()
             raw = vv.tobytes()  # one copy per chunk: slices of bytes are cheaper than of a view
+            entries: list[tuple[int, _SvcLabels]] = []
             for i in range(n):
                 svc_id, off = ids[i], i * vs
                 hdr = raw[off : off + hs]
@@ -250,8 +262,11 @@ class BpfObserve(BpfRead):
                                      socket.ntohs(port_n), port_end)
                     c = _SvcLabels(hdr, name_raw, key, name_raw.split(b"\0", 1)[0].decode(errors="replace"),
                                    active & 1, bool(flags & F_HAS_ENDPOINTS))
-                new[svc_id] = c
+                entries.append((svc_id, c))
+            new.update(entries)
+            chunks.append((kv.tobytes(), raw, entries))
         self._obs_confs = new
+        self._obs_conf_chunks = chunks
         return new
 
     def _scan_lists(self, confs: dict[int, _SvcLabels]) -> dict[int, _ListLabels]:
