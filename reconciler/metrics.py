@@ -9,10 +9,11 @@ once they exist) at each scrape.  ``docs/metrics.md`` is the catalogue; a test
 keeps it, the dashboard and a real scrape equal.
 
 ``prometheus_client``'s text writer costs ~7 us per sample (measured on the
-2-CPU development VM), and 10,000 services x 10 endpoints are ~600,000
-samples, so ``render`` writes the collector's families itself with each
-series' label text kept between scrapes; a test checks that its text parses
-to exactly what ``generate_latest`` gives for the same collector.
+2-CPU development VM), and 10,000 services x 10 endpoints are ~510,000
+samples, so ``render`` writes the collector's families itself, keeping each
+service's lines while the datapath source hands back the same (unchanged)
+``ServiceStats``; a test checks that its text parses to exactly what
+``generate_latest`` gives for the same collector.
 """
 
 from __future__ import annotations
