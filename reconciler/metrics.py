@@ -447,8 +447,12 @@ class DatapathCollector:
         return svc, chunks
 
     def render(self, head: bytes = b"") -> bytes:
-        """The collector's families in the text format (what ``generate_latest`` gives, faster),
-        after ``head`` (one copy of the whole body, not two)."""
+        """The collector's families in the text format (what ``generate_latest`` gives, faster)."""
+        return b"".join(self.render_parts(head))
+
+    def render_parts(self, head: bytes = b"") -> list[bytes]:
+        """``render``'s text as pieces, after ``head``: the HTTP handler sends them without
+        joining ~57 MB at 10,000 x 10 into one buffer."""
         with self._lock:
             got = self.samples()
             text: dict[int, tuple[ServiceStats, list[bytes]]] = {}
@@ -480,7 +484,7 @@ class DatapathCollector:
                     continue
                 parts.append("".join([f"{name}{self._labels(fam.labels, labels) if labels else ''} "
                                       f"{_number(v)}\n" for labels, v in got.series[name]]).encode())
-            return b"".join(parts)
+            return parts
 
 
 class Exporter:
@@ -493,7 +497,10 @@ class Exporter:
         self.collector = DatapathCollector(sources, on_error)
 
     def render(self) -> bytes:
-        return self.collector.render(head=generate_latest(self.registry))
+        return b"".join(self.render_parts())
+
+    def render_parts(self) -> list[bytes]:
+        return self.collector.render_parts(head=generate_latest(self.registry))
 
     def reference_registry(self) -> CollectorRegistry:
         """A registry holding the daemon's metrics and the collector, for ``generate_latest``

@@ -313,6 +313,9 @@ class Daemon:
     def render_metrics(self) -> bytes:
         return self.exporter.render()
 
+    def metrics_parts(self) -> list[bytes]:
+        return self.exporter.render_parts()
+
     def _update(self, **changes: Any) -> None:
         with self._lock:
             self._snapshot = replace(self._snapshot, **changes)
@@ -344,7 +347,7 @@ class Daemon:
         """Start the status server and the directory watcher (before the first reconcile)."""
         if self.options.listen is not None:
             self.server = StatusServer(self.options.listen, Endpoints(
-                ready=self.ready, status=self.status_json, metrics=self.render_metrics))
+                ready=self.ready, status=self.status_json, metrics=self.metrics_parts))
             self.server.start()
             self.log.info("listening", address=str(self.server.address),
                           endpoints="/healthz /readyz /status /metrics")
