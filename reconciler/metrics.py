@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import is_
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -248,6 +249,15 @@ def _number(value: float) -> str:
     return repr(value)
 
 
+@dataclass(frozen=True)
+class _Totals:
+    services: tuple[ServiceStats, ...]
+    named: tuple[tuple[str, tuple[int, int, int, int]], ...]  # name, (packets, bytes, flows, drops)
+    by_proto: dict[str, tuple[int, ...]]  # protocol -> (packets, bytes, active flows)
+    active: int
+    endpoints: int
+
+
 class DatapathCollector:
     """A prometheus_client collector over the telemetry sources, read at each scrape.
 
@@ -261,6 +271,7 @@ class DatapathCollector:
         self._on_error = on_error
         self._errors: dict[str, int] = {}
         self._text: dict[int, tuple[ServiceStats, list[bytes]]] = {}  # id(service) -> its lines
+        self._last_totals: _Totals | None = None
         self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
@@ -294,9 +305,10 @@ class DatapathCollector:
         out: dict[str, Series] = {name: [] for name, f in F.items() if f.kind != "histogram"}
         hist: dict[str, HistSeries] = {name: [] for name, f in F.items() if f.kind == "histogram"}
         names: dict[ServiceKey, str] = {}
-        by_name: dict[str, list[int]] = {}
+        services = tuple(svc for snap in snaps for svc in snap.services)
+        totals = self._totals(services)
         for snap in snaps:
-            self._datapath(snap, health, out, by_name)
+            self._datapath(snap, health, out, totals)
             if health:
                 names.update((svc.key, svc.name) for svc in snap.services)
         self._health(health, names, out, hist)
@@ -305,17 +317,18 @@ class DatapathCollector:
         out["lbctl_scrape_duration_seconds"].append(((), time.perf_counter() - started))
         for what in ("dataplane", "firewall", "health", "bgp"):
             out["lbctl_scrape_errors_total"].append(((what,), self._errors.get(what, 0)))
-        services = tuple(svc for snap in snaps for svc in snap.services)
-        named = tuple((n, (v[0], v[1], v[2], v[3])) for n, v in sorted(by_name.items()))
-        return Samples(out, hist, services, named)
+        return Samples(out, hist, services, totals.named)
 
-    @staticmethod
-    def _datapath(snap: DatapathSnapshot, health: Sequence[EndpointHealth], out: dict[str, Series],
-                  by_name: dict[str, list[int]]) -> None:
-        """The families over all services (the per-service ones come from ``service_series``)."""
+    def _totals(self, services: tuple[ServiceStats, ...]) -> _Totals:
+        """Sums over all services (kept while the source hands back the very same services)."""
+        last = self._last_totals
+        if (last is not None and len(last.services) == len(services)
+                and all(map(is_, last.services, services))):
+            return last
+        by_name: dict[str, list[int]] = {}
         by_proto: dict[str, list[int]] = {}
         active = endpoints = 0
-        for svc in snap.services:
+        for svc in services:
             t = svc.traffic
             packets, nbytes = t[0] + t[2], t[1] + t[3]
             n = by_name.get(svc.name)
@@ -335,6 +348,15 @@ class DatapathCollector:
                 p[2] += t[6]
             active += t[6]
             endpoints += len(svc.endpoints)
+        named = tuple((name, (v[0], v[1], v[2], v[3])) for name, v in sorted(by_name.items()))
+        self._last_totals = _Totals(services, named, {k: tuple(v) for k, v in by_proto.items()}, active,
+                                    endpoints)
+        return self._last_totals
+
+    @staticmethod
+    def _datapath(snap: DatapathSnapshot, health: Sequence[EndpointHealth], out: dict[str, Series],
+                  totals: _Totals) -> None:
+        """The families over all services (the per-service ones come from ``service_series``)."""
         for outcome, v in sorted(snap.counters.items()):
             out["lbctl_datapath_packets_total"].append(((outcome,), v))
         for reason, v in sorted(snap.drops.items()):
@@ -342,19 +364,20 @@ class DatapathCollector:
         for (proto, state), v in sorted(snap.conntrack.items()):
             out["lbctl_conntrack_entries"].append(((proto, state), v))
         down = sum(1 for h in health if not h.healthy)
-        out["loxilb_active_conntrack_entries"].append(((), active))
+        named = totals.named
+        out["loxilb_active_conntrack_entries"].append(((), totals.active))
         out["loxilb_conntrack_max_entries"].append(((), snap.conntrack_capacity))
         for proto in ("tcp", "udp", "sctp"):
-            p = by_proto.get(proto, [0, 0, 0])
-            out[f"loxilb_active_flow_count_{proto}"].append(((), p[2]))
-            out[f"loxilb_processed_{proto}_packets_total"].append(((), p[0]))
-            out[f"loxilb_processed_{proto}_bytes_total"].append(((), p[1]))
+            pp = totals.by_proto.get(proto, (0, 0, 0))
+            out[f"loxilb_active_flow_count_{proto}"].append(((), pp[2]))
+            out[f"loxilb_processed_{proto}_packets_total"].append(((), pp[0]))
+            out[f"loxilb_processed_{proto}_bytes_total"].append(((), pp[1]))
         out["loxilb_lb_rules"].append(((), len(snap.services)))
-        out["loxilb_requests_total"].append(((), sum(n[2] for n in by_name.values())))
-        out["loxilb_errors_total"].append(((), sum(n[3] for n in by_name.values())))
-        out["loxilb_processed_packets_total"].append(((), sum(n[0] for n in by_name.values())))
-        out["loxilb_processed_bytes_total"].append(((), sum(n[1] for n in by_name.values())))
-        out["loxilb_healthy_endpoints"].append(((), max(0, endpoints - down)))
+        out["loxilb_requests_total"].append(((), sum(v[2] for _, v in named)))
+        out["loxilb_errors_total"].append(((), sum(v[3] for _, v in named)))
+        out["loxilb_processed_packets_total"].append(((), sum(v[0] for _, v in named)))
+        out["loxilb_processed_bytes_total"].append(((), sum(v[1] for _, v in named)))
+        out["loxilb_healthy_endpoints"].append(((), max(0, totals.endpoints - down)))
         out["loxilb_unhealthy_endpoints"].append(((), down))
 
     @staticmethod

@@ -197,8 +197,11 @@ class BpfObserve(BpfRead):
             return None
         confs = self._scan_confs()
         lists = self._scan_lists(confs)
-        svc, svc_dirty = self._percpu_sums("lb_svc_stats", _COUNTER_FIELDS)
-        be, be_dirty = self._percpu_sums("lb_be_stats", _COUNTER_FIELDS)
+        # Only as far as the highest id in use: the arrays are sized for the datapath's limits.
+        svc, svc_dirty = self._percpu_sums("lb_svc_stats", _COUNTER_FIELDS, max(confs, default=-1) + 1)
+        be, be_dirty = self._percpu_sums("lb_be_stats", _COUNTER_FIELDS,
+                                         max((max(lst.stat_ids, default=-1) for lst in lists.values()),
+                                             default=-1) + 1)
         by_state, svc_active, be_active = self._scan_conntrack()
         (stats,), _ = self._percpu_sums("lb_stats", 1)
         n_svc, n_be, zero = len(svc[0]), len(be[0]), (0,) * _COUNTER_FIELDS
@@ -296,12 +299,14 @@ class BpfObserve(BpfRead):
         self._obs_lists = new
         return new
 
-    def _percpu_sums(self, name: str, fields: int) -> tuple[list[list[int]], set[int]]:
-        """Per field, the values of a per-CPU array by index, summed over CPUs; and the indexes
-        whose sums changed since the last call.
+    def _percpu_sums(self, name: str, fields: int,
+                     upto: int | None = None) -> tuple[list[list[int]], set[int]]:
+        """Per field, the values of a per-CPU array by index (the first ``upto`` at least, all if
+        None), summed over CPUs; and the indexes whose sums changed since the last call.
 
-        One batch dump; an array's comes in index order, so the lists are indexed by
-        key.  A chunk's sums are kept while its bytes stay the same.
+        One batch dump, stopped after the chunk holding index ``upto - 1``; an array's
+        comes in index order, so the lists are indexed by key.  A chunk's sums are kept
+        while its bytes stay the same.
         """
         m = self._maps[name]
         per_cpu = m.stride // 8
@@ -334,6 +339,8 @@ class BpfObserve(BpfRead):
             new.append((raw, sums))
             for f in range(fields):
                 out[f].extend(sums[f])
+            if upto is not None and (k + 1) * _CHUNK >= upto:
+                break
         cache[name] = new
         return out, dirty
 
