@@ -12,7 +12,7 @@ prometheus_client's own ``generate_latest`` over the same collector.
 
 Run as root from the repo after ``make build``: ``.venv/bin/python bench/metrics_bench.py``.
 Writes bench/results/metrics.md.  Never asserts a time.  Its pins live under
-/sys/fs/bpf/lbob-bench-metrics-*, removed at the end.
+/sys/fs/bpf/lbctl-bench-metrics-*, removed at the end.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("metrics_bench needs root (bpffs, BPF maps)")
-    root = f"/sys/fs/bpf/lbob-bench-metrics-{uuid.uuid4().hex[:8]}"
+    root = f"/sys/fs/bpf/lbctl-bench-metrics-{uuid.uuid4().hex[:8]}"
     drv = BpfDriver(pin_root=root)
     daemon = Daemon(Options(directory="/nonexistent", listen=Address("127.0.0.1", 0)), Engine(drv),  # type: ignore[arg-type]
                     EventLog("kv", io.StringIO()))

@@ -3,10 +3,11 @@
 Why this exists: reading the datapath's own state (per-CPU counters, flows) is
 not part of the reconcile loop; it only reads, except ``sync_conn_counts``.
 ``datapath_snapshot()`` (the ``telemetry.DatapathSource`` of ``/metrics``,
-``lbctl top`` and ``lbctl get endpoints``) reads each map it needs with one
-batch dump per scrape and sums per-CPU values a whole chunk at a time; what it
-decodes from lb_conf and lb_backends (addresses as text, names) is kept between
-scrapes and reused while the entry's bytes are unchanged.
+``lbctl top`` and ``lbctl get endpoints``) reads lb_conf, the counter arrays,
+lb_ct and lb_stats with one batch dump each per scrape and sums per-CPU values a
+whole chunk at a time; an endpoint list is read (one lookup) only when its
+service's lb_conf entry changed.  What it decodes (addresses as text, names) is
+kept between scrapes and reused while the bytes it came from are unchanged.
 """
 
 from __future__ import annotations
