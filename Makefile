@@ -36,7 +36,7 @@ APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool ip
 	iperf3 wrk nginx-light curl socat python3-venv python3-pip python3-yaml \
 	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
 	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev time openssl \
-	python3-grpcio bird2
+	python3-grpcio bird2 python3-prometheus-client prometheus
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "apply": ("apply", "make the box match the configuration, then verify"),
     "watch": ("watch", "daemon: watch the directory and keep the box converged"),
     "get": ("get", "show live state as a table"),
+    "top": ("top", "live per-service packet and connection rates and endpoint health"),
     "export": ("export", "print live state as YAML in the input format"),
     "import": ("import_", "turn Kubernetes objects into lbctl YAML"),
     "down": ("down", "remove everything lbctl installed"),

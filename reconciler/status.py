@@ -66,7 +66,7 @@ class Endpoints:
 
     ready: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
-    metrics: Callable[[], str]
+    metrics: Callable[[], str | bytes | list[bytes]]  # pieces are sent as they are, not joined
 
 
 class _Server(ThreadingHTTPServer):
@@ -89,15 +89,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # probes every few seconds would flood the daemon's log
 
-    def _send(self, code: int, body: str, content_type: str) -> None:
-        data = body.encode()
+    def _send(self, code: int, body: str | bytes | list[bytes], content_type: str) -> None:
+        parts = body if isinstance(body, list) else [body if isinstance(body, bytes) else body.encode()]
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(sum(len(p) for p in parts)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        if self.command == "HEAD":
+            return
+        batch: list[bytes] = []
+        size = 0
+        for part in parts:  # ~1 MB writes: few syscalls, no buffer the size of the body
+            batch.append(part)
+            size += len(part)
+            if size >= 1 << 20:
+                self.wfile.write(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            self.wfile.write(b"".join(batch))
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]

@@ -31,18 +31,19 @@ binds it to the real config loader, reconcile layer and drivers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from reconciler.logs import EventLog
-from reconciler.metrics import Registry
+from reconciler.metrics import Exporter
 from reconciler.revision import git_commit
 from reconciler.status import Address, Endpoints, StatusServer
 
@@ -97,13 +98,6 @@ class Outcome:
         return self.created + self.updated + self.deleted
 
 
-@dataclass(frozen=True)
-class ServiceCounters:
-    packets: int
-    bytes: int
-    flows: int
-
-
 class Engine(Protocol):
     """What the daemon needs from config loading and reconciling."""
 
@@ -119,8 +113,9 @@ class Engine(Protocol):
         """
         ...
 
-    def counters(self) -> Mapping[str, ServiceCounters]:
-        """Per-service datapath counters keyed by service name (empty if unsupported)."""
+    def sources(self) -> Iterable[object]:
+        """What ``/metrics`` asks at a scrape: objects implementing ``telemetry``'s source
+        protocols (the box's drivers; the probe engine once it exists)."""
         ...
 
 
@@ -268,32 +263,6 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-class Metrics:
-    """The daemon's Prometheus metrics."""
-
-    def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.duration = r.histogram("lbctl_reconcile_duration_seconds",
-                                    "Time to load, plan, apply and verify, by type (full|incremental).")
-        self.results = r.counter("lbctl_reconcile_total", "Reconciles and deliveries by result "
-                                 "(ok, failed, invalid, unchanged).")
-        self.valid = r.gauge("lbctl_config_valid", "1 when the directory's latest content is valid.")
-        self.ready = r.gauge("lbctl_ready", "1 once a reconcile has verified.")
-        self.repairs = r.counter("lbctl_drift_repairs_total", "Live changes made by resyncs to undo drift, "
-                                 "by record kind (service, endpoints, attach, vip, ...).")
-        self.changes = r.counter("lbctl_changes_applied_total", "Plan changes applied, by action.")
-        self.resources = r.gauge("lbctl_resources", "Resources in the applied configuration.")
-        self.records = r.gauge("lbctl_desired_records", "Desired-state records by kind.")
-        self.last_success = r.gauge("lbctl_last_reconcile_success_timestamp_seconds",
-                                    "Unix time of the last verified reconcile.")
-        self.packets = r.sampled_counter("lbctl_service_packets_total",
-                                         "Packets the datapath balanced, per service.")
-        self.bytes = r.sampled_counter("lbctl_service_bytes_total",
-                                       "Bytes the datapath balanced, per service.")
-        self.flows = r.sampled_counter("lbctl_service_flows_total",
-                                       "New flows the datapath balanced, per service.")
-
-
 # --- the daemon ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -318,7 +287,8 @@ class Daemon:
         self.engine = engine
         self.log = log
         self.clock = clock
-        self.metrics = Metrics()
+        self.exporter = Exporter(self._sources, self._source_failed)
+        self.metrics = self.exporter.daemon
         self.debouncer = Debouncer(options.debounce)
         self._wake = threading.Event()
         self._stop = False
@@ -376,16 +346,17 @@ class Daemon:
         engine = self.engine
         return engine if self.options.probes and isinstance(engine, Probing) else None
 
-    def render_metrics(self) -> str:
-        try:
-            counters = self.engine.counters()
-        except Exception as exc:  # noqa: BLE001 - counters are best effort, never fail a scrape
-            self.log.warning("counters-unavailable", error=f"{type(exc).__name__}: {exc}")
-            counters = {}
-        self.metrics.packets.replace({(("service", k),): float(v.packets) for k, v in counters.items()})
-        self.metrics.bytes.replace({(("service", k),): float(v.bytes) for k, v in counters.items()})
-        self.metrics.flows.replace({(("service", k),): float(v.flows) for k, v in counters.items()})
-        return self.metrics.registry.render()
+    def _sources(self) -> Iterable[object]:
+        return self.engine.sources()
+
+    def _source_failed(self, what: str, exc: Exception) -> None:
+        self.log.warning("metrics-source-failed", source=what, error=f"{type(exc).__name__}: {exc}")
+
+    def render_metrics(self) -> bytes:
+        return self.exporter.render()
+
+    def metrics_parts(self) -> list[bytes]:
+        return self.exporter.render_parts()
 
     def _update(self, **changes: Any) -> None:
         with self._lock:
@@ -418,10 +389,14 @@ class Daemon:
         """Start the status server and the directory watcher (before the first reconcile)."""
         if self.options.listen is not None:
             self.server = StatusServer(self.options.listen, Endpoints(
-                ready=self.ready, status=self.status_json, metrics=self.render_metrics))
+                ready=self.ready, status=self.status_json, metrics=self.metrics_parts))
             self.server.start()
             self.log.info("listening", address=str(self.server.address),
                           endpoints="/healthz /readyz /status /metrics")
+            if not ipaddress.ip_address(self.options.listen.host).is_loopback:
+                self.log.warning("listening-off-loopback", address=str(self.server.address),
+                                 detail="/status and /metrics have no TLS or authentication here; "
+                                        "put a reverse proxy in front (docs/metrics.md)")
         probing = self._probing()
         if probing is not None:
             probing.start_probes(self.health_changed)
@@ -512,12 +487,12 @@ class Daemon:
             return
         duration = self.clock() - started
         if outcome.verified:
-            self.metrics.results.inc(result="ok")
+            self.metrics.results.labels(result="ok").inc()
             self.log.info("health-applied", type=outcome.mode, changes=outcome.changes,
                           duration_ms=round(duration * 1000, 1))
         else:
             self._applied = None
-            self.metrics.results.inc(result="failed")
+            self.metrics.results.labels(result="failed").inc()
             self.log.error("health-apply-failed", type=outcome.mode,
                            error=outcome.error or "verification left changes",
                            action=f"will retry at the next resync (within {self.options.resync:g}s)")
@@ -554,7 +529,7 @@ class Daemon:
         self.metrics.valid.set(1)
         applied = self._applied
         if not full and applied is not None and applied.digest == delivery.digest:
-            self.metrics.results.inc(result="unchanged")
+            self.metrics.results.labels(result="unchanged").inc()
             self.log.info("unchanged", digest=delivery.digest[:12], action="nothing to do")
             return
         outcome = self._reconcile(delivery, trigger, full, started)
@@ -575,7 +550,7 @@ class Daemon:
         snap = self.snapshot()
         seen = prior or snap
         self.metrics.valid.set(0)
-        self.metrics.results.inc(result="invalid")
+        self.metrics.results.labels(result="invalid").inc()
         self._update(config_valid=False, last_error=delivery.errors, last_error_time=time.time(),
                      rejected_digest=delivery.digest, rejected=snap.rejected + 1)
         if seen.rejected_digest == delivery.digest and seen.config_valid is False:
@@ -595,12 +570,12 @@ class Daemon:
             return outcome  # nothing was touched; the caller rejects the delivery
         duration = self.clock() - started
         result = "ok" if outcome.verified else "failed"
-        self.metrics.duration.observe(duration, type=outcome.mode)
-        self.metrics.results.inc(result=result)
+        self.metrics.duration.labels(type=outcome.mode).observe(duration)
+        self.metrics.results.labels(result=result).inc()
         counts = (("create", outcome.created), ("update", outcome.updated), ("delete", outcome.deleted))
         for action, n in counts:
             if n:
-                self.metrics.changes.inc(n, action=action)
+                self.metrics.changes.labels(action=action).inc(n)
         drift = (trigger in ("resync", "sighup") and previous is not None
                  and previous.digest == delivery.digest and outcome.changes > 0)
         snap = self.snapshot()
@@ -621,7 +596,7 @@ class Daemon:
                 by_kind["other"] = by_kind.get("other", 0) + unnamed
             totals = dict(snap.drift_repairs_by_kind)
             for kind, n in by_kind.items():
-                self.metrics.repairs.inc(n, kind=kind)
+                self.metrics.repairs.labels(kind=kind).inc(n)
                 totals[kind] = totals.get(kind, 0) + n
             changes["drift_repairs"] = snap.drift_repairs + outcome.changes
             changes["drift_repairs_by_kind"] = totals
@@ -639,7 +614,10 @@ class Daemon:
                 changes.update(last_error=(), last_error_time=None, rejected_digest=None)
             self.metrics.ready.set(1)
             self.metrics.resources.set(delivery.resources)
-            self.metrics.records.replace({(("kind", k),): float(v) for k, v in outcome.records.items()})
+            self.metrics.records.clear()
+            for k, v in outcome.records.items():
+                self.metrics.records.labels(kind=k).set(v)
+            self.metrics.applied.info({"revision": revision or "", "digest": delivery.digest})
             self.metrics.last_success.set(time.time())
             self.log.info("verified" if outcome.changes or trigger != "resync" else "resync",
                           trigger=trigger, type=outcome.mode, digest=delivery.digest[:12],

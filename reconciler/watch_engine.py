@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.desired import Health
-from reconciler.driver import ConnCountSync, CounterReader, Driver, DriverSet, KeyReader, Revalidate
+from reconciler.driver import ConnCountSync, Driver, DriverSet, KeyReader, Revalidate
 from reconciler.errors import LbctlError
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
@@ -45,8 +45,9 @@ from reconciler.probes import store as health_store
 from reconciler.probes.health import HealthTracker, Transition
 from reconciler.probes.runner import ProbeRunner
 from reconciler.probes.targets import HealthKey, ProbeTarget, probe_targets
-from reconciler.records import Record, ServiceEntry
-from reconciler.watch import Delivery, Outcome, ServiceCounters
+from reconciler.records import EndpointSet, Record, ServiceEntry, ServiceKey
+from reconciler.telemetry import EndpointHealth, LatencyHistogram
+from reconciler.watch import Delivery, Outcome
 
 Namespace = Callable[[], AbstractContextManager[None]]
 
@@ -102,6 +103,7 @@ class ReconcileEngine:
         self.cache = ParseCache()
         self.applied = AppliedStore(self.state_dir)  # kept: it re-serializes only changed resources
         self.index: Index | None = None
+        self._last_desired: Mapping[str, Mapping[str, Record]] = {}  # of the last full reconcile
         self.records: dict[str, int] = {}
         # Endpoint health, an input of every compile (the probes' verdicts; missing: healthy).
         self.health: Health = {}
@@ -115,7 +117,6 @@ class ReconcileEngine:
         self.probe_namespace = probe_namespace
         self.runner_factory: RunnerFactory = (
             lambda tracker, report, namespace: ProbeRunner(tracker, report, namespace=namespace))
-        self._service_names: dict[str, str] = {}  # service key -> Service name, for counters
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
         # ``parsed`` lists files re-read since the *previous load*, so it tells what
         # changed since the index only when that previous load is the one the index
@@ -163,22 +164,37 @@ class ReconcileEngine:
             self.index = None
             return Outcome(verified=False, error=str(exc))
 
-    def counters(self) -> Mapping[str, ServiceCounters]:
-        """Per-service totals from the datapath driver, when it is a ``CounterReader``."""
-        for driver in self.drivers.active:
-            if not isinstance(driver, CounterReader):
-                continue
-            out: dict[str, ServiceCounters] = {}
-            for key, value in driver.counters().items():
-                if isinstance(value, Mapping) and "service" in value:
-                    value = value["service"]  # the bpf driver: {"service": Counters, "endpoints": {...}}
-                name = self._service_names.get(str(key), str(key))
-                prev = out.get(name, ServiceCounters(0, 0, 0))
-                out[name] = ServiceCounters(prev.packets + int(_field(value, "packets")),
-                                            prev.bytes + int(_field(value, "bytes")),
-                                            prev.flows + int(_field(value, "flows", "new_flows")))
-            return out
-        return {}
+    def sources(self) -> Iterable[object]:
+        """What ``/metrics`` reads: the box's active drivers (the bpf driver is the
+        ``telemetry.DatapathSource`` and ``FirewallSource``, the BGP driver the ``BgpSource``)
+        and this engine, the ``HealthSource`` of the probes."""
+        return [*self.drivers.active, self]
+
+    def health_stats(self) -> list[EndpointHealth]:
+        """``telemetry.HealthSource``: every probed endpoint, once per service key of its Service
+        (the keys applied last), labelled as the datapath counts it (address, port packets go to)."""
+        if self.tracker is None:
+            return []
+        desired = self.index.desired if self.index is not None else self._last_desired
+        keys: dict[str, list[ServiceKey]] = {}
+        for rec in desired.get("service", {}).values():
+            if isinstance(rec, ServiceEntry):
+                keys.setdefault(rec.name, []).append(rec.key)
+        eps = desired.get("endpoints", {})
+        latencies = self.tracker.latencies()
+        out = []
+        for st in self.tracker.status():
+            service, address = str(st["service"]), str(st["address"])
+            buckets, n, total = latencies.get((service, address), ((), 0, 0.0))
+            hist = LatencyHistogram(buckets, n, total) if buckets else None
+            host = f"[{address}]" if ":" in address else address
+            for key in sorted(keys.get(service, ())):
+                eset = eps.get(str(key))
+                ports = [b.port or key.port for b in (eset.backends if isinstance(eset, EndpointSet) else ())
+                         if b.address == address] or [key.port]
+                out += [EndpointHealth(key, f"{host}:{port}", st["health"] == "up", str(st["probe"]), hist)
+                        for port in ports]
+        return out
 
     # --- health probes (``watch.Probing``) ---
 
@@ -333,12 +349,6 @@ class ReconcileEngine:
         for kind in OWNED_KINDS:
             if kind in self.records:
                 self.records[kind] = len(self.index.desired[kind])
-        for change in applied:
-            if change.kind == "service":
-                if isinstance(change.after, ServiceEntry):
-                    self._service_names[change.key] = change.after.name
-                else:
-                    self._service_names.pop(change.key, None)
         return Outcome(verified=True, mode="incremental", created=created, updated=updated, deleted=deleted,
                        records=dict(self.records), timings=timings, fixed=_describe(applied),
                        warnings=warnings or None,  # None: the last full reconcile's warnings stand
@@ -371,8 +381,6 @@ class ReconcileEngine:
                            timings=timings, fixed=_describe(result.applied), notices=result.notices)
         self.records = records
         self._configure_probes(loaded)
-        self._service_names = {k: r.name for k, r in result.desired.get("service", {}).items()
-                               if isinstance(r, ServiceEntry)}
         if any(isinstance(r, ServiceEntry) and r.selection == "lc"
                for r in result.desired.get("service", {}).values()):
             # Flows that age out or are evicted never say goodbye: recount open
@@ -384,15 +392,8 @@ class ReconcileEngine:
         vips = {name: alloc.vip for name, alloc in result.allocations.items()}
         self.index = (Index(loaded.resources, result.desired, vips, owned, self.health)
                       if self.incremental else None)
+        self._last_desired = result.desired
         return Outcome(verified=True, created=created, updated=updated, deleted=deleted, records=records,
                        timings=timings, fixed=_describe(result.applied), notices=result.notices,
                        warnings=result.warnings, kinds=_kinds(result.applied))
 
-
-def _field(value: Any, *names: str) -> int:
-    for name in names:
-        if isinstance(value, Mapping) and name in value:
-            return int(value[name])
-        if hasattr(value, name):
-            return int(getattr(value, name))
-    return 0

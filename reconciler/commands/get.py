@@ -41,6 +41,9 @@ HEALTH_TIMEOUT = 1.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=WHAT, metavar="KIND", help="one of: " + ", ".join(WHAT))
+    parser.add_argument("--service", metavar="NAME",
+                        help="only this Service (its name, or a key like tcp/10.0.0.1:80): "
+                             "conntrack and endpoints")
     parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
                         help=f"the lbctl watch daemon asked for endpoint health (default: {DEFAULT_LISTEN})")
 
@@ -158,13 +161,50 @@ def endpoints(ctx: Any, wide: bool, listen: str = DEFAULT_LISTEN) -> list[Row] |
     return rows
 
 
-def conntrack(ctx: Any, wide: bool) -> list[Row] | None:
+def _host_port(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _key_text(proto: str, vip: str, ports: str) -> str:
+    """A service key as ``ServiceKey`` prints it (``tcp/10.0.0.1:80``, ``udp/[fd00::1]:53``)."""
+    return f"{proto}/[{vip}]:{ports}" if ":" in vip else f"{proto}/{vip}:{ports}"
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
+def conntrack(ctx: Any, wide: bool, service: str | None = None) -> list[Row] | None:
+    """One row per flow, like ``loxicmd get ct``: service, tuple, the endpoint chosen, state, ages.
+
+    The datapath keeps no per-flow packet counters (lb_ct has none); per-endpoint
+    counters are in ``lbctl get endpoints``.
+    """
     for drv in drivers_for(ctx, read_only=True):
         if isinstance(drv, ConntrackReader):
+            data = ctx.output in ("json", "yaml")
+            flows = [f for f in drv.conntrack()
+                     if service is None or service in (getattr(f, "name", ""), getattr(f, "service", ""))]
+            flows.sort(key=lambda f: (f.name, f.service, f.client, f.client_port))
             rows: list[Row] = []
-            for flow in drv.conntrack():
-                row = dict(flow) if isinstance(flow, Mapping) else dict(vars(flow))
-                rows.append({str(k).upper().replace("_", " "): v for k, v in row.items()})
+            for f in flows:
+                row: Row = {"SERVICE": f.name, "PROTO": f.proto,
+                            "CLIENT": _host_port(f.client, f.client_port),
+                            "VIP": _host_port(f.vip, f.vip_port),
+                            "ENDPOINT": _host_port(f.backend, f.backend_port), "STATE": f.state}
+                if data:
+                    row |= {"AGE S": round(f.age_s, 3), "IDLE S": round(f.idle_s, 3), "EXPIRED": f.expired,
+                            "SERVICE KEY": f.service}
+                else:
+                    row |= {"AGE": _age(f.age_s), "IDLE": _age(f.idle_s)}
+                    if wide:
+                        row |= {"EXPIRED": "yes" if f.expired else "", "SERVICE KEY": f.service}
+                rows.append(row)
             return rows
     return None
 
@@ -265,8 +305,13 @@ def print_rows(rows: Sequence[Row], output: str) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
-    if args.what == "endpoints":
+    service = getattr(args, "service", None)
+    if args.what == "conntrack":
+        rows = conntrack(ctx, ctx.output == "wide", service)
+    elif args.what == "endpoints":
         rows = endpoints(ctx, ctx.output == "wide", args.listen)
+        if service and rows is not None:
+            rows = [r for r in rows if service in (r["NAME"], _key_text(r["PROTO"], r["EXT IP"], r["PORT"]))]
     else:
         rows = READERS[args.what](ctx, ctx.output == "wide")
     if rows is None:

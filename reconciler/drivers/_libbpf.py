@@ -396,6 +396,32 @@ class Map:
             ffi.memmove(in_b, out_b, batch_size)
             start = in_b
 
+    def chunks_raw(self, chunk: int = 1024) -> Iterator[tuple[int, memoryview, memoryview]]:
+        """(n, keys, values) per BPF_MAP_LOOKUP_BATCH call: views of this call's buffers, valid
+        until the next item (no copy per entry: the scrape's path over whole maps)."""
+        ffi = self.ffi
+        keys = ffi.new("char[]", self.key_size * chunk)
+        vals = ffi.new("char[]", self.buf_size * chunk)
+        kview, vview = memoryview(ffi.buffer(keys)), memoryview(ffi.buffer(vals))
+        batch_size = max(self.key_size, 8)
+        in_b = ffi.new("char[]", batch_size)
+        out_b = ffi.new("char[]", batch_size)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        count = ffi.new("__u32 *")
+        start = ffi.NULL
+        while True:
+            count[0] = chunk
+            rc = lib().lib.bpf_map_lookup_batch(self.fd, start, out_b, keys, vals, count, opts)
+            if rc < 0 and rc != -errno_mod.ENOENT:
+                _check(rc, f"lookup_batch of map {self.name}")
+            n = int(count[0])
+            if n:
+                yield n, kview[: self.key_size * n], vview[: self.buf_size * n]
+            if rc == -errno_mod.ENOENT:
+                return
+            ffi.memmove(in_b, out_b, batch_size)
+            start = in_b
+
     def update_batch_raw(self, items: list[tuple[bytes, bytes]], per_call: int = 4096) -> None:
         """Write many (key bytes, value bytes) with BPF_MAP_UPDATE_BATCH, in order.
 

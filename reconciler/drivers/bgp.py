@@ -54,6 +54,7 @@ from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import Announcement, BgpGlobal, BgpPeer, Record
+from reconciler.telemetry import BgpSession
 
 PACKAGE = "gobgpd"  # the Debian package of the daemon
 GRPC_PACKAGE = "python3-grpcio"
@@ -369,6 +370,13 @@ class BgpDriver:
             "peers": [dataclasses.asdict(s) for s in sorted(statuses, key=lambda s: s.address)],
             "announced": sorted(state["announce"]),
         }
+
+    def bgp_sessions(self) -> list[BgpSession]:
+        """``telemetry.BgpSource`` (``/metrics``): every peer's session state and prefix counts."""
+        _, statuses = self._read_all()
+        return [BgpSession(peer=s.address, remote_as=s.remote_as, state=str(s.state).lower(),
+                           prefixes_announced=s.advertised, prefixes_received=s.received)
+                for s in sorted(statuses, key=lambda s: s.address)]
 
     def notices(self) -> list[str]:
         out, self._notices = self._notices, []

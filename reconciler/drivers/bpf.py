@@ -30,11 +30,11 @@ from __future__ import annotations
 from reconciler.drivers.bpf_apply import FLUSH_BYTES, BpfApply
 from reconciler.drivers.bpf_codec import weighted_table
 from reconciler.drivers.bpf_firewall import BpfFirewall
-from reconciler.drivers.bpf_observe import BpfObserve, Counters, Flow
+from reconciler.drivers.bpf_observe import BpfObserve, Flow
 from reconciler.drivers.bpf_pins import PROGS, pin_root_for
 from reconciler.drivers.bpf_teardown import BpfTeardown
 
-__all__ = ["FLUSH_BYTES", "PROGS", "BpfDriver", "Counters", "Flow", "pin_root_for", "weighted_table"]
+__all__ = ["FLUSH_BYTES", "PROGS", "BpfDriver", "Flow", "pin_root_for", "weighted_table"]
 
 
 class BpfDriver(BpfApply, BpfFirewall, BpfObserve, BpfTeardown):

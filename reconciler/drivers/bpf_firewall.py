@@ -40,6 +40,7 @@ from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import FirewallEntry, Record
+from reconciler.telemetry import FirewallRuleStats
 
 _U32 = struct.Struct("<I")
 _PROTO_NAMES = {v: k for k, v in fwclass.PROTOCOLS.items()}
@@ -245,6 +246,19 @@ class BpfFirewall(BpfRead):
                 vals = struct.unpack_from("<QQQ", raw, cpu * stats.stride) if raw else (0, 0, 0)
                 tot = [a + b for a, b in zip(tot, vals, strict=True)]
             out[name] = {"packets": tot[0], "bytes": tot[1], "limited": tot[2]}
+        return out
+
+    def firewall_stats(self) -> list[FirewallRuleStats]:
+        """``telemetry.FirewallSource`` (``/metrics``): per rule, packets matched and dropped."""
+        if not self._open(create=False) or "lb_fw_conf" not in self._maps:
+            return []
+        counts = self.firewall_counters()
+        out = []
+        for name, (rec, _sid) in sorted(self._fw_live().items(), key=lambda i: (i[1][0].priority, i[0])):
+            c = counts.get(name, {})
+            hits, limited = c.get("packets", 0), c.get("limited", 0)
+            out.append(FirewallRuleStats(rule=name, action=rec.action, hits=hits, rate_limited=limited,
+                                         dropped=hits if rec.action == "drop" else limited))
         return out
 
     # ----------------------------------------------------------------- apply

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.probes.targets import HealthKey, ProbeTarget
@@ -36,6 +36,11 @@ class Transition:
     failures: int
 
 
+# Upper bounds (seconds) of the probe latency histogram: loopback-fast to a slow https handshake.
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                      1.0, 2.5, 5.0)
+
+
 @dataclass(slots=True)
 class _State:
     target: ProbeTarget
@@ -47,6 +52,10 @@ class _State:
     transitions: int = 0
     probes: int = 0
     not_run: str | None = None  # why the last probe could not even be run (a local problem)
+    # Latencies of answered probes, cumulative per LATENCY_BUCKETS bound (for /metrics).
+    latency_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_n: int = 0
 
 
 class HealthTracker:
@@ -84,6 +93,11 @@ class HealthTracker:
             st.probes += 1
             st.not_run = None
             if result.ok:
+                st.latency_n += 1
+                st.latency_sum += result.latency
+                for i, bound in enumerate(LATENCY_BUCKETS):
+                    if result.latency <= bound:
+                        st.latency_counts[i] += 1
                 st.failures = 0
                 if not st.healthy:
                     st.healthy = True
@@ -110,6 +124,12 @@ class HealthTracker:
         """``desired.Health``: only the endpoints that are down (missing means healthy)."""
         with self._lock:
             return {k: False for k, st in self._states.items() if not st.healthy}
+
+    def latencies(self) -> dict[HealthKey, tuple[tuple[tuple[float, int], ...], int, float]]:
+        """Per endpoint: (cumulative (bound, count) buckets, answered probes, their latency sum)."""
+        with self._lock:
+            return {key: (tuple(zip(LATENCY_BUCKETS, st.latency_counts, strict=True)), st.latency_n,
+                          st.latency_sum) for key, st in self._states.items()}
 
     def status(self) -> list[dict[str, Any]]:
         """One plain dict per probed endpoint, sorted by (service, address)."""

@@ -85,7 +85,7 @@ def test_unchanged_content_does_not_reconcile() -> None:
     daemon.step()
     assert len(engine.reconciles()) == 1
     assert "unchanged" in events(out)
-    assert daemon.metrics.results.value(result="unchanged") == 1
+    assert daemon.metrics.value("lbctl_reconcile_total", result="unchanged") == 1
 
 
 def test_changed_content_reconciles_once_after_the_debounce() -> None:
@@ -103,7 +103,7 @@ def test_changed_content_reconciles_once_after_the_debounce() -> None:
     recs = engine.reconciles()
     assert len(recs) == 2 and recs[-1].digest == "d2" and recs[-1].full is False
     assert daemon.snapshot().digest == "d2" and daemon.snapshot().resources == 2
-    assert daemon.metrics.duration.count(type="incremental") == 1
+    assert daemon.metrics.value("lbctl_reconcile_duration_seconds_count", type="incremental") == 1
     assert daemon.fired_at == clock.now
 
 
@@ -122,7 +122,7 @@ def test_invalid_delivery_is_rejected_whole_and_exposed() -> None:
     doc = daemon.status_json()
     assert doc["last_error"]["errors"] == [err]
     assert doc["config_valid"] is False
-    assert daemon.metrics.valid.value() == 0
+    assert daemon.metrics.value("lbctl_config_valid") == 0
     assert "config-invalid" in events(out) and "svc.yaml:7:9" in out.getvalue()
 
 
@@ -137,7 +137,7 @@ def test_twenty_invalid_deliveries_change_nothing_and_the_next_valid_one_applies
         clock.now += 0.3
         daemon.step()
     assert len(engine.reconciles()) == 1
-    assert daemon.metrics.results.value(result="invalid") == 20
+    assert daemon.metrics.value("lbctl_reconcile_total", result="invalid") == 20
     engine.current = Delivery(digest="good2", resources=3)
     daemon.notify()
     clock.now += 0.3
@@ -145,7 +145,7 @@ def test_twenty_invalid_deliveries_change_nothing_and_the_next_valid_one_applies
     assert engine.reconciles()[-1].digest == "good2"
     snap = daemon.snapshot()
     assert snap.config_valid and snap.digest == "good2" and snap.last_error == ()
-    assert daemon.metrics.valid.value() == 1
+    assert daemon.metrics.value("lbctl_config_valid") == 1
 
 
 def test_restoring_the_applied_content_clears_the_rejected_error() -> None:
@@ -165,7 +165,7 @@ def test_restoring_the_applied_content_clears_the_rejected_error() -> None:
     assert len(engine.reconciles()) == 1 and events(out)[-1] == "unchanged"
     doc = daemon.status_json()
     assert doc["config_valid"] is True and doc["last_error"] is None and doc["digest"] == "d1"
-    assert daemon.metrics.valid.value() == 1
+    assert daemon.metrics.value("lbctl_config_valid") == 1
     # The same bad content again is news, reported again.
     engine.current = Delivery(digest="bad", errors=("a.yaml:1:1: x",))
     daemon.notify()
@@ -206,8 +206,8 @@ def test_resync_counts_drift_repairs() -> None:
     assert engine.reconciles()[-1].full
     assert daemon.snapshot().drift_repairs == 3
     assert daemon.snapshot().drift_repairs_by_kind == {"service": 3}
-    assert daemon.metrics.repairs.value(kind="service") == 3
-    assert 'lbctl_drift_repairs_total{kind="service"} 3' in daemon.render_metrics()
+    assert daemon.metrics.value("lbctl_drift_repairs_total", kind="service") == 3
+    assert 'lbctl_drift_repairs_total{kind="service"} 3.0' in daemon.render_metrics().decode()
     assert daemon.status_json()["drift_repairs_by_kind"] == {"service": 3}
     assert "drift-repaired" in events(out)
     clock.now += 30
@@ -236,7 +236,7 @@ def test_failed_reconcile_is_reported_and_retried() -> None:
     daemon.cycle("startup")
     assert not daemon.ready()
     assert daemon.status_json()["last_error"]["errors"] == ["bpf: map lbctl_services: update: ENOSPC"]
-    assert daemon.metrics.results.value(result="failed") == 1
+    assert daemon.metrics.value("lbctl_reconcile_total", result="failed") == 1
     engine.fail = None
     daemon.notify()  # same content: must not be skipped as "unchanged" after a failure
     clock.now += 0.3

@@ -173,7 +173,7 @@ def test_an_exhausted_pool_is_rejected_whole_and_resync_keeps_the_last_good(tmp_
     doc = daemon.status_json()
     assert doc["config_valid"] is False and doc["invalid_deliveries"] == 1
     assert "pool exhausted" in doc["last_error"]["errors"][0] and "d1" in doc["last_error"]["errors"][0]
-    assert daemon.metrics.valid.value() == 0
+    assert daemon.metrics.value("lbctl_config_valid") == 0
     assert bpf.state == before and netlink.state["vip"] == vips
     assert out.getvalue().count("pool exhausted") == 1
     # a resync while the directory stays invalid repairs drift against the last good config

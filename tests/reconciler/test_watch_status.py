@@ -9,23 +9,35 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from reconciler.cli import main
 from reconciler.errors import LbctlError
 from reconciler.logs import EventLog, format_event
-from reconciler.metrics import Registry
+from reconciler.records import ServiceKey
 from reconciler.status import Address, parse_listen
-from reconciler.watch import Daemon, Delivery, Options, ServiceCounters
+from reconciler.telemetry import DatapathSnapshot, EndpointStats, ServiceStats, Traffic
+from reconciler.watch import Daemon, Delivery, Options
 from tests.other_user import spawn_as_nobody
 from tests.reconciler.watch_fakes import ScriptedEngine
+
+
+@dataclass(frozen=True)
+class FakeDatapath:
+    snapshot: DatapathSnapshot
+
+    def datapath_snapshot(self) -> DatapathSnapshot:
+        return self.snapshot
 
 
 @pytest.fixture
 def running() -> Iterator[tuple[Daemon, ScriptedEngine, str]]:
     engine = ScriptedEngine()
-    engine.service_counters = {"web": ServiceCounters(packets=10, bytes=1500, flows=2)}
+    engine.telemetry = [FakeDatapath(DatapathSnapshot(services=(ServiceStats(
+        ServiceKey("10.0.0.1", "tcp", 80, 80), "web", Traffic(packets=10, bytes=1500, new_flows=2),
+        (EndpointStats("10.1.0.1:8080", Traffic(packets=10, bytes=1500, new_flows=2)),)),)))]
     daemon = Daemon(Options(directory="/cfg", listen=Address("127.0.0.1", 0)), engine,
                     EventLog("kv", io.StringIO()))
     daemon.start_services()
@@ -91,14 +103,17 @@ def test_metrics_text(running: tuple[Daemon, ScriptedEngine, str]) -> None:
     assert any(line.startswith('lbctl_reconcile_duration_seconds_count{type="full"} 1') for line in lines)
     assert any(line.startswith('lbctl_reconcile_duration_seconds_count{type="incremental"} 1')
                for line in lines)
-    assert any(line.startswith('lbctl_reconcile_duration_seconds_bucket{type="full",le="+Inf"} 1')
+    assert any(line.startswith('lbctl_reconcile_duration_seconds_bucket{le="+Inf",type="full"} 1')
                for line in lines)
-    assert 'lbctl_reconcile_total{result="ok"} 2' in lines
-    assert "lbctl_config_valid 1" in lines
+    assert 'lbctl_reconcile_total{result="ok"} 2.0' in lines
+    assert "lbctl_config_valid 1.0" in lines
     assert "# TYPE lbctl_drift_repairs_total counter" in lines
-    assert 'lbctl_service_packets_total{service="web"} 10' in lines
-    assert 'lbctl_service_bytes_total{service="web"} 1500' in lines
-    assert 'lbctl_service_flows_total{service="web"} 2' in lines
+    web = 'service="web",vip="10.0.0.1",port="80",protocol="tcp"'
+    assert f"lbctl_service_packets_total{{{web}}} 10" in lines
+    assert f"lbctl_service_bytes_total{{{web}}} 1500" in lines
+    assert f"lbctl_service_new_flows_total{{{web}}} 2" in lines
+    assert f'lbctl_endpoint_packets_total{{{web},endpoint="10.1.0.1:8080"}} 10' in lines
+    assert 'loxilb_service_requests_total{service="web"} 2' in lines
     # every sample line is "name{labels} number"
     for line in lines:
         if not line.startswith("#"):
@@ -197,24 +212,12 @@ def test_json_log_lines_are_one_object_each() -> None:
         EventLog("xml")  # type: ignore[arg-type]
 
 
-def test_registry_renders_prometheus_text() -> None:
-    r = Registry()
-    c = r.counter("x_total", "Things.")
-    g = r.gauge("y", "Level.")
-    h = r.histogram("z_seconds", "Time.", buckets=(0.1, 1.0))
-    c.inc(result='a"b')
-    g.set(2.5)
-    h.observe(0.05, type="full")
-    h.observe(0.5, type="full")
-    assert r.render().splitlines() == [
-        "# HELP x_total Things.", "# TYPE x_total counter", 'x_total{result="a\\"b"} 1',
-        "# HELP y Level.", "# TYPE y gauge", "y 2.5",
-        "# HELP z_seconds Time.", "# TYPE z_seconds histogram",
-        'z_seconds_bucket{type="full",le="0.1"} 1', 'z_seconds_bucket{type="full",le="1"} 2',
-        'z_seconds_bucket{type="full",le="+Inf"} 2', 'z_seconds_sum{type="full"} 0.55',
-        'z_seconds_count{type="full"} 2',
-    ]
-    with pytest.raises(ValueError):
-        c.inc(-1)
-    with pytest.raises(ValueError):
-        r.gauge("y", "again")
+def test_listening_off_loopback_warns_about_tls_and_auth() -> None:
+    log = io.StringIO()
+    daemon = Daemon(Options(directory="/cfg", listen=Address("0.0.0.0", 0)), ScriptedEngine(),
+                    EventLog("kv", log))
+    daemon.start_services()
+    try:
+        assert "listening-off-loopback" in log.getvalue() and "reverse proxy" in log.getvalue()
+    finally:
+        daemon.shutdown()

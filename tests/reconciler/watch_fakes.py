@@ -13,11 +13,11 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.watch import Delivery, Outcome, ServiceCounters
+from reconciler.watch import Delivery, Outcome
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ScriptedEngine:
     fail: str | None = None
     calls: list[Call] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
-    service_counters: dict[str, ServiceCounters] = field(default_factory=dict)
+    telemetry: list[object] = field(default_factory=list)  # what /metrics asks (telemetry sources)
     warnings: tuple[str, ...] | None = None  # what full reconciles report as not carried out
     _called: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
 
@@ -74,8 +74,8 @@ class ScriptedEngine:
                        kinds={"service": changed} if changed else {},
                        warnings=self.warnings if full else None)
 
-    def counters(self) -> Mapping[str, ServiceCounters]:
-        return self.service_counters
+    def sources(self) -> Iterable[object]:
+        return self.telemetry
 
     def reconciles(self) -> list[Call]:
         return [c for c in self.calls if c.kind == "reconcile"]
