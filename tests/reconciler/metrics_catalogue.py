@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "metrics.md"
 DASHBOARD = REPO / "packaging" / "grafana" / "lbctl-dashboard.json"
 
-# Families whose series need a part that is not built yet: they are declared in every
-# scrape but have no series until the firewall, the health probes or BGP report.
+# Families whose series come from the firewall, the health probes or BGP: declared in every
+# scrape, with series once their source reports (the root test configures all three).
 PENDING = {
     "lbctl_endpoint_up": "health probes",
     "lbctl_endpoint_probe_duration_seconds": "health probes",
