@@ -32,7 +32,8 @@ ENVIRONMENT = (
     ("LBCTL_STATE_DIR", f"the state directory (default {DEFAULT_STATE_DIR})"),
     ("LBCTL_PIN_ROOT", f"the bpffs directory of the pinned datapath (default {DEFAULT_PIN_ROOT})"),
     ("LBCTL_NETNS", "the network namespace of the box, as --netns"),
-    (DATAPATH_DIR_ENV, f"a directory holding the datapath object and header instead of {DATAPATH_SYSTEM_DIR}"),
+    (DATAPATH_DIR_ENV, f"a directory holding the datapath object and header "
+                       f"instead of {DATAPATH_SYSTEM_DIR}"),
     ("NOTIFY_SOCKET", "set by systemd for Type=notify services: lbctl watch reports READY=1 after its "
                       "first verified reconcile and STATUS= lines naming the applied revision"),
 )
@@ -182,8 +183,8 @@ def bash_completion(parser: argparse.ArgumentParser | None = None) -> str:
             pattern = "|".join(action.option_strings)
             metavar = action.metavar if isinstance(action.metavar, str) else ""
             if action.choices is not None:
-                values.append(f'            {pattern}) COMPREPLY=($(compgen -W "{_words(list(action.choices))}"'
-                              ' -- "$cur")); return ;;')
+                words = _words(list(action.choices))
+                values.append(f'            {pattern}) COMPREPLY=($(compgen -W "{words}" -- "$cur")); return ;;')
             elif metavar in ("DIR", "D"):
                 values.append(f'            {pattern}) COMPREPLY=($(compgen -d -- "$cur")); return ;;')
             elif metavar in ("FILE", "F"):

@@ -26,9 +26,10 @@ def test_every_command_and_option_is_in_the_man_page(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man-db is not installed")
-def test_man_renders_the_page_without_warnings(tmp_path: object) -> None:
+def test_man_renders_the_page_without_warnings() -> None:
     r = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", "-"], input=manpage(),
-                       capture_output=True, text=True, timeout=60, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+                       capture_output=True, text=True, timeout=60,
+                       env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
