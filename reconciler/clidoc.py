@@ -183,14 +183,14 @@ def bash_completion(parser: argparse.ArgumentParser | None = None) -> str:
             pattern = "|".join(action.option_strings)
             metavar = action.metavar if isinstance(action.metavar, str) else ""
             if action.choices is not None:
-                words = _words(list(action.choices))
-                values.append(f'            {pattern}) COMPREPLY=($(compgen -W "{words}" -- "$cur")); return ;;')
+                reply = f'COMPREPLY=($(compgen -W "{_words(list(action.choices))}" -- "$cur"))'
             elif metavar in ("DIR", "D"):
-                values.append(f'            {pattern}) COMPREPLY=($(compgen -d -- "$cur")); return ;;')
+                reply = 'COMPREPLY=($(compgen -d -- "$cur"))'
             elif metavar in ("FILE", "F"):
-                values.append(f'            {pattern}) COMPREPLY=($(compgen -f -- "$cur")); return ;;')
+                reply = 'COMPREPLY=($(compgen -f -- "$cur"))'
             else:
-                values.append(f"            {pattern}) return ;;")
+                reply = "COMPREPLY=()"
+            values.append(f"            {pattern}) {reply}; return ;;")
         positional = [a for a in _visible(sub) if not a.option_strings]
         choices = [c for a in positional if a.choices is not None for c in a.choices]
         fallback = (f'COMPREPLY=($(compgen -W "{_words(choices)}" -- "$cur"))' if choices
