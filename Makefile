@@ -37,7 +37,7 @@ APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool ip
 	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
 	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev time
 
-LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
+LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py) $(wildcard packaging/deb/tests/*.py)
 
 .PHONY: help print-packages setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench deb deb-test clean distclean
 

@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,6 +270,14 @@ class Daemon:
         return self.notify.wait("STOPPING", self.proc)
 
 
+def wait_for_log(log: Path, text: str) -> None:
+    """Until the daemon logged ``text`` (60 s only keep a dead daemon from hanging the run)."""
+    deadline = time.monotonic() + 60
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} never logged:\n{log.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def box(root: Path) -> Iterator[tuple[Testbed, dict[str, str]]]:
     tb = Testbed(n_backends=2, prefix="lbdb" + uuid.uuid4().hex[:6], forwarding=False).setup()
@@ -299,6 +308,10 @@ def test_install_start_upgrade_under_traffic_then_purge_leaves_nothing(
 
         stream = Stream(tb)
         stream.wait_for(2000)
+        # `systemctl reload`: the unit's ExecReload= lines (validate, then SIGHUP the main process).
+        for line in unit_settings(root)["ExecReload"]:
+            sh(*as_unit(root, line.replace("$MAINPID", str(daemon.proc.pid)), env))
+        wait_for_log(log, "event=sighup")
         # The upgrade: dpkg unpacks the new version while the old daemon runs; the unit is
         # restarted after it (dpkg's postinst asks systemd to; here the test does).
         in_root(root, "dpkg", "-i", f"/tmp/{debs.new.name}")
