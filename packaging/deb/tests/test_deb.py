@@ -310,7 +310,7 @@ def test_install_start_upgrade_under_traffic_then_purge_leaves_nothing(
         stream.wait_for(2000)
         # `systemctl reload`: the unit's ExecReload= lines (validate, then SIGHUP the main process).
         for line in unit_settings(root)["ExecReload"]:
-            sh(*as_unit(root, line.replace("$MAINPID", str(daemon.proc.pid)), env))
+            sh(*as_unit(root, line.replace("${MAINPID}", str(daemon.proc.pid)), env))
         wait_for_log(log, "event=sighup")
         # The upgrade: dpkg unpacks the new version while the old daemon runs; the unit is
         # restarted after it (dpkg's postinst asks systemd to; here the test does).
