@@ -58,7 +58,8 @@ def test_the_unit() -> None:
     assert u["Type"] == ["notify"] and u["Restart"] == ["on-failure"]
     assert u["ExecStartPre"] == [f"/usr/bin/lbctl validate {DEFAULT_CONFIG_DIR}"]
     assert u["ExecStart"][0].startswith(f"/usr/bin/lbctl watch {DEFAULT_CONFIG_DIR}")
-    assert u["ExecReload"] == [f"/usr/bin/lbctl validate {DEFAULT_CONFIG_DIR}", '/bin/sh -c "kill -HUP ${MAINPID}"']
+    validate = f"/usr/bin/lbctl validate {DEFAULT_CONFIG_DIR}"
+    assert u["ExecReload"] == [validate, '/bin/sh -c "kill -HUP ${MAINPID}"']  # validate, then SIGHUP
     assert "man:lbctl(8)" in u["Documentation"][0]
     assert u["RequiresMountsFor"] == [BPFFS] and u["AssertPathIsMountPoint"] == [BPFFS]
     assert u["ProtectSystem"] == ["strict"] and u["ReadWritePaths"] == [f"{DEFAULT_STATE_DIR} {BPFFS}"]
