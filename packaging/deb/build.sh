@@ -35,6 +35,11 @@ mkdir -p "$src"
     | while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done \
     | tar --null -T - -cf -) | tar -xf - -C "$src"
 cp -r "$top/packaging/deb/debian" "$src/debian"
+# DEB_SOURCE_OVERLAY=DIR: files laid over the staged source (same relative paths), for a
+# test build of another datapath layout; never set by `make deb`.
+if [ -n "${DEB_SOURCE_OVERLAY:-}" ]; then
+    cp -r "$DEB_SOURCE_OVERLAY"/. "$src/"
+fi
 
 upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$src/reconciler/__init__.py")
 changelog=$(cd "$src" && dpkg-parsechangelog -S Version)

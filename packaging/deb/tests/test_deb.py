@@ -3,13 +3,14 @@
 Why this exists: the package's promises -- lintian-clean, installable on a bare
 bookworm, a unit systemd accepts, upgrades that keep flows, a purge that leaves
 nothing -- only show on a real build installed into a real Debian root.  The tests
-build two versions with ``packaging/deb/build.sh`` (the second one higher, as an
-upgrade), make a fresh bookworm root with ``mmdebstrap`` from this machine's apt
-sources, and use Debian's own tools (``dpkg``, ``apt-get``, ``systemd-analyze``)
-and Debian's python3 inside it.  Nothing is installed on this machine itself: the
-root is a chroot of its own, entered in a private mount namespace (``/proc``,
-``/sys`` with bpffs, ``/dev`` and ``/run/netns`` bound in), so the datapath and
-the namespace box are this kernel's.
+build two versions with ``packaging/deb/build.sh``: the package as ``make deb`` makes
+it, and a lower version whose datapath has the previous map layout, so the upgrade
+also migrates the pinned maps under traffic.  They make a fresh bookworm root with
+``mmdebstrap`` from this machine's apt sources, and use Debian's own tools
+(``dpkg``, ``apt-get``, ``systemd-analyze``) and Debian's python3 inside it.
+Nothing is installed on this machine itself: the root is a chroot of its own,
+entered in a private mount namespace (``/proc``, ``/sys`` with bpffs, ``/dev`` and
+``/run/netns`` bound in), so the datapath and the namespace box are this kernel's.
 
 The box test runs the unit's own ``ExecStartPre=`` and ``ExecStart=`` lines (read
 from the installed unit) under the unit's capability bounding set and
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
 OUT = REPO / "build" / "deb-test"
 CHANGELOG = REPO / "packaging" / "deb" / "debian" / "changelog"
+V1_HEADER = REPO / "tests" / "bpf" / "layouts" / "v1" / "lb_shared.h"
 UNIT = "/lib/systemd/system/lbctl.service"
 # Left out of the "purge leaves nothing" comparison: dpkg's and apt's own records and
 # caches, logs, and the API file systems bound in.
@@ -98,14 +100,20 @@ class Debs:
 
 @pytest.fixture(scope="module")
 def debs() -> Debs:
-    """The package at the changelog's version, and a rebuild one version higher."""
-    old_v = version()
-    new_v = f"{old_v}+lbctltest1"
+    """The package as `make deb` builds it (new), and a lower version built with the
+    datapath's previous map layout (old; tests/bpf/layouts/v1), so that the upgrade from
+    old to new migrates the pinned maps, conntrack included."""
+    new_v = version()
+    old_v = f"{new_v}~lbctltest1"
+    overlay = OUT / "layout-v1"
+    shutil.rmtree(overlay, ignore_errors=True)
+    (overlay / "bpf").mkdir(parents=True)
+    shutil.copy(V1_HEADER, overlay / "bpf" / "lb_shared.h")
     built = []
-    for v, extra in ((old_v, []), (new_v, [new_v])):
+    for v, extra, env in ((old_v, [old_v], {"DEB_SOURCE_OVERLAY": str(overlay)}), (new_v, [], {})):
         out = OUT / v
         shutil.rmtree(out, ignore_errors=True)
-        r = sh(REPO / "packaging" / "deb" / "build.sh", out, *extra)
+        r = sh(REPO / "packaging" / "deb" / "build.sh", out, *extra, env=env)
         assert "make deb: lintian: no errors, no warnings" in r.stdout, r.stdout + r.stderr
         [deb] = out.glob(f"lbctl_{v}_*.deb")
         built.append(deb)
@@ -171,10 +179,10 @@ def test_lintian_reports_no_error_and_no_warning(debs: Debs) -> None:
 
 def test_installs_on_fresh_bookworm_and_debian_python_runs_it(root: Path, debs: Debs) -> None:
     before = files(root)
-    in_root(root, "dpkg", "-i", f"/tmp/{debs.old.name}")
+    in_root(root, "dpkg", "-i", f"/tmp/{debs.new.name}")
     try:
         r = in_root(root, "lbctl", "--version")
-        assert r.stdout.strip() == f"lbctl {debs.old_version.split('+')[0]}"
+        assert r.stdout.strip() == f"lbctl {re.split('[+~-]', debs.new_version)[0]}"
         assert "/usr/bin/python3" in in_root(root, "head", "-1", "/usr/bin/lbctl").stdout  # Debian's python3
         r = in_root(root, "lbctl", "validate", "/usr/share/doc/lbctl/examples")
         assert r.returncode == 0
@@ -322,6 +330,12 @@ def test_install_start_upgrade_under_traffic_then_purge_leaves_nothing(
         stream.wait_for(at_stop + 2000)  # no daemon at all: the pinned datapath forwards
         daemon = Daemon(root, {**env, "NOTIFY_SOCKET": notify.path}, notify, log)
         assert daemon.ready["READY"] == "1"
+        text = log.read_text()  # the new daemon migrated the pinned maps (lb_ct: layout v1 -> current)
+        assert re.search(r'event=driver-notice detail="migrated the pinned datapath .* maps lb_ct', text)
+        stream.wait_for(stream.received + 2000)
+        # A plain restart of the same version adopts the datapath as it is.
+        daemon.stop()
+        daemon = Daemon(root, {**env, "NOTIFY_SOCKET": notify.path}, notify, log)
         stream.wait_for(stream.received + 2000)
         stream.finish()  # every line sent came back, in order, from the same backend
         assert (root / "etc/lbctl/conf.d/box.yaml").read_text() == config(tb)  # conf.d kept
