@@ -5,7 +5,7 @@
 # set up here, idempotently and quickly when already done, so the README's two
 # commands work anywhere and CI (.ci/run) runs exactly what a developer runs.
 #
-# Targets: setup lock build lint test demo bench clean distclean help.
+# Targets: setup lock build lint test demo bench deb deb-test clean distclean help.
 # No sudo inside: run the targets that need root (setup, test, demo) as root.
 
 SHELL := /bin/bash
@@ -38,9 +38,9 @@ APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool ip
 	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev time openssl \
 	python3-grpcio bird2 python3-prometheus-client prometheus
 
-LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
+LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py) $(wildcard packaging/deb/tests/*.py)
 
-.PHONY: help print-packages setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench clean distclean
+.PHONY: help print-packages setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench deb deb-test clean distclean
 
 help:
 	@echo "lbctl make targets (run as root where noted):"
@@ -52,6 +52,8 @@ help:
 	@echo "  make build       compile the datapath (bpf/ -> build/bpf/*.o, copied into reconciler/datapath/)"
 	@echo "  make lint        ruff + mypy (strict)"
 	@echo "  make bench       run bench/*.py (tables to stdout, results in bench/results/)"
+	@echo "  sudo make deb    build build/deb/lbctl_<version>_<arch>.deb (DEB_VERSION=... for a higher one)"
+	@echo "  sudo make deb-test  build and test the package (lintian, bookworm root, upgrade under traffic)"
 	@echo "  make clean       remove build outputs and caches (keeps .venv; distclean removes it too)"
 
 # --- setup -------------------------------------------------------------------
@@ -207,6 +209,24 @@ bench: setup build
 	for s in bench/*.py; do [[ $$(basename "$$s") == _* ]] || scripts+=("$$s"); done; \
 	if [ $${#scripts[@]} = 0 ]; then echo "make bench: no bench/*.py yet"; exit 0; fi; \
 	for s in "$${scripts[@]}"; do echo "== $$s"; $(PY) "$$s"; done
+
+# --- Debian package ----------------------------------------------------------
+
+# `make deb`: build/deb/lbctl_<version>_<arch>.deb from this checkout with Debian's tools
+# (packaging/deb/build.sh; the Build-Depends come from packaging/deb/debian/control).
+# DEB_VERSION=0.1.0+1 builds a higher version for an upgrade. `make deb-test` builds two
+# versions and tests them (packaging/deb/tests: lintian, a fresh bookworm root, an upgrade
+# under traffic in a namespace box, purge). DEB_PACKAGES: the tools both need.
+DEB_OUT      := build/deb
+DEB_VERSION  ?=
+DEB_PACKAGES := dpkg-dev lintian mmdebstrap
+
+deb: root-check
+	DEB_PACKAGES="$(DEB_PACKAGES)" packaging/deb/build.sh $(DEB_OUT) $(DEB_VERSION)
+
+deb-test: root-check setup build
+	@rc=0; DEB_PACKAGES="$(DEB_PACKAGES)" $(PY) -m pytest -p tests.no_root_skips -rs packaging/deb/tests || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make deb-test: no tests collected (exit 5)"; exit 1; fi; exit $$rc
 
 # --- clean -------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ Triggers and what they do:
 * SIGTERM/SIGINT: stop.  Nothing is torn down: the datapath is pinned and keeps
   forwarding (``lbctl down`` is the only thing that removes it).
 
+Under systemd (``Type=notify``, ``reconciler.sdnotify``) the daemon sends
+``READY=1`` once its first reconcile has verified, a ``STATUS=`` line naming the
+applied revision whenever that changes or a delivery is rejected or a reconcile
+fails, and ``STOPPING=1`` when it stops.
+
 The daemon reaches the rest of lbctl only through the small ``Engine`` seam
 below, so its logic is unit-tested with in-memory fakes; ``reconciler.engine``
 binds it to the real config loader, reconcile layer and drivers.
@@ -45,6 +50,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from reconciler.logs import EventLog
 from reconciler.metrics import Exporter
 from reconciler.revision import git_commit
+from reconciler.sdnotify import Notifier
 from reconciler.status import Address, Endpoints, StatusServer
 
 DEFAULT_DEBOUNCE = 0.2
@@ -282,11 +288,15 @@ class Daemon:
 
     def __init__(self, options: Options, engine: Engine, log: EventLog,
                  watcher_factory: Callable[[str, Callable[[str], None]], Any] | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, notifier: Notifier | None = None) -> None:
         self.options = options
         self.engine = engine
         self.log = log
         self.clock = clock
+        self.notifier = notifier if notifier is not None else Notifier(
+            on_error=lambda error: log.warning("notify-failed", error=error))
+        self._notified: str | None = None  # the last STATUS= sent
+        self._ready_sent = False  # READY=1 goes with the first STATUS= after a verified reconcile
         self.exporter = Exporter(self._sources, self._source_failed)
         self.metrics = self.exporter.daemon
         self.debouncer = Debouncer(options.debounce)
@@ -426,6 +436,7 @@ class Daemon:
             if self._stop_signal is not None:
                 self.log.info("signal", signal=self._stop_signal, action="stop; datapath keeps running")
             self.shutdown()
+            self.notifier.stopping("stopping; the datapath keeps forwarding (lbctl down removes it)")
             self.log.info("stopped", datapath="left running (lbctl down removes it)")
 
     def loop(self) -> None:
@@ -555,6 +566,8 @@ class Daemon:
                      rejected_digest=delivery.digest, rejected=snap.rejected + 1)
         if seen.rejected_digest == delivery.digest and seen.config_valid is False:
             return  # already reported this exact content
+        self._tell(f"configuration {delivery.digest[:12]} rejected: {len(delivery.errors)} error(s), "
+                   f"first: {delivery.errors[0] if delivery.errors else '-'}; {self._serving()}")
         self.log.error("config-invalid", trigger=trigger, digest=delivery.digest[:12],
                        errors=len(delivery.errors), action="rejected whole; live state left as it was")
         for line in delivery.errors:
@@ -631,4 +644,30 @@ class Daemon:
                            digest=delivery.digest[:12], error=error,
                            action=f"will retry at the next resync (within {self.options.resync:g}s)")
         self._update(**changes)
+        if outcome.verified:
+            self._tell(f"{self._serving()} (verified)")
+        else:
+            self._tell(f"reconcile failed: {outcome.error or 'verification left changes'}; "
+                       f"retrying within {self.options.resync:g}s; {self._serving()}")
         return outcome
+
+    # -- the service manager --
+
+    def _serving(self) -> str:
+        """What the box runs, for STATUS= lines: the applied revision (commit, else digest)."""
+        snap = self.snapshot()
+        if not snap.ready or snap.digest is None:
+            return "nothing applied yet"
+        what = f"revision {snap.revision[:12]}" if snap.revision else f"digest {snap.digest[:12]}"
+        return f"applied {what}, {snap.resources} resources"
+
+    def _tell(self, status: str) -> None:
+        """STATUS= when it changed; READY=1 with the first one sent after a verified reconcile."""
+        if not self.notifier.enabled:
+            return
+        if not self._ready_sent and self.snapshot().ready:
+            self._ready_sent = True
+            self.notifier.ready(status)
+        elif status != self._notified:
+            self.notifier.status(status)
+        self._notified = status
