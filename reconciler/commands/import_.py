@@ -74,21 +74,22 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
                              hint="drop -f to read the cluster named by --kubeconfig")
         objects = manifests.read_files([p for group in args.filename for p in group])
         result = importer.convert(objects, opts)
-        sync = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
-        report(result, sync, args.out_dir, ctx.output)
+        done = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
+        report(result, done, args.out_dir, ctx.output)
         return 0
-    from reconciler.k8s import cluster
-    from reconciler.k8s import sync as k8s_sync
+    from reconciler.k8s import cluster, sync
 
     api = cluster.connect(args.kubeconfig, args.context)
     if not args.watch:
         objects = cluster.list_all(api).objects
         result = importer.convert(objects, opts)
-        written = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
-        report(result, written, args.out_dir, ctx.output)
+        done = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
+        report(result, done, args.out_dir, ctx.output)
         if args.write_status:
-            k8s_sync.write_status(api, result, ctx.state_dir)
+            services = {(str(s["metadata"].get("namespace")), str(s["metadata"]["name"])): s
+                        for s in objects.services}
+            sync.write_status(api, result, services, ctx.state_dir)
         return 0
-    k8s_sync.run(api, opts, args.out_dir, state_dir=ctx.state_dir if args.write_status else None,
+    sync.run(api, opts, args.out_dir, state_dir=ctx.state_dir if args.write_status else None,
                  on_import=lambda r, s: report(r, s, args.out_dir, ctx.output))
     return 0

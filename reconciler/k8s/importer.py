@@ -110,6 +110,7 @@ class Imported:
     source: str  # "Service default/web"
     resource_name: str
     vip: str | None  # the literal VIP when the Service names one
+    key: tuple[str, str] | None = None  # (namespace, name) of the Kubernetes Service
 
 
 @dataclass(frozen=True)
@@ -612,5 +613,5 @@ def convert(objects: Objects, options: Options = Options()) -> Result:
         filename = f"{names[key]}.yaml"
         data = _dump(_header(subject, _meta(svc).get("resourceVersion")), [to_document(res)])
         if _valid(data, filename, subject, warnings):
-            files[filename] = Imported(filename, data, subject, names[key], spec.vip)
+            files[filename] = Imported(filename, data, subject, names[key], spec.vip, key)
     return Result(tuple(files[f] for f in sorted(files)), tuple(warnings), skipped)
