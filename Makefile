@@ -35,7 +35,7 @@ DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py tests/reconciler/d
 APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool iptables nftables \
 	iperf3 wrk nginx-light curl socat python3-venv python3-pip python3-yaml \
 	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
-	python3-pytest python3-hypothesis python3-kubernetes gobgpd frr golang-github-osrg-gobgp-dev time
+	python3-pytest python3-hypothesis python3-kubernetes lua5.1 gobgpd frr golang-github-osrg-gobgp-dev time
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py)
 

@@ -181,8 +181,28 @@ def patch_ingress(api: Any, namespace: str, name: str, ips: list[str]) -> None:
     body = [{"op": "add", "path": "/status/loadBalancer",
              "value": {"ingress": [{"ip": ip} for ip in ips]}}]
     try:
-        k.client.CoreV1Api(api).patch_namespaced_service_status(name, namespace, body,
-                                                                _request_timeout=REQUEST_TIMEOUT)
+        k.client.CoreV1Api(api).patch_namespaced_service_status(
+            name, namespace, body, _request_timeout=REQUEST_TIMEOUT, _preload_content=False)
     except k.client.ApiException as exc:
         raise LbctlError(f"writing the status of Service {namespace}/{name}: {exc.status} {exc.reason}",
                          hint="the importer's user needs patch on services/status") from None
+
+
+def annotate_daemonset(api: Any, namespace: str, name: str, key: str, value: str) -> None:
+    """Set one annotation of a DaemonSet (a JSON patch; the annotations map is made if missing)."""
+    k = _need()
+    apps = k.client.AppsV1Api(api)
+    path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+    try:
+        try:
+            apps.patch_namespaced_daemon_set(name, namespace, [{"op": "add", "path": path, "value": value}],
+                                             _request_timeout=REQUEST_TIMEOUT, _preload_content=False)
+        except k.client.ApiException as exc:
+            if exc.status != 422:  # 422: no annotations map yet to add to
+                raise
+            apps.patch_namespaced_daemon_set(
+                name, namespace, [{"op": "add", "path": "/metadata/annotations", "value": {key: value}}],
+                _request_timeout=REQUEST_TIMEOUT, _preload_content=False)
+    except k.client.ApiException as exc:
+        raise LbctlError(f"annotating DaemonSet {namespace}/{name}: {exc.status} {exc.reason}",
+                         hint="the status publisher's user needs patch on that daemonset") from None
