@@ -84,6 +84,10 @@ def test_rendered_objects_validate_against_the_kubernetes_openapi_schemas() -> N
     argocd_cm = [d for d in _kustomize(EXAMPLE / "bootstrap") if d["kind"] == "ConfigMap"]
     for doc in _kustomize(EXAMPLE) + argocd_cm:
         kv.validate(doc, version, strict=True)
+    ds = _one(_kustomize(EXAMPLE), "DaemonSet")
+    ds["spec"]["template"]["spec"]["hostNetwrok"] = True  # the check has teeth: a typo fails
+    with pytest.raises(kv.ValidationError):
+        kv.validate(ds, version, strict=True)
 
 
 # --- the Lua health check --------------------------------------------------------------------
