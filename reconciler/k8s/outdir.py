@@ -63,8 +63,7 @@ def sync(directory: str | os.PathLike[str], files: Iterable[tuple[str, bytes]]) 
         elif current is not None and not current.startswith(MARKER):
             refused.append(name)
         else:
-            replace_file(path, wanted[name], durable=False)
-            os.chmod(path, 0o644)
+            replace_file(path, wanted[name], durable=False, mode=0o644)
             written.append(name)
     deleted = []
     for path in sorted(root.glob("*.yaml")):
