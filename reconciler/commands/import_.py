@@ -48,10 +48,14 @@ def options(args: argparse.Namespace) -> importer.Options:
                             default_pool_ipv6=args.default_pool_ipv6)
 
 
-def report(result: importer.Result, sync: outdir.SyncReport, out_dir: str, output: str) -> None:
-    """What one import did: warnings on stderr, the summary on stdout."""
+def report(result: importer.Result, sync: outdir.SyncReport, out_dir: str, output: str,
+           seen: set[str] | None = None) -> None:
+    """What one import did: warnings on stderr (those not in ``seen`` yet), the summary on stdout."""
     for w in result.warnings:
-        print(f"Warning: {w}", file=sys.stderr)
+        if seen is None or str(w) not in seen:
+            print(f"Warning: {w}", file=sys.stderr, flush=True)
+    if seen is not None:
+        seen.update(str(w) for w in result.warnings)
     for name in sync.refused:
         print(f"Warning: {out_dir}/{name} exists and was not written by lbctl import k8s; left alone",
               file=sys.stderr)
@@ -59,11 +63,11 @@ def report(result: importer.Result, sync: outdir.SyncReport, out_dir: str, outpu
         print(json.dumps({"files": [f.filename for f in result.files], "written": list(sync.written),
                           "deleted": list(sync.deleted), "unchanged": sync.unchanged,
                           "refused": list(sync.refused), "skipped_services": result.skipped,
-                          "warnings": [str(w) for w in result.warnings]}, sort_keys=True))
+                          "warnings": [str(w) for w in result.warnings]}, sort_keys=True), flush=True)
         return
     print(f"Imported {len(result.files)} resources into {out_dir}: {len(sync.written)} written, "
           f"{len(sync.deleted)} deleted, {sync.unchanged} unchanged ({result.skipped} Services of another "
-          f"class or type skipped, {len(result.warnings)} warnings).")
+          f"class or type skipped, {len(result.warnings)} warnings).", flush=True)  # --watch: one line each
 
 
 def run(args: argparse.Namespace, ctx: Any) -> int:
@@ -86,10 +90,10 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         done = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
         report(result, done, args.out_dir, ctx.output)
         if args.write_status:
-            services = {(str(s["metadata"].get("namespace")), str(s["metadata"]["name"])): s
-                        for s in objects.services}
+            services = {importer.key_of(s): s for s in objects.services}
             sync.write_status(api, result, services, ctx.state_dir)
         return 0
+    seen: set[str] = set()  # --watch repeats a warning only when it changes
     sync.run(api, opts, args.out_dir, state_dir=ctx.state_dir if args.write_status else None,
-                 on_import=lambda r, s: report(r, s, args.out_dir, ctx.output))
+             on_import=lambda r, s: report(r, s, args.out_dir, ctx.output, seen))
     return 0

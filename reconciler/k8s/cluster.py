@@ -41,12 +41,21 @@ class Resource:
 
     name: str  # "services", "endpointslices", "nodes", or "lbctl.dev/pools"
     category: str  # which field of ``Objects`` it fills
+    kind: str
+    api_version: str
     optional: bool = False  # a missing CRD (404) is no error
 
+    def typed(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """``obj`` with its kind and apiVersion (API lists leave them out of their items)."""
+        obj.setdefault("kind", self.kind)
+        obj.setdefault("apiVersion", self.api_version)
+        return obj
 
-RESOURCES = (Resource("services", "services"), Resource("endpointslices", "endpoint_slices"),
-             Resource("nodes", "nodes")) + tuple(
-    Resource(f"{GROUP}/{plural(k)}", "lbctl", optional=True) for k in KINDS)
+
+RESOURCES = (Resource("services", "services", "Service", "v1"),
+             Resource("endpointslices", "endpoint_slices", "EndpointSlice", "discovery.k8s.io/v1"),
+             Resource("nodes", "nodes", "Node", "v1")) + tuple(
+    Resource(f"{GROUP}/{plural(k)}", "lbctl", k, f"{GROUP}/{VERSION}", optional=True) for k in KINDS)
 
 
 def _need() -> Any:
@@ -105,13 +114,7 @@ def list_raw(api: Any, resource: Resource) -> tuple[list[K8sObject], str] | None
         if resource.optional and exc.status == 404:
             return None
         raise _api_error(resource, exc) from None
-    kind = str(data.get("kind", "")).removesuffix("List")
-    api_version = data.get("apiVersion")
-    items = []
-    for item in data.get("items") or ():
-        item.setdefault("kind", kind)  # API lists leave kind and apiVersion out of their items
-        item.setdefault("apiVersion", api_version)
-        items.append(item)
+    items: list[K8sObject] = [resource.typed(item) for item in data.get("items") or ()]
     return items, str((data.get("metadata") or {}).get("resourceVersion") or "")
 
 

@@ -130,7 +130,8 @@ def _spec(obj: K8sObject, key: str = "spec") -> Mapping[str, Any]:
     return s if isinstance(s, Mapping) else {}
 
 
-def _ns_name(obj: K8sObject) -> tuple[str, str]:
+def key_of(obj: K8sObject) -> tuple[str, str]:
+    """(namespace, name); "default" for an object without a namespace, as kubectl reads it."""
     m = _meta(obj)
     return str(m.get("namespace") or "default"), str(m.get("name") or "")
 
@@ -260,7 +261,7 @@ def node_addresses(nodes: Sequence[K8sObject]) -> dict[str, dict[int, str]]:
     for node in nodes:
         if not _node_ready(node):
             continue
-        name = _ns_name(node)[1]
+        name = key_of(node)[1]
         by_family: dict[int, str] = {}
         for kind in ("InternalIP", "ExternalIP"):
             for a in _spec(node, "status").get("addresses") or ():
@@ -280,7 +281,7 @@ class _SliceView:
 def _slices_of(ns: str, name: str, slices: Sequence[K8sObject]) -> list[_SliceView]:
     out = []
     for s in slices:
-        sns, _ = _ns_name(s)
+        sns, _ = key_of(s)
         labels = _meta(s).get("labels") or {}
         if sns != ns or not isinstance(labels, Mapping) or labels.get(SERVICE_NAME_LABEL) != name:
             continue
@@ -454,7 +455,7 @@ def _port_name(value: Any) -> str | None:
 def convert_service(svc: K8sObject, name: str, objects: Objects, nodes: Mapping[str, Mapping[int, str]],
                     options: Options) -> tuple[ServiceSpec, list[Warning]]:
     """One selected Service as an lbctl ServiceSpec, with the warnings about it."""
-    ns, svc_name = _ns_name(svc)
+    ns, svc_name = key_of(svc)
     subject = f"Service {ns}/{svc_name}"
     raw = _meta(svc).get("annotations") or {}
     values = {k[len(PREFIX):]: str(v) for k, v in raw.items() if isinstance(k, str) and k.startswith(PREFIX)}
@@ -593,15 +594,15 @@ def convert(objects: Objects, options: Options = Options()) -> Result:
     warnings: list[Warning] = []
     files: dict[str, Imported] = {}
     taken: set[str] = set()
-    for obj in sorted(objects.lbctl, key=lambda o: (str(o.get("kind")), _ns_name(o)[1])):
+    for obj in sorted(objects.lbctl, key=lambda o: (str(o.get("kind")), key_of(o)[1])):
         got = _lbctl_resource(obj, warnings)
         if got is not None:
             kind, imp = got
             files[imp.filename] = imp
             if kind == "Service":
                 taken.add(imp.resource_name)
-    chosen = {_ns_name(s): s for s in objects.services if selected(s, options.lb_class)}
-    skipped = sum(1 for s in objects.services if _ns_name(s) not in chosen)
+    chosen = {key_of(s): s for s in objects.services if selected(s, options.lb_class)}
+    skipped = sum(1 for s in objects.services if key_of(s) not in chosen)
     names = resource_names(chosen, taken)
     nodes = node_addresses(objects.nodes)
     for key in sorted(chosen):

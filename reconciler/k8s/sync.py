@@ -48,11 +48,6 @@ class Backoff:
         return float(min(self.most, self.first * self.factor ** max(0, failures - 1)))
 
 
-def _key(obj: Mapping[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
-
-
 def _rv(obj: Mapping[str, Any]) -> str | None:
     rv = (obj.get("metadata") or {}).get("resourceVersion")
     return str(rv) if rv else None
@@ -104,16 +99,13 @@ class Mirror:
         if kind == "absent":
             self.pending.discard(name)
         elif kind == "reset":
-            self.objects[name] = {_key(o): o for o in payload}
+            self.objects[name] = {importer.key_of(o): o for o in payload}  # list_raw typed them
             self.pending.discard(name)
         elif kind == "DELETED":
-            self.objects[name].pop(_key(payload), None)
+            self.objects[name].pop(importer.key_of(payload), None)
         else:
             res = next(r for r in self.resources if r.name == name)
-            if res.category == "lbctl" or name == "services":
-                payload.setdefault("kind", "Service" if name == "services" else None)
-                payload.setdefault("apiVersion", "v1" if name == "services" else None)
-            self.objects[name][_key(payload)] = payload
+            self.objects[name][importer.key_of(payload)] = res.typed(payload)
 
     def snapshot(self) -> importer.Objects:
         found: dict[str, list[K8sObject]] = {"services": [], "endpoint_slices": [], "nodes": [], "lbctl": []}
@@ -203,4 +195,4 @@ def run(api: Any, options: importer.Options, out_dir: str, *, state_dir: str | o
             sig = _signature(allocations)
             if changed or sig != seen_allocations:
                 seen_allocations = sig
-                write_status(api, result, {_key(s): s for s in snapshot.services}, state_dir, log)
+                write_status(api, result, {importer.key_of(s): s for s in snapshot.services}, state_dir, log)

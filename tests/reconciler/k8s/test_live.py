@@ -10,6 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import queue
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -166,3 +169,31 @@ def test_write_status_patches_the_vip(tmp_path: Path) -> None:
 def test_files_and_watch_do_not_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", "k8s", "-f", str(FIXTURE), "-o", str(tmp_path), "--watch"]) == 1
     assert "need a live cluster" in capsys.readouterr().err
+
+
+def test_watch_command_end_to_end(tmp_path: Path) -> None:
+    """``lbctl import k8s --watch`` as a process: it imports, follows an event, and SIGTERM ends it."""
+    out = tmp_path / "out"
+    with FakeApiServer() as server:
+        lists = _serve_fixture(server, "1000")
+        gone = _svc(lists, "api")
+        gone["apiVersion"], gone["kind"] = "v1", "Service"
+        gone["metadata"]["resourceVersion"] = "1001"
+        server.watches["services"].append([_event("DELETED", gone)])  # then a held watch
+        cmd = [sys.executable, "-m", "reconciler.cli", "import", "k8s", "--watch", "-o", str(out),
+               "--kubeconfig", str(server.kubeconfig(tmp_path / "kc"))]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[3])
+        try:
+            assert proc.stdout is not None
+            lines = []
+            while not any(line.startswith("Imported 10 resources") for line in lines):
+                line = proc.stdout.readline()  # each import prints one summary line: an event, no sleep
+                assert line, f"lbctl exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}"
+                lines.append(line)
+            assert not (out / "shop-api.yaml").exists() and (out / "default-web.yaml").exists()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            server.release()
+    assert proc.returncode == -signal.SIGTERM
