@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.errors import LbctlError
 from reconciler.k8s import importer, manifests, outdir
+from reconciler.k8s.objects import key_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         done = outdir.sync(args.out_dir, [(f.filename, f.data) for f in result.files])
         report(result, done, args.out_dir, ctx.output)
         if args.write_status:
-            services = {importer.key_of(s): s for s in objects.services}
+            services = {key_of(s): s for s in objects.services}
             sync.write_status(api, result, services, ctx.state_dir)
         return 0
     seen: set[str] = set()  # --watch repeats a warning only when it changes

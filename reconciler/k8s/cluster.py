@@ -19,7 +19,7 @@ from typing import Any
 
 from reconciler.errors import LbctlError
 from reconciler.k8s.crd import GROUP, VERSION, plural
-from reconciler.k8s.importer import K8sObject, Objects
+from reconciler.k8s.objects import K8sObject, Objects
 from reconciler.model import KINDS
 
 try:

@@ -1,4 +1,4 @@
-"""Kubernetes manifests (``kubectl get ... -o yaml`` output) -> ``importer.Objects``.
+"""Kubernetes manifests (``kubectl get ... -o yaml`` output) -> ``objects.Objects``.
 
 Why this exists: the importer works offline too, from the files ``kubectl get
 svc,endpointslices,nodes -A -o yaml`` writes (``List`` documents, or one object
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import LbctlError
-from reconciler.k8s.importer import K8sObject, Objects
+from reconciler.k8s.objects import K8sObject, Objects
 from reconciler.model import API_VERSION
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from reconciler.errors import LbctlError
 from reconciler.ipam_store import STORE_NAME, AllocationStore
 from reconciler.k8s import cluster, importer, outdir
-from reconciler.k8s.importer import K8sObject
+from reconciler.k8s.objects import K8sObject, Objects, key_of
 
 Key = tuple[str, str]
 Log = Callable[[str], None]
@@ -99,19 +99,19 @@ class Mirror:
         if kind == "absent":
             self.pending.discard(name)
         elif kind == "reset":
-            self.objects[name] = {importer.key_of(o): o for o in payload}  # list_raw typed them
+            self.objects[name] = {key_of(o): o for o in payload}  # list_raw typed them
             self.pending.discard(name)
         elif kind == "DELETED":
-            self.objects[name].pop(importer.key_of(payload), None)
+            self.objects[name].pop(key_of(payload), None)
         else:
             res = next(r for r in self.resources if r.name == name)
-            self.objects[name][importer.key_of(payload)] = res.typed(payload)
+            self.objects[name][key_of(payload)] = res.typed(payload)
 
-    def snapshot(self) -> importer.Objects:
+    def snapshot(self) -> Objects:
         found: dict[str, list[K8sObject]] = {"services": [], "endpoint_slices": [], "nodes": [], "lbctl": []}
         for res in self.resources:
             found[res.category].extend(self.objects[res.name].values())
-        return importer.Objects(tuple(found["services"]), tuple(found["endpoint_slices"]),
+        return Objects(tuple(found["services"]), tuple(found["endpoint_slices"]),
                                 tuple(found["nodes"]), tuple(found["lbctl"]))
 
 
@@ -195,4 +195,4 @@ def run(api: Any, options: importer.Options, out_dir: str, *, state_dir: str | o
             sig = _signature(allocations)
             if changed or sig != seen_allocations:
                 seen_allocations = sig
-                write_status(api, result, {importer.key_of(s): s for s in snapshot.services}, state_dir, log)
+                write_status(api, result, {key_of(s): s for s in snapshot.services}, state_dir, log)

@@ -13,6 +13,8 @@ import pytest
 
 from reconciler.config import load_dir
 from reconciler.k8s import importer, manifests, outdir
+from reconciler.k8s.annotations import KNOWN
+from reconciler.k8s.objects import Objects
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "cluster.yaml"
@@ -42,7 +44,7 @@ def test_files_match_golden() -> None:
 
 def test_deterministic_whatever_the_order() -> None:
     objects = manifests.read_files([str(FIXTURE)])
-    shuffled = importer.Objects(tuple(reversed(objects.services)), tuple(reversed(objects.endpoint_slices)),
+    shuffled = Objects(tuple(reversed(objects.services)), tuple(reversed(objects.endpoint_slices)),
                                 tuple(reversed(objects.nodes)))
     assert importer.convert(objects) == importer.convert(shuffled)
 
@@ -86,7 +88,7 @@ def test_every_documented_annotation_is_known() -> None:
     documented = {"lbmode", "poolSelect", "poolSelectSecondary", "secondaryIPs", "staticIP", "liveness",
                   "probetype", "probeport", "probereq", "proberesp", "probetimeout", "proberetries",
                   "epselect", "timeout", "usepodnetwork", "ipam", "multus-nets"}
-    assert documented <= importer.KNOWN
+    assert documented <= KNOWN
     text = FIXTURE.read_text()
     for key in documented:
         assert f"loxilb.io/{key}:" in text, f"the fixture has no Service with loxilb.io/{key}"
@@ -122,7 +124,7 @@ def test_garbage_never_crashes() -> None:
                     "ports": [{"port": 1, "protocol": "TCP", "nodePort": 30001},
                               {"port": 2, "protocol": "ICMPX"}, "junk"],
                     "loadBalancerSourceRanges": ["nope"]}}
-    result = importer.convert(importer.Objects(services=(svc,)))
+    result = importer.convert(Objects(services=(svc,)))
     assert len(result.files) == 1
     text = "\n".join(str(w) for w in result.warnings)
     for key in ("probetimeout", "proberesp", "ipam", "liveness", "secondaryIPs"):
@@ -135,7 +137,7 @@ def test_lbctl_custom_resources_pass_through() -> None:
             "metadata": {"name": "default", "resourceVersion": "7", "uid": "u"},
             "spec": {"addresses": ["198.18.0.0/24"]}}
     bad = {"apiVersion": "lbctl.dev/v1alpha1", "kind": "Pool", "metadata": {"name": "bad"}, "spec": {}}
-    result = importer.convert(importer.Objects(lbctl=(pool, bad)))
+    result = importer.convert(Objects(lbctl=(pool, bad)))
     assert [f.filename for f in result.files] == ["lbctl-pool-default.yaml"]
     assert "uid" not in result.files[0].data.decode()
     assert any("Pool bad" in str(w) and "does not validate" in str(w) for w in result.warnings)
