@@ -70,6 +70,15 @@ def test_daemonset_asks_for_only_what_lbctl_needs() -> None:
     assert "lbctl.dev/status-annotations" in ds["metadata"]["annotations"]
 
 
+def test_container_commands_are_lbctl_commands() -> None:
+    from reconciler.cli import build_parser
+
+    pod = _one(_kustomize(EXAMPLE), "DaemonSet")["spec"]["template"]["spec"]
+    for container in pod["containers"]:
+        args = build_parser().parse_args(container["args"])  # exits (SystemExit) on a bad option
+        assert args._module is not None
+
+
 def test_bootstrap_renders_the_application_and_the_health_check() -> None:
     docs = _kustomize(EXAMPLE / "bootstrap")
     app = _one(docs, "Application")
