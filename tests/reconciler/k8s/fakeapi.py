@@ -61,13 +61,13 @@ def fixture_lists(path: Path, rv: str) -> dict[str, dict[str, Any]]:
 
 class FakeApiServer:
     def __init__(self) -> None:
-        self.lists: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        self.lists: dict[str, deque[Any]] = defaultdict(deque)  # list bodies, or an HTTP status to fail with
         self.watches: dict[str, deque[list[Any]]] = defaultdict(deque)
         self.customs: dict[str, dict[str, Any]] = {}  # plural -> list response (lbctl.dev)
         self.requests: list[tuple[str, str, dict[str, list[str]]]] = []
         self.patches: list[tuple[str, Any, str]] = []
         self._released = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.last_list: dict[str, dict[str, Any]] = {}
         outer = self
 
@@ -109,6 +109,9 @@ class FakeApiServer:
                     else:
                         queue = outer.lists[resource]
                         body = queue.popleft() if len(queue) > 1 else queue[0]
+                if isinstance(body, int):  # a scripted failure: that HTTP status
+                    self._json(body, {"kind": "Status", "code": body, "reason": "InternalError"})
+                    return
                 self._json(200, body)
 
             def _chunk(self, data: bytes) -> None:
@@ -148,6 +151,7 @@ class FakeApiServer:
                 body = json.loads(self.rfile.read(length))
                 with outer._lock:
                     outer.patches.append((self.path, body, self.headers.get("Content-Type", "")))
+                    outer._lock.notify_all()
                 self._json(200, {"kind": "Service", "apiVersion": "v1", "metadata": {}})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -175,6 +179,12 @@ class FakeApiServer:
     def list_count(self, path: str) -> int:
         with self._lock:
             return sum(1 for m, p, q in self.requests if p == path and not _watching(q))
+
+    def wait_for_patches(self, count: int, timeout: float = 30) -> list[tuple[str, Any, str]]:
+        """The patches once there are ``count`` of them (the timeout is a safety net only)."""
+        with self._lock:
+            assert self._lock.wait_for(lambda: len(self.patches) >= count, timeout), self.patches
+            return list(self.patches)
 
     def __enter__(self) -> FakeApiServer:
         self.thread.start()

@@ -197,3 +197,62 @@ def test_watch_command_end_to_end(tmp_path: Path) -> None:
             proc.wait(30)
             server.release()
     assert proc.returncode == -signal.SIGTERM
+
+
+def test_list_errors_back_off_then_import(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    delays: list[float] = []
+    stop = threading.Event()
+    with FakeApiServer() as server:
+        _serve_fixture(server, "1000")
+        server.lists["endpointslices"].appendleft(500)
+        server.lists["endpointslices"].appendleft(503)
+        api = cluster.connect(str(server.kubeconfig(tmp_path / "kc")))
+        imports = Imports(out)
+
+        def wait(delay: float) -> bool:
+            delays.append(delay)
+            return stop.is_set()
+
+        runner = threading.Thread(target=sync.run, kwargs=dict(
+            api=api, options=importer.Options(), out_dir=str(out), state_dir=None, on_import=imports,
+            stop=stop, wait=wait, log=lambda line: None, resources=cluster.RESOURCES[:3], tick=0.05))
+        runner.start()
+        try:
+            imports.until(lambda names: len(names) == 11)
+        finally:
+            stop.set()
+            server.release()
+            runner.join(30)
+    assert delays == [0.5, 1.0]  # two failed lists, then the list that worked
+    assert "10.0.0.12" in (out / "shop-api.yaml").read_text()  # Local: needs the slices of the third answer
+
+
+def test_watch_writes_status_when_lbctl_allocates(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    stop = threading.Event()
+    with FakeApiServer() as server:
+        lists = _serve_fixture(server, "1000")
+        for svc in lists["services"]["items"]:  # the static VIP is already in this Service's status
+            if svc["metadata"]["name"] == "sctp-multihome":
+                svc["status"] = {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}
+        api = cluster.connect(str(server.kubeconfig(tmp_path / "kc")))
+        imports = Imports(tmp_path / "out")
+        runner = threading.Thread(target=sync.run, kwargs=dict(
+            api=api, options=importer.Options(), out_dir=str(tmp_path / "out"), state_dir=state,
+            on_import=imports, stop=stop, log=lambda line: None, resources=cluster.RESOURCES[:3], tick=0.05))
+        runner.start()
+        try:
+            imports.until(lambda names: len(names) == 11)
+            assert server.patches == []  # nothing allocated yet; the static VIP is already written
+            # `lbctl apply` allocates default/web's VIP: the importer notices the state file changed
+            (state / "allocations.json").write_text(json.dumps({"format_version": 1, "allocations": {
+                "default-web": {"pool": "default", "vip": "198.18.0.9"}}}))
+            ((path, body, _),) = server.wait_for_patches(1)
+        finally:
+            stop.set()
+            server.release()
+            runner.join(30)
+    assert path == "/api/v1/namespaces/default/services/web/status"
+    assert body[0]["value"] == {"ingress": [{"ip": "198.18.0.9"}]}
