@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.k8s.endpoints import family_of
-from reconciler.k8s.objects import Finding, parse_ip, spec_of
+from reconciler.k8s.objects import Finding, list_at, parse_ip, spec_of
 from reconciler.model import Mode, Probe, ProbeType, Selection
 
 PREFIX = "loxilb.io/"
@@ -106,7 +106,7 @@ def family(ann: Annotations, spec: Mapping[str, Any], vip: str | None) -> tuple[
         return wanted or (version, version)
     if wanted is not None:
         return wanted
-    families = spec.get("ipFamilies") or ()
+    families = list_at(spec, "ipFamilies")
     first = family_of(families[0]) if families else None
     return (first, first) if first else (4, 4)
 
@@ -215,7 +215,7 @@ def secondary(ann: Annotations, protocols: Sequence[str], family: int) -> tuple[
 
 def sources(ann: Annotations, spec: Mapping[str, Any], family: int) -> tuple[str, ...]:
     out = []
-    for text in spec.get("loadBalancerSourceRanges") or ():
+    for text in list_at(spec, "loadBalancerSourceRanges"):
         try:
             net = ipaddress.ip_network(str(text).strip(), strict=False)
         except ValueError:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.k8s.objects import K8sObject, key_of, meta, parse_ip, spec_of
+from reconciler.k8s.objects import K8sObject, key_of, list_at, meta, parse_ip, port_number, spec_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -27,7 +27,7 @@ def family_of(addr_type: Any) -> int | None:
 
 
 def _node_ready(node: K8sObject) -> bool:
-    for cond in spec_of(node, "status").get("conditions") or ():
+    for cond in list_at(spec_of(node, "status"), "conditions"):
         if isinstance(cond, Mapping) and cond.get("type") == "Ready":
             return cond.get("status") == "True"
     return True  # no conditions recorded (a hand-written manifest): taken as ready
@@ -42,7 +42,7 @@ def node_addresses(nodes: Sequence[K8sObject]) -> dict[str, dict[int, str]]:
         name = key_of(node)[1]
         by_family: dict[int, str] = {}
         for kind in ("InternalIP", "ExternalIP"):
-            for a in spec_of(node, "status").get("addresses") or ():
+            for a in list_at(spec_of(node, "status"), "addresses"):
                 addr = parse_ip(str(a.get("address"))) if isinstance(a, Mapping) else None
                 if addr is not None and a.get("type") == kind:
                     by_family.setdefault(addr.version, addr.compressed)
@@ -68,16 +68,17 @@ def slices_of(ns: str, name: str, slices: Sequence[K8sObject]) -> list[SliceView
         if family is None:
             continue  # FQDN slices carry no addresses to balance to
         ready = []
-        for ep in s.get("endpoints") or ():
+        for ep in list_at(s, "endpoints"):
             if not isinstance(ep, Mapping) or not _ready(ep):
                 continue
-            for a in ep.get("addresses") or ():
+            for a in list_at(ep, "addresses"):
                 ip = parse_ip(str(a))
                 if ip is not None and ip.version == family:
                     node = ep.get("nodeName")
                     ready.append((ip.compressed, str(node) if node else None))
-        ports = tuple((str(p.get("name") or ""), str(p.get("protocol") or "TCP"), int(p["port"]))
-                      for p in s.get("ports") or () if isinstance(p, Mapping) and p.get("port"))
+        ports = tuple((str(p.get("name") or ""), str(p.get("protocol") or "TCP"), num)
+                      for p in list_at(s, "ports")
+                      if isinstance(p, Mapping) and (num := port_number(p.get("port"))) is not None)
         out.append(SliceView(family, tuple(ready), ports))
     return out
 

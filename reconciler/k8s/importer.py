@@ -28,7 +28,7 @@ from reconciler.config.loader import load_bytes
 from reconciler.documents import to_document
 from reconciler.k8s import annotations as an
 from reconciler.k8s.endpoints import addr_key, node_addresses, slices_of
-from reconciler.k8s.objects import Finding, K8sObject, Objects, key_of, meta, spec_of
+from reconciler.k8s.objects import Finding, K8sObject, Objects, key_of, list_at, meta, port_number, spec_of
 from reconciler.model import (
     API_VERSION,
     KINDS,
@@ -127,7 +127,8 @@ def convert_service(svc: K8sObject, name: str, objects: Objects, nodes: Mapping[
     """One selected Service as an lbctl ServiceSpec, with the warnings about it."""
     ns, svc_name = key_of(svc)
     subject = f"Service {ns}/{svc_name}"
-    raw = meta(svc).get("annotations") or {}
+    raw = meta(svc).get("annotations")
+    raw = raw if isinstance(raw, Mapping) else {}
     values = {k[len(an.PREFIX):]: str(v) for k, v in raw.items()
               if isinstance(k, str) and k.startswith(an.PREFIX)}
     ann = an.Annotations(subject, values)
@@ -138,16 +139,18 @@ def convert_service(svc: K8sObject, name: str, objects: Objects, nodes: Mapping[
         ann.warn("multus-nets", "lbctl cannot use multus networks as endpoints; ignored")
     spec = spec_of(svc)
 
-    ports: list[tuple[Mapping[str, Any], str]] = []
-    for p in spec.get("ports") or ():
-        if not isinstance(p, Mapping) or not p.get("port"):
+    ports: list[tuple[Mapping[str, Any], int, str]] = []
+    for p in list_at(spec, "ports"):
+        number = port_number(p.get("port")) if isinstance(p, Mapping) else None
+        if number is None:
+            ann.warn(None, f"spec.ports: {p!r} has no valid port; left out")
             continue
         proto = str(p.get("protocol") or "TCP").upper()
         if proto not in ("TCP", "UDP", "SCTP"):
-            ann.warn(None, f"port {p.get('port')}: protocol {proto} is not balanced by lbctl; left out")
+            ann.warn(None, f"port {number}: protocol {proto} is not balanced by lbctl; left out")
             continue
-        ports.append((p, proto))
-    protocols = [proto for _, proto in ports]
+        ports.append((p, number, proto))
+    protocols = [proto for _, _, proto in ports]
 
     vip = an.vip(ann, spec)
     vip_family, ep_family = an.family(ann, spec, vip)
@@ -169,27 +172,27 @@ def convert_service(svc: K8sObject, name: str, objects: Objects, nodes: Mapping[
 
     pod_network = bool(ann.flag("usepodnetwork"))
     slices = [s for s in slices_of(ns, svc_name, objects.endpoint_slices) if s.family == ep_family]
-    if not pod_network and any(not p.get("nodePort") for p, _ in ports):
+    if not pod_network and any(port_number(p.get("nodePort")) is None for p, _, _ in ports):
         ann.warn(None if "usepodnetwork" not in values else "usepodnetwork",
                  "the Service has ports without a nodePort (allocateLoadBalancerNodePorts: false); "
                  "endpoints are pod addresses and target ports, as with loxilb.io/usepodnetwork")
         pod_network = True
 
     out_ports: list[ServicePort] = []
-    for p, proto in ports:
+    for p, number, proto in ports:
+        target: int | None
         if pod_network:
             found = sorted({num for s in slices for (pname, pproto, num) in s.ports
                             if pname == str(p.get("name") or "") and pproto.upper() == proto})
-            declared = p.get("targetPort")
-            target = found[0] if found else (declared if isinstance(declared, int) else None)
+            declared = p.get("targetPort")  # a number, or a container port's name (then: the port)
+            target = found[0] if found else (port_number(declared) if isinstance(declared, int) else None)
             if len(found) > 1:
-                ann.warn(None, f"port {p['port']}: endpoints use several target ports "
+                ann.warn(None, f"port {number}: endpoints use several target ports "
                                f"({', '.join(map(str, found))}); {found[0]} is used")
         else:
-            target = int(p["nodePort"])
-        out_ports.append(ServicePort(port=int(p["port"]), protocol=proto,  # type: ignore[arg-type]
-                                     target_port=int(target) if target else None,
-                                     name=_port_name(p.get("name"))))
+            target = port_number(p.get("nodePort"))
+        out_ports.append(ServicePort(port=number, protocol=proto,  # type: ignore[arg-type]
+                                     target_port=target, name=_port_name(p.get("name"))))
 
     addresses: set[str] = set()
     if pod_network:
@@ -250,7 +253,7 @@ def _lbctl_resource(obj: K8sObject, warnings: list[Finding]) -> tuple[str, Impor
         return None
     envelope: dict[str, Any] = {"name": name}
     labels = meta(obj).get("labels")
-    if labels:
+    if isinstance(labels, Mapping) and labels:
         envelope["labels"] = dict(sorted(labels.items()))
     doc = {"apiVersion": API_VERSION, "kind": kind, "metadata": envelope, "spec": obj.get("spec")}
     filename = f"lbctl-{str(kind).lower()}-{_sanitize(name)}.yaml"

@@ -57,3 +57,18 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+
+
+def port_number(value: Any) -> int | None:
+    """``value`` as a port (1-65535): an integer, or a string of digits; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and 1 <= value <= 65535 else None
+
+
+def list_at(obj: Mapping[str, Any], key: str) -> list[Any]:
+    """``obj[key]`` when it is a list, else empty (hand-written manifests can hold anything)."""
+    value = obj.get(key)
+    return value if isinstance(value, list) else []

@@ -28,7 +28,7 @@ from typing import Any
 from reconciler.errors import LbctlError
 from reconciler.ipam_store import STORE_NAME, AllocationStore
 from reconciler.k8s import cluster, importer, outdir
-from reconciler.k8s.objects import K8sObject, Objects, key_of
+from reconciler.k8s.objects import K8sObject, Objects, key_of, list_at, spec_of
 
 Key = tuple[str, str]
 Log = Callable[[str], None]
@@ -116,8 +116,8 @@ class Mirror:
 
 
 def _ingress(svc: K8sObject) -> list[str]:
-    lb = ((svc.get("status") or {}).get("loadBalancer") or {})
-    return [str(i.get("ip")) for i in lb.get("ingress") or () if isinstance(i, Mapping) and i.get("ip")]
+    lb = spec_of(spec_of(svc, "status"), "loadBalancer")
+    return [str(i.get("ip")) for i in list_at(lb, "ingress") if isinstance(i, Mapping) and i.get("ip")]
 
 
 def write_status(api: Any, result: importer.Result, services: Mapping[Key, K8sObject],

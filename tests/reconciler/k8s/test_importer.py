@@ -5,11 +5,14 @@ Regenerate the golden files after an intended change with ``LBCTL_UPDATE_GOLDEN=
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reconciler.config import load_dir
 from reconciler.k8s import importer, manifests, outdir
@@ -122,14 +125,16 @@ def test_garbage_never_crashes() -> None:
                "loxilb.io/ipam": "ipv5", "loxilb.io/liveness": "maybe", "loxilb.io/secondaryIPs": "1.2.3.4"}},
            "spec": {"type": "LoadBalancer", "loadBalancerClass": importer.DEFAULT_CLASS,
                     "ports": [{"port": 1, "protocol": "TCP", "nodePort": 30001},
-                              {"port": 2, "protocol": "ICMPX"}, "junk"],
+                              {"port": 2, "protocol": "ICMPX"}, "junk", {"port": "http"},
+                              {"port": 3, "nodePort": "x"}],
                     "loadBalancerSourceRanges": ["nope"]}}
     result = importer.convert(Objects(services=(svc,)))
     assert len(result.files) == 1
     text = "\n".join(str(w) for w in result.warnings)
     for key in ("probetimeout", "proberesp", "ipam", "liveness", "secondaryIPs"):
         assert f"loxilb.io/{key}" in text
-    assert "loadBalancerSourceRanges" in text and "ICMPX" in text
+    assert "loadBalancerSourceRanges" in text and "ICMPX" in text and "'http'" in text
+    assert "without a nodePort" in text
 
 
 def test_lbctl_custom_resources_pass_through() -> None:
@@ -141,3 +146,34 @@ def test_lbctl_custom_resources_pass_through() -> None:
     assert [f.filename for f in result.files] == ["lbctl-pool-default.yaml"]
     assert "uid" not in result.files[0].data.decode()
     assert any("Pool bad" in str(w) and "does not validate" in str(w) for w in result.warnings)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=8)
+                     | st.sampled_from(["yes", "fullnat", "10.0.0.1", "fd00::1", "IPv6", "Local", "80"]),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                         st.sampled_from(["port", "nodePort", "name", "protocol", "ready", "addresses",
+                                          "conditions", "nodeName", "clientIP", "timeoutSeconds", "type"]),
+                         inner, max_size=3), max_leaves=8)
+_PATHS = [("metadata", "annotations"), ("metadata", "name"), ("metadata", "namespace"), ("spec", "ports"),
+          ("spec", "ipFamilies"), ("spec", "loadBalancerSourceRanges"), ("spec", "sessionAffinityConfig"),
+          ("spec", "externalTrafficPolicy"), ("spec", "loadBalancerIP"), ("spec",), ("metadata",)]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, 100), path=st.sampled_from(_PATHS), value=_JSON,
+       annotation=st.sampled_from(sorted(KNOWN)), text=st.text(max_size=12))
+def test_any_garbage_in_a_service_is_a_warning_never_a_crash(which: int, path: tuple[str, ...], value: object,
+                                                               annotation: str, text: str) -> None:
+    objects = manifests.read_files([str(FIXTURE)])
+    services = [copy.deepcopy(dict(s)) for s in objects.services]
+    svc = services[which % len(services)]
+    svc["metadata"].setdefault("annotations", {})[f"loxilb.io/{annotation}"] = text
+    target = svc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    slices = [copy.deepcopy(dict(s)) for s in objects.endpoint_slices]
+    slices[which % len(slices)]["endpoints"] = value
+    result = importer.convert(Objects(tuple(services), tuple(slices), objects.nodes))
+    for f in result.files:  # whatever was written validates (convert checked it with the loader)
+        assert f.data.startswith(importer.MARKER.encode())
