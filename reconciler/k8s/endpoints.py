@@ -57,16 +57,15 @@ class SliceView:
     ports: tuple[tuple[str, str, int], ...]  # (name, protocol, port)
 
 
-def slices_of(ns: str, name: str, slices: Sequence[K8sObject]) -> list[SliceView]:
-    out = []
+def index_slices(slices: Sequence[K8sObject]) -> dict[tuple[str, str], list[SliceView]]:
+    """(namespace, Service name) -> the views of its EndpointSlices, in input order (one pass)."""
+    out: dict[tuple[str, str], list[SliceView]] = {}
     for s in slices:
-        sns, _ = key_of(s)
-        labels = meta(s).get("labels") or {}
-        if sns != ns or not isinstance(labels, Mapping) or labels.get(SERVICE_NAME_LABEL) != name:
-            continue
+        labels = meta(s).get("labels")
+        service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
         family = family_of(s.get("addressType"))
-        if family is None:
-            continue  # FQDN slices carry no addresses to balance to
+        if not isinstance(service, str) or family is None:
+            continue  # not a Service's slice, or an FQDN slice (no addresses to balance to)
         ready = []
         for ep in list_at(s, "endpoints"):
             if not isinstance(ep, Mapping) or not _ready(ep):
@@ -79,7 +78,7 @@ def slices_of(ns: str, name: str, slices: Sequence[K8sObject]) -> list[SliceView
         ports = tuple((str(p.get("name") or ""), str(p.get("protocol") or "TCP"), num)
                       for p in list_at(s, "ports")
                       if isinstance(p, Mapping) and (num := port_number(p.get("port"))) is not None)
-        out.append(SliceView(family, tuple(ready), ports))
+        out.setdefault((key_of(s)[0], service), []).append(SliceView(family, tuple(ready), ports))
     return out
 
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -159,7 +160,7 @@ _PATHS = [("metadata", "annotations"), ("metadata", "name"), ("metadata", "names
           ("spec", "externalTrafficPolicy"), ("spec", "loadBalancerIP"), ("spec",), ("metadata",)]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(which=st.integers(0, 100), path=st.sampled_from(_PATHS), value=_JSON,
        annotation=st.sampled_from(sorted(KNOWN)), text=st.text(max_size=12))
 def test_any_garbage_in_a_service_is_a_warning_never_a_crash(which: int, path: tuple[str, ...], value: object,
@@ -177,3 +178,9 @@ def test_any_garbage_in_a_service_is_a_warning_never_a_crash(which: int, path: t
     result = importer.convert(Objects(tuple(services), tuple(slices), objects.nodes))
     for f in result.files:  # whatever was written validates (convert checked it with the loader)
         assert f.data.startswith(importer.MARKER.encode())
+
+
+def test_same_bytes_without_libyaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_libyaml = _convert()
+    monkeypatch.setattr(importer, "_DUMPER", yaml.SafeDumper)
+    assert _convert() == with_libyaml
