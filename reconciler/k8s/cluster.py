@@ -69,10 +69,12 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """An ``ApiClient`` from ``kubeconfig`` ($KUBECONFIG, ~/.kube/config), else the in-cluster account."""
     k = _need()
     cfg = k.client.Configuration()
-    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    default = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     try:
-        if kubeconfig or os.path.exists(path.split(os.pathsep)[0]):
-            k.config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+        if kubeconfig or any(os.path.exists(p) for p in default.split(os.pathsep)):
+            # the client merges a $KUBECONFIG list of files itself (its own default is read at import)
+            k.config.load_kube_config(config_file=kubeconfig or default, context=context,
+                                      client_configuration=cfg)
         else:
             k.config.load_incluster_config(client_configuration=cfg)
     except (k.config.ConfigException, OSError, ValueError, TypeError) as exc:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from reconciler.cli import main
+from reconciler.errors import LbctlError
 from reconciler.k8s import cluster, importer, outdir, sync
 from tests.reconciler.k8s.fakeapi import FakeApiServer, api_list, fixture_lists
 
@@ -256,3 +257,19 @@ def test_watch_writes_status_when_lbctl_allocates(tmp_path: Path) -> None:
             runner.join(30)
     assert path == "/api/v1/namespaces/default/services/web/status"
     assert body[0]["value"] == {"ingress": [{"ip": "198.18.0.9"}]}
+
+
+def test_kubeconfig_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeApiServer() as server:
+        _serve_fixture(server)
+        monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing'}:{server.kubeconfig(tmp_path / 'kc')}")
+        listing = cluster.list_all(cluster.connect())
+    assert len(listing.objects.services) == 13
+
+
+def test_no_configuration_at_all_is_an_error_with_a_hint(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(LbctlError, match="cannot configure the Kubernetes client"):
+        cluster.connect()
