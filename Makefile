@@ -35,12 +35,12 @@ DEBIAN_ROOT_TESTS := tests/reconciler/drivers/test_netlink.py tests/reconciler/d
 APT_PACKAGES := clang llvm libbpf-dev linux-libc-dev bpftool iproute2 ethtool iptables nftables \
 	iperf3 wrk nginx-light curl socat python3-venv python3-pip python3-yaml \
 	python3-jsonschema python3-watchdog python3-pyroute2 python3-cffi python3-rich \
-	python3-pytest python3-hypothesis gobgpd frr golang-github-osrg-gobgp-dev time openssl \
-	python3-grpcio bird2 python3-prometheus-client prometheus
+	python3-pytest python3-hypothesis python3-kubernetes lua5.1 gobgpd frr golang-github-osrg-gobgp-dev time \
+	openssl python3-grpcio bird2 python3-prometheus-client prometheus
 
 LINT_PATHS := reconciler tests $(wildcard bench/*.py) $(wildcard examples/*/*.py) $(wildcard packaging/deb/tests/*.py)
 
-.PHONY: help print-packages setup apt bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench deb deb-test clean distclean
+.PHONY: help print-packages setup apt kubectl bpffs venv lock build lint test root-check test-venv test-debian demo demo-down bench deb deb-test clean distclean
 
 help:
 	@echo "lbctl make targets (run as root where noted):"
@@ -58,7 +58,13 @@ help:
 
 # --- setup -------------------------------------------------------------------
 
-setup: apt bpffs venv
+setup: apt kubectl bpffs venv
+
+# `kubectl kustomize` (tests/examples/test_argocd.py): Debian's kubernetes-client, unless a
+# kubectl is already installed (another package's /usr/bin/kubectl conflicts with it).
+kubectl:
+	@command -v kubectl >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; \
+		apt-get install -y -qq --no-install-recommends kubernetes-client; }
 
 # apt-get only runs when a package is missing, so a prepared box spends ~0.1 s here.
 apt:

@@ -55,7 +55,9 @@ class Context:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("common options")
-    g.add_argument("-o", "--output", choices=["text", "json", "yaml", "wide"], default="text",
+    # a command whose own -o means something else (`import k8s -o DIR`) keeps --output only
+    flags = [f for f in ("-o", "--output") if f not in parser._option_string_actions]
+    g.add_argument(*flags, choices=["text", "json", "yaml", "wide"], default="text",
                    help="output format (default: text)")
     g.add_argument("--netns", metavar="NAME", default=os.environ.get("LBCTL_NETNS"),
                    help="run the datapath and netlink side inside network namespace NAME; "

@@ -21,18 +21,22 @@ from reconciler.errors import LbctlError
 T = TypeVar("T")
 
 
-def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
+def replace_file(path: str | os.PathLike[str], data: bytes, *, durable: bool = True,
+                 mode: int | None = None) -> None:
     """Make ``path`` hold exactly ``data`` (its directory is created if missing).
 
     ``durable=False`` skips both fsyncs: readers still see the old or the new
     file, never a mix, but a power loss may leave the old one (for files that
-    can be rebuilt, where ~10 ms per write matter).
+    can be rebuilt, where ~10 ms per write matter).  ``mode`` replaces the temp
+    file's 0600 before the rename (for files other users may read).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             if durable:

@@ -3,13 +3,19 @@
 Why this exists: operators want one command that says whether the daemon is
 converged, which revision is live, and what the last error was, without
 curling JSON.  It GETs ``/status`` from the daemon's local endpoint and prints a
-table (``-o json``: the JSON as served).
+table (``-o json``: the JSON as served).  ``--publish NAMESPACE/DAEMONSET`` keeps
+publishing this node's status as an annotation of that DaemonSet for Argo CD's
+health check (``reconciler.k8s.health``, ``examples/argocd/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import sys
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -24,6 +30,15 @@ TIMEOUT = 5.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
                         help=f"where the daemon's status endpoint listens (default: {DEFAULT_LISTEN})")
+    parser.add_argument("--publish", metavar="NAMESPACE/DAEMONSET", default=None,
+                        help="write this node's status into that DaemonSet's annotation "
+                             "status.lbctl.dev/NODE (for the Argo CD health check), every --every seconds")
+    parser.add_argument("--node", metavar="NAME", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+                        help="node name for --publish (default: $NODE_NAME, else the host name)")
+    parser.add_argument("--every", metavar="SECONDS", type=float, default=10.0,
+                        help="--publish interval; 0 publishes once (default: 10)")
+    parser.add_argument("--kubeconfig", metavar="FILE", default=None,
+                        help="kubeconfig for --publish (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
 
 
 def fetch_status(address: Address, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -109,7 +124,38 @@ def render(doc: dict[str, Any]) -> None:
             console.print(f"  {line}", markup=False, highlight=False)
 
 
+def publish(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Publish this node's status until ``stop`` (once with ``--every 0``); only changes are written."""
+    from reconciler.k8s import cluster, health
+
+    namespace, sep, name = args.publish.partition("/")
+    if not sep or not namespace or not name:
+        raise LbctlError(f"--publish {args.publish!r} is not NAMESPACE/DAEMONSET",
+                         hint="e.g. lbctl-system/lbctl")
+    api = cluster.connect(args.kubeconfig)
+    address = parse_listen(args.listen)
+    stop = stop or threading.Event()
+    last = None
+    while True:
+        try:
+            value = health.node_report(fetch_status(address))
+        except LbctlError as exc:
+            value = health.node_report(None, str(exc))
+        if value != last:
+            try:
+                cluster.annotate_daemonset(api, namespace, name, health.annotation_key(args.node), value)
+                last = value
+            except LbctlError as exc:
+                if args.every <= 0:
+                    raise
+                print(f"Warning: {exc}", file=sys.stderr, flush=True)
+        if args.every <= 0 or stop.wait(args.every):
+            return 0
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.publish:
+        return publish(args)
     doc = fetch_status(parse_listen(args.listen))
     if ctx.output == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
