@@ -91,7 +91,7 @@ def _option_heading(action: argparse.Action) -> str:
 def _options(parser: argparse.ArgumentParser, skip: set[str]) -> list[str]:
     lines: list[str] = []
     for action in _visible(parser):
-        if set(action.option_strings) & skip:
+        if action.option_strings and set(action.option_strings) <= skip:  # all common (import redefines -o)
             continue
         lines += [".TP", _option_heading(action), _roff(_expand(parser, action))]
     return lines
