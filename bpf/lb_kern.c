@@ -51,6 +51,11 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		stat_inc(LB_STAT_PASS_NOT_OURS);
 		return V_PASS;
 	}
+	/* A service that requires a firewall mark balances only packets a mark rule marked so. */
+	if (s->fw_mark && p->mark != s->fw_mark) {
+		stat_inc(LB_STAT_PASS_NOT_OURS);
+		return V_PASS;
+	}
 	if (!source_allowed(s, p)) {
 		stat_inc(LB_STAT_DROP_SOURCE);
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);

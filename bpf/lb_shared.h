@@ -50,7 +50,7 @@ enum lb_limits {
  * of one in place -- rename it, so the converter refuses instead of misreading.
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
  * v3: the firewall maps (lb_fw_*) and their global counters;
- * lb_service.snat_addr (fullnat source), lb_ct.mode (dsr flows) and
+ * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
  * lb_ct.nat_family (fullnat between IPv4 and IPv6).
  */
 enum lb_layout {
@@ -181,6 +181,7 @@ struct lb_service {
 	struct lb_cidr allowed[LB_MAX_ALLOWED_SOURCES];
 	char name[LB_NAME_LEN];	/* Service resource name, NUL padded */
 	__u32 snat_addr[4];	/* fullnat source; zero: the egress address (layout v3) */
+	__u32 fw_mark;		/* balance only packets a firewall mark rule marked so; 0: all (v3) */
 };
 
 /* One endpoint. */

@@ -133,7 +133,7 @@ def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
     """The spec fields ``entries`` share (mode, selection, timeouts, sources); None if they disagree."""
     first = entries[0]
     def shared(e: ServiceEntry) -> tuple[object, ...]:
-        return (e.mode, e.selection, e.persist_timeout, e.allowed_sources, e.source_address)
+        return (e.mode, e.selection, e.persist_timeout, e.allowed_sources, e.source_address, e.firewall_mark)
 
     if any(shared(e) != shared(first) for e in entries):
         return None
@@ -152,6 +152,8 @@ def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
         spec["allowedSources"] = list(first.allowed_sources)
     if first.source_address:
         spec["sourceAddress"] = first.source_address
+    if first.firewall_mark:
+        spec["firewallMark"] = first.firewall_mark
     return spec
 
 

@@ -118,6 +118,7 @@ class ServiceSpec:
     withdraw_when_no_endpoints: bool = False  # with bgp: withdraw the VIP while no endpoint is healthy
     probe: Probe = field(default_factory=Probe)
     source_address: str | None = None  # fullnat: the source endpoints see (else the Datapath's)
+    firewall_mark: int | None = None  # balance only packets a FirewallRule marked with this value
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +205,8 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "maglev_table_size": "maglevTableSize", "endpoints": "endpoints",
                   "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
                   "withdraw_when_no_endpoints": "withdrawWhenNoEndpoints", "probe": "probe",
-                  "source_address": "sourceAddress"},
+                  "source_address": "sourceAddress",
+                  "firewall_mark": "firewallMark"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
                     "listen_addresses": "listenAddresses", "communities": "communities",

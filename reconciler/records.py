@@ -84,6 +84,7 @@ class ServiceEntry:
     persist_timeout: int  # seconds a source sticks to an endpoint (persist)
     allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
     source_address: str = ""  # fullnat: the source endpoints see; "": the box's address towards them
+    firewall_mark: int = 0  # balance only packets a firewall mark rule marked so; 0: every packet
     faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 

@@ -347,7 +347,7 @@ class BpfApply(BpfRead):
             old, flags=old.flags | F_HAS_SERVICE, selection=SELECTIONS[after.selection],
             mode=MODES[after.mode], session_timeout=after.session_timeout,
             persist_timeout=after.persist_timeout, n_allowed=n_allowed, allowed=allowed,
-            name=name, snat_addr=snat_bytes(after.source_address),
+            name=name, snat_addr=snat_bytes(after.source_address), fw_mark=after.firewall_mark,
         )
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)

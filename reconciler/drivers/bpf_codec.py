@@ -223,6 +223,7 @@ class _Conf:
     allowed: bytes = b""  # n_allowed packed lb_cidr (zero padded on encode)
     name: bytes = b""  # zero padded on encode
     snat_addr: bytes = bytes(16)  # fullnat source (layout v3); zero: the egress address
+    fw_mark: int = 0  # balance only packets marked so by a firewall rule (layout v3); 0: all
 
     @classmethod
     def decode(cls, raw: bytes) -> _Conf:
@@ -231,14 +232,16 @@ class _Conf:
         na = SVC_HDR.size + MAX_ALLOWED * CIDR.size
         return cls(addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed,
                    allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN],
-                   snat_addr=raw[na + NAME_LEN : na + NAME_LEN + 16])
+                   snat_addr=raw[na + NAME_LEN : na + NAME_LEN + 16],
+                   fw_mark=int.from_bytes(raw[na + NAME_LEN + 16 : na + NAME_LEN + 20] or b"\0", "little"))
 
     def encode(self) -> bytes:
         hdr = SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
                             self.mode, self.flags, self.session_timeout, self.persist_timeout, self.active,
                             self.n_allowed)
         allowed = self.allowed + bytes(MAX_ALLOWED * CIDR.size - len(self.allowed))
-        raw = hdr + allowed + self.name + bytes(NAME_LEN - len(self.name)) + self.snat_addr
+        raw = (hdr + allowed + self.name + bytes(NAME_LEN - len(self.name)) + self.snat_addr
+               + self.fw_mark.to_bytes(4, "little"))
         return raw[:CONF_SIZE]  # a header without snat_addr (layout v2 and older, in tests) ends before it
 
     def service_key(self) -> ServiceKey:
@@ -267,7 +270,7 @@ class _Conf:
             session_timeout=self.session_timeout, persist_timeout=self.persist_timeout,
             allowed_sources=tuple(allowed),
             source_address=_addr_str(self.family, self.snat_addr) if any(self.snat_addr) else "",
-            faults=tuple(faults),
+            firewall_mark=self.fw_mark, faults=tuple(faults),
         )
 
     def service_faults(self, raw: bytes, record: ServiceEntry) -> list[str]:
@@ -280,7 +283,7 @@ class _Conf:
             faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {MAX_ALLOWED})")
         try:
             want = (_allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
-                    + snat_bytes(record.source_address))
+                    + snat_bytes(record.source_address) + record.firewall_mark.to_bytes(4, "little"))
         except ValueError:
             want = b""
         if raw[SVC_HDR.size:] != want[: CONF_SIZE - SVC_HDR.size]:

@@ -138,6 +138,22 @@ def test_mark_sets_skb_mark_on_tc_and_traffic_goes_on(dp: Datapath, v6: bool) ->
     assert struct.unpack_from("<I", r.ctx, SKB_MARK_OFF)[0] == 0
 
 
+@pytest.mark.parametrize("hook,v6", HOOKS_FAMS, ids=IDS)
+def test_a_service_requiring_a_mark_balances_only_marked_packets(dp: Datapath, hook: str, v6: bool) -> None:
+    client, other, vip, be, _ = _fam(v6)
+    dp.service(vip, "tcp", 80, [Backend(be, 8080)], firewall_mark=42)
+    host = f"{client}/{128 if v6 else 32}"
+    dp.firewall([fw("tag-one", 1, "mark", source=host, mark=42),
+                 fw("tag-other", 2, "mark", mark=7)])
+    assert dp.run(hook, P.Pkt(client, vip, P.TCP, 40000, 80).bytes()).retval == REDIRECT[hook]
+    frame = P.Pkt(other, vip, P.TCP, 40000, 80).bytes()  # marked 7, not 42: the kernel's
+    r = dp.run(hook, frame)
+    assert r.retval == PASS[hook] and r.data[-len(frame):] == frame
+    dp.firewall([])  # no mark at all: not balanced either
+    assert dp.run(hook, P.Pkt(client, vip, P.TCP, 40001, 80).bytes()).retval == PASS[hook]
+    assert dp.driver.read()["service"][f"tcp/{f'[{vip}]' if v6 else vip}:80"].firewall_mark == 42
+
+
 @pytest.mark.parametrize("v6", [False, True])
 def test_mark_travels_as_xdp_metadata(dp: Datapath, v6: bool) -> None:
     client, _, _, be, _ = _fam(v6)

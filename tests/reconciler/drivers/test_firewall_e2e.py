@@ -240,3 +240,14 @@ def test_mark_is_visible_to_nftables_on_the_lb(tc_box: Box) -> None:
     counters = [e["rule"]["expr"][-1]["counter"]["packets"]
                 for e in json.loads(out)["nftables"] if "rule" in e]
     assert counters == [3]
+
+
+def test_a_service_requiring_a_mark_serves_only_marked_clients(tc_box: Box) -> None:
+    box = tc_box
+    vip = "10.250.0.2"
+    (box.conf / "20-marked.yaml").write_text(SERVICES.replace("name: web", "name: marked").replace(
+        VIP4, vip).replace("endpoints:", "firewallMark: 7\n  endpoints:"))
+    box.rules(rule("mark-one", 10, "mark", f"{{source: {CLIENT4}/32}}", "  mark: 7\n"))
+    assert (box.curl(CLIENT4, vip) or "").startswith("backend")
+    assert box.curl(CLIENT4B, vip) is None  # not marked: the VIP is the box's own, nothing listens
+    assert (box.curl(CLIENT4B) or "").startswith("backend")  # the unmarked service serves everyone
