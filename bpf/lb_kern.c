@@ -62,7 +62,7 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		return V_DROP;
 	}
 	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
-		return no_backend(svc_id, p);
+		return no_backend(svc_id, p, s->no_backend);
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
 	p->timeout = s->session_timeout;
 	plan.nat_port = nat_port;

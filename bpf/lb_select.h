@@ -298,12 +298,13 @@ found:
  * local address of the box (lbctl's VIP interface), so the packet is passed to the
  * kernel, which answers a TCP SYN with a RST and a UDP datagram with ICMP port
  * unreachable, as for any closed port (a local listener on the VIP's port would take it).
+ * A service with noEndpoints: drop (lb_service.no_backend) drops it instead.
  */
-static __always_inline enum verdict no_backend(__u32 svc_id, const struct pkt *p)
+static __always_inline enum verdict no_backend(__u32 svc_id, const struct pkt *p, __u8 how)
 {
 	stat_inc(LB_STAT_DROP_NO_BACKEND);
 	count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
-	return V_PASS;
+	return how == LB_NB_DROP ? V_DROP : V_PASS;
 }
 
 #endif /* __LB_SELECT_H */

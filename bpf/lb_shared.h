@@ -75,6 +75,12 @@ enum lb_mode {
 	LB_MODE_DSR = 3,
 };
 
+/* lb_service.no_backend: what a new flow gets while the service has no endpoint up. */
+enum lb_no_backend {
+	LB_NB_REJECT = 0,	/* to the kernel: the closed port on the local VIP answers RST / unreachable */
+	LB_NB_DROP = 1,		/* dropped: the client retries until it times out */
+};
+
 /* lb_service.flags */
 enum lb_service_flags {
 	LB_F_HAS_SERVICE = 1,
@@ -182,6 +188,8 @@ struct lb_service {
 	char name[LB_NAME_LEN];	/* Service resource name, NUL padded */
 	__u32 snat_addr[4];	/* fullnat source; zero: the egress address (layout v3) */
 	__u32 fw_mark;		/* balance only packets a firewall mark rule marked so; 0: all (v3) */
+	__u8 no_backend;	/* enum lb_no_backend: a new flow while no endpoint is up (v3) */
+	__u8 pad[3];
 };
 
 /* One endpoint. */

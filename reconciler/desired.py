@@ -219,7 +219,7 @@ def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
                 allowed_sources=tuple(sorted(str(ipaddress.ip_network(c, strict=False))
                                              for c in spec.allowed_sources)),
                 source_address=source_address(spec, datapath, vip),
-                firewall_mark=spec.firewall_mark or 0,
+                firewall_mark=spec.firewall_mark or 0, no_endpoints=spec.no_endpoints,
             )
             endpoints[k] = EndpointSet(key=key, backends=backends, maglev=table)
 

@@ -133,7 +133,8 @@ def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
     """The spec fields ``entries`` share (mode, selection, timeouts, sources); None if they disagree."""
     first = entries[0]
     def shared(e: ServiceEntry) -> tuple[object, ...]:
-        return (e.mode, e.selection, e.persist_timeout, e.allowed_sources, e.source_address, e.firewall_mark)
+        return (e.mode, e.selection, e.persist_timeout, e.allowed_sources, e.source_address, e.firewall_mark,
+                e.no_endpoints)
 
     if any(shared(e) != shared(first) for e in entries):
         return None
@@ -154,6 +155,8 @@ def _settings(entries: Sequence[ServiceEntry]) -> Doc | None:
         spec["sourceAddress"] = first.source_address
     if first.firewall_mark:
         spec["firewallMark"] = first.firewall_mark
+    if first.no_endpoints != "reject":
+        spec["noEndpoints"] = first.no_endpoints
     return spec
 
 

@@ -25,6 +25,7 @@ ProbeType = Literal["tcp", "udp", "sctp", "http", "https", "ping", "none"]
 Hook = Literal["tc", "xdp"]
 Sharing = Literal["shared", "exclusive"]
 Family = Literal["IPv4", "IPv6"]
+NoEndpoints = Literal["reject", "drop"]
 FirewallAction = Literal["allow", "drop", "trap", "mark", "rateLimit"]
 
 # Defaults, in one place.
@@ -119,6 +120,7 @@ class ServiceSpec:
     probe: Probe = field(default_factory=Probe)
     source_address: str | None = None  # fullnat: the source endpoints see (else the Datapath's)
     firewall_mark: int | None = None  # balance only packets a FirewallRule marked with this value
+    no_endpoints: NoEndpoints = "reject"  # a new connection while no endpoint is up: refused or dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +208,7 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                   "allowed_sources": "allowedSources", "secondary_vips": "secondaryVips", "bgp": "bgp",
                   "withdraw_when_no_endpoints": "withdrawWhenNoEndpoints", "probe": "probe",
                   "source_address": "sourceAddress",
-                  "firewall_mark": "firewallMark"},
+                  "firewall_mark": "firewallMark", "no_endpoints": "noEndpoints"},
     PoolSpec: {"addresses": "addresses", "sharing": "sharing", "family": "family"},
     BGPConfigSpec: {"local_as": "localAS", "router_id": "routerID", "listen_port": "listenPort",
                     "listen_addresses": "listenAddresses", "communities": "communities",

@@ -85,6 +85,7 @@ class ServiceEntry:
     allowed_sources: tuple[str, ...] = ()  # CIDRs, empty = any
     source_address: str = ""  # fullnat: the source endpoints see; "": the box's address towards them
     firewall_mark: int = 0  # balance only packets a firewall mark rule marked so; 0: every packet
+    no_endpoints: str = "reject"  # reject | drop: a new flow while no endpoint is up
     faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 

@@ -43,6 +43,7 @@ from reconciler.drivers.bpf_layout import (
     MAX_ENDPOINTS,
     MAX_SEL_LEN,
     MODES,
+    NO_BACKEND,
     SEL_BYTES,
     SEL_CHUNK,
     SEL_KEY,
@@ -348,6 +349,7 @@ class BpfApply(BpfRead):
             mode=MODES[after.mode], session_timeout=after.session_timeout,
             persist_timeout=after.persist_timeout, n_allowed=n_allowed, allowed=allowed,
             name=name, snat_addr=snat_bytes(after.source_address), fw_mark=after.firewall_mark,
+            no_backend=NO_BACKEND[after.no_endpoints],
         )
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)

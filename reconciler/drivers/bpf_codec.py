@@ -27,6 +27,7 @@ from reconciler.drivers.bpf_layout import (
     MAX_RANGES,
     MODES,
     NAME_LEN,
+    NO_BACKEND,
     RANGE,
     RANGE_HDR,
     RANGE_KEY,
@@ -113,6 +114,7 @@ _ZERO12 = bytes(12)
 _ZEROS = bytes(8192)  # longer than any value whose tail must be zero
 _SELECTION_NAMES = {v: k for k, v in SELECTIONS.items()}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
+_NO_BACKEND_NAMES = {v: k for k, v in NO_BACKEND.items()}
 
 
 def _pack_addr(address: str) -> tuple[int, bytes]:
@@ -224,6 +226,7 @@ class _Conf:
     name: bytes = b""  # zero padded on encode
     snat_addr: bytes = bytes(16)  # fullnat source (layout v3); zero: the egress address
     fw_mark: int = 0  # balance only packets marked so by a firewall rule (layout v3); 0: all
+    no_backend: int = 0  # enum lb_no_backend (layout v3)
 
     @classmethod
     def decode(cls, raw: bytes) -> _Conf:
@@ -233,7 +236,8 @@ class _Conf:
         return cls(addr, port_n, proto, family, port_end, sel, mode, flags, st, pt, active, n_allowed,
                    allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN],
                    snat_addr=raw[na + NAME_LEN : na + NAME_LEN + 16],
-                   fw_mark=int.from_bytes(raw[na + NAME_LEN + 16 : na + NAME_LEN + 20] or b"\0", "little"))
+                   fw_mark=int.from_bytes(raw[na + NAME_LEN + 16 : na + NAME_LEN + 20] or b"\0", "little"),
+                   no_backend=raw[na + NAME_LEN + 20] if len(raw) > na + NAME_LEN + 20 else 0)
 
     def encode(self) -> bytes:
         hdr = SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
@@ -241,7 +245,7 @@ class _Conf:
                             self.n_allowed)
         allowed = self.allowed + bytes(MAX_ALLOWED * CIDR.size - len(self.allowed))
         raw = (hdr + allowed + self.name + bytes(NAME_LEN - len(self.name)) + self.snat_addr
-               + self.fw_mark.to_bytes(4, "little"))
+               + self.fw_mark.to_bytes(4, "little") + bytes([self.no_backend]) + bytes(3))
         return raw[:CONF_SIZE]  # a header without snat_addr (layout v2 and older, in tests) ends before it
 
     def service_key(self) -> ServiceKey:
@@ -270,7 +274,9 @@ class _Conf:
             session_timeout=self.session_timeout, persist_timeout=self.persist_timeout,
             allowed_sources=tuple(allowed),
             source_address=_addr_str(self.family, self.snat_addr) if any(self.snat_addr) else "",
-            firewall_mark=self.fw_mark, faults=tuple(faults),
+            firewall_mark=self.fw_mark,
+            no_endpoints=_NO_BACKEND_NAMES.get(self.no_backend, f"unknown({self.no_backend})"),
+            faults=tuple(faults),
         )
 
     def service_faults(self, raw: bytes, record: ServiceEntry) -> list[str]:
@@ -283,7 +289,8 @@ class _Conf:
             faults.append(f"lb_conf: {self.n_allowed} allowed sources (at most {MAX_ALLOWED})")
         try:
             want = (_allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
-                    + snat_bytes(record.source_address) + record.firewall_mark.to_bytes(4, "little"))
+                    + snat_bytes(record.source_address) + record.firewall_mark.to_bytes(4, "little")
+                    + bytes([NO_BACKEND.get(record.no_endpoints, 0)]) + bytes(3))
         except ValueError:
             want = b""
         if raw[SVC_HDR.size:] != want[: CONF_SIZE - SVC_HDR.size]:

@@ -134,6 +134,8 @@ CT_CLOSING_TIMEOUT = const("LB_CT_CLOSING_TIMEOUT")
 # Enums (names as the configuration spells them).
 SELECTIONS = enum("enum lb_selection", "LB_SEL_")
 MODES = enum("enum lb_mode", "LB_MODE_")
+# Layout v3 (an older header, as the migration tests drive, has none: reject is all it does).
+NO_BACKEND = enum("enum lb_no_backend", "LB_NB_") if hasattr(B.lib().lib, "LB_NB_DROP") else {"reject": 0}
 HOOKS = enum("enum lb_hook", "LB_HOOK_")
 CT_STATES = {v: k for k, v in enum("enum lb_ct_state", "LB_CT_").items()}
 STATS = enum("enum lb_stat", "LB_STAT_")

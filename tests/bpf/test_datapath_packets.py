@@ -201,6 +201,17 @@ def test_no_backends_refused_by_the_kernel(dp: Datapath, hook: str, selection: s
 
 
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_no_backends_dropped_when_the_service_says_so(dp: Datapath, hook: str) -> None:
+    """noEndpoints: drop: the same packet is dropped (and counted) instead of refused."""
+    key = dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080, weight=0)], no_endpoints="drop")
+    assert dp.run(hook, P.Pkt(CLIENT4, VIP4).bytes()).retval == DROP[hook]
+    assert dp.driver.counters()[str(key)]["service"].drops == 1
+    assert dp.driver.read()["service"][str(key)].no_endpoints == "drop"
+    dp.set_endpoints(key, [Backend(BACKENDS4[0], 8080)])  # an endpoint is up again: balanced
+    assert dp.run(hook, P.Pkt(CLIENT4, VIP4, P.TCP, 40001).bytes()).retval == REDIRECT[hook]
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
 def test_allowed_sources(dp: Datapath, hook: str) -> None:
     dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)], allowed=("10.98.0.0/28",))
     assert dp.run(hook, P.Pkt(CLIENT4, VIP4).bytes()).retval == REDIRECT[hook]
