@@ -309,6 +309,7 @@ class BpfFirewall(BpfRead):
         slot = 1 - active
         want = self._fw_encode(t, slot, stat_ids)
         t3 = time.perf_counter()
+        slot_read = 0.0  # reading what the idle slot holds (a process that did not write it)
         m = self._maps
         if fresh:  # counters and policer of a new rule start at zero
             m["lb_fw_stats"].update_batch_raw([(_U32.pack(s), bytes(L.sizeof("struct lb_fw_counters")))
@@ -325,7 +326,9 @@ class BpfFirewall(BpfRead):
         if held is not None and held[0] == maps_id and self._fw_gen_ok(held[1], gen) and not repair:
             have = held[2]
         else:
+            t_read = time.perf_counter()
             have = self._fw_slot_keys(slot)
+            slot_read += time.perf_counter() - t_read
         for name, entries in want.items():
             old = have.get(name, {})
             mp = m[name]
@@ -347,7 +350,7 @@ class BpfFirewall(BpfRead):
         m["lb_fw_conf"].update_raw(_U32.pack(0), F.CONF.pack(slot, gen + 1, *slots[0], *slots[1]))
         # Where the time went (seconds), for bench/firewall_bench.py.
         self.fw_timing = {"read": t1 - t0, "compile": t2 - t1, "encode": t3 - t2,
-                          "kernel": time.perf_counter() - t3}
+                          "kernel": time.perf_counter() - t3, "slot_read": slot_read}
 
     def _fw_encode(self, t: fwclass.Tables, slot: int,
                    stat_ids: Mapping[str, int]) -> dict[str, dict[bytes, bytes]]:
