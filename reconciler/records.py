@@ -8,7 +8,7 @@ compared without knowing how a driver lays out its maps.
 
 A ``State`` maps a record kind to a mapping of key -> record.  The record kinds
 and the driver meant to own each (what each real driver owns today is its entry
-in ``reconciler.drivers.registry.SPECS``; firewall has none yet):
+in ``reconciler.drivers.registry.SPECS``):
 
 ==============  ====================  ===========
 kind            record                driver
@@ -16,7 +16,7 @@ kind            record                driver
 ``sysctl``      ``KernelSetting``     sysctl
 ``service``     ``ServiceEntry``      bpf
 ``endpoints``   ``EndpointSet``       bpf
-``firewall``    ``FirewallEntry``     bpf (planned)
+``firewall``    ``FirewallEntry``     bpf
 ``attach``      ``Attachment``        bpf
 ``vip``         ``VipAddress``        netlink
 ``bgp-global``  ``BgpGlobal``         bgp
