@@ -345,8 +345,9 @@ def capability_warnings(resources: Sequence[Resource], full: State, desired: Sta
                 name = getattr(record, "name", None)
                 partial.setdefault(why, []).append(f"{name} ({key})" if name else key)
     out += [f"{why}: {_names(keys)}" for why, keys in sorted(partial.items())]
-    out += fwclass.lockout_warnings(r for r in desired.get("firewall", {}).values()
-                                    if isinstance(r, FirewallEntry))
+    rules = [r for r in desired.get("firewall", {}).values() if isinstance(r, FirewallEntry)]
+    out += fwclass.lockout_warnings(rules)
+    out += fwclass.interface_warnings(rules, desired.get("attach", {}))
     return tuple(out)
 
 

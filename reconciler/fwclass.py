@@ -275,6 +275,14 @@ def lockout_warnings(rules: Iterable[FirewallEntry]) -> list[str]:
     return out
 
 
+def interface_warnings(rules: Iterable[FirewallEntry], attached: Iterable[str]) -> list[str]:
+    """Rules matching an ingress interface the datapath is not attached to: they never match."""
+    on = set(attached)
+    return [f"FirewallRule/{r.name} matches inInterface {r.in_interface}, which the Datapath is not "
+            f"attached to: it never matches (attached: {', '.join(sorted(on)) or 'none'})"
+            for r in ordered(rules) if r.in_interface is not None and r.in_interface not in on]
+
+
 def family_of(r: FirewallEntry) -> Family | None:
     """The one IP family a rule can match, or None for both."""
     for c in (r.source, r.destination):

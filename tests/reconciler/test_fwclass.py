@@ -69,6 +69,13 @@ def test_lockout_warning_only_for_unrestricted_drops() -> None:
     assert warned == ["FirewallRule/all", "FirewallRule/all4", "FirewallRule/all6"]
 
 
+def test_a_rule_on_an_interface_the_datapath_does_not_see_is_warned_about() -> None:
+    rules = [rule("on-eth0", 1, in_interface="eth0"), rule("on-eth9", 2, in_interface="eth9"), rule("any", 3)]
+    (w,) = fwclass.interface_warnings(rules, ["eth0", "eth1"])
+    assert w.startswith("FirewallRule/on-eth9 matches inInterface eth9") and "attached: eth0, eth1" in w
+    assert fwclass.interface_warnings(rules[:1], [])[0].endswith("(attached: none)")
+
+
 _v4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
 _v6 = st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
 
