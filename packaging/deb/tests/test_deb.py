@@ -44,7 +44,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[3]
 OUT = REPO / "build" / "deb-test"
 CHANGELOG = REPO / "packaging" / "deb" / "debian" / "changelog"
-V1_HEADER = REPO / "tests" / "bpf" / "layouts" / "v1" / "lb_shared.h"
+# The previous layout's whole datapath source (its C needs its own header).
+PREVIOUS = REPO / "tests" / "bpf" / "layouts" / "v2"
 UNIT = "/lib/systemd/system/lbctl.service"
 # Left out of the "purge leaves nothing" comparison: dpkg's and apt's own records and
 # caches, logs, and the API file systems bound in.
@@ -101,14 +102,15 @@ class Debs:
 @pytest.fixture(scope="module")
 def debs() -> Debs:
     """The package as `make deb` builds it (new), and a lower version built with the
-    datapath's previous map layout (old; tests/bpf/layouts/v1), so that the upgrade from
+    datapath's previous map layout (old; tests/bpf/layouts/v2), so that the upgrade from
     old to new migrates the pinned maps, conntrack included."""
     new_v = version()
     old_v = f"{new_v}~lbctltest1"
-    overlay = OUT / "layout-v1"
+    overlay = OUT / "layout-previous"
     shutil.rmtree(overlay, ignore_errors=True)
     (overlay / "bpf").mkdir(parents=True)
-    shutil.copy(V1_HEADER, overlay / "bpf" / "lb_shared.h")
+    for f in PREVIOUS.iterdir():
+        shutil.copy(f, overlay / "bpf" / f.name)
     built = []
     for v, extra, env in ((old_v, [old_v], {"DEB_SOURCE_OVERLAY": str(overlay)}), (new_v, [], {})):
         out = OUT / v
@@ -330,8 +332,8 @@ def test_install_start_upgrade_under_traffic_then_purge_leaves_nothing(
         stream.wait_for(at_stop + 2000)  # no daemon at all: the pinned datapath forwards
         daemon = Daemon(root, {**env, "NOTIFY_SOCKET": notify.path}, notify, log)
         assert daemon.ready["READY"] == "1"
-        text = log.read_text()  # the new daemon migrated the pinned maps (lb_ct: layout v1 -> current)
-        assert re.search(r'event=driver-notice detail="migrated the pinned datapath .* maps lb_ct', text)
+        text = log.read_text()  # the new daemon migrated the pinned maps (lb_ct among them: v2 -> current)
+        assert re.search(r'event=driver-notice detail="migrated the pinned datapath [^"]* maps [^"]*lb_ct', text)
         stream.wait_for(stream.received + 2000)
         # A plain restart of the same version adopts the datapath as it is.
         daemon.stop()
