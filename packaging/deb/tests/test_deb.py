@@ -333,7 +333,8 @@ def test_install_start_upgrade_under_traffic_then_purge_leaves_nothing(
         daemon = Daemon(root, {**env, "NOTIFY_SOCKET": notify.path}, notify, log)
         assert daemon.ready["READY"] == "1"
         text = log.read_text()  # the new daemon migrated the pinned maps (lb_ct among them: v2 -> current)
-        assert re.search(r'event=driver-notice detail="migrated the pinned datapath [^"]* maps [^"]*lb_ct', text)
+        assert re.search(r'event=driver-notice detail="migrated the pinned datapath [^"]* maps [^"]*lb_ct',
+                         text)
         stream.wait_for(stream.received + 2000)
         # A plain restart of the same version adopts the datapath as it is.
         daemon.stop()
