@@ -7,6 +7,8 @@ hold *before* anything is applied, and the numbers must match the map sizes in
 
 MAX_SERVICES = 65536  # (VIP, protocol, port range) entries in the service map
 MAX_ENDPOINTS_PER_SERVICE = 256
+# Endpoint counter slots (lb_be_stats / lb_be_conns): one per endpoint of every service entry.
+MAX_ENDPOINT_COUNTERS = 131072
 MAX_FIREWALL_RULES = 1024
 MAX_SECONDARY_VIPS = 3
 MAX_INTERFACES = 64

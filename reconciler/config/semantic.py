@@ -414,12 +414,29 @@ def too_many_entries(res: Resource, report: Report) -> None:
                "remove services or merge ports into ranges")
 
 
-def service_total(services: Sequence[tuple[Resource, int]], report: Report) -> None:
-    total = 0
-    for res, entries in services:
+def too_many_counters(res: Resource, report: Report) -> None:
+    """``res`` is the service whose endpoints pass the datapath's endpoint counter slots."""
+    report.add(res, "spec.endpoints", f"the configuration needs more than {limits.MAX_ENDPOINT_COUNTERS:,} "
+               "endpoint counters (one per endpoint of every VIP, protocol and port range); the "
+               "datapath cannot hold them, and an apply would stop half way",
+               "remove services or endpoints, or merge ports into ranges (the limit is "
+               "LB_MAX_BACKEND_STATS in bpf/lb_shared.h)")
+
+
+def service_total(services: Sequence[tuple[Resource, int, int]], report: Report) -> None:
+    """The datapath's capacities across all services: service entries and endpoint counters."""
+    total = counters = 0
+    entries_done = counters_done = False
+    for res, entries, slots in services:
         total += entries
-        if total > limits.MAX_SERVICES:
+        counters += slots
+        if total > limits.MAX_SERVICES and not entries_done:
             too_many_entries(res, report)
+            entries_done = True
+        if counters > limits.MAX_ENDPOINT_COUNTERS and not counters_done:
+            too_many_counters(res, report)
+            counters_done = True
+        if entries_done and counters_done:
             return
 
 
@@ -505,6 +522,11 @@ def entries_of(spec: ServiceSpec) -> int:
     return len(spec.ports) * (1 + len(spec.secondary_vips))
 
 
+def counters_of(spec: ServiceSpec) -> int:
+    """Endpoint counter slots one service needs: one per endpoint of each of its entries."""
+    return entries_of(spec) * len(spec.endpoints)
+
+
 def _bgp_config(res: Resource, spec: BGPConfigSpec, report: Report) -> None:
     for i, text in enumerate(spec.communities):
         if any(int(part) > 65535 for part in text.split(":")):
@@ -541,6 +563,6 @@ def check(resources: Sequence[Resource], broken: Iterable[str] = ()) -> list[Con
     for res, spec in services:
         check_service(res, spec, pools, report, gone)
     _vip_claims([(res, claims_of(spec)) for res, spec in services], report)
-    service_total([(res, entries_of(spec)) for res, spec in services], report)
+    service_total([(res, entries_of(spec), counters_of(spec)) for res, spec in services], report)
     check_others([r for r in resources if not isinstance(r.spec, ServiceSpec)], report)
     return report.errors

@@ -57,6 +57,8 @@ class _Shape:
     claims: dict[ClaimKey, list[ClaimEntry]]
     entries: tuple[int, ...]  # service map entries per service
     total: int
+    counters: tuple[int, ...]  # endpoint counter slots per service
+    counter_total: int
     pools_named: tuple[str, ...]
 
 
@@ -84,8 +86,9 @@ def _shape(resources: tuple[Resource, ...]) -> _Shape:
             claims.setdefault(key, []).append((start, end, service_pos, i, res, path))
         service_pos += 1
     entries = tuple(semantic.entries_of(s) for _, s in services)
+    counters = tuple(semantic.counters_of(s) for _, s in services)
     return _Shape(resources, tuple(services), tuple(others), tuple(r for r, s in services if s.bgp), names,
-                  claims, entries, sum(entries), tuple(sorted(pools)))
+                  claims, entries, sum(entries), counters, sum(counters), tuple(sorted(pools)))
 
 
 @dataclass(frozen=True)
@@ -184,19 +187,23 @@ class SemanticMemo:
             checked[gid] = done
             report.errors.extend(done.errors)
 
-        # across files: totals, then the memoised conflicts of contested keys
-        total = 0
-        for gid in ids:
-            shape = shapes[gid]
-            if total + shape.total <= limits.MAX_SERVICES:
-                total += shape.total
-                continue
-            for (res, _), n in zip(shape.services, shape.entries, strict=True):
-                total += n
-                if total > limits.MAX_SERVICES:
-                    semantic.too_many_entries(res, report)
-                    break
-            break
+        # across files: totals (whole files at a time until one passes a limit), then the
+        # memoised conflicts of contested keys
+        for limit, per_file, per_service, too_many in (
+                (limits.MAX_SERVICES, "total", "entries", semantic.too_many_entries),
+                (limits.MAX_ENDPOINT_COUNTERS, "counter_total", "counters", semantic.too_many_counters)):
+            total = 0
+            for gid in ids:
+                shape = shapes[gid]
+                if total + getattr(shape, per_file) <= limit:
+                    total += getattr(shape, per_file)
+                    continue
+                for (res, _), n in zip(shape.services, getattr(shape, per_service), strict=True):
+                    total += n
+                    if total > limit:
+                        too_many(res, report)
+                        break
+                break
         for errors in self._name_errors.values():
             report.errors.extend(errors)
         for errors in self._claim_errors.values():

@@ -242,6 +242,8 @@ def test_layout_matches_limits() -> None:
     assert B.const("LB_MAX_ALLOWED_SOURCES") == limits.MAX_ALLOWED_SOURCES
     assert B.const("LB_MAX_RANGES") == limits.MAX_PORT_RANGES_PER_VIP
     assert B.const("LB_NAME_LEN") == limits.MAX_SERVICE_NAME + 1
+    assert B.const("LB_MAX_BACKEND_STATS") == limits.MAX_ENDPOINT_COUNTERS
+    assert B.const("LB_FW_MAX_RULES") == limits.MAX_FIREWALL_RULES
 
 
 def _conns(dp: Datapath, key: object) -> list[int]:
