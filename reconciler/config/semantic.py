@@ -419,8 +419,8 @@ def too_many_counters(res: Resource, report: Report) -> None:
     report.add(res, "spec.endpoints", f"the configuration needs more than {limits.MAX_ENDPOINT_COUNTERS:,} "
                "endpoint counters (one per endpoint of every VIP, protocol and port range); the "
                "datapath cannot hold them, and an apply would stop half way",
-               "remove services or endpoints, or merge ports into ranges (the limit is "
-               "LB_MAX_BACKEND_STATS in bpf/lb_shared.h)")
+               "remove services or endpoints, or merge ports into ranges; the limit is "
+               "LB_MAX_BACKEND_STATS in bpf/lb_shared.h")
 
 
 def service_total(services: Sequence[tuple[Resource, int, int]], report: Report) -> None:
