@@ -237,28 +237,35 @@ class BpfFirewall(BpfRead):
         """Per rule name: packets and bytes matched, packets over a rateLimit (summed over CPUs)."""
         if not self._open(create=False) or "lb_fw_conf" not in self._maps:
             return {}
+        return self._fw_counts(self._fw_live())
+
+    def _fw_counts(self, live: Mapping[str, tuple[FirewallEntry, int]]) -> dict[str, dict[str, int]]:
+        """The counters of ``live``'s rules: one batch read of lb_fw_stats, per-CPU values summed."""
         stats = self._maps["lb_fw_stats"]
-        out: dict[str, dict[str, int]] = {}
-        for name, (_rec, sid) in self._fw_live().items():
-            raw = stats.lookup_raw(_U32.pack(sid)) or b""
-            tot = [0, 0, 0]
-            for cpu in range(stats.ncpus):
-                vals = struct.unpack_from("<QQQ", raw, cpu * stats.stride) if raw else (0, 0, 0)
-                tot = [a + b for a, b in zip(tot, vals, strict=True)]
-            out[name] = {"packets": tot[0], "bytes": tot[1], "limited": tot[2]}
+        wanted = {_U32.pack(sid) for _, sid in live.values()}
+        sums: dict[bytes, tuple[int, int, int]] = {}
+        for k, raw in stats.items_raw(chunk=F.MAX_RULES):
+            if k in wanted:
+                per_cpu = [struct.unpack_from("<QQQ", raw, cpu * stats.stride) for cpu in range(stats.ncpus)]
+                sums[k] = (sum(v[0] for v in per_cpu), sum(v[1] for v in per_cpu), sum(v[2] for v in per_cpu))
+        out = {}
+        for name, (_rec, sid) in live.items():
+            packets, nbytes, limited = sums.get(_U32.pack(sid), (0, 0, 0))
+            out[name] = {"packets": packets, "bytes": nbytes, "limited": limited}
         return out
 
     def firewall_stats(self) -> list[FirewallRuleStats]:
         """``telemetry.FirewallSource`` (``/metrics``): per rule, packets matched and dropped."""
         if not self._open(create=False) or "lb_fw_conf" not in self._maps:
             return []
-        counts = self.firewall_counters()
+        live = self._fw_live()
+        counts = self._fw_counts(live)
         out = []
-        for name, (rec, _sid) in sorted(self._fw_live().items(), key=lambda i: (i[1][0].priority, i[0])):
-            c = counts.get(name, {})
-            hits, limited = c.get("packets", 0), c.get("limited", 0)
-            out.append(FirewallRuleStats(rule=name, action=rec.action, hits=hits, rate_limited=limited,
-                                         dropped=hits if rec.action == "drop" else limited))
+        for name, (rec, _sid) in sorted(live.items(), key=lambda i: (i[1][0].priority, i[0])):
+            c = counts[name]
+            out.append(FirewallRuleStats(rule=name, action=rec.action, hits=c["packets"],
+                                         rate_limited=c["limited"],
+                                         dropped=c["packets"] if rec.action == "drop" else c["limited"]))
         return out
 
     # ----------------------------------------------------------------- apply
