@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[3]
 LAYOUTS = REPO / "tests" / "bpf" / "layouts"
 V1_HEADER = LAYOUTS / "v1" / "lb_shared.h"
 KEY = ServiceKey(VIP4, "tcp", ECHO_PORT, ECHO_PORT)
-CT_SIZE = {"v1": 48, "v2": 72}  # struct lb_ct of each previous layout
+CT_SIZE = {"v1": 48, "v2": 72, "v3": 80}  # struct lb_ct of each previous layout
 
 
 def build_layout(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path:
@@ -49,7 +49,8 @@ def build_layout(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path
     tmp = tmp_path_factory.mktemp(version)
     src, out = tmp / "bpf", tmp / "out"
     shutil.copytree(REPO / "bpf", src)  # the Makefile and the header staging
-    for f in (LAYOUTS / "v2").iterdir():
+    sources = LAYOUTS / version if (LAYOUTS / version / "lb_kern.c").exists() else LAYOUTS / "v2"
+    for f in sources.iterdir():
         shutil.copy(f, src / f.name)
     header = LAYOUTS / version / "lb_shared.h"
     shutil.copy(header, src / "lb_shared.h")

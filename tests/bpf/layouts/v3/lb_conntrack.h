@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb_conntrack.h - conntrack: one LRU entry per direction of a flow, TCP state, idle
+ * timeouts, and the open-connection counts least-connection selection reads.
+ */
+#ifndef __LB_CONNTRACK_H
+#define __LB_CONNTRACK_H
+
+#include "lb_maps.h"
+#include "lb_parse.h"
+#include "lb_counters.h"
+#include "lb_select.h"
+
+static __always_inline __u64 ct_timeout_ns(const struct lb_ct *ct)
+{
+	__u32 t = ct->timeout;
+
+	if (ct->state >= LB_CT_FIN_WAIT && t > LB_CT_CLOSING_TIMEOUT)
+		t = LB_CT_CLOSING_TIMEOUT;
+	return (__u64)t * NSEC_PER_SEC;
+}
+
+static __always_inline int ct_open(__u8 state)
+{
+	return state < LB_CT_FIN_WAIT;
+}
+
+static __always_inline void conns_add(__u32 stat_id, __s64 delta)
+{
+	__u64 *c = bpf_map_lookup_elem(&lb_be_conns, &stat_id);
+
+	if (!c)
+		return;
+	if (delta < 0 && *c == 0)
+		return;
+	__sync_fetch_and_add(c, delta);
+}
+
+/* Follow TCP flags; closes the flow's connection count once. */
+static __always_inline void ct_track(struct lb_ct *ct, const struct pkt *p)
+{
+	__u8 f = p->tcp_flags;
+
+	if (p->t.proto != IPPROTO_TCP)
+		return;
+	if (f & TCPF_RST) {
+		if (ct_open(ct->state) && ct->dir == LB_CT_FORWARD)
+			conns_add(ct->stat_id, -1);
+		ct->state = LB_CT_CLOSED;
+	} else if (f & TCPF_FIN) {
+		if (ct_open(ct->state) && ct->dir == LB_CT_FORWARD)
+			conns_add(ct->stat_id, -1);
+		if (ct->state != LB_CT_CLOSED)
+			ct->state = LB_CT_FIN_WAIT;
+	} else if (ct->state == LB_CT_SYN_SENT && (f & TCPF_ACK)) {
+		ct->state = LB_CT_ESTABLISHED;
+	}
+}
+
+/* Reply-side bookkeeping: refresh, and follow FIN/RST on both entries. */
+static __noinline void ct_close_reply(struct lb_ct *ct, struct pkt *p, __u64 now)
+{
+	if (now - ct->seen_ns > NSEC_PER_SEC / 4)
+		ct->seen_ns = now;
+	if (p->tcp_flags & (TCPF_FIN | TCPF_RST)) {
+		/* Close the forward entry too, so it stops capturing the tuple. */
+		struct lb_ct_key fk = {};
+		struct lb_ct *fwd;
+
+		/* The client's own tuple: the reply's destination unless it was translated. */
+		if (ct->snat_addr[0] | ct->snat_addr[1] | ct->snat_addr[2] | ct->snat_addr[3]) {
+			__builtin_memcpy(fk.saddr, ct->snat_addr, 16);
+			fk.sport = ct->snat_port;
+		} else {
+			__builtin_memcpy(fk.saddr, p->t.daddr, 16);
+			fk.sport = p->t.dport;
+		}
+		__builtin_memcpy(fk.daddr, ct->nat_addr, 16);
+		fk.dport = ct->nat_port;
+		fk.proto = p->t.proto;
+		fk.family = ct->nat_family ? ct->nat_family : p->t.family;
+		fwd = bpf_map_lookup_elem(&lb_ct, &fk);
+		if (fwd)
+			ct_track(fwd, p);
+		ct_track(ct, p);
+	}
+}
+
+/*
+ * Source ports a flow is moved to when its own is taken towards the endpoint: below
+ * the kernel's ephemeral range (32768-60999), so the box's own connections to an
+ * endpoint never meet a translated flow.
+ */
+#define LB_SNAT_PORT_MIN 1024
+#define LB_SNAT_PORT_SPAN 31744
+#define LB_SNAT_TRIES 16
+
+/* How a new flow leaves the box: the source the endpoint sees, and the mode. */
+struct ct_plan {
+	__u32 saddr[4];		/* the source the endpoint sees (the client's without SNAT) */
+	__u16 sport;		/* out: the source port the endpoint sees */
+	__u16 nat_port;		/* the endpoint's port */
+	__u8 snat;		/* rewrite the source address (onearm, fullnat, hairpin) */
+	__u8 mode;		/* enum lb_mode */
+	__u8 family;		/* the endpoint's (fullnat may translate between IPv4 and IPv6) */
+	__u8 pad[3];
+};
+
+static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
+{
+	return now - ct->seen_ns > ct_timeout_ns(ct);
+}
+
+/* The reply entry in the way is this same flow again (a reconnect with the same tuple). */
+static __always_inline int ct_same_flow(const struct lb_ct *old, const struct lb_ct *v)
+{
+	__u32 d = 0;
+
+	for (int i = 0; i < 4; i++)
+		d |= (old->nat_addr[i] ^ v->nat_addr[i]) | (old->snat_addr[i] ^ v->snat_addr[i]);
+	return old->dir == LB_CT_REPLY && old->nat_port == v->nat_port &&
+	       old->snat_port == v->snat_port && !d;
+}
+
+/*
+ * Claim the reply key (endpoint -> plan source) for this flow: the client's own
+ * port when no source NAT is asked for and it is free, else a free port of the
+ * SNAT range.  A key is free when absent, stale, or held by this same flow; the
+ * BPF_NOEXIST insert makes two CPUs racing for one port pick different ones.
+ * Returns 0 with the port in rk->dport, or -1 when none was free.
+ */
+static __always_inline int ct_claim(struct lb_ct_key *rk, struct lb_ct *v, const struct pkt *p,
+				      __u8 snat, __u64 now)
+{
+	__u32 start = bpf_get_prandom_u32();
+
+	for (int i = 0; i < LB_SNAT_TRIES; i++) {
+		struct lb_ct *old;
+
+		if (i == 0 && (!snat || !p->sport_p))
+			rk->dport = p->t.sport;
+		else if (!p->sport_p)
+			return -1;	/* ICMP: the echo id is not translated */
+		else
+			rk->dport = bpf_htons(LB_SNAT_PORT_MIN + (start + i) % LB_SNAT_PORT_SPAN);
+		if (!bpf_map_update_elem(&lb_ct, rk, v, BPF_NOEXIST))
+			return 0;
+		old = bpf_map_lookup_elem(&lb_ct, rk);
+		if (old && (ct_stale(old, now) || ct_same_flow(old, v))) {
+			bpf_map_update_elem(&lb_ct, rk, v, BPF_ANY);
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/*
+ * Create both conntrack entries of a new flow, reply entry first (none for dsr:
+ * replies bypass the box).  plan->sport gets the source port the endpoint sees.
+ * Returns 0, or -1 when no source port was free (the packet is dropped).
+ */
+static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be, __u32 svc_id, __u64 now,
+				struct ct_plan *plan)
+{
+	__u16 nat_port = plan->nat_port;
+	struct lb_ct v = {};
+	struct lb_ct_key rk = {};
+	__u16 sport = p->t.sport;
+	int moved;
+
+	__builtin_memcpy(v.nat_addr, p->t.daddr, 16);
+	v.nat_port = p->t.dport;
+	v.dir = LB_CT_REPLY;
+	v.state = LB_CT_ACTIVE;
+	v.mode = plan->mode;
+	if (p->t.proto == IPPROTO_TCP) {
+		/* A stray RST/FIN of an unknown flow is forwarded but opens nothing. */
+		if (p->tcp_flags & TCPF_RST)
+			v.state = LB_CT_CLOSED;
+		else if (p->tcp_flags & TCPF_FIN)
+			v.state = LB_CT_FIN_WAIT;
+		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			v.state = LB_CT_SYN_SENT;
+		else
+			v.state = LB_CT_ESTABLISHED;
+	}
+	v.svc_id = svc_id;
+	v.stat_id = be->stat_id;
+	v.timeout = p->timeout;
+	v.created_ns = now;
+	v.seen_ns = now;
+	if (plan->mode != LB_MODE_DSR) {
+		/* The reply entry translates back to the client's own address and port. */
+		__builtin_memcpy(v.snat_addr, p->t.saddr, 16);
+		v.snat_port = p->t.sport;
+		__builtin_memcpy(rk.saddr, be->addr, 16);
+		__builtin_memcpy(rk.daddr, plan->snat ? plan->saddr : p->t.saddr, 16);
+		rk.sport = nat_port;
+		rk.proto = p->t.proto;
+		rk.family = plan->family;
+		if (plan->family != p->t.family)
+			v.nat_family = p->t.family;
+		if (ct_claim(&rk, &v, p, plan->snat, now))
+			return -1;
+		sport = rk.dport;
+	}
+	moved = plan->snat || sport != p->t.sport;
+	plan->sport = sport;
+
+	__builtin_memcpy(v.nat_addr, be->addr, 16);
+	v.nat_port = nat_port;
+	v.dir = LB_CT_FORWARD;
+	v.nat_family = plan->family != p->t.family ? plan->family : 0;
+	__builtin_memset(v.snat_addr, 0, 16);
+	v.snat_port = 0;
+	if (moved) {
+		__builtin_memcpy(v.snat_addr, plan->snat ? plan->saddr : p->t.saddr, 16);
+		v.snat_port = sport;
+	}
+	bpf_map_update_elem(&lb_ct, &p->t, &v, BPF_ANY);
+	if (ct_open(v.state))
+		conns_add(be->stat_id, 1);
+	return 0;
+}
+
+#endif /* __LB_CONNTRACK_H */

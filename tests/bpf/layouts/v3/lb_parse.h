@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb_parse.h - parsing: the packet as the datapath sees it (struct pkt), with a bounds
+ * check before every header access; what is not ours is passed to the kernel.
+ */
+#ifndef __LB_PARSE_H
+#define __LB_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmpv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lb_shared.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define NEXTHDR_FRAGMENT 44
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+/*
+ * The ICMPv4 header, declared here: <linux/icmp.h> pulls in <linux/if.h> and
+ * through it glibc's <sys/socket.h>, which a -target bpf build cannot use
+ * (gnu/stubs-32.h).  The datapath builds from UAPI and libbpf headers only.
+ */
+struct lb_icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 echo_id;
+	__be16 echo_seq;
+};
+#define ICMPV6_ECHO_REQ 128
+#define ICMPV6_ECHO_REP 129
+
+enum verdict { V_PASS, V_DROP, V_REDIRECT };
+
+/* A parsed packet: tuple plus where its headers are. */
+struct pkt {
+	struct lb_ct_key t;
+	void *l3;
+	__u16 *csum;		/* L4 checksum field, NULL for ICMPv4 */
+	__u32 csum_off;		/* its offset from the start of the packet */
+	__u16 *sport_p;		/* port fields, NULL for ICMP */
+	__u16 *dport_p;
+	__u32 len;
+	__u32 ifindex;
+	__u32 timeout;		/* session timeout of a new flow */
+	__u8 tcp_flags;
+	__u8 ttl;
+	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
+	__u32 mark;		/* set by a firewall mark rule */
+};
+
+enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
+
+static __always_inline void *ctx_data(void *ctx, const int xdp)
+{
+	if (xdp)
+		return (void *)(long)((struct xdp_md *)ctx)->data;
+	return (void *)(long)((struct __sk_buff *)ctx)->data;
+}
+
+static __always_inline void *ctx_end(void *ctx, const int xdp)
+{
+	if (xdp)
+		return (void *)(long)((struct xdp_md *)ctx)->data_end;
+	return (void *)(long)((struct __sk_buff *)ctx)->data_end;
+}
+
+/*
+ * Parse Ethernet, IPv4/IPv6 and the L4 header.  Returns 0 when the packet is
+ * one we may own, or the lb_stat index explaining why it is passed.
+ */
+static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *end = ctx_end(ctx, xdp);
+	struct ethhdr *eth = data;
+	__u32 l4off;
+	void *l4;
+	__u8 proto;
+
+	if ((void *)(eth + 1) > end)
+		return LB_STAT_PASS_TRUNCATED;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		__u32 hl;
+
+		if ((void *)(ip + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return LB_STAT_PASS_NOT_IP;
+		hl = ip->ihl * 4;
+		l4 = (void *)ip + hl;
+		l4off = ETH_HLEN + hl;
+		proto = ip->protocol;
+		p->t.family = 4;
+		p->t.proto = proto;	/* addresses and protocol first: the firewall sees fragments too */
+		p->t.saddr[0] = ip->saddr;
+		p->t.daddr[0] = ip->daddr;
+		p->ttl = ip->ttl;
+		p->l3 = ip;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return LB_STAT_PASS_FRAGMENT;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		proto = ip6->nexthdr;
+		l4 = ip6 + 1;
+		l4off = ETH_HLEN + sizeof(*ip6);
+		p->t.family = 6;
+		p->t.proto = proto;
+		__builtin_memcpy(p->t.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
+		p->ttl = ip6->hop_limit;
+		p->l3 = ip6;
+		if (proto == NEXTHDR_FRAGMENT)
+			return LB_STAT_PASS_FRAGMENT;
+	} else {
+		return LB_STAT_PASS_NOT_IP;
+	}
+
+	p->t.proto = proto;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		p->t.sport = th->source;
+		p->t.dport = th->dest;
+		p->sport_p = &th->source;
+		p->dport_p = &th->dest;
+		p->csum = &th->check;
+		p->csum_off = l4off + 16;
+		p->tcp_flags = ((__u8 *)th)[13];
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		p->t.sport = uh->source;
+		p->t.dport = uh->dest;
+		p->sport_p = &uh->source;
+		p->dport_p = &uh->dest;
+		p->csum = &uh->check;
+		p->csum_off = l4off + 6;
+	} else if (proto == IPPROTO_ICMP && p->t.family == 4) {
+		struct lb_icmphdr *ih = l4;
+
+		if ((void *)(ih + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		if (ih->type == ICMP_ECHO)
+			p->t.sport = ih->echo_id;
+		else if (ih->type == ICMP_ECHOREPLY) {
+			p->t.dport = ih->echo_id;
+			p->echo_reply = 1;
+		} else
+			return LB_STAT_PASS_NOT_OURS;
+		p->csum = 0;	/* the ICMPv4 checksum has no pseudo header */
+	} else if (proto == IPPROTO_ICMPV6 && p->t.family == 6) {
+		struct icmp6hdr *ih = l4;
+
+		if ((void *)(ih + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		if (ih->icmp6_type == ICMPV6_ECHO_REQ)
+			p->t.sport = ih->icmp6_dataun.u_echo.identifier;
+		else if (ih->icmp6_type == ICMPV6_ECHO_REP) {
+			p->t.dport = ih->icmp6_dataun.u_echo.identifier;
+			p->echo_reply = 1;
+		} else
+			return LB_STAT_PASS_NOT_OURS;	/* NDP, errors, ... */
+		p->t.proto = IPPROTO_ICMP;	/* one protocol number for echo services */
+		p->csum = &ih->icmp6_cksum;
+		p->csum_off = l4off + 2;
+	} else if (proto == IPPROTO_SCTP) {
+		struct udphdr *sh = l4;	/* SCTP's common header starts with the two ports */
+
+		if ((void *)(sh + 1) > end)
+			return LB_STAT_PASS_TRUNCATED;
+		p->t.sport = sh->source;
+		p->t.dport = sh->dest;
+		p->sport_p = &sh->source;
+		p->dport_p = &sh->dest;
+		return LB_STAT_PASS_NOT_OURS;	/* seen by the firewall, not balanced yet */
+	} else if (p->t.family == 6) {
+		return LB_STAT_PASS_EXTHDR;
+	} else {
+		return LB_STAT_PASS_NOT_OURS;
+	}
+	return 0;
+}
+
+#endif /* __LB_PARSE_H */
