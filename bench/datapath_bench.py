@@ -19,27 +19,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _traffic  # noqa: E402
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
-from reconciler.drivers.bpf import BpfDriver  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
-from reconciler.plan import Change  # noqa: E402
-from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
+from reconciler.records import Backend  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
-from tests.testbed import VIP4, Testbed  # noqa: E402
 
 ROUNDS = 9  # interleaved rounds; each reports the median of its calls
 CALLS = 300  # BPF_PROG_TEST_RUN calls per case and round
@@ -215,179 +211,28 @@ def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[s
         kv[0].split(":")[0]))))
 
 
-NGINX_CONF = """
-worker_processes 1; daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log;
-events {{ worker_connections 8192; }}
-http {{ access_log off; server {{ listen 8081 reuseport backlog=4096;
-  location / {{ return 200 "ok\\n"; }} }} }}
-"""
-
-
-def sh(*a: str, check: bool = True) -> str:
-    return subprocess.run(a, check=check, capture_output=True, text=True).stdout
-
-
-def traffic(rounds: int, seconds: int) -> dict[str, dict[str, list[float]]]:
-    tb = Testbed(n_backends=3).setup()
-    tmp = tempfile.mkdtemp(prefix="lbctl-bench-")
-    procs: list[subprocess.Popen[bytes]] = []
-    pin = f"/sys/fs/bpf/lbctl-bench-{uuid.uuid4().hex[:6]}"
-    drv = BpfDriver(pin_root=pin, netns=tb.lb)
-    res: dict[str, dict[str, list[float]]] = {"gbit": {}, "conn": {}, "load": {}}
-    try:
-        for i in range(3):
-            d = os.path.join(tmp, f"b{i}")
-            os.makedirs(d)
-            with open(os.path.join(d, "nginx.conf"), "w") as fh:
-                fh.write(NGINX_CONF.format(dir=d))
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        tb.backend_ns(i),
-                        "nginx",
-                        "-c",
-                        os.path.join(d, "nginx.conf"),
-                        "-p",
-                        d,
-                    ],
-                    start_new_session=True,
-                )
-            )
-        procs.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", tb.backend_ns(0), "iperf3", "-s"],
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        import time
-
-        time.sleep(1)
-        web = ServiceKey(VIP4, "tcp", 80, 80)
-        bulk = ServiceKey(VIP4, "tcp", 5201, 5201)
-        changes = [
-            Change(
-                "endpoints",
-                str(web),
-                "create",
-                None,
-                EndpointSet(web, tuple(Backend(tb.backend4(i), 8081) for i in range(3))),
-            ),
-            Change(
-                "service", str(web), "create", None, ServiceEntry(web, "web", "default", "rr", 240, 10800)
-            ),
-            Change(
-                "endpoints", str(bulk), "create", None, EndpointSet(bulk, (Backend(tb.backend4(0), 5201),))
-            ),
-            Change(
-                "service", str(bulk), "create", None, ServiceEntry(bulk, "bulk", "default", "rr", 240, 10800)
-            ),
-        ]
-        attach = [Change("attach", i, "create", None, Attachment(i, "tc")) for i in tb.lb_interfaces]
-        detach = [Change("attach", i, "delete", Attachment(i, "tc"), None) for i in tb.lb_interfaces]
-        drv.apply(changes)
-
-        def iptables(on: bool) -> None:
-            rule = ["-t", "nat", "-A" if on else "-D", "PREROUTING", "-d", VIP4, "-p", "tcp"]
-            nth = ["-m", "statistic", "--mode", "nth", "--packet", "0", "--every"]
-            rules = [
-                ["--dport", "5201", "-j", "DNAT", "--to-destination", f"{tb.backend4(0)}:5201"],
-                # kube-proxy style round robin: 1 in 3, then 1 in 2 of the rest, then the rest
-                ["--dport", "80", *nth, "3", "-j", "DNAT", "--to-destination", f"{tb.backend4(0)}:8081"],
-                ["--dport", "80", *nth, "2", "-j", "DNAT", "--to-destination", f"{tb.backend4(1)}:8081"],
-                ["--dport", "80", "-j", "DNAT", "--to-destination", f"{tb.backend4(2)}:8081"],
-            ]
-            for r in rules:
-                sh("ip", "netns", "exec", tb.lb, "iptables", *rule, *r)
-
-        nft_rules = f"""table ip lbbench {{
-  chain pre {{
-    type nat hook prerouting priority dstnat;
-    ip daddr {VIP4} tcp dport 5201 dnat to {tb.backend4(0)}:5201
-    ip daddr {VIP4} tcp dport 80 dnat to numgen inc mod 3 map {{ 0 : {tb.backend4(0)}, \
-1 : {tb.backend4(1)}, 2 : {tb.backend4(2)} }} : 8081
-  }}
-}}
-"""
-
-        def nftables(on: bool) -> None:
-            if on:
-                subprocess.run(["ip", "netns", "exec", tb.lb, "nft", "-f", "-"], input=nft_rules, text=True,
-                               check=True, capture_output=True)
-            else:
-                sh("ip", "netns", "exec", tb.lb, "nft", "delete", "table", "ip", "lbbench")
-
-        def measure(mode: str, bulk_dst: str, web_dst: str) -> None:
-            res["load"].setdefault("all", []).append(os.getloadavg()[0])
-            out = sh(
-                "ip",
-                "netns",
-                "exec",
-                tb.client,
-                "iperf3",
-                "-c",
-                bulk_dst,
-                "-p",
-                "5201",
-                "-t",
-                str(seconds),
-                "-J",
-            )
-            bps = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-            res["gbit"].setdefault(mode, []).append(bps / 1e9)
-            out = sh(
-                "ip",
-                "netns",
-                "exec",
-                tb.client,
-                "wrk",
-                "-t2",
-                "-c32",
-                f"-d{seconds}s",
-                "-H",
-                "Connection: close",
-                f"http://{web_dst}/",
-            )
-            for line in out.splitlines():
-                if line.startswith("Requests/sec:"):
-                    res["conn"].setdefault(mode, []).append(float(line.split()[1]))
-
-        for _ in range(rounds):
-            drv.apply(attach)
-            measure("lbctl tc", VIP4, VIP4)
-            drv.apply(detach)
-            measure("direct (no LB)", tb.backend4(0), f"{tb.backend4(0)}:8081")
-            iptables(True)
-            measure("iptables DNAT (iptables-nft, statistic nth)", VIP4, VIP4)
-            iptables(False)
-            nftables(True)
-            measure("nftables DNAT (numgen inc map)", VIP4, VIP4)
-            nftables(False)
-    finally:
-        drv.down()
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        tb.teardown()
-        subprocess.run(["rm", "-rf", tmp])
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the traffic part")
+    ap.add_argument("--seconds", type=float, default=5, help="seconds per traffic measurement")
+    ap.add_argument("--scale", type=int, default=_traffic.SCALE_SERVICES,
+                    help="services in the loaded-box comparison (0: skip it)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes in all: 2 rounds x 2 s of traffic, fewer ns/packet rounds")
     ap.add_argument("--no-traffic", action="store_true")
+    ap.add_argument("--no-pps", action="store_true", help="skip the UDP packets/s part")
+    ap.add_argument("--traffic-only", action="store_true", help="only the traffic part (traffic.md)")
     ap.add_argument("--modes-only", action="store_true", help="only the NAT modes' ns/packet")
     ap.add_argument("--mode-rounds", type=int, default=MODE_ROUNDS)
     ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
+    global ROUNDS, CALLS, SINGLE
+    if args.quick:
+        args.rounds, args.seconds = 2, 2
+        args.mode_rounds, args.mode_singles = 2, 100
+        ROUNDS, CALLS, SINGLE = 3, 60, 300
+    results = os.path.join(REPO, "bench", "results")
+    os.makedirs(results, exist_ok=True)
     if args.modes_only:
         load0 = os.getloadavg()
         modes = mode_costs(args.mode_rounds, args.mode_singles)
@@ -397,22 +242,40 @@ def main() -> None:
                           f"- load average (1 min) before/after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}",
                           ""] + mode_table(modes, args.mode_rounds, args.mode_singles)) + "\n"
         print(text)
-        with open(os.path.join(REPO, "bench", "results", "datapath-modes.md"), "w") as fh:
+        with open(os.path.join(results, "datapath-modes.md"), "w") as fh:
             fh.write(text)
         return
+    if not args.traffic_only:
+        packet_part(args, results)
+    if not args.no_traffic:
+        traffic_part(args, results)
+
+
+def traffic_part(args: argparse.Namespace, results: str) -> None:
+    """The traffic part (bench/_traffic.py): writes bench/results/traffic.md."""
+    load0 = os.getloadavg()[0]
+    tb = _traffic.TrafficBench(args.rounds, args.seconds, scale=args.scale, pps=not args.no_pps)
+    try:
+        tb.setup()
+        tr = tb.run()
+    finally:
+        tb.teardown()
+    text = _traffic.write_markdown(tr, _traffic.machine(), load0, os.getloadavg()[0])
+    print(text)
+    with open(os.path.join(results, "traffic.md"), "w") as fh:
+        fh.write(text)
+
+
+def packet_part(args: argparse.Namespace, results: str) -> None:
+    """ns/packet, NAT modes and Maglev memory: writes bench/results/datapath.md."""
     load0 = os.getloadavg()
     pp, checks = ns_per_packet()
     modes = mode_costs(args.mode_rounds, args.mode_singles)
     load1 = os.getloadavg()
-    tr = None if args.no_traffic else traffic(args.rounds, args.seconds)
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
-    )
     lines = [
         "# Datapath benchmark",
         "",
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- kernel: {platform.release()}, cpu: {cpu} x {os.cpu_count()}",
+        *_traffic.machine(),
         "",
         f"- load average (1 min) before/after the ns/packet part: {load0[0]:.2f} / {load1[0]:.2f}",
         "",
@@ -428,23 +291,8 @@ def main() -> None:
               "Path check (the datapath's own counters over the last round):", ""]
     lines += [f"- {k}: {v}" for k, v in checks.items()]
     lines += [""] + mode_table(modes, args.mode_rounds, args.mode_singles)
-    if tr:
-        lines += [
-            "",
-            f"## Through the VIP (veth, {args.rounds} interleaved rounds x {args.seconds}s, medians "
-            "[min-max])",
-            "",
-            f"Load average (1 min) while measuring: {fmt(tr['load'].get('all', []), 2)}.",
-            "",
-            "| path | bulk TCP Gbit/s (iperf3) | conn/s (wrk, Connection: close) |",
-            "|---|---|---|",
-        ]
-        for mode in res_modes(tr):
-            g, c = tr["gbit"].get(mode, []), tr["conn"].get(mode, [])
-            lines.append(f"| {mode} | {fmt(g, 2)} | {fmt(c, 0)} |")
-        lines.append("| lbctl xdp | n/a on veth (pitfall 18: XDP on veth turns GSO off on the peer, "
-                     "drops under load without a root qdisc, and generic XDP redirect drops GSO "
-                     "super-packets; benchmark it on a NIC with native XDP) | n/a |")
+    lines += ["", "Traffic through the VIP (bulk TCP, connections/s, 10,000 services, UDP packets/s, "
+              "the XDP hook on veth): `traffic.md` beside this file, same command."]
     mem = maglev.table_memory(10_000, 10)
     lines += [
         "",
@@ -463,8 +311,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "datapath.md"), "w") as fh:
+    with open(os.path.join(results, "datapath.md"), "w") as fh:
         fh.write(text)
 
 
@@ -477,14 +324,7 @@ def mode_table(modes: dict[str, dict[str, list[float]]], rounds: int, singles: i
     return lines + ["", " ".join((mode_costs.__doc__ or "").split("\n\n", 1)[1].split())]
 
 
-def res_modes(tr: dict[str, dict[str, list[float]]]) -> list[str]:
-    return list(tr["gbit"]) or list(tr["conn"])  # insertion order: the order of each round
-
-
-def fmt(v: list[float], digits: int) -> str:
-    if not v:
-        return "n/a"
-    return f"{statistics.median(v):.{digits}f} [{min(v):.{digits}f}-{max(v):.{digits}f}]"
+fmt = _traffic.fmt
 
 
 if __name__ == "__main__":
