@@ -10,24 +10,7 @@ for just this part) and writes ``bench/results/traffic.md``; the builders of
 the rule sets and the result writer are plain functions so a test can check
 them without root.  Never asserts a time.
 
-Method, in short (the writer prints it whole):
-
-* topology: ``tests.testbed.Testbed`` (client -- LB -- 3 backends), nginx on
-  every backend (8081), iperf3 on backend 0, a UDP sink on backend 0;
-* systems are switched on and off in turn inside each round (interleaved),
-  the order the same every round; a round measures every system;
-* 10,000 services: a second lbctl pin root holds 10,000 x 10 endpoints
-  (the benchmarked VIP among them) and is attached instead of the one-service
-  one; iptables has a kube-proxy-style ruleset of that size loaded all along,
-  hooked by one ``PREROUTING -j KUBE-SERVICES`` rule while measured; nftables
-  a table with a verdict map of 10,000 services, each a chain with a
-  10-endpoint ``numgen`` map, hooked by a base chain while measured;
-* packets/s: a sendmmsg(2) loop (ctypes, 64-byte UDP payload, one flow)
-  in the client; packets counted as *received* by backend 0's interface
-  (``rx_packets`` over the window), so drops anywhere on the way do not count.
-  This phase runs with DESIGN pitfalls 9, 10, 18 worked around for every
-  system (tx checksum offload off and a pfifo_fast root qdisc at the senders,
-  GRO on at the receivers), which is what lets XDP forward on veth.
+The method is ``METHOD`` below (the result file prints it).
 """
 
 from __future__ import annotations
@@ -131,7 +114,9 @@ def scale_services(services: int, bench_at: int) -> list[tuple[str, int, list[tu
     for i in range(services - 1):
         if i == bench_at:
             out.append((VIP4, WEB_PORT, [(Testbed.backend4(b), NGINX_PORT) for b in range(3)]))
-        out.append((scale_vip(i), WEB_PORT, [(scale_endpoint(i, j), TARGET_PORT) for j in range(SCALE_ENDPOINTS)]))
+        out.append(
+            (scale_vip(i), WEB_PORT, [(scale_endpoint(i, j), TARGET_PORT) for j in range(SCALE_ENDPOINTS)])
+        )
     if bench_at >= services - 1:
         out.append((VIP4, WEB_PORT, [(Testbed.backend4(b), NGINX_PORT) for b in range(3)]))
     return out
@@ -161,6 +146,32 @@ def iptables_restore_text(svcs: list[tuple[str, int, list[tuple[str, int]]]]) ->
     return "*nat\n" + "\n".join(chains + rules) + "\nCOMMIT\n"
 
 
+METHOD = [
+    "Topology: `tests.testbed.Testbed` (client -- LB namespace -- 3 backends, veth), nginx on every "
+    "backend (port 8081, `return 200`), iperf3 on backend 0, a UDP sink on backend 0 that never reads.",
+    "Systems are switched on and off in turn inside each round (interleaved), in the same order every "
+    "round, in the same namespaces; `direct` sends to backend 0 itself (kernel routing through the LB "
+    "namespace, no balancer). lbctl is programmed through its bpf driver (the records `lbctl apply` "
+    "writes) and attached to every LB interface while measured; iptables is iptables-nft "
+    "(`statistic nth` round robin); nftables a native `dnat to numgen inc mod 3 map {...}`.",
+    "10,000 services: a second lbctl pin root holds 10,000 services x 10 endpoints (the benchmarked "
+    "VIP among them, with its 3 real endpoints) and is attached instead of the one-service one; iptables "
+    "has a kube-proxy-style ruleset of the same size (KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP, `statistic "
+    "random`) loaded all along and hooked by one `PREROUTING -j KUBE-SERVICES` rule while measured; "
+    "nftables has a table with a verdict map of the 10,000 services, each a chain with a "
+    "`numgen random` endpoint map, hooked by a base chain while measured. The benchmarked VIP is in "
+    "the middle of the list (iptables walks it in order: the average case).",
+    "Packets/s: one sender process (sendmmsg(2) through ctypes, 256 copies of a 64-byte UDP datagram "
+    "per call, one flow) in the client; packets counted as *received* by backend 0's interface "
+    "(`rx_packets` over the middle of the send), so drops on the way do not count. This phase runs "
+    "with DESIGN pitfalls 9, 10 and 18 worked around for every system (tx checksum offload off and a "
+    "pfifo_fast root qdisc at the senders, GRO on at the receivers), which is what lets XDP forward on "
+    "veth. On veth the sender, the LB path and the backend's receive run on the sender's CPU (softirq), "
+    "so a figure is the whole path's per-packet cost, sender syscall included, the same for every system. "
+    "For lbctl, `LB redirects` is the datapath's own redirect counter over the window divided by the "
+    "packets received (about 1.0: every packet took the fast path, none fell back to the kernel).",
+]
+
 NFT_SCALE_TABLE = "bnscale"
 
 
@@ -169,11 +180,14 @@ def nft_scale_text(svcs: list[tuple[str, int, list[tuple[str, int]]]]) -> str:
     chain), each service chain one ``dnat to numgen random mod n map {...}`` rule.  Not
     hooked: the base chain is added while measured (``nft_scale_hook``)."""
     out = [f"table ip {NFT_SCALE_TABLE} {{"]
-    for i, (_vip, port, eps) in enumerate(svcs):
+    for i, (_vip, _port, eps) in enumerate(svcs):
         ports = {p for _, p in eps}
         assert len(ports) == 1, "one target port per service"
         m = ", ".join(f"{j} : {ep}" for j, (ep, _) in enumerate(eps))
-        out.append(f"  chain s{i:05d} {{ meta l4proto tcp dnat to numgen random mod {len(eps)} map {{ {m} }} : {ports.pop()} ; }}")
+        out.append(
+            f"  chain s{i:05d} {{ meta l4proto tcp dnat to numgen random mod {len(eps)} "
+            f"map {{ {m} }} : {ports.pop()} ; }}"
+        )
     elems = ", ".join(f"{vip} . {port} : goto s{i:05d}" for i, (vip, port, _) in enumerate(svcs))
     out.append(f"  map svcs {{ type ipv4_addr . inet_service : verdict ; elements = {{ {elems} }} ; }}")
     out.append("}")
@@ -182,8 +196,11 @@ def nft_scale_text(svcs: list[tuple[str, int, list[tuple[str, int]]]]) -> str:
 
 def nft_scale_hook(on: bool) -> str:
     if on:
-        return (f"add chain ip {NFT_SCALE_TABLE} pre {{ type nat hook prerouting priority dstnat ; policy accept ; }}\n"
-                f"add rule ip {NFT_SCALE_TABLE} pre ip daddr . tcp dport vmap @svcs\n")
+        return (
+            f"add chain ip {NFT_SCALE_TABLE} pre "
+            "{ type nat hook prerouting priority dstnat ; policy accept ; }\n"
+            f"add rule ip {NFT_SCALE_TABLE} pre ip daddr . tcp dport vmap @svcs\n"
+        )
     return f"flush chain ip {NFT_SCALE_TABLE} pre\ndelete chain ip {NFT_SCALE_TABLE} pre\n"
 
 
@@ -206,15 +223,47 @@ def iptables_one_rules(backends: list[str]) -> list[list[str]]:
     base = ["-t", "nat", "PREROUTING", "-d", VIP4]
     nth = ["-m", "statistic", "--mode", "nth", "--packet", "0", "--every"]
     rules = [
-        [*base, "-p", "tcp", "--dport", str(BULK_PORT), "-j", "DNAT", "--to-destination", f"{backends[0]}:{BULK_PORT}"],
-        [*base, "-p", "udp", "--dport", str(UDP_PORT), "-j", "DNAT", "--to-destination", f"{backends[0]}:{UDP_PORT}"],
+        [
+            *base,
+            "-p",
+            "tcp",
+            "--dport",
+            str(BULK_PORT),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            f"{backends[0]}:{BULK_PORT}",
+        ],
+        [
+            *base,
+            "-p",
+            "udp",
+            "--dport",
+            str(UDP_PORT),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            f"{backends[0]}:{UDP_PORT}",
+        ],
     ]
     # kube-proxy style round robin: 1 in n, then 1 in n-1 of the rest, ..., then the rest
     for i, b in enumerate(backends):
         left = len(backends) - i
         pick = [*nth, str(left)] if left > 1 else []
-        rules.append([*base, "-p", "tcp", "--dport", str(WEB_PORT), *pick, "-j", "DNAT",
-                      "--to-destination", f"{b}:{NGINX_PORT}"])
+        rules.append(
+            [
+                *base,
+                "-p",
+                "tcp",
+                "--dport",
+                str(WEB_PORT),
+                *pick,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                f"{b}:{NGINX_PORT}",
+            ]
+        )
     return rules
 
 
@@ -227,6 +276,7 @@ class Results:
     conn_scale: dict[str, list[float]] = field(default_factory=dict)
     pps: dict[str, list[float]] = field(default_factory=dict)
     pps_sent: dict[str, list[float]] = field(default_factory=dict)
+    pps_redirect: dict[str, list[float]] = field(default_factory=dict)  # lbctl: redirects / received
     load: dict[str, list[float]] = field(default_factory=dict)  # phase -> 1-min load per measurement
     setup_s: dict[str, float] = field(default_factory=dict)  # what -> seconds to load it
     rounds: int = 0
@@ -253,55 +303,93 @@ LBCTL, DIRECT, IPT, NFT, XDP = "lbctl tc", "direct (no LB)", "iptables DNAT", "n
 
 
 def machine() -> list[str]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return [f"- date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-            f"- kernel: {platform.release()}, cpu: {cpu} x {os.cpu_count()}"]
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
+    )
+    return [
+        f"- date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+        f"- kernel: {platform.release()}, cpu: {cpu} x {os.cpu_count()}",
+    ]
 
 
 def write_markdown(r: Results, head: list[str], load_before: float, load_after: float) -> str:
     """The result file's text (pure: a test checks it on made-up numbers)."""
-    lines = ["# Traffic through the VIP (veth)", "", *head,
-             f"- load average (1 min) before / after the whole traffic part: {load_before:.2f} / {load_after:.2f}",
-             f"- {r.rounds} interleaved rounds x {r.seconds:g} s per measurement; every cell: median of the "
-             "rounds [min-max]; systems switched on and off in turn inside each round", ""]
+    lines = [
+        "# Traffic through the VIP (veth)",
+        "",
+        *head,
+        f"- load average (1 min) before / after the whole traffic part: {load_before:.2f} / {load_after:.2f}",
+        f"- {r.rounds} interleaved rounds x {r.seconds:g} s per measurement; every cell: median of the "
+        "rounds [min-max]; systems switched on and off in turn inside each round",
+        "",
+    ]
     for phase, v in r.load.items():
         lines.append(f"- load average (1 min) during {phase}: {fmt(v, 2)}")
     if r.setup_s:
-        lines.append("- time to load the 10,000-service sets: "
-                     + ", ".join(f"{k} {v:.1f} s" for k, v in r.setup_s.items()))
-    lines += ["", "## Bulk TCP and short connections (default offloads)", "",
-              "| system | bulk TCP Gbit/s (iperf3) | vs direct | conn/s (wrk, Connection: close) | "
-              "vs direct | vs iptables |", "|---|---|---|---|---|---|"]
+        lines.append(
+            "- time to load the 10,000-service sets: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in r.setup_s.items())
+        )
+    lines += [
+        "",
+        "## Bulk TCP and short connections (default offloads)",
+        "",
+        "| system | bulk TCP Gbit/s (iperf3) | vs direct | conn/s (wrk, Connection: close) | "
+        "vs direct | vs iptables |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in [x for x in (LBCTL, DIRECT, IPT, NFT) if x in r.gbit or x in r.conn]:
         g, c = r.gbit.get(s, []), r.conn.get(s, [])
-        lines.append(f"| {s} | {fmt(g, 2)} | {ratio(g, r.gbit.get(DIRECT, []))} | {fmt(c, 0)} | "
-                     f"{ratio(c, r.conn.get(DIRECT, []))} | {ratio(c, r.conn.get(IPT, []))} |")
-    lines += ["", "Targets (issue 19): lbctl conn/s >= 1.3x iptables and >= 1.0x direct; bulk >= 1.0x direct."]
+        lines.append(
+            f"| {s} | {fmt(g, 2)} | {ratio(g, r.gbit.get(DIRECT, []))} | {fmt(c, 0)} | "
+            f"{ratio(c, r.conn.get(DIRECT, []))} | {ratio(c, r.conn.get(IPT, []))} |"
+        )
+    lines += [
+        "",
+        "Targets (issue 19): lbctl conn/s >= 1.3x iptables and >= 1.0x direct; bulk >= 1.0x direct.",
+    ]
     if r.conn_scale:
-        lines += ["", f"## Connections/s with {SCALE_SERVICES:,} services x {SCALE_ENDPOINTS} endpoints loaded", "",
-                  "| system | one service | 10,000 services | 10,000 / one |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Connections/s with {SCALE_SERVICES:,} services x {SCALE_ENDPOINTS} endpoints loaded",
+            "",
+            "| system | one service | 10,000 services | 10,000 / one |",
+            "|---|---|---|---|",
+        ]
         for s in (LBCTL, IPT, NFT):
             if s in r.conn_scale:
-                lines.append(f"| {s} | {fmt(r.conn.get(s, []), 0)} | {fmt(r.conn_scale[s], 0)} | "
-                             f"{ratio(r.conn_scale[s], r.conn.get(s, []))} |")
-        lines += ["", "Target (issue 19): lbctl >= 0.95x of one service. The 10,000-service set of each system "
-                  "holds the benchmarked VIP (3 real endpoints) in the middle of 9,999 others with 10 "
-                  "endpoints each; the one-service column is the same round's one-service measurement."]
+                lines.append(
+                    f"| {s} | {fmt(r.conn.get(s, []), 0)} | {fmt(r.conn_scale[s], 0)} | "
+                    f"{ratio(r.conn_scale[s], r.conn.get(s, []))} |"
+                )
+        lines += [
+            "",
+            "Target (issue 19): lbctl >= 0.95x of one service. The 10,000-service set of each system "
+            "holds the benchmarked VIP (3 real endpoints) in the middle of 9,999 others with 10 "
+            "endpoints each; the one-service column is the same round's one-service measurement.",
+        ]
     if r.pps:
-        lines += ["", "## Packets/s, 64-byte UDP payload, one flow (XDP workarounds on for every system)", "",
-                  "| system | received at the backend, kpps | vs direct | sent, kpps | delivered |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Packets/s, 64-byte UDP payload, one flow (XDP workarounds on for every system)",
+            "",
+            "| system | received at the backend, kpps | vs direct | sent, kpps | received / sent "
+            "| LB redirects / received |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in [x for x in (XDP, LBCTL, DIRECT, IPT, NFT) if x in r.pps]:
             rx, tx = r.pps[s], r.pps_sent.get(s, [])
-            lost = f"{statistics.median(rx) / statistics.median(tx):.0%}" if tx and statistics.median(tx) else "n/a"
-            lines.append(f"| {s} | {fmt([x / 1e3 for x in rx], 0)} | {ratio(rx, r.pps.get(DIRECT, []))} | "
-                         f"{fmt([x / 1e3 for x in tx], 0)} | {lost} |")
-        lines += ["", "Sender: one process, sendmmsg(2) of 256 datagrams per call on a connected socket; "
-                  "the sender, the LB path and the backend's receive share one CPU per packet (veth "
-                  "delivers in the sender's softirq), so the figure is the whole path's per-packet cost, "
-                  "sender syscall included, the same for every system."]
-    lines += ["", "## Method", "", " ".join((__doc__ or "").split("Method, in short (the writer prints it whole):",
-                                                                 1)[-1].split())]
+            lost = (
+                f"{statistics.median(rx) / statistics.median(tx):.0%}"
+                if tx and statistics.median(tx)
+                else "n/a"
+            )
+            red = r.pps_redirect.get(s, [])
+            lines.append(
+                f"| {s} | {fmt([x / 1e3 for x in rx], 0)} | {ratio(rx, r.pps.get(DIRECT, []))} | "
+                f"{fmt([x / 1e3 for x in tx], 0)} | {lost} | {fmt(red, 2) if red else '-'} |"
+            )
+    lines += ["", "## Method", ""] + [f"- {m}" for m in METHOD]
     return "\n".join(lines) + "\n"
 
 
@@ -320,9 +408,13 @@ class TrafficBench:
 
     # --- setup -------------------------------------------------------------
     def _spawn(self, ns: str, *argv: str, ready: bool = False) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(p)
         if ready:
             assert p.stdout is not None
@@ -348,15 +440,20 @@ class TrafficBench:
 
         def svc(vip: str, proto: str, port: int, eps: list[tuple[str, int]], name: str) -> list[Change]:
             k = ServiceKey(vip, proto, port, port)
-            return [Change("endpoints", str(k), "create", None,
-                           EndpointSet(k, tuple(Backend(a, p) for a, p in eps))),
-                    Change("service", str(k), "create", None, ServiceEntry(k, name, "default", "rr", 240, 10800))]
+            return [
+                Change(
+                    "endpoints", str(k), "create", None, EndpointSet(k, tuple(Backend(a, p) for a, p in eps))
+                ),
+                Change("service", str(k), "create", None, ServiceEntry(k, name, "default", "rr", 240, 10800)),
+            ]
 
         one = BpfDriver(pin_root=self.pins[0], netns=self.tb.lb)
         self.drivers.append(one)
-        one.apply(svc(VIP4, "tcp", WEB_PORT, [(b, NGINX_PORT) for b in self.backends], "web")
-                  + svc(VIP4, "tcp", BULK_PORT, [(self.backends[0], BULK_PORT)], "bulk")
-                  + svc(VIP4, "udp", UDP_PORT, [(self.backends[0], UDP_PORT)], "udp"))
+        one.apply(
+            svc(VIP4, "tcp", WEB_PORT, [(b, NGINX_PORT) for b in self.backends], "web")
+            + svc(VIP4, "tcp", BULK_PORT, [(self.backends[0], BULK_PORT)], "bulk")
+            + svc(VIP4, "udp", UDP_PORT, [(self.backends[0], UDP_PORT)], "udp")
+        )
         self.one = one
         self.svc = svc
         if self.scale:
@@ -377,7 +474,15 @@ class TrafficBench:
         self.scale_drv = drv
         self.res.setup_s["lbctl (driver apply)"] = time.monotonic() - t0
         t0 = time.monotonic()
-        sh("ip", "netns", "exec", self.tb.lb, "iptables-restore", "--noflush", stdin=iptables_restore_text(svcs))
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            self.tb.lb,
+            "iptables-restore",
+            "--noflush",
+            stdin=iptables_restore_text(svcs),
+        )
         self.res.setup_s["iptables-restore"] = time.monotonic() - t0
         t0 = time.monotonic()
         sh("ip", "netns", "exec", self.tb.lb, "nft", "-f", "-", stdin=nft_scale_text(svcs))
@@ -412,8 +517,12 @@ class TrafficBench:
         from reconciler.records import Attachment
 
         a = Attachment
-        ch = [Change("attach", i, "create", None, a(i, hook)) if on else Change("attach", i, "delete", a(i, hook), None)
-              for i in self.tb.lb_interfaces]
+        ch = [
+            Change("attach", i, "create", None, a(i, hook))
+            if on
+            else Change("attach", i, "delete", a(i, hook), None)
+            for i in self.tb.lb_interfaces
+        ]
         drv.apply(ch)  # type: ignore[attr-defined]
 
     @contextmanager
@@ -432,7 +541,19 @@ class TrafficBench:
             try:
                 yield
             finally:
-                sh("ip", "netns", "exec", lb, "iptables", "-t", "nat", "-D", "PREROUTING", "-j", "KUBE-SERVICES")
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    lb,
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-D",
+                    "PREROUTING",
+                    "-j",
+                    "KUBE-SERVICES",
+                )
         elif name == IPT:
             rules = iptables_one_rules(self.backends)
             for r in rules:
@@ -465,13 +586,36 @@ class TrafficBench:
     # --- measurements ------------------------------------------------------
     def bulk(self, name: str) -> float:
         host = self._dst(name, BULK_PORT).split(":")[0]
-        out = sh("ip", "netns", "exec", self.tb.client, "iperf3", "-c", host, "-p", str(BULK_PORT),
-                 "-t", f"{self.seconds:g}", "-J")
+        out = sh(
+            "ip",
+            "netns",
+            "exec",
+            self.tb.client,
+            "iperf3",
+            "-c",
+            host,
+            "-p",
+            str(BULK_PORT),
+            "-t",
+            f"{self.seconds:g}",
+            "-J",
+        )
         return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
 
     def cps(self, name: str) -> float:
-        out = sh("ip", "netns", "exec", self.tb.client, "wrk", "-t2", "-c32", f"-d{self.seconds:g}s",
-                 "-H", "Connection: close", f"http://{self._dst(name, WEB_PORT)}/")
+        out = sh(
+            "ip",
+            "netns",
+            "exec",
+            self.tb.client,
+            "wrk",
+            "-t2",
+            "-c32",
+            f"-d{self.seconds:g}s",
+            "-H",
+            "Connection: close",
+            f"http://{self._dst(name, WEB_PORT)}/",
+        )
         for line in out.splitlines():
             if line.startswith("Requests/sec:"):
                 return float(line.split()[1])
@@ -481,19 +625,37 @@ class TrafficBench:
         out = sh("ip", "-n", self.tb.backend_ns(0), "-s", "-j", "link", "show", "eth0")
         return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
 
-    def pps(self, name: str) -> tuple[float, float]:
-        """(received at backend 0 per second, sent per second) over the middle of the send."""
+    def pps(self, name: str) -> tuple[float, float, float]:
+        """(received at backend 0 per second, sent per second, the LB's redirects per received
+        packet or 0 when lbctl is not the system) over the middle of the send."""
         host = self._dst(name, UDP_PORT).split(":")[0]
         warm = 0.3
-        p = subprocess.Popen(["ip", "netns", "exec", self.tb.client, sys.executable, "-c", UDP_SENDER, host,
-                              str(UDP_PORT), f"{self.seconds + 2 * warm:g}", "64"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.tb.client,
+                sys.executable,
+                "-c",
+                UDP_SENDER,
+                host,
+                str(UDP_PORT),
+                f"{self.seconds + 2 * warm:g}",
+                "64",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(p)
         try:
             time.sleep(warm)
+            s0 = self.one.stats().get("redirect", 0)
             c0, t0 = self._rx(), time.monotonic()
             time.sleep(self.seconds)
             c1, t1 = self._rx(), time.monotonic()
+            s1 = self.one.stats().get("redirect", 0)
             out, _ = p.communicate(timeout=self.seconds + 30)
         finally:
             if p.poll() is None:
@@ -501,7 +663,8 @@ class TrafficBench:
                 p.wait()
             self.procs.remove(p)
         sent = int(out.split()[0]) / (self.seconds + 2 * warm) if out.split() else 0.0
-        return (c1 - c0) / (t1 - t0), sent
+        red = (s1 - s0) / (c1 - c0) if name in (LBCTL, XDP) and c1 > c0 else 0.0
+        return (c1 - c0) / (t1 - t0), sent, red
 
     def load(self, phase: str) -> None:
         Results.add(self.res.load, phase, os.getloadavg()[0])
@@ -519,15 +682,20 @@ class TrafficBench:
                     with self.system(name, scale=True):
                         self.load("conn/s at 10,000 services")
                         Results.add(r.conn_scale, name, self.cps(name))
-                    log(f"round {rnd + 1}: {name} with {self.scale} services: {r.conn_scale[name][-1]:.0f} conn/s")
+                    log(
+                        f"round {rnd + 1}: {name} with {self.scale} services: "
+                        f"{r.conn_scale[name][-1]:.0f} conn/s"
+                    )
         if self.with_pps:
             self.tb.xdp_workarounds()
             for rnd in range(self.rounds):
                 for name in (XDP, LBCTL, DIRECT, IPT, NFT):
                     with self.system(name):
                         self.load("packets/s")
-                        rx, tx = self.pps(name)
+                        rx, tx, red = self.pps(name)
                     Results.add(r.pps, name, rx)
                     Results.add(r.pps_sent, name, tx)
+                    if red:
+                        Results.add(r.pps_redirect, name, red)
                     log(f"round {rnd + 1}: {name}: {rx / 1e3:.0f} kpps received ({tx / 1e3:.0f} sent)")
         return r

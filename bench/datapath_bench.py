@@ -2,17 +2,20 @@
 
 Why this exists: the issue's "done when" asks for per-packet cost (established,
 new flow, reverse path, non-matching) next to an empty program as the floor,
-for tc and XDP, plus bulk throughput (iperf3) and connections/s (wrk against
-nginx backends) through the VIP with the tc hook, against the direct path and
-an iptables DNAT of the same VIP, in interleaved rounds, medians reported.
-XDP on veth is not benchmarked (DESIGN pitfall 18): its traffic numbers are
-reported n/a.  Also prints the Maglev table memory at 10,000 services.
+for tc and XDP, and traffic through the VIP against the direct path, iptables
+DNAT and an nftables DNAT map in the same run and topology.  This script
+measures the per-packet part and prints the Maglev table memory at 10,000
+services (bench/results/datapath.md); the traffic part lives in
+``bench/_traffic.py`` (bulk TCP and connections/s per system, connections/s
+with 10,000 services loaded, UDP packets/s with the XDP hook on veth;
+bench/results/traffic.md).
 
 Also the per-packet cost of each NAT mode beside the default mode (issue 13);
 ``--modes-only`` measures just that and writes bench/results/datapath-modes.md.
 
-Run as root from the repo: ``.venv/bin/python bench/datapath_bench.py``.
-Writes bench/results/datapath.md.  Never asserts a time.
+Run as root from the repo: ``.venv/bin/python bench/datapath_bench.py``
+(``--quick``: a few minutes in all; ``--traffic-only``: just traffic.md).
+Never asserts a time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _traffic  # noqa: E402
+
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
