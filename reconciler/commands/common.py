@@ -34,6 +34,16 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     add_follow_option(parser)
 
 
+def add_full_plan_option(parser: argparse.ArgumentParser) -> None:
+    """``--full-plan`` of plan and apply: every attribute even of a huge plan."""
+    from reconciler.render import COMPACT_OVER
+
+    parser.add_argument("--full-plan", action="store_true",
+                        help=f"print every change with its attributes even when the plan has more than "
+                             f"{COMPACT_OVER} changes (then one line per change by default; -o json has them "
+                             "all)")
+
+
 def add_follow_option(parser: argparse.ArgumentParser) -> None:
     """The option of every command that reads DIR (validate, plan, apply, watch)."""
     from reconciler.config.discover import FOLLOW_OPTION
