@@ -50,6 +50,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from reconciler import maglev
+from reconciler.config.formats import canonical_ipv4
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.model import (
     BGPConfigSpec,
@@ -99,16 +100,10 @@ def canonical_ip(text: str) -> str:
     """``ipaddress`` text form, so keys from config and from the kernel compare equal.
 
     Fast path: dotted-quad IPv4 without leading zeros (what validated config and
-    the kernel give) is already canonical; ``inet_pton`` checks it in C.
+    the kernel give) is already canonical (``canonical_ipv4`` checks it in C).
     """
-    if ":" not in text:
-        try:
-            socket.inet_pton(socket.AF_INET, text)
-        except OSError:
-            pass
-        else:
-            if not any(part.startswith("0") and part != "0" for part in text.split(".")):
-                return text
+    if canonical_ipv4(text) is not None:
+        return text
     return _canonical_slow(text)
 
 

@@ -353,3 +353,17 @@ def test_a_huge_plan_is_printed_one_line_per_change_unless_full(box: dict[str, A
     monkeypatch.setattr(render, "COMPACT_OVER", 0)
     assert lbctl(box, "plan", conf) == 0
     assert '    ~ endpoints "tcp/198.51.100.10:80" (backends)' in capsys.readouterr().out
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from reconciler import cli; "
+            "p = cli.build_parser(cli._command_of(['plan', 'x', '-v'])); "
+            "print(sorted(m for m in sys.modules if m.startswith('reconciler.commands.')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[3]).stdout
+    assert "reconciler.commands.plan" in out and "reconciler.commands.watch" not in out
+    assert "reconciler.commands.get" not in out and "reconciler.commands.top" not in out
+    assert cli._command_of(["--version"]) is None and cli._command_of(["nosuch"]) is None
