@@ -123,8 +123,9 @@ class DriverClock:
         return out
 
 
-def cli_run(argv: list[str], cwd: Path = REPO) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB, measured by GNU time) and output of one fresh lbctl process.
+def cli_run(argv: list[str], cwd: Path = REPO) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + sys), peak RSS (MB; both by GNU time) and output of one
+    fresh lbctl process.
 
     (``RUSAGE_CHILDREN`` would not do: a forked child is charged the pages it
     shares with this large bench process until it execs.)  The output is stdout
@@ -132,13 +133,14 @@ def cli_run(argv: list[str], cwd: Path = REPO) -> tuple[float, float, str]:
     """
     with tempfile.NamedTemporaryFile("r") as out, tempfile.TemporaryFile("w+") as text:
         t = time.perf_counter()
-        rc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *argv], cwd=cwd,
+        rc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", out.name, *argv], cwd=cwd,
                             stdout=text, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t
         text.seek(0)
         output = text.read()
         assert rc == 0, (argv, rc, output[-2000:])
-        return wall, int(out.read().split()[-1]) / 1024, output
+        rss, user, sys_s = out.read().split()[-3:]
+        return wall, float(user) + float(sys_s), int(rss) / 1024, output
 
 
 # The phases lbctl prints after an apply (and a plan with -v): "(parse+validate 12.3 ms, plan ...)".
@@ -163,11 +165,14 @@ IMPORTS = ("reconciler.cli, reconciler.commands.apply, reconciler.commands.plan,
            "reconciler.drivers.bpf, reconciler.drivers.netlink, reconciler.drivers.sysctl")
 
 
-def startup_s(python: str, cwd: Path) -> float:
-    """Wall seconds of a fresh interpreter importing what a plan/apply command imports."""
+def startup_s(python: str, cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh interpreter importing what a plan/apply command imports."""
     t = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([python, "-c", f"import {IMPORTS}"], cwd=cwd, check=True)
-    return time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.perf_counter() - t, cpu
 
 
 def delete_files(conf: Path, services: int, files: int, n: int) -> int:
@@ -191,48 +196,63 @@ def span(xs: list[float]) -> str:
 
 
 def cli_rounds(args: argparse.Namespace, conf: Path, common: list[str]) -> tuple[list[str], str]:
-    """The lbctl commands as fresh processes, ``args.rounds`` interleaved rounds (rows, load averages)."""
-    code = Path(args.code).resolve() if args.code else REPO
+    """The lbctl commands as fresh processes, ``args.rounds`` interleaved rounds (rows, load averages).
+
+    With several ``--code`` checkouts, each round runs them one after the other.
+    """
+    codes = [Path(c).resolve() for c in args.code] if args.code else [REPO]
     lbctl = [sys.executable, "-m", "reconciler.cli"]
     n_del = min(1000, args.services // 10)
     labels = ("lbctl apply (cold)", "lbctl plan (no-op)", "lbctl apply (one change)",
               f"lbctl apply (delete {n_del} services)")
-    walls: dict[str, list[float]] = {k: [] for k in labels}
-    rsss: dict[str, list[float]] = {k: [] for k in labels}
-    ph: dict[str, dict[str, list[float]]] = {k: {} for k in labels}
-    starts: list[float] = []
+    Key = tuple[Path, str]
+    walls: dict[Key, list[float]] = {}
+    cpus: dict[Key, list[float]] = {}
+    rsss: dict[Key, list[float]] = {}
+    ph: dict[Key, dict[str, list[float]]] = {}
+    starts: dict[Path, list[float]] = {}
+    start_cpus: dict[Path, list[float]] = {}
     loads: list[str] = []
     for _ in range(args.rounds):
         loads.append(f"{os.getloadavg()[0]:.2f}")
-        starts.append(startup_s(sys.executable, code))
-        write_config(conf, args.services, args.endpoints, args.files)
-        cli_run([*lbctl, "down", *common], code)
-        steps: list[tuple[str, list[str], Any]] = [
-            (labels[0], ["apply", str(conf)], None),
-            (labels[1], ["plan", str(conf), "-v"], None),
-            (labels[2], ["apply", str(conf)],
-             lambda: edit_one(conf, args.services, args.endpoints, args.files)),
-            (labels[3], ["apply", str(conf)], lambda: delete_files(conf, args.services, args.files, n_del)),
-        ]
-        for label, argv, before in steps:
-            if before is not None:
-                before()
-            wall, rss, output = cli_run([*lbctl, *argv, *common], code)
-            walls[label].append(wall)
-            rsss[label].append(rss)
-            for name, secs in printed_phases(output).items():
-                ph[label].setdefault(name, []).append(secs)
-    cli_run([*lbctl, "down", *common], code)
+        for code in codes:
+            wall_s, cpu_s = startup_s(sys.executable, code)
+            starts.setdefault(code, []).append(wall_s)
+            start_cpus.setdefault(code, []).append(cpu_s)
+            write_config(conf, args.services, args.endpoints, args.files)
+            cli_run([*lbctl, "down", *common], code)
+            steps: list[tuple[str, list[str], Any]] = [
+                (labels[0], ["apply", str(conf)], None),
+                (labels[1], ["plan", str(conf), "-v"], None),
+                (labels[2], ["apply", str(conf)],
+                 lambda: edit_one(conf, args.services, args.endpoints, args.files)),
+                (labels[3], ["apply", str(conf)],
+                 lambda: delete_files(conf, args.services, args.files, n_del)),
+            ]
+            for label, argv, before in steps:
+                if before is not None:
+                    before()
+                wall, cpu, rss, output = cli_run([*lbctl, *argv, *common], code)
+                walls.setdefault((code, label), []).append(wall)
+                cpus.setdefault((code, label), []).append(cpu)
+                rsss.setdefault((code, label), []).append(rss)
+                for name, secs in printed_phases(output).items():
+                    ph.setdefault((code, label), {}).setdefault(name, []).append(secs)
+            cli_run([*lbctl, "down", *common], code)
     names = [name for _, name in PHASES]
-    rows = ["| command (fresh process) | wall s | peak RSS MB | " + " | ".join(f"{n} s" for n in names)
-            + " | start-up + imports s | rest s |", "|---|---:|---:|" + "---:|" * (len(names) + 2)]
-    start = statistics.median(starts)
+    rows = ["| command (fresh process) | code | wall s | CPU s (user+sys) | peak RSS MB | "
+            + " | ".join(f"{n} s" for n in names) + " | start-up + imports s (CPU s) | rest s |",
+            "|---|---|---:|---:|---:|" + "---:|" * (len(names) + 2)]
     for label in labels:
-        inside = sum(statistics.median(v) for v in ph[label].values())
-        rest = statistics.median(walls[label]) - inside - start
-        rows.append(f"| {label} | {span(walls[label])} | {span(rsss[label])} | "
-                    + " | ".join(med(ph[label].get(n, [])) for n in names)
-                    + f" | {start:.2f} | {rest:.2f} |")
+        for code in codes:
+            k = (code, label)
+            start = statistics.median(starts[code])
+            inside = sum(statistics.median(v) for v in ph.get(k, {}).values())
+            rest = statistics.median(walls[k]) - inside - start
+            tag = code.name if code != REPO else "this checkout"
+            rows.append(f"| {label} | {tag} | {span(walls[k])} | {span(cpus[k])} | {span(rsss[k])} | "
+                        + " | ".join(med(ph.get(k, {}).get(n, [])) for n in names)
+                        + f" | {start:.2f} ({statistics.median(start_cpus[code]):.2f}) | {rest:.2f} |")
     return rows, ", ".join(loads)
 
 
@@ -313,8 +333,9 @@ def main() -> int:
     ap.add_argument("--no-cli", action="store_true", help="skip the lbctl subprocess runs")
     ap.add_argument("--cli-only", action="store_true", help="only the lbctl subprocess runs")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the lbctl commands")
-    ap.add_argument("--code", help="run the lbctl commands from this checkout (with its datapath built), "
-                                   "e.g. a `git worktree` of an older commit for before/after numbers")
+    ap.add_argument("--code", action="append",
+                    help="run the lbctl commands from this checkout (with its datapath built), e.g. "
+                         "`git archive` of an older commit; repeat it to interleave several in each round")
     ap.add_argument("--in-memory", action="store_true",
                     help="control plane only: in-memory drivers (tests/reconciler/fakes.py) instead of the "
                          "real maps; no root needed, no CLI runs")
