@@ -59,14 +59,22 @@ def sh(*args: str) -> None:
 
 
 def vip(i: int) -> str:
-    return f"198.18.{i // 250}.{i % 250 + 1}"
+    """198.18.0.0/15 (benchmarking addresses), 250 a /24: up to 128,000 services."""
+    a = i // 250
+    return f"198.{18 + a // 256}.{a % 256}.{i % 250 + 1}"
+
+
+def endpoint(i: int, j: int) -> str:
+    """Endpoint ``j`` of service ``i`` (j: 0-9, or 88 for the edited one)."""
+    a = i // 250
+    return f"10.{j + 1 + 100 * (a // 256)}.{a % 256}.{i % 250 + 1}"
 
 
 def service_doc(i: int, endpoints: int, edit: bool = False) -> str:
-    eps = "\n".join(f"    - {{address: 10.{j + 1}.{i // 250}.{i % 250 + 1}}}"
+    eps = "\n".join(f"    - {{address: {endpoint(i, j)}}}"
                     for j in range(endpoints - 1 if edit else endpoints))
     if edit:
-        eps += f"\n    - {{address: 10.99.{i // 250}.{i % 250 + 1}}}"
+        eps += f"\n    - {{address: {endpoint(i, 98)}}}"
     return (f"apiVersion: lbctl.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i:05d}}}\nspec:\n"
             f"  vip: {vip(i)}\n  ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]\n"
             f"  endpoints:\n{eps}\n")
