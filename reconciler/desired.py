@@ -144,12 +144,12 @@ def _port_key(vip: str, port: ServicePort) -> ServiceKey:
 
 def _backends(endpoints: Sequence[Endpoint], port: ServicePort) -> tuple[Backend, ...]:
     default = port.target_port if port.target_port is not None else 0
+    # Deduplicated and sorted as plain tuples (hashing a dataclass calls Python code per item).
     out = {
-        Backend(canonical_ip(ep.address),
-                ep.target_port if ep.target_port is not None else default, ep.weight)
+        (canonical_ip(ep.address), ep.target_port if ep.target_port is not None else default, ep.weight)
         for ep in endpoints
     }
-    return tuple(sorted(out, key=lambda b: (_ip_sort_key(b.address), b.port, b.weight)))
+    return tuple(Backend(a, p, w) for a, p, w in sorted(out, key=lambda t: (_ip_sort_key(t[0]), t[1], t[2])))
 
 
 def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:
