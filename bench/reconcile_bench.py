@@ -29,8 +29,10 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,14 +59,22 @@ def sh(*args: str) -> None:
 
 
 def vip(i: int) -> str:
-    return f"198.18.{i // 250}.{i % 250 + 1}"
+    """198.18.0.0/15 (benchmarking addresses), 250 a /24: up to 128,000 services."""
+    a = i // 250
+    return f"198.{18 + a // 256}.{a % 256}.{i % 250 + 1}"
+
+
+def endpoint(i: int, j: int) -> str:
+    """Endpoint ``j`` of service ``i`` (j: 0-9, or 88 for the edited one)."""
+    a = i // 250
+    return f"10.{j + 1 + 100 * (a // 256)}.{a % 256}.{i % 250 + 1}"
 
 
 def service_doc(i: int, endpoints: int, edit: bool = False) -> str:
-    eps = "\n".join(f"    - {{address: 10.{j + 1}.{i // 250}.{i % 250 + 1}}}"
+    eps = "\n".join(f"    - {{address: {endpoint(i, j)}}}"
                     for j in range(endpoints - 1 if edit else endpoints))
     if edit:
-        eps += f"\n    - {{address: 10.99.{i // 250}.{i % 250 + 1}}}"
+        eps += f"\n    - {{address: {endpoint(i, 98)}}}"
     return (f"apiVersion: lbctl.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{i:05d}}}\nspec:\n"
             f"  vip: {vip(i)}\n  ports: [{{port: 80, protocol: TCP, targetPort: 8080}}]\n"
             f"  endpoints:\n{eps}\n")
@@ -121,19 +131,137 @@ class DriverClock:
         return out
 
 
-def cli_run(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one fresh lbctl process, measured by GNU time.
+def cli_run(argv: list[str], cwd: Path = REPO) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds (user + sys), peak RSS (MB; both by GNU time) and output of one
+    fresh lbctl process.
 
     (``RUSAGE_CHILDREN`` would not do: a forked child is charged the pages it
-    shares with this large bench process until it execs.)
+    shares with this large bench process until it execs.)  The output is stdout
+    and stderr together, for the phase timings lbctl prints.
     """
-    with tempfile.NamedTemporaryFile("r") as out:
+    with tempfile.NamedTemporaryFile("r") as out, tempfile.TemporaryFile("w+") as text:
         t = time.perf_counter()
-        rc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name, *argv], cwd=REPO,
-                            stdout=subprocess.DEVNULL).returncode
+        rc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", out.name, *argv], cwd=cwd,
+                            stdout=text, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t
-        assert rc == 0, (argv, rc)
-        return wall, int(out.read().split()[-1]) / 1024
+        text.seek(0)
+        output = text.read()
+        assert rc == 0, (argv, rc, output[-2000:])
+        rss, user, sys_s = out.read().split()[-3:]
+        return wall, float(user) + float(sys_s), int(rss) / 1024, output
+
+
+# The phases lbctl prints after an apply (and a plan with -v): "(parse+validate 12.3 ms, plan ...)".
+PHASES = (("parse+validate", "parse+validate"), ("plan", "plan"), ("kernel programming", "kernel"),
+          ("verify", "verify"), ("render", "render"))
+
+
+def printed_phases(output: str) -> dict[str, float]:
+    """Seconds per phase from the timings line of lbctl's output (phases it does not print: absent)."""
+    found: dict[str, float] = {}
+    for label, name in PHASES:
+        m = re.search(rf"[(,] ?{re.escape(label)} ([0-9.]+) ms", output)
+        if m:
+            found[name] = float(m.group(1)) / 1000
+    return found
+
+
+# What every plan/apply command imports before it starts working (the drivers of a Datapath config).
+IMPORTS = ("reconciler.cli, reconciler.commands.apply, reconciler.commands.plan, "
+           "reconciler.config.loader, reconciler.config.persist, reconciler.apply, "
+           "reconciler.drivers.registry, "
+           "reconciler.drivers.bpf, reconciler.drivers.netlink, reconciler.drivers.sysctl")
+
+
+def startup_s(python: str, cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh interpreter importing what a plan/apply command imports."""
+    t = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([python, "-c", f"import {IMPORTS}"], cwd=cwd, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.perf_counter() - t, cpu
+
+
+def delete_files(conf: Path, services: int, files: int, n: int) -> int:
+    """Remove whole service files from the start until ``n`` services are gone; the number removed."""
+    per = -(-services // files)
+    gone = 0
+    for f in range(files):
+        if gone >= n:
+            break
+        (conf / f"svc-{f:03d}.yaml").unlink()
+        gone += min(per, services - f * per)
+    return gone
+
+
+def med(xs: list[float]) -> str:
+    return "-" if not xs else f"{statistics.median(xs):.2f}"
+
+
+def span(xs: list[float]) -> str:
+    return "-" if not xs else f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+
+def cli_rounds(args: argparse.Namespace, conf: Path, common: list[str]) -> tuple[list[str], str]:
+    """The lbctl commands as fresh processes, ``args.rounds`` interleaved rounds (rows, load averages).
+
+    With several ``--code`` checkouts, each round runs them one after the other.
+    """
+    codes = [Path(c).resolve() for c in args.code] if args.code else [REPO]
+    lbctl = [sys.executable, "-m", "reconciler.cli"]
+    n_del = min(1000, args.services // 10)
+    labels = ("lbctl apply (cold)", "lbctl plan (no-op)", "lbctl apply (one change)",
+              f"lbctl apply (delete {n_del} services)")
+    Key = tuple[Path, str]
+    walls: dict[Key, list[float]] = {}
+    cpus: dict[Key, list[float]] = {}
+    rsss: dict[Key, list[float]] = {}
+    ph: dict[Key, dict[str, list[float]]] = {}
+    starts: dict[Path, list[float]] = {}
+    start_cpus: dict[Path, list[float]] = {}
+    loads: list[str] = []
+    for _ in range(args.rounds):
+        loads.append(f"{os.getloadavg()[0]:.2f}")
+        for code in codes:
+            wall_s, cpu_s = startup_s(sys.executable, code)
+            starts.setdefault(code, []).append(wall_s)
+            start_cpus.setdefault(code, []).append(cpu_s)
+            write_config(conf, args.services, args.endpoints, args.files)
+            cli_run([*lbctl, "down", *common], code)
+            steps: list[tuple[str, list[str], Any]] = [
+                (labels[0], ["apply", str(conf)], None),
+                (labels[1], ["plan", str(conf), "-v"], None),
+                (labels[2], ["apply", str(conf)],
+                 lambda: edit_one(conf, args.services, args.endpoints, args.files)),
+                (labels[3], ["apply", str(conf)],
+                 lambda: delete_files(conf, args.services, args.files, n_del)),
+            ]
+            for label, argv, before in steps:
+                if before is not None:
+                    before()
+                wall, cpu, rss, output = cli_run([*lbctl, *argv, *common], code)
+                walls.setdefault((code, label), []).append(wall)
+                cpus.setdefault((code, label), []).append(cpu)
+                rsss.setdefault((code, label), []).append(rss)
+                for name, secs in printed_phases(output).items():
+                    ph.setdefault((code, label), {}).setdefault(name, []).append(secs)
+            cli_run([*lbctl, "down", *common], code)
+    names = [name for _, name in PHASES]
+    rows = ["| command (fresh process) | code | wall s | CPU s (user+sys) | peak RSS MB | "
+            + " | ".join(f"{n} s" for n in names) + " | start-up + imports s (CPU s) | rest s |",
+            "|---|---|---:|---:|---:|" + "---:|" * (len(names) + 2)]
+    for label in labels:
+        for code in codes:
+            k = (code, label)
+            start = statistics.median(starts[code])
+            inside = sum(statistics.median(v) for v in ph.get(k, {}).values())
+            rest = statistics.median(walls[k]) - inside - start
+            tag = code.name if code != REPO else "this checkout"
+            rows.append(f"| {label} | {tag} | {span(walls[k])} | {span(cpus[k])} | {span(rsss[k])} | "
+                        + " | ".join(med(ph.get(k, {}).get(n, [])) for n in names)
+                        + f" | {start:.2f} ({statistics.median(start_cpus[code]):.2f}) | {rest:.2f} |")
+    return rows, ", ".join(loads)
 
 
 def cli_reconcile(conf: Path, drivers: list[Any], state_dir: Path, *, dry_run: bool) -> ReconcileResult:
@@ -211,6 +339,11 @@ def main() -> int:
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--no-cli", action="store_true", help="skip the lbctl subprocess runs")
+    ap.add_argument("--cli-only", action="store_true", help="only the lbctl subprocess runs")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the lbctl commands")
+    ap.add_argument("--code", action="append",
+                    help="run the lbctl commands from this checkout (with its datapath built), e.g. "
+                         "`git archive` of an older commit; repeat it to interleave several in each round")
     ap.add_argument("--in-memory", action="store_true",
                     help="control plane only: in-memory drivers (tests/reconciler/fakes.py) instead of the "
                          "real maps; no root needed, no CLI runs")
@@ -229,7 +362,8 @@ def main() -> int:
     common = ["--netns", ns, "--state-dir", str(state_base), "--pin-root", str(pin_base)]
     ctx = cli.context_from(cli.build_parser().parse_args(["plan", *common]))
     rows: list[tuple[str, dict[str, float], str]] = []
-    cli_rows: list[tuple[str, float, float]] = []
+    cli_rows: list[str] = []
+    loads = ""
     try:
         sh("ip", "netns", "add", ns)
         sh("ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
@@ -241,41 +375,34 @@ def main() -> int:
         # through the parse cache persisted in the state dir.  The cold apply starts
         # without one (and writes it, as `lbctl apply` does); the no-op plan and the
         # one-service change use what the preceding run left there.
-        clock = DriverClock()
-        cache_file = Path(ctx.state_dir) / persist.FILE_NAME
-        assert not cache_file.exists(), cache_file
-        drivers = clock.wrap(build_drivers(ctx))
-        r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=False)
-        assert r.ok, (r.errors[:3], r.failure, r.leftover and len(r.leftover))
-        rows.append(("cold apply", phases(r), f"{len(r.plan)} changes, {r.writes} writes; {clock.take()}"))
+        self_rss = 0.0
+        if not args.cli_only:
+            clock = DriverClock()
+            cache_file = Path(ctx.state_dir) / persist.FILE_NAME
+            assert not cache_file.exists(), cache_file
+            drivers = clock.wrap(build_drivers(ctx))
+            r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=False)
+            assert r.ok, (r.errors[:3], r.failure, r.leftover and len(r.leftover))
+            rows.append(("cold apply", phases(r),
+                         f"{len(r.plan)} changes, {r.writes} writes; {clock.take()}"))
 
-        # a fresh process's view: everything from the pinned maps
-        assert cache_file.exists(), cache_file
-        drivers = clock.wrap(build_drivers(ctx))
-        r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=True)
-        assert r.ok and r.plan.empty, len(r.plan)
-        rows.append(("no-op plan", phases(r), f"0 changes; {clock.take()}"))
+            # a fresh process's view: everything from the pinned maps
+            assert cache_file.exists(), cache_file
+            drivers = clock.wrap(build_drivers(ctx))
+            r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=True)
+            assert r.ok and r.plan.empty, len(r.plan)
+            rows.append(("no-op plan", phases(r), f"0 changes; {clock.take()}"))
 
-        edit_one(conf, args.services, args.endpoints, args.files)
-        r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=False)
-        assert r.ok and len(r.plan) == 1, len(r.plan)
-        rows.append(("one-service change", phases(r),
-                     f"{len(r.plan)} change, {r.writes} writes; {clock.take()}"))
-        self_rss = rss_mb()
+            edit_one(conf, args.services, args.endpoints, args.files)
+            r = cli_reconcile(conf, drivers, ctx.state_dir, dry_run=False)
+            assert r.ok and len(r.plan) == 1, len(r.plan)
+            rows.append(("one-service change", phases(r),
+                         f"{len(r.plan)} change, {r.writes} writes; {clock.take()}"))
+            self_rss = rss_mb()
 
-        # 2. the lbctl command (fresh processes), from empty again
+        # 2. the lbctl command (fresh processes), from empty again, in interleaved rounds
         if not args.no_cli:
-            lbctl = [sys.executable, "-m", "reconciler.cli"]
-            write_config(conf, args.services, args.endpoints, args.files)
-            runs = (("lbctl down", ["down"], False), ("lbctl apply (cold)", ["apply", str(conf)], False),
-                    ("lbctl plan (no-op)", ["plan", str(conf), "--detailed-exitcode"], False),
-                    ("lbctl apply (one change)", ["apply", str(conf)], True))
-            for label, argv, edit in runs:
-                if edit:
-                    edit_one(conf, args.services, args.endpoints, args.files)
-                wall, rss = cli_run([*lbctl, *argv, *common])
-                cli_rows.append((label, wall, rss))
-            subprocess.run([*lbctl, "down", *common], cwd=REPO, stdout=subprocess.DEVNULL, check=True)
+            cli_rows, loads = cli_rounds(args, conf, common)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(pin_base, ignore_errors=True)
@@ -287,13 +414,20 @@ def main() -> int:
     for label, p, note in rows:
         cols = " | ".join(ms(p[k]) for k in ("parse", "plan", "program", "verify", "total"))
         lines.append(f"| {label} | {cols} | {TARGETS[label]} | {note} |")
-    lines.append(f"\nPeak RSS of this bench process (all three in-process runs, with the drivers and results "
-                 f"of one still alive during the next): {self_rss:,.0f} MB. The RSS of one lbctl command, "
-                 "which the < 250 MB target is about, is in the next table.")
+    if rows:
+        lines.append(f"\nPeak RSS of this bench process (all three in-process runs, with the drivers and "
+                     f"results of one still alive during the next): {self_rss:,.0f} MB. The RSS of one lbctl "
+                     "command, which the < 250 MB target is about, is in the next table.")
+    else:
+        lines = []
     if cli_rows:
-        lines += ["", "| command (fresh process, plan text to /dev/null) | wall s | peak RSS MB (GNU time) |",
-                  "|---|---:|---:|"]
-        lines += [f"| {label} | {wall:.2f} | {rss:,.0f} |" for label, wall, rss in cli_rows]
+        lines += ["", f"lbctl commands as fresh processes (plan/apply text to a file), {args.rounds} "
+                  "interleaved rounds (down, cold apply, no-op plan, one-service change, delete), median "
+                  "(min-max); 1-min "
+                  f"load average at the start of each round: {loads}. Phases are those lbctl prints (plan "
+                  "with -v), medians; start-up + imports is a fresh interpreter importing what the commands "
+                  "import; rest is the remainder of the wall time (parse cache and state-dir writes, "
+                  "driver set-up, exit).", "", *cli_rows]
     table = "\n".join(lines)
     print(table)
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

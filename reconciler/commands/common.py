@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -32,6 +33,16 @@ def add_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", nargs="?", default=DEFAULT_CONFIG_DIR, metavar="DIR",
                         help=f"configuration directory (default: {DEFAULT_CONFIG_DIR})")
     add_follow_option(parser)
+
+
+def add_full_plan_option(parser: argparse.ArgumentParser) -> None:
+    """``--full-plan`` of plan and apply: every attribute even of a huge plan."""
+    from reconciler.render import COMPACT_OVER
+
+    parser.add_argument("--full-plan", action="store_true",
+                        help=f"print every change with its attributes even when the plan has more than "
+                             f"{COMPACT_OVER} changes (then one line per change by default; -o json has them "
+                             "all)")
 
 
 def add_follow_option(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +109,9 @@ def run_reconcile(config_dir: str, ctx: Any, *, dry_run: bool, purpose: str,
     drivers = registry.driver_set(dataclasses.replace(ctx, read_only=True) if dry_run else ctx)
     with StateLock(ctx.state_dir, purpose=purpose):
         result = reconcile(config_dir, drivers, ctx.state_dir, dry_run=dry_run, loaded=loaded)
+    # A command's millions of records live until it exits: frozen, the cyclic GC does not walk
+    # them again at each collection while the plan is printed (0.5 s of a 30,000-change apply).
+    gc.freeze()
     return replace(result, timings=replace(result.timings, parse=t_parse))
 
 

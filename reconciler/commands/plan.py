@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from reconciler.commands.common import (
     add_dir_argument,
+    add_full_plan_option,
     dump,
     print_config_errors,
     print_warnings,
     run_reconcile,
 )
-from reconciler.render import print_plan
+from reconciler.render import print_plan, wants_compact
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dir_argument(parser)
+    add_full_plan_option(parser)
     parser.add_argument("--detailed-exitcode", action="store_true",
                         help="exit 2 when there are changes (0: none, 1: error)")
 
@@ -37,10 +40,14 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.output in ("json", "yaml"):
         dump(result.plan.to_dict(), ctx.output)
     else:
-        print_plan(result.plan.to_dict(), file=sys.stdout)
+        t_render = time.perf_counter()
+        compact = wants_compact(len(result.plan), args.full_plan)
+        print_plan(result.plan.to_dict(records=not compact), file=sys.stdout, compact=compact)
+        t_render = time.perf_counter() - t_render
         if ctx.verbose:
             t = result.timings
-            print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms)", file=sys.stderr)
+            print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms, "
+                  f"render {t_render * 1000:.1f} ms)", file=sys.stderr)
     if args.detailed_exitcode and result.plan:
         return 2
     return 0

@@ -9,6 +9,7 @@ serve the semantic checks, which need parsed addresses anyway.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,18 +37,11 @@ def canonical_ipv4(text: str) -> int | None:
     garbage) returns ``None`` and the caller asks ``ipaddress``, which is
     the authority on what is valid.
     """
-    parts = text.split(".")
-    if len(parts) != 4:
+    # glibc's inet_pton takes exactly four decimal octets without leading zeros: the canonical form
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError, UnicodeError):
         return None
-    n = 0
-    for p in parts:
-        if not (0 < len(p) <= 3 and p.isascii() and p.isdigit()) or (p[0] == "0" and len(p) > 1):
-            return None
-        octet = int(p)
-        if octet > 255:
-            return None
-        n = (n << 8) | octet
-    return n
 
 
 def _check_ip_address(text: str) -> object:

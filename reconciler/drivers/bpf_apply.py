@@ -210,7 +210,10 @@ class BpfApply(BpfRead):
     def _alloc_stat(self) -> int:
         idx = self._idx
         limit = L.MAX_STATS
-        sid = _first_free(idx.stat_hint, limit, idx.used_stats, self._held_stats)
+        sid = idx.stat_hint
+        used, held = idx.used_stats, self._held_stats
+        if sid in used or sid in held:
+            sid = _first_free(sid, limit, used, held)
         if sid >= limit:
             raise LbctlError("no free endpoint counter slot")
         idx.used_stats.add(sid)
@@ -399,7 +402,9 @@ class BpfApply(BpfRead):
                 if old_sid not in bad:
                     old_ids[(_canon(b.address), b.port)] = old_sid
         stat_ids: dict[tuple[str, int], int] = {}
+        order: list[int] = []
         parts = [LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
+        pack, htons = BE.pack, socket.htons
         for be in after.backends:
             fam, addr = _pack_addr(be.address)
             ident = (_addr_str(fam, addr), be.port)
@@ -407,7 +412,8 @@ class BpfApply(BpfRead):
             if sid < 0:
                 sid = self._alloc_stat()
             stat_ids[ident] = sid
-            parts.append(BE.pack(addr, socket.htons(be.port), fam, 0, be.weight, sid))
+            order.append(sid)
+            parts.append(pack(addr, htons(be.port), fam, 0, be.weight, sid))
         lst = b"".join(parts)
         lst += bytes(LIST_SIZE - len(lst))
         slot = 1 - (conf.active & 1) if had else conf.active & 1
@@ -425,7 +431,7 @@ class BpfApply(BpfRead):
         self._put("lb_backends", BE_KEY.pack(svc_id, slot), lst)
         self._write_conf(svc_id, replace(conf, active=slot, flags=conf.flags | F_HAS_ENDPOINTS))
         idx.eps[svc_id] = after
-        idx.stat[svc_id] = tuple(stat_ids[(_canon(b.address), b.port)] for b in after.backends)
+        idx.stat[svc_id] = tuple(order)
         gone = {sid for ident, sid in old_ids.items() if ident not in stat_ids}
         if gone:  # their flows end after the last write of this apply (_end_flows)
             self._purge_flows(svc_id, gone)

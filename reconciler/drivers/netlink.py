@@ -67,16 +67,24 @@ import socket
 import struct
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, NamedTuple
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import Record, VipAddress
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _netlink_error() -> type[NetlinkError]:
+    """pyroute2's error class; pyroute2 (~0.1 s to import) is imported only when the link is touched."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    cls: type[NetlinkError] = NetlinkError
+    return cls
 
 # Link kinds lbctl creates, in order of preference; an existing link of any of
 # these kinds under lbctl's interface name is adopted.
@@ -434,6 +442,8 @@ class NetlinkDriver:
     @contextmanager
     def _socket(self) -> Iterator[Any]:
         """A fresh pyroute2 rtnetlink socket opened inside the driver's namespace."""
+        from pyroute2 import IPRoute
+
         with in_netns(self.netns):
             ipr = IPRoute()
         try:
@@ -493,7 +503,7 @@ class NetlinkDriver:
             for kind in LINK_KINDS:
                 try:
                     ipr.link("add", ifname=ifname, kind=kind)
-                except NetlinkError as exc:
+                except _netlink_error() as exc:
                     if exc.code == errno.EEXIST:  # created concurrently: adopt it below
                         break
                     if exc.code == errno.EOPNOTSUPP:  # kernel without this link kind
@@ -522,7 +532,7 @@ class NetlinkDriver:
     def _set_up(self, ipr: Any, ifname: str, index: int) -> None:
         try:
             ipr.link("set", index=index, state="up")
-        except NetlinkError as exc:
+        except _netlink_error() as exc:
             raise self._fail(f"set {ifname} up", exc) from None
         self.writes += 1
 
@@ -669,7 +679,7 @@ class NetlinkDriver:
                     "leaving it alone")
             try:
                 ipr.link("del", index=int(link["index"]))
-            except NetlinkError as exc:
+            except _netlink_error() as exc:
                 if exc.code != errno.ENODEV:
                     raise self._fail(f"delete interface {self.ifname}", exc) from None
             else:

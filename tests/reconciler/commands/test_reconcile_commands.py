@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import cli
+from reconciler import cli, render
+from reconciler.commands import apply as apply_cmd
 from reconciler.drivers import registry
 from reconciler.lock import StateLock
 from tests.reconciler.fakes import FakeDriver, fake_bgp, fake_drivers, fake_specs
@@ -133,8 +134,11 @@ def test_failed_apply_reports_and_rerun_converges(box: dict[str, Any], capsys: C
     bpf: FakeDriver = box["drivers"][0]
     bpf.fail_at = 2
     assert lbctl(box, "apply", str(box["conf"])) == 1
-    err = capsys.readouterr().err
-    assert "injected failure" in err and "did not:" in err and "Fix the cause" in err
+    out, err = capsys.readouterr()
+    assert "injected failure" in err and "Fix the cause" in err
+    # a summary of what happened instead of the plan again
+    assert "of 10 change(s) took effect (" in err and "did not (" in err
+    assert "Plan:" not in out and "will be created" not in out
     bpf.fail_at = None
     assert lbctl(box, "apply", str(box["conf"])) == 0
     assert lbctl(box, "plan", str(box["conf"]), "--detailed-exitcode") == 0
@@ -305,3 +309,61 @@ def test_only_apply_builds_drivers_that_may_migrate_the_datapath(box: dict[str, 
         assert lbctl(box, *argv) == 0
     assert seen == {"plan": [True] * 3, "apply": [False] * 3, "get": [True] * 3, "export": [True] * 3,
                     "down": [True] * 3}
+
+
+def test_failed_apply_of_a_big_plan_prints_a_bounded_summary(box: dict[str, Any], capsys: Cap) -> None:
+    conf: Path = box["conf"]
+    (conf / "many.yaml").write_text("---\n".join(
+        WEB.replace("name: web", f"name: s{i}").replace("198.51.100.10", f"198.18.0.{i + 1}")
+        for i in range(40)))
+    bpf: FakeDriver = box["drivers"][0]
+    bpf.fail_at = 3
+    assert lbctl(box, "apply", str(conf)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    head = next(line for line in lines if "took effect" in line)
+    n_applied = int(head.split(" of ")[0])
+    n_total = int(head.split(" of ")[1].split()[0])
+    n_missed = int(head.split("; ")[1].split()[0])
+    assert n_applied + n_missed == n_total and n_missed > apply_cmd.FAILED_LISTED
+    assert "endpoints " in head.split("did not")[1] and "service " in head.split("did not")[1]
+    listed = [line for line in lines if line.startswith("    + ")]
+    assert len(listed) == apply_cmd.FAILED_LISTED
+    assert f"... and {n_missed - apply_cmd.FAILED_LISTED} more ('lbctl plan' lists them)" in err
+
+
+def test_a_huge_plan_is_printed_one_line_per_change_unless_full(box: dict[str, Any], capsys: Cap,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "COMPACT_OVER", 5)
+    conf = str(box["conf"])
+    assert lbctl(box, "plan", conf) == 0
+    out = capsys.readouterr().out
+    assert "10 changes, one line each" in out
+    assert '    + service "tcp/198.51.100.10:80"\n' in out and "vip_interface" not in out
+    assert "Plan: 10 to add, 0 to change, 0 to destroy." in out
+    assert lbctl(box, "plan", conf, "--full-plan") == 0
+    out = capsys.readouterr().out
+    assert "one line each" not in out and "will be created" in out
+    assert lbctl(box, "apply", conf) == 0
+    out = capsys.readouterr().out
+    assert "one line each" in out and "Apply complete!" in out and "render " in out
+    # an update shows which fields change
+    (box["conf"] / "web.yaml").write_text(WEB.replace("{address: 10.0.1.11}", "{address: 10.0.1.12}"))
+    monkeypatch.setattr(render, "COMPACT_OVER", 0)
+    assert lbctl(box, "plan", conf) == 0
+    assert '    ~ endpoints "tcp/198.51.100.10:80" (backends)' in capsys.readouterr().out
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from reconciler import cli; "
+            "p = cli.build_parser(cli._command_of(['plan', 'x', '-v'])); "
+            "print(sorted(m for m in sys.modules if m.startswith('reconciler.commands.')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[3]).stdout
+    assert "reconciler.commands.plan" in out and "reconciler.commands.watch" not in out
+    assert "reconciler.commands.get" not in out and "reconciler.commands.top" not in out
+    assert cli._command_of(["--version"]) is None and cli._command_of(["nosuch"]) is None

@@ -77,3 +77,19 @@ def test_link_local_has_its_own_hint(tmp_path: Path) -> None:
 def test_pools_refuse_the_same_blocks(tmp_path: Path, cidr: str, what: str) -> None:
     (found,) = errors(tmp_path, pool(cidr))
     assert f"includes {what}" in found
+
+
+def test_the_canonical_ipv4_fast_path_takes_exactly_what_ipaddress_prints() -> None:
+    """inet_pton (glibc) refuses leading zeros, short forms and spaces; the fast path relies on it."""
+    import ipaddress
+
+    from reconciler.config.formats import canonical_ipv4
+    from reconciler.desired import canonical_ip
+
+    for text in ("1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.10.100"):
+        assert canonical_ipv4(text) == int(ipaddress.IPv4Address(text))
+        assert canonical_ip(text) == text
+    for text in ("01.2.3.4", "1.2.3.04", "1.2.3.00", "1.2.3", "1", "1.2.3.4.5", "256.1.1.1", " 1.2.3.4",
+                 "1.2.3.4 ", "1.2.3.\u0664", "1.2.3.4\x00", "0x1.2.3.4", "::1", "", "1.2.3.4/32"):
+        assert canonical_ipv4(text) is None, text
+    assert canonical_ip("::ffff:0:1") == str(ipaddress.ip_address("::ffff:0:1"))
