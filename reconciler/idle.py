@@ -107,11 +107,15 @@ def resets_for(flow: ExpiredFlow) -> list[Reset]:
     if flow.proto != IPPROTO_TCP or flow.state != "established":
         return []
     out = []
-    seq = flow.endpoint_sends.seq_next if flow.endpoint_sends.seq_next is not None else flow.client_sends.ack
+    seq = flow.endpoint_sends.seq_next
+    if seq is None:
+        seq = flow.client_sends.ack
     if seq is not None:
         out.append(Reset("client", flow.family, flow.vip, flow.vip_port, flow.client, flow.client_port, seq))
     if not flow.dsr:
-        seq = flow.client_sends.seq_next if flow.client_sends.seq_next is not None else flow.endpoint_sends.ack
+        seq = flow.client_sends.seq_next
+        if seq is None:
+            seq = flow.endpoint_sends.ack
         if seq is not None:
             out.append(Reset("endpoint", flow.endpoint_family, flow.source, flow.source_port,
                              flow.endpoint, flow.endpoint_port, seq))
@@ -121,7 +125,7 @@ def resets_for(flow: ExpiredFlow) -> list[Reset]:
 def _csum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
@@ -153,6 +157,13 @@ class SweepTotals:
     resets: dict[str, int] = field(default_factory=lambda: {"client": 0, "endpoint": 0})
     send_errors: int = 0
 
+    def add(self, other: SweepTotals) -> None:
+        self.sweeps += other.sweeps
+        self.expired += other.expired
+        self.send_errors += other.send_errors
+        for k, v in other.resets.items():
+            self.resets[k] = self.resets.get(k, 0) + v
+
 
 class IdleSweeper:
     """Ends idle flows of a driver and resets the established TCP ones."""
@@ -179,10 +190,5 @@ class IdleSweeper:
                     done.send_errors += 1
                     continue
                 done.resets[r.to] += 1
-        t = self.totals
-        t.sweeps += 1
-        t.expired += done.expired
-        t.send_errors += done.send_errors
-        for k, v in done.resets.items():
-            t.resets[k] += v
+        self.totals.add(done)
         return done

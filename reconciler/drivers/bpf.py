@@ -21,7 +21,8 @@ maps, so a restarted process finds them:
 The driver is assembled from parts that each own one thing: ``bpf_layout``
 (the layout, from lb_shared.h), ``bpf_codec`` (entries as bytes), ``bpf_pins``
 (loading and pins), ``bpf_read`` / ``bpf_apply`` (services and endpoint sets),
-``bpf_attach`` (programs on hooks), ``bpf_firewall`` (the rule tables), ``bpf_observe`` (counters, flows), ``bpf_expire`` (ending idle flows) and
+``bpf_attach`` (programs on hooks), ``bpf_firewall`` (the rule tables), ``bpf_observe`` (counters, flows),
+``bpf_expire`` (ending idle flows) and
 ``bpf_teardown`` (``lbctl down``).
 """
 

@@ -19,7 +19,7 @@ from reconciler.idle import Reset, rst_packet
 
 
 class RawResetSender:
-    """One IPv4 and one IPv6 raw socket in namespace ``netns`` (None: the current one), opened on first use."""
+    """An IPv4 and an IPv6 raw socket in namespace ``netns`` (None: the current one), opened on first use."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns

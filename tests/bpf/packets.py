@@ -62,8 +62,9 @@ class Pkt:
 
     def l4(self) -> bytes:
         if self.proto == TCP:
-            hdr = struct.pack("!HHIIBBHHH", self.sport, self.dport, self.seq, self.ack if self.flags & ACK else 0,
-                              5 << 4, self.flags, 65535, 0, 0)
+            ack = self.ack if self.flags & ACK else 0
+            hdr = struct.pack("!HHIIBBHHH", self.sport, self.dport, self.seq, ack, 5 << 4, self.flags,
+                              65535, 0, 0)
             body = hdr + self.payload
             c = csum(_pseudo(self.src, self.dst, TCP, len(body)) + body)
             return body[:16] + struct.pack("!H", c) + body[18:]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from reconciler.drivers import _libbpf as B
-from reconciler.idle import resets_for
+from reconciler.idle import IdleEntry, resets_for
 from reconciler.records import Backend
 from tests.bpf import packets as P
 from tests.bpf.harness import BACKENDS4, BACKENDS6, CLIENT4, CLIENT6, VIP4, VIP6, Datapath
@@ -47,7 +47,8 @@ def test_a_segment_other_than_an_opening_syn_of_no_flow_is_never_balanced(dp: Da
     assert dp.driver.stats()["new_flow"] == 0
     assert _conns(dp) == 0
     # an opening SYN (ECN bits allowed) is balanced
-    assert dp.run(hook, P.Pkt(client, vip, P.TCP, 42000, 80, flags=P.SYN | 0xC0).bytes()).retval == REDIRECT[hook]
+    syn = P.Pkt(client, vip, P.TCP, 42000, 80, flags=P.SYN | 0xC0)
+    assert dp.run(hook, syn.bytes()).retval == REDIRECT[hook]
     assert _conns(dp) == 1
 
 
@@ -93,14 +94,18 @@ def test_each_entry_keeps_its_senders_sequence_numbers(dp: Datapath, v6: bool) -
     assert _entries(dp) == {"fwd": (seq | ack, 106, 5001), "reply": (seq | ack, 5001, 101)}
 
 
+def _all_entries(dp: Datapath) -> list[IdleEntry]:
+    """Every entry, as idle_entries would list it far in the future."""
+    return dp.driver.idle_entries(time.monotonic_ns() + 10**15)
+
+
 @pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
 def test_lb_ct_expire_ends_an_idle_flow_whole(dp: Datapath, v6: bool) -> None:
     client, vip, be = (CLIENT6, VIP6, BACKENDS6[0]) if v6 else (CLIENT4, VIP4, BACKENDS4[0])
     dp.service(vip, "tcp", 80, [Backend(be, 8080)], selection="lc", timeout=30)
     _handshake(dp, client, vip, be, 45000)
     assert dp.driver.idle_entries(time.monotonic_ns()) == []
-    fwd_key = next(k for k, e in ((bytes(B.lib().ffi.buffer(k)), e) for k, e in dp.driver.map("lb_ct").items())
-                   if int(e.dir) == 0)
+    fwd_key = next(e.key for e in _all_entries(dp) if e.forward)
     assert dp.driver.expire(fwd_key) is None, "a live flow is kept"
     assert len(dp.driver.conntrack()) == 1
     _age(dp)
