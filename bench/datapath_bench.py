@@ -88,7 +88,8 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
         for n, hook in enumerate(("tc", "xdp")):
             cport = 41000 + n
             est = P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.ACK, ttl=255).bytes()
-            r = dp.run(hook, est)  # creates the flow (both conntrack entries)
+            # a SYN creates the flow (both conntrack entries): only an opening SYN may
+            r = dp.run(hook, P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.SYN, ttl=255).bytes())
             assert r.retval in (7, 4), f"{hook}: priming run not redirected (retval {r.retval})"
             frames[hook] = {
                 "established flow": est,
@@ -178,7 +179,7 @@ def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[s
                        selection="hash" if mode == "dsr" else "rr", source=source)
             for n, hook in enumerate(("tc", "xdp")):
                 est = P.Pkt(CLIENT6 if ":" in vip else CLIENT4, vip, P.TCP, 41000 + n, 80, flags=P.ACK)
-                r = dp.run(hook, est.bytes())
+                r = dp.run(hook, est.but(flags=P.SYN).bytes())  # only an opening SYN creates a flow
                 assert r.retval in (7, 4), f"{label} {hook}: priming run not redirected ({r.retval})"
                 fr = {"established flow": est.bytes()}
                 if mode != "dsr":

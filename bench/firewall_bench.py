@@ -72,7 +72,8 @@ def main() -> None:
         for hook in ("tc", "xdp"):
             sport = 41000 if hook == "tc" else 41001
             est = P.Pkt(CLIENT4, VIP, P.TCP, sport, 80, flags=P.ACK, ttl=255).bytes()
-            assert dp.run(hook, est).retval in (4, 7)
+            syn = P.Pkt(CLIENT4, VIP, P.TCP, sport, 80, flags=P.SYN, ttl=255).bytes()
+            assert dp.run(hook, syn).retval in (4, 7)  # only an opening SYN creates a flow
             other = P.Pkt(CLIENT4, OTHER, P.TCP, 43000, 80, flags=P.ACK, ttl=255).bytes()
             frames[hook] = {"established flow": est, "not for a VIP": other}
         sets = rule_sets()

@@ -29,6 +29,7 @@
 #include "lb_select.h"
 #include "lb_conntrack.h"
 #include "lb_nat.h"
+#include "lb_expire.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -60,6 +61,11 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		stat_inc(LB_STAT_DROP_SOURCE);
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
+	}
+	/* Mid-stream TCP of no live flow: never balanced; the kernel answers RST (lb_expire.h). */
+	if (!tcp_opens(p)) {
+		stat_inc(LB_STAT_PASS_NO_FLOW);
+		return V_PASS;
 	}
 	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
 		return no_backend(svc_id, p, s->no_backend);
@@ -144,8 +150,10 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		stat_inc(LB_STAT_PASS_TTL);
 		return V_PASS;
 	}
-	if (ct && ct->dir == LB_CT_REPLY)
+	if (ct && ct->dir == LB_CT_REPLY) {
+		ct_seq_note(ctx, xdp, ct, &p);
 		return do_reply(ctx, xdp, &p, ct, now);
+	}
 	if (ct && p.t.proto == IPPROTO_TCP && ct->state >= LB_CT_FIN_WAIT &&
 	    (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 		ct = 0;	/* a new connection reusing the tuple: select again */
@@ -153,6 +161,7 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		if (now - ct->seen_ns > NSEC_PER_SEC / 4)
 			ct->seen_ns = now;
 		ct_track(ct, &p);
+		ct_seq_note(ctx, xdp, ct, &p);
 		stat_inc(LB_STAT_FORWARD);
 		count(&lb_svc_stats, ct->svc_id, len, 0, 0, 0);
 		count(&lb_be_stats, ct->stat_id, len, 0, 0, 0);

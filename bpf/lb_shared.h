@@ -51,10 +51,11 @@ enum lb_limits {
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
  * v3: the firewall maps (lb_fw_*) and their global counters;
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
- * lb_ct.nat_family (fullnat between IPv4 and IPv6).
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6);
+ * v4: lb_ct keeps each direction's TCP sequence numbers (idle expiry resets).
  */
 enum lb_layout {
-	LB_LAYOUT_VERSION = 3,
+	LB_LAYOUT_VERSION = 4,
 };
 
 /* Endpoint selection algorithm of a service. */
@@ -133,7 +134,9 @@ enum lb_stat {
 	LB_STAT_FW_TRAP = 15,		/* firewall: action trap (handed to the kernel) */
 	LB_STAT_FW_RATE_DROP = 16,	/* firewall: over a rateLimit rule's rate */
 	LB_STAT_DROP_NO_SNAT = 17,	/* source NAT without an address or a free port */
-	LB_STAT_MAX = 18,
+	LB_STAT_PASS_NO_FLOW = 18,	/* TCP segment other than an opening SYN of no live flow: the kernel answers RST */
+	LB_STAT_CT_EXPIRED = 19,	/* conntrack entries past their idle timeout removed by lb_ct_expire */
+	LB_STAT_MAX = 20,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -262,6 +265,39 @@ struct lb_ct {
 	__u8 mode;		/* enum lb_mode of the flow (layout v3) */
 	__u8 nat_family;	/* 4 or 6: nat_* and snat_* are of that family (NAT64/46); 0: the packet's */
 	__u8 pad2[6];
+	/* layout v4: idle expiry -- the TCP sequence numbers of this direction's sender (host
+	 * order), written only when they move forward, so the daemon can reset an idle flow
+	 * with the exact sequence number each side expects (RFC 5961) */
+	__u32 seq_next;		/* the next sequence number it will send */
+	__u32 ack_seq;		/* the last it acknowledged: its receive next */
+	__u8 seq_known;		/* enum lb_ct_seq */
+	__u8 pad3[7];
+};
+
+/* lb_ct.seq_known: which of seq_next / ack_seq the datapath has seen (layout v4). */
+enum lb_ct_seq {
+	LB_CT_SEQ_NEXT = 1,
+	LB_CT_SEQ_ACK = 2,
+};
+
+/* What lb_ct_expire did with the key it was given (layout v4: idle expiry). */
+enum lb_expire_result {
+	LB_EXPIRE_GONE = 0,	/* no such entry */
+	LB_EXPIRE_KEPT = 1,	/* live: the entry, or the other direction of its flow, is not idle */
+	LB_EXPIRE_DONE = 2,	/* removed (with its flow's other entry), connection count closed */
+};
+
+/*
+ * The context of lb_ct_expire, a BPF_PROG_TYPE_SYSCALL program the daemon runs per
+ * idle entry (layout v4: idle expiry): it decides with the datapath's own clock,
+ * closes the connection count atomically and removes both entries of the flow.
+ */
+struct lb_ct_expire {
+	struct lb_ct_key key;	/* in: a conntrack key */
+	__u32 result;		/* out: enum lb_expire_result */
+	__u32 has_other;	/* out: other holds the flow's other entry (removed too) */
+	struct lb_ct entry;	/* out: the entry as it was */
+	struct lb_ct other;	/* out */
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */

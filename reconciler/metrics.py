@@ -78,6 +78,10 @@ class DaemonMetrics:
                                "by record kind (service, endpoints, attach, vip, ...).", ["kind"], registry=r)
         self.changes = Counter("lbctl_changes_applied_total", "Plan changes applied, by action.", ["action"],
                                registry=r)
+        self.idle_expired = Counter("lbctl_idle_flows_expired_total", "Conntrack flows the idle sweeper "
+                                    "ended (idle past their timeout).", registry=r)
+        self.idle_resets = Counter("lbctl_idle_resets_total", "TCP resets the idle sweeper sent for ended "
+                                   "established flows, by direction (client, endpoint).", ["to"], registry=r)
         self.resources = Gauge("lbctl_resources", "Resources in the applied configuration.", registry=r)
         self.records = Gauge("lbctl_desired_records", "Desired-state records by kind.", ["kind"], registry=r)
         self.last_success = Gauge("lbctl_last_reconcile_success_timestamp_seconds",
@@ -94,6 +98,8 @@ class DaemonMetrics:
             self.changes.labels(action=a)
         for k in KINDS:
             self.repairs.labels(kind=k)
+        for to in ("client", "endpoint"):
+            self.idle_resets.labels(to=to)
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if absent), e.g. ``value("lbctl_reconcile_total", result="ok")``."""

@@ -47,6 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from reconciler.idle import SweepTotals
 from reconciler.logs import EventLog
 from reconciler.metrics import Exporter
 from reconciler.revision import git_commit
@@ -55,6 +56,7 @@ from reconciler.status import Address, Endpoints, StatusServer
 
 DEFAULT_DEBOUNCE = 0.2
 DEFAULT_RESYNC = 30.0
+DEFAULT_SWEEP = 5.0  # idle-flow sweep interval (--sweep): a flow is reset at most this long after its timeout
 Trigger = Literal["startup", "delivery", "sighup", "resync"]
 
 
@@ -147,6 +149,15 @@ class Probing(Protocol):
 
     def endpoint_health(self) -> list[dict[str, Any]]:
         """Every probed endpoint as plain data (health, last result, last failure, latency)."""
+        ...
+
+
+@runtime_checkable
+class Sweeping(Protocol):
+    """An engine that ends idle flows and resets established TCP ones (``reconciler.watch_engine``)."""
+
+    def sweep_idle(self) -> SweepTotals:
+        """One sweep over the datapath's conntrack; what it did."""
         ...
 
 
@@ -278,6 +289,7 @@ class Options:
     resync: float = DEFAULT_RESYNC
     listen: Address | None = None  # None: no status server (unit tests)
     probes: bool = False  # run the engine's health probes (when it is ``Probing``)
+    sweep: float = DEFAULT_SWEEP  # end idle flows this often (when the engine is ``Sweeping``); 0: never
 
 
 Clock = Callable[[], float]
@@ -310,6 +322,7 @@ class Daemon:
         self._applied: Delivery | None = None  # last good configuration that verified
         self._last_good: Delivery | None = None  # last valid configuration (maybe not verified yet)
         self._next_resync = 0.0
+        self._next_sweep = 0.0
         self._watcher_factory = watcher_factory
         self._watcher: Any = None
         self.server: StatusServer | None = None
@@ -347,6 +360,7 @@ class Daemon:
         if self._watcher is not None:
             doc["watches"] = sorted(t.path for t in self._watcher.targets())
         doc["options"] = {"debounce_s": self.options.debounce, "resync_s": self.options.resync,
+                          "sweep_s": self.options.sweep,
                           "listen": str(self.options.listen) if self.options.listen else None}
         if self._probing() is not None:
             doc["endpoints"] = self.engine.endpoint_health()  # type: ignore[attr-defined]
@@ -443,6 +457,8 @@ class Daemon:
         while not self._stop:
             now = self.clock()
             deadlines = [self._next_resync]
+            if self._sweeping() is not None:
+                deadlines.append(self._next_sweep)
             due = self.debouncer.deadline()
             if due is not None:
                 deadlines.append(due)
@@ -473,8 +489,33 @@ class Daemon:
             self.cycle("delivery")
         if self.clock() >= self._next_resync:
             self.cycle("resync")
+        if self._sweeping() is not None and self.clock() >= self._next_sweep:
+            self.sweep_cycle()
+
+    def _sweeping(self) -> Sweeping | None:
+        if self.options.sweep <= 0 or not isinstance(self.engine, Sweeping):
+            return None
+        return self.engine
 
     # -- the work --
+
+    def sweep_cycle(self) -> None:
+        """End idle flows (resetting established TCP ones); one log line when it ended any."""
+        engine = self._sweeping()
+        if engine is None:
+            return
+        self._next_sweep = self.clock() + self.options.sweep
+        try:
+            done = engine.sweep_idle()
+        except Exception as exc:  # noqa: BLE001 - keep running; the next sweep tries again
+            self.log.warning("idle-sweep-failed", error=str(exc) or type(exc).__name__)
+            return
+        self.metrics.idle_expired.inc(done.expired)
+        for to, n in done.resets.items():
+            self.metrics.idle_resets.labels(to=to).inc(n)
+        if done.expired or done.send_errors:
+            self.log.info("idle-expired", flows=done.expired, resets_client=done.resets["client"],
+                          resets_endpoint=done.resets["endpoint"], send_errors=done.send_errors)
 
     def health_cycle(self) -> None:
         """Apply the engine's pending health transitions; one log line per transition."""

@@ -38,6 +38,7 @@ from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.desired import Health
 from reconciler.driver import ConnCountSync, Driver, DriverSet, KeyReader, Revalidate
 from reconciler.errors import LbctlError
+from reconciler.idle import IdleExpiry, IdleSweeper, SweepTotals
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
 from reconciler.lock import StateLock
 from reconciler.plan import Change
@@ -115,6 +116,7 @@ class ReconcileEngine:
         self._wake: Callable[[], None] = lambda: None
         self._verified: LoadResult | None = None  # the configuration last verified
         self.probe_namespace = probe_namespace
+        self.sweeper = IdleSweeper()
         self.runner_factory: RunnerFactory = (
             lambda tracker, report, namespace: ProbeRunner(tracker, report, namespace=namespace))
         # Loads are numbered; the index reflects load ``_index_load``.  A load's
@@ -169,6 +171,16 @@ class ReconcileEngine:
         ``telemetry.DatapathSource`` and ``FirewallSource``, the BGP driver the ``BgpSource``)
         and this engine, the ``HealthSource`` of the probes."""
         return [*self.drivers.active, self]
+
+    def sweep_idle(self) -> SweepTotals:
+        """``watch.Sweeping``: end the idle flows of the active drivers that can (the bpf driver's
+        conntrack), resetting established TCP ones (``idle.IdleSweeper``).  No writer lock: it
+        changes no configuration, only flows, as the datapath itself does."""
+        done = SweepTotals()
+        for driver in self.drivers.active:
+            if isinstance(driver, IdleExpiry):
+                done.add(self.sweeper.sweep(driver))
+        return done
 
     def health_stats(self) -> list[EndpointHealth]:
         """``telemetry.HealthSource``: every probed endpoint, once per service key of its Service

@@ -196,7 +196,10 @@ def conntrack(ctx: Any, wide: bool, service: str | None = None) -> list[Row] | N
                 row: Row = {"SERVICE": f.name, "PROTO": f.proto,
                             "CLIENT": _host_port(f.client, f.client_port),
                             "VIP": _host_port(f.vip, f.vip_port),
-                            "ENDPOINT": _host_port(f.backend, f.backend_port), "STATE": f.state}
+                            "ENDPOINT": _host_port(f.backend, f.backend_port),
+                            # an entry idle past its timeout is no flow: the datapath ignores it and
+                            # the daemon's sweep removes it (reconciler/idle.py)
+                            "STATE": "expired" if f.expired else f.state}
                 if data:
                     row |= {"AGE S": round(f.age_s, 3), "IDLE S": round(f.idle_s, 3), "EXPIRED": f.expired,
                             "SERVICE KEY": f.service}

@@ -20,7 +20,7 @@ from reconciler.duration import format_duration, parse_duration
 from reconciler.errors import LbctlError
 from reconciler.logs import FORMATS, EventLog
 from reconciler.status import DEFAULT_LISTEN, parse_listen
-from reconciler.watch import DEFAULT_DEBOUNCE, DEFAULT_RESYNC, Daemon, Options
+from reconciler.watch import DEFAULT_DEBOUNCE, DEFAULT_RESYNC, DEFAULT_SWEEP, Daemon, Options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync", type=parse_duration, default=DEFAULT_RESYNC, metavar="DURATION",
                         help=f"full resync period: re-read live state and repair drift "
                              f"(default: {format_duration(DEFAULT_RESYNC)})")
+    parser.add_argument("--sweep", type=parse_duration, default=DEFAULT_SWEEP, metavar="DURATION",
+                        help=f"end flows idle past their timeout this often, sending a RST to both sides of "
+                             f"an established TCP connection; 0 turns it off "
+                             f"(default: {format_duration(DEFAULT_SWEEP)})")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                         help=f"status endpoint (/healthz /readyz /status /metrics; "
                              f"default: {DEFAULT_LISTEN}; 'none' disables it)")
@@ -49,6 +53,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     from reconciler.fswatch import DirWatcher
     from reconciler.watch_engine import ReconcileEngine
 
+    if args.sweep < 0:
+        raise LbctlError("--sweep must not be negative", hint="e.g. --sweep 5s, or --sweep 0 to turn it off")
     if args.debounce <= 0 or args.resync <= 0:
         raise LbctlError("--debounce and --resync must be greater than 0",
                          hint="e.g. --debounce 200ms --resync 30s")
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         return DirWatcher(path, notify, follow_external_symlinks=follow)
 
     daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen,
-                            probes=not args.no_probes),
+                            probes=not args.no_probes, sweep=args.sweep),
                     engine, log, watcher_factory=watcher)
     daemon.install_signals()
     if ctx.netns:

@@ -837,6 +837,18 @@ def test_run(prog_fd: int, data: bytes, repeat: int = 1, out_size: int = 4096,
     return TestRun(int(opts.retval), bytes(ffi.buffer(dout, opts.data_size_out)), int(opts.duration), ctx_out)
 
 
+def run_syscall(prog_fd: int, ctx: Any) -> int:
+    """Run a BPF_PROG_TYPE_SYSCALL program on ``ctx`` (a cffi struct pointer, updated in place)."""
+    L = lib()
+    ffi = L.ffi
+    opts = ffi.new("struct bpf_test_run_opts *")
+    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+    opts.ctx_in = ctx
+    opts.ctx_size_in = ffi.sizeof(ctx[0])
+    _check(L.lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
+    return int(opts.retval)
+
+
 def _tc_hook(ifindex: int) -> Any:
     ffi = lib().ffi
     h = ffi.new("struct bpf_tc_hook *")

@@ -21,7 +21,8 @@ maps, so a restarted process finds them:
 The driver is assembled from parts that each own one thing: ``bpf_layout``
 (the layout, from lb_shared.h), ``bpf_codec`` (entries as bytes), ``bpf_pins``
 (loading and pins), ``bpf_read`` / ``bpf_apply`` (services and endpoint sets),
-``bpf_attach`` (programs on hooks), ``bpf_firewall`` (the rule tables), ``bpf_observe`` (counters, flows) and
+``bpf_attach`` (programs on hooks), ``bpf_firewall`` (the rule tables), ``bpf_observe`` (counters, flows),
+``bpf_expire`` (ending idle flows) and
 ``bpf_teardown`` (``lbctl down``).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 from reconciler.drivers.bpf_apply import FLUSH_BYTES, BpfApply
 from reconciler.drivers.bpf_codec import weighted_table
+from reconciler.drivers.bpf_expire import BpfExpire
 from reconciler.drivers.bpf_firewall import BpfFirewall
 from reconciler.drivers.bpf_observe import BpfObserve, Flow
 from reconciler.drivers.bpf_pins import PROGS, pin_root_for
@@ -37,7 +39,7 @@ from reconciler.drivers.bpf_teardown import BpfTeardown
 __all__ = ["FLUSH_BYTES", "PROGS", "BpfDriver", "Flow", "pin_root_for", "weighted_table"]
 
 
-class BpfDriver(BpfApply, BpfFirewall, BpfObserve, BpfTeardown):
+class BpfDriver(BpfApply, BpfFirewall, BpfObserve, BpfExpire, BpfTeardown):
     """Driver for record kinds ``service``, ``endpoints``, ``attach`` and ``firewall``."""
 
     kinds = frozenset({"service", "endpoints", "attach", "firewall"})

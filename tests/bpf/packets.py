@@ -53,6 +53,8 @@ class Pkt:
     dmac: bytes = bytes.fromhex("020000000002")
     udp_zero_csum: bool = False
     extra: dict[str, int] = field(default_factory=dict)
+    seq: int = 1000  # TCP sequence and acknowledgement numbers
+    ack: int = 2000
 
     @property
     def v6(self) -> bool:
@@ -60,8 +62,9 @@ class Pkt:
 
     def l4(self) -> bytes:
         if self.proto == TCP:
-            hdr = struct.pack("!HHIIBBHHH", self.sport, self.dport, 1000, 2000 if self.flags & ACK else 0,
-                              5 << 4, self.flags, 65535, 0, 0)
+            ack = self.ack if self.flags & ACK else 0
+            hdr = struct.pack("!HHIIBBHHH", self.sport, self.dport, self.seq, ack, 5 << 4, self.flags,
+                              65535, 0, 0)
             body = hdr + self.payload
             c = csum(_pseudo(self.src, self.dst, TCP, len(body)) + body)
             return body[:16] + struct.pack("!H", c) + body[18:]
