@@ -20,6 +20,22 @@ static __always_inline __u64 ct_timeout_ns(const struct lb_ct *ct)
 	return (__u64)t * NSEC_PER_SEC;
 }
 
+/*
+ * The clock of conntrack: the coarse monotonic clock (CLOCK_MONOTONIC_COARSE, one
+ * tick behind at most), a few ns where bpf_ktime_get_ns costs ~20 on a VM; timeouts
+ * are whole seconds.  The firewall's policer reads the fine clock itself.
+ */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Idle for its timeout or longer (>=: a timeout of 0, used by benches, is always stale). */
+static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
+{
+	return now - ct->seen_ns >= ct_timeout_ns(ct);
+}
+
 static __always_inline int ct_open(__u8 state)
 {
 	return state < LB_CT_FIN_WAIT;
@@ -106,10 +122,6 @@ struct ct_plan {
 	__u8 pad[3];
 };
 
-static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
-{
-	return now - ct->seen_ns > ct_timeout_ns(ct);
-}
 
 /* The reply entry in the way is this same flow again (a reconnect with the same tuple). */
 static __always_inline int ct_same_flow(const struct lb_ct *old, const struct lb_ct *v)

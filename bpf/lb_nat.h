@@ -79,7 +79,12 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 		__builtin_memcpy(f.ipv6_src, to->saddr, 16);
 		__builtin_memcpy(f.ipv6_dst, to->daddr, 16);
 	}
+#ifdef LB_PROFILE_NO_FIB
+	rc = BPF_FIB_LKUP_RET_SUCCESS;
+	f.ifindex = p->ifindex;
+#else
 	rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+#endif
 	if (xdp)
 		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS;
 	else
@@ -101,8 +106,11 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 			ttlw_new = *(__u16 *)&ip->ttl;
 			l3diff = csum_fold64((__u64)l3diff + csum_diff16(ttlw_old, ttlw_new));
 		}
-		if (xdp)
-			ip->check = csum_apply(ip->check, l3diff);
+		/* Both hooks: the IPv4 header checksum is always complete, so a direct
+		 * write does what bpf_l3_csum_replace would, without the helper call. */
+#ifndef LB_PROFILE_NO_CSUM
+		ip->check = csum_apply(ip->check, l3diff);
+#endif
 	} else {
 		struct ipv6hdr *ip6 = p->l3;
 		void *end = ctx_end(ctx, xdp);
@@ -134,6 +142,7 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 	}
 
 	if (xdp) {
+#ifndef LB_PROFILE_NO_CSUM
 		if (p->csum) {
 			void *end = ctx_end(ctx, xdp);
 			__u16 *cs = p->csum;
@@ -148,6 +157,7 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 				*cs = n;
 			}
 		}
+#endif
 		if (redirect) {
 			struct ethhdr *eth = ctx_data(ctx, xdp);
 
@@ -165,8 +175,9 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 		__u32 csum_off = p->csum ? p->csum_off : 0;
 		__u64 mflag = p->t.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
-		if (p->t.family == 4)
-			bpf_l3_csum_replace(skb, ETH_HLEN + 10, 0, l3diff, 0);
+#ifdef LB_PROFILE_NO_CSUM
+		csum_off = 0;
+#endif
 		if (csum_off) {
 			bpf_l4_csum_replace(skb, csum_off, 0, adiff, BPF_F_PSEUDO_HDR | mflag);
 			if (pdiff)
