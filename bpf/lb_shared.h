@@ -51,10 +51,11 @@ enum lb_limits {
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
  * v3: the firewall maps (lb_fw_*) and their global counters;
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
- * lb_ct.nat_family (fullnat between IPv4 and IPv6).
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6);
+ * v4: lb_ct's next-hop cache (nh_*) and lb_nh_gen.
  */
 enum lb_layout {
-	LB_LAYOUT_VERSION = 3,
+	LB_LAYOUT_VERSION = 4,
 };
 
 /* Endpoint selection algorithm of a service. */
@@ -262,6 +263,26 @@ struct lb_ct {
 	__u8 mode;		/* enum lb_mode of the flow (layout v3) */
 	__u8 nat_family;	/* 4 or 6: nat_* and snat_* are of that family (NAT64/46); 0: the packet's */
 	__u8 pad2[6];
+	/* layout v4: next-hop cache (lb_nexthop.h): where this direction's packets went last */
+	__u32 nh_addr[4];	/* the next hop (gateway or the destination itself) */
+	__u64 nh_at_ns;		/* when it was looked up (conntrack's clock); 0: never */
+	__u32 nh_gen;		/* lb_nh_gen's generation then */
+	__u32 nh_ifindex;	/* the interface it leaves by */
+	__u8 nh_dmac[6];	/* MACs, valid when nh_flags has LB_NH_MACS */
+	__u8 nh_smac[6];
+	__u8 nh_flags;		/* enum lb_nh_flags */
+	__u8 nh_pad[3];
+};
+
+/* lb_ct.nh_flags */
+enum lb_nh_flags {
+	LB_NH_MACS = 1,		/* nh_dmac/nh_smac hold the neighbour's and the interface's MAC */
+};
+
+/* lb_nh_gen (one entry): bumped by the control plane when routes or neighbours change. */
+struct lb_nh_gen {
+	__u32 gen;
+	__u32 pad;
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */
