@@ -36,7 +36,7 @@ from reconciler.drivers import _libbpf as B  # noqa: E402
 from reconciler.drivers.bpf import BpfDriver  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
 from reconciler.plan import Change  # noqa: E402
-from reconciler.records import Attachment, Backend, EndpointSet, ServiceEntry, ServiceKey  # noqa: E402
+from reconciler.records import Attachment, Backend, EndpointSet, FirewallEntry, ServiceEntry, ServiceKey  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
 from tests.testbed import VIP4, Testbed  # noqa: E402
@@ -46,6 +46,10 @@ CALLS = 300  # BPF_PROG_TEST_RUN calls per case and round
 REPEAT = 200  # runs per call (the TTL of a redirected packet drops by one per run: start at 255)
 SINGLE = 2000  # single runs per round for the fresh-tuple new-flow method
 VIP_EST, VIP_NEW, VIP_NONE = "10.97.0.1", "10.97.0.2", "10.97.0.99"
+# Ten drop rules (source /24, TCP, one destination port each) that the bench traffic never matches.
+FW_RULES = [FirewallEntry(name=f"r{i:02}", priority=i, source=f"172.16.{i}.0/24", destination=None,
+                          source_ports=None, destination_ports=(1000 + i, 1000 + i), protocol="tcp",
+                          in_interface=None, action="drop") for i in range(10)]
 
 
 def _stats(dp: Datapath) -> dict[str, int]:
@@ -71,7 +75,9 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     for the next one, which therefore selects an endpoint and creates both entries
     again (it also pays one stale-entry lookup where a real new flow has a miss).
     Cross-check: single runs, each on a fresh 5-tuple, minus the single-run
-    overhead (empty program single run - empty program repeated).  The datapath's
+    overhead (empty program single run - empty program repeated).  Rows "firewall 10 rules":
+    the same frames through a second datapath holding ten firewall rules (source /24, TCP,
+    one destination port each) that none of them matches.  The datapath's
     own counters are read around each case to show every repeat took the intended
     path.
     """
@@ -80,16 +86,21 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     obj = B.BpfObject(os.path.join(REPO, "build", "bpf", "lb_empty.o"))
     obj.load()
     dp = Datapath()
+    dpfw: Datapath | None = None
     try:
-        subprocess.run(["ip", "-n", dp.ns, "route", "add", "10.97.0.0/24", "via", GW4], check=True)
-        dp.service(VIP_EST, "tcp", 80, [Backend(VIP_EST, 80)])
-        dp.service(VIP_NEW, "tcp", 80, [Backend(VIP_NEW, 80)], timeout=0)
+        dpfw = Datapath()
         frames: dict[str, dict[str, bytes]] = {}
+        for d in (dp, dpfw):
+            subprocess.run(["ip", "-n", d.ns, "route", "add", "10.97.0.0/24", "via", GW4], check=True)
+            d.service(VIP_EST, "tcp", 80, [Backend(VIP_EST, 80)])
+            d.service(VIP_NEW, "tcp", 80, [Backend(VIP_NEW, 80)], timeout=0)
+        dpfw.firewall(FW_RULES)
         for n, hook in enumerate(("tc", "xdp")):
             cport = 41000 + n
             est = P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.ACK, ttl=255).bytes()
-            r = dp.run(hook, est)  # creates the flow (both conntrack entries)
-            assert r.retval in (7, 4), f"{hook}: priming run not redirected (retval {r.retval})"
+            for d in (dp, dpfw):
+                r = d.run(hook, est)  # creates the flow (both conntrack entries)
+                assert r.retval in (7, 4), f"{hook}: priming run not redirected (retval {r.retval})"
             frames[hook] = {
                 "established flow": est,
                 "reverse path": P.Pkt(VIP_EST, CLIENT4, P.TCP, 80, cport, flags=P.ACK, ttl=255).bytes(),
@@ -97,14 +108,15 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                 "non-matching": P.Pkt(CLIENT4, VIP_NONE, P.TCP, 43000 + n, 80, flags=P.ACK, ttl=255).bytes(),
             }
         fds = {"tc": dp.driver.prog_fd("tc"), "xdp": dp.driver.prog_fd("xdp")}
+        fwfds = {"tc": dpfw.driver.prog_fd("tc"), "xdp": dpfw.driver.prog_fd("xdp")}
         empty = {h: obj.prog_fd(f"empty_{h}") for h in ("tc", "xdp")}
         expect = {"established flow": ("forward", "redirect", "new_flow"),
                   "reverse path": ("reply", "redirect", "new_flow"),
                   "new flow": ("new_flow", "redirect"),
                   "non-matching": ("pass_not_ours", "redirect")}
 
-        def calls(fd: int, frame: bytes) -> float:
-            with in_netns(dp.ns):
+        def calls(fd: int, frame: bytes, ns: str = dp.ns) -> float:
+            with in_netns(ns):
                 return statistics.median(B.test_run(fd, frame, REPEAT).duration_ns for _ in range(CALLS))
 
         def singles(fd: int, fresh: bool, sport0: int) -> float:
@@ -128,6 +140,12 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                     after = _stats(dp)
                     checks[f"{case} ({hook})"] = (f"{CALLS * REPEAT} runs: "
                                                   + _delta(before, after, *expect[case]))
+                    before = _stats(dpfw)
+                    out.setdefault(f"{case}, firewall 10 rules", {}).setdefault(hook, []).append(
+                        calls(fwfds[hook], frame, dpfw.ns))
+                    after = _stats(dpfw)
+                    checks[f"{case}, firewall 10 rules ({hook})"] = (
+                        f"{CALLS * REPEAT} runs: " + _delta(before, after, *expect[case]))
                 # Cross-check of the new-flow cost with single runs on fresh tuples.
                 one_empty = singles(empty[hook], False, 0)
                 one_new = singles(fds[hook], True, 20000 + 100 * rnd + (hook == "xdp"))
@@ -138,6 +156,8 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                     hook, []).append(one_empty)
     finally:
         dp.close()
+        if dpfw is not None:
+            dpfw.close()
         obj.close()
     return out, checks
 

@@ -29,10 +29,12 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from datapath_bench import FW_RULES  # noqa: E402  (bench/ is the script's directory)
+
 from reconciler.constants import DATAPATH_DIR_ENV  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
-from reconciler.records import Backend, FirewallEntry  # noqa: E402
+from reconciler.records import Backend  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import CLIENT4, GW4, Datapath  # noqa: E402
 
@@ -55,13 +57,6 @@ VARIANTS: list[tuple[str, tuple[str, ...], bool]] = [
 ]
 
 
-def fw_rules() -> list[FirewallEntry]:
-    """Ten drop rules (source /24, TCP, one destination port each) that the bench traffic never matches."""
-    return [FirewallEntry(name=f"r{i:02}", priority=i, source=f"172.16.{i}.0/24", destination=None,
-                          source_ports=None, destination_ports=(1000 + i, 1000 + i), protocol="tcp",
-                          in_interface=None, action="drop") for i in range(10)]
-
-
 def build(flags: tuple[str, ...], out: str) -> None:
     os.makedirs(out, exist_ok=True)
     inc = os.path.join(REPO, "build", "bpf", "include")
@@ -82,7 +77,7 @@ def setup(objdir: str, firewall: bool) -> tuple[Datapath, dict[str, dict[str, by
     dp.service(VIP_EST, "tcp", 80, [Backend(VIP_EST, 80)])
     dp.service(VIP_NEW, "tcp", 80, [Backend(VIP_NEW, 80)], timeout=0)
     if firewall:
-        dp.firewall(fw_rules())
+        dp.firewall(FW_RULES)
     frames: dict[str, dict[str, bytes]] = {}
     for n, hook in enumerate(("tc", "xdp")):
         cport = 41000 + n
@@ -137,12 +132,14 @@ def main() -> None:
         empty.close()
         shutil.rmtree(tmp, ignore_errors=True)
     load1 = os.getloadavg()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), "?")
     cases = ("established flow", "reverse path", "new flow", "non-matching")
-    lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; kernel {platform.release()}; "
-             f"cpu {cpu} x {os.cpu_count()}; load average (1 min) before/after {load0[0]:.2f} / {load1[0]:.2f}",
-             f"- {args.rounds} interleaved rounds, each the median of {args.calls} calls of {REPEAT} repeats; "
-             "median of the rounds (ns/packet), tc / xdp", "",
+    lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; "
+             f"kernel {platform.release()}; cpu {cpu} x {os.cpu_count()}; "
+             f"load average (1 min) before/after {load0[0]:.2f} / {load1[0]:.2f}",
+             f"- {args.rounds} interleaved rounds, each the median of {args.calls} calls of {REPEAT} "
+             "repeats; median of the rounds (ns/packet), tc / xdp", "",
              "| build | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
     fl = [statistics.median(res[("empty program (floor)", "non-matching", h)]) for h in ("tc", "xdp")]
     lines.append(f"| empty program (floor) | {fl[0]:.0f} / {fl[1]:.0f} | | | |")

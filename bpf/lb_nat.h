@@ -71,6 +71,7 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 #ifdef LB_PROFILE_NO_FIB
 	rc = BPF_FIB_LKUP_RET_SUCCESS;
 	f.ifindex = p->ifindex;
+	(void)now;
 #else
 	if (nh_get(ct, xdp, &f, p->t.family, now)) {
 		rc = BPF_FIB_LKUP_RET_SUCCESS;

@@ -74,7 +74,8 @@ def test_an_apply_bumps_the_generation(dp: Datapath, hook: str) -> None:
 
 
 def test_a_flow_follows_a_neighbour_mac_change_within_one_generation_bump(dp: Datapath) -> None:
-    """XDP writes the cached MACs itself (tc's bpf_redirect_neigh resolves the neighbour after the program)."""
+    """XDP writes the cached MACs itself (tc's bpf_redirect_neigh resolves the neighbour after
+    the program, so it follows a MAC change without a bump)."""
     fwd, reply = _flow(dp, "xdp")
     new_mac = bytes.fromhex("02000000dd01")
     sh("ip", "-n", dp.ns, "neigh", "replace", GW4, "lladdr", new_mac.hex(":"), "dev", "v0",
