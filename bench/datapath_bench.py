@@ -60,7 +60,8 @@ def _delta(a: dict[str, int], b: dict[str, int], *names: str) -> str:
     return ", ".join(f"{n} +{b.get(n, 0) - a.get(n, 0)}" for n in names)
 
 
-def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+def ns_per_packet(rounds: int = ROUNDS, ncalls: int = CALLS,
+                  nsingle: int = SINGLE) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """ns/packet per case and hook: a list of per-round medians.
 
     Method: BPF_PROG_TEST_RUN does not reset the packet between repeats
@@ -117,20 +118,20 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
 
         def calls(fd: int, frame: bytes, ns: str = dp.ns) -> float:
             with in_netns(ns):
-                return statistics.median(B.test_run(fd, frame, REPEAT).duration_ns for _ in range(CALLS))
+                return statistics.median(B.test_run(fd, frame, REPEAT).duration_ns for _ in range(ncalls))
 
         def singles(fd: int, fresh: bool, sport0: int) -> float:
             with in_netns(dp.ns):
                 if not fresh:
                     f = P.Pkt(CLIENT4, VIP_NONE, P.TCP, 44000, 80, flags=P.ACK).bytes()
-                    return statistics.median(B.test_run(fd, f, 1).duration_ns for _ in range(SINGLE))
+                    return statistics.median(B.test_run(fd, f, 1).duration_ns for _ in range(nsingle))
                 res = []
-                for i in range(SINGLE):
+                for i in range(nsingle):
                     f = P.Pkt(f"10.98.{1 + i // 250}.{i % 250 + 1}", VIP_EST, P.TCP, sport0, 80).bytes()
                     res.append(B.test_run(fd, f, 1).duration_ns)
                 return statistics.median(res)
 
-        for rnd in range(ROUNDS):
+        for rnd in range(rounds):
             for hook in ("tc", "xdp"):
                 out.setdefault("empty program (floor)", {}).setdefault(hook, []).append(
                     calls(empty[hook], frames[hook]["non-matching"]))
@@ -138,14 +139,14 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                     before = _stats(dp)
                     out.setdefault(case, {}).setdefault(hook, []).append(calls(fds[hook], frame))
                     after = _stats(dp)
-                    checks[f"{case} ({hook})"] = (f"{CALLS * REPEAT} runs: "
+                    checks[f"{case} ({hook})"] = (f"{ncalls * REPEAT} runs: "
                                                   + _delta(before, after, *expect[case]))
                     before = _stats(dpfw)
                     out.setdefault(f"{case}, firewall 10 rules", {}).setdefault(hook, []).append(
                         calls(fwfds[hook], frame, dpfw.ns))
                     after = _stats(dpfw)
                     checks[f"{case}, firewall 10 rules ({hook})"] = (
-                        f"{CALLS * REPEAT} runs: " + _delta(before, after, *expect[case]))
+                        f"{ncalls * REPEAT} runs: " + _delta(before, after, *expect[case]))
                 # Cross-check of the new-flow cost with single runs on fresh tuples.
                 one_empty = singles(empty[hook], False, 0)
                 one_new = singles(fds[hook], True, 20000 + 100 * rnd + (hook == "xdp"))
@@ -406,6 +407,11 @@ def main() -> None:
     ap.add_argument("--no-traffic", action="store_true")
     ap.add_argument("--modes-only", action="store_true", help="only the NAT modes' ns/packet")
     ap.add_argument("--mode-rounds", type=int, default=MODE_ROUNDS)
+    # Each XDP BPF_PROG_TEST_RUN call waits for two RCU grace periods (the XDP dispatcher is
+    # swapped in and out); on a busy box fewer calls keep the run within minutes.
+    ap.add_argument("--ns-rounds", type=int, default=ROUNDS)
+    ap.add_argument("--ns-calls", type=int, default=CALLS)
+    ap.add_argument("--ns-singles", type=int, default=SINGLE)
     ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
     if args.modes_only:
@@ -421,7 +427,7 @@ def main() -> None:
             fh.write(text)
         return
     load0 = os.getloadavg()
-    pp, checks = ns_per_packet()
+    pp, checks = ns_per_packet(args.ns_rounds, args.ns_calls, args.ns_singles)
     modes = mode_costs(args.mode_rounds, args.mode_singles)
     load1 = os.getloadavg()
     tr = None if args.no_traffic else traffic(args.rounds, args.seconds)
@@ -436,7 +442,8 @@ def main() -> None:
         "",
         f"- load average (1 min) before/after the ns/packet part: {load0[0]:.2f} / {load1[0]:.2f}",
         "",
-        f"## ns/packet (BPF_PROG_TEST_RUN; {ROUNDS} interleaved rounds, each the median of {CALLS} calls",
+        f"## ns/packet (BPF_PROG_TEST_RUN; {args.ns_rounds} interleaved rounds, each the median of "
+        f"{args.ns_calls} calls",
         f"of {REPEAT} repeats; median of the rounds [min-max])",
         "",
         "| case | tc | xdp |",
