@@ -105,6 +105,7 @@ class BpfApply(BpfRead):
         self._purge = {}
         self._held_stats = set()
         ok = False
+        writes = self.writes
         try:
             fw_done = False
             for ch in changes:
@@ -129,7 +130,8 @@ class BpfApply(BpfRead):
             try:
                 self._flush()
                 self._end_flows()
-                self.bump_nexthop_generation()
+                if self.writes != writes:  # an apply that wrote nothing changed no route either
+                    self.bump_nexthop_generation()
             finally:
                 if not ok:
                     self._index = None
@@ -137,7 +139,9 @@ class BpfApply(BpfRead):
     def bump_nexthop_generation(self) -> None:
         """Invalidate every flow's cached next hop (bpf/lb_nexthop.h): the next packet looks it up again.
 
-        Called after every apply; a daemon also calls it when routes or neighbours change.
+        Called after every apply that wrote anything; whoever changes routes or neighbours
+        can call it too (the daemon does not watch them yet: the cache's 2 s age bound
+        covers that).
         """
         m = self._maps.get("lb_nh_gen")
         if m is None:
