@@ -37,7 +37,8 @@ import _traffic  # noqa: E402
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
-from reconciler.records import Backend  # noqa: E402
+from reconciler.plan import Change  # noqa: E402
+from reconciler.records import Backend, FirewallEntry, ServiceEntry, ServiceKey  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
 
@@ -46,6 +47,10 @@ CALLS = 300  # BPF_PROG_TEST_RUN calls per case and round
 REPEAT = 200  # runs per call (the TTL of a redirected packet drops by one per run: start at 255)
 SINGLE = 2000  # single runs per round for the fresh-tuple new-flow method
 VIP_EST, VIP_NEW, VIP_NONE = "10.97.0.1", "10.97.0.2", "10.97.0.99"
+# Ten drop rules (source /24, TCP, one destination port each) that the bench traffic never matches.
+FW_RULES = [FirewallEntry(name=f"r{i:02}", priority=i, source=f"172.16.{i}.0/24", destination=None,
+                          source_ports=None, destination_ports=(1000 + i, 1000 + i), protocol="tcp",
+                          in_interface=None, action="drop") for i in range(10)]
 
 
 def _stats(dp: Datapath) -> dict[str, int]:
@@ -56,7 +61,8 @@ def _delta(a: dict[str, int], b: dict[str, int], *names: str) -> str:
     return ", ".join(f"{n} +{b.get(n, 0) - a.get(n, 0)}" for n in names)
 
 
-def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+def ns_per_packet(rounds: int = ROUNDS, ncalls: int = CALLS,
+                  nsingle: int = SINGLE) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """ns/packet per case and hook: a list of per-round medians.
 
     Method: BPF_PROG_TEST_RUN does not reset the packet between repeats
@@ -71,7 +77,9 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     for the next one, which therefore selects an endpoint and creates both entries
     again (it also pays one stale-entry lookup where a real new flow has a miss).
     Cross-check: single runs, each on a fresh 5-tuple, minus the single-run
-    overhead (empty program single run - empty program repeated).  The datapath's
+    overhead (empty program single run - empty program repeated).  Rows "firewall 10 rules":
+    the same frames through a second datapath holding ten firewall rules (source /24, TCP,
+    one destination port each) that none of them matches.  The datapath's
     own counters are read around each case to show every repeat took the intended
     path.
     """
@@ -80,17 +88,23 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     obj = B.BpfObject(os.path.join(REPO, "build", "bpf", "lb_empty.o"))
     obj.load()
     dp = Datapath()
+    dpfw: Datapath | None = None
     try:
-        subprocess.run(["ip", "-n", dp.ns, "route", "add", "10.97.0.0/24", "via", GW4], check=True)
-        dp.service(VIP_EST, "tcp", 80, [Backend(VIP_EST, 80)])
-        dp.service(VIP_NEW, "tcp", 80, [Backend(VIP_NEW, 80)], timeout=0)
+        dpfw = Datapath()
         frames: dict[str, dict[str, bytes]] = {}
+        for d in (dp, dpfw):
+            subprocess.run(["ip", "-n", d.ns, "route", "add", "10.97.0.0/24", "via", GW4], check=True)
+            d.service(VIP_EST, "tcp", 80, [Backend(VIP_EST, 80)])
+            d.service(VIP_NEW, "tcp", 80, [Backend(VIP_NEW, 80)], timeout=0)
+        dpfw.firewall(FW_RULES)
         for n, hook in enumerate(("tc", "xdp")):
             cport = 41000 + n
             est = P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.ACK, ttl=255).bytes()
             # a SYN creates the flow (both conntrack entries): only an opening SYN may
-            r = dp.run(hook, P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.SYN, ttl=255).bytes())
-            assert r.retval in (7, 4), f"{hook}: priming run not redirected (retval {r.retval})"
+            syn = P.Pkt(CLIENT4, VIP_EST, P.TCP, cport, 80, flags=P.SYN, ttl=255).bytes()
+            for d in (dp, dpfw):
+                r = d.run(hook, syn)
+                assert r.retval in (7, 4), f"{hook}: priming run not redirected (retval {r.retval})"
             frames[hook] = {
                 "established flow": est,
                 "reverse path": P.Pkt(VIP_EST, CLIENT4, P.TCP, 80, cport, flags=P.ACK, ttl=255).bytes(),
@@ -98,28 +112,29 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                 "non-matching": P.Pkt(CLIENT4, VIP_NONE, P.TCP, 43000 + n, 80, flags=P.ACK, ttl=255).bytes(),
             }
         fds = {"tc": dp.driver.prog_fd("tc"), "xdp": dp.driver.prog_fd("xdp")}
+        fwfds = {"tc": dpfw.driver.prog_fd("tc"), "xdp": dpfw.driver.prog_fd("xdp")}
         empty = {h: obj.prog_fd(f"empty_{h}") for h in ("tc", "xdp")}
         expect = {"established flow": ("forward", "redirect", "new_flow"),
                   "reverse path": ("reply", "redirect", "new_flow"),
                   "new flow": ("new_flow", "redirect"),
                   "non-matching": ("pass_not_ours", "redirect")}
 
-        def calls(fd: int, frame: bytes) -> float:
-            with in_netns(dp.ns):
-                return statistics.median(B.test_run(fd, frame, REPEAT).duration_ns for _ in range(CALLS))
+        def calls(fd: int, frame: bytes, ns: str = dp.ns) -> float:
+            with in_netns(ns):
+                return statistics.median(B.test_run(fd, frame, REPEAT).duration_ns for _ in range(ncalls))
 
         def singles(fd: int, fresh: bool, sport0: int) -> float:
             with in_netns(dp.ns):
                 if not fresh:
                     f = P.Pkt(CLIENT4, VIP_NONE, P.TCP, 44000, 80, flags=P.ACK).bytes()
-                    return statistics.median(B.test_run(fd, f, 1).duration_ns for _ in range(SINGLE))
+                    return statistics.median(B.test_run(fd, f, 1).duration_ns for _ in range(nsingle))
                 res = []
-                for i in range(SINGLE):
+                for i in range(nsingle):
                     f = P.Pkt(f"10.98.{1 + i // 250}.{i % 250 + 1}", VIP_EST, P.TCP, sport0, 80).bytes()
                     res.append(B.test_run(fd, f, 1).duration_ns)
                 return statistics.median(res)
 
-        for rnd in range(ROUNDS):
+        for rnd in range(rounds):
             for hook in ("tc", "xdp"):
                 out.setdefault("empty program (floor)", {}).setdefault(hook, []).append(
                     calls(empty[hook], frames[hook]["non-matching"]))
@@ -127,8 +142,14 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                     before = _stats(dp)
                     out.setdefault(case, {}).setdefault(hook, []).append(calls(fds[hook], frame))
                     after = _stats(dp)
-                    checks[f"{case} ({hook})"] = (f"{CALLS * REPEAT} runs: "
+                    checks[f"{case} ({hook})"] = (f"{ncalls * REPEAT} runs: "
                                                   + _delta(before, after, *expect[case]))
+                    before = _stats(dpfw)
+                    out.setdefault(f"{case}, firewall 10 rules", {}).setdefault(hook, []).append(
+                        calls(fwfds[hook], frame, dpfw.ns))
+                    after = _stats(dpfw)
+                    checks[f"{case}, firewall 10 rules ({hook})"] = (
+                        f"{ncalls * REPEAT} runs: " + _delta(before, after, *expect[case]))
                 # Cross-check of the new-flow cost with single runs on fresh tuples.
                 one_empty = singles(empty[hook], False, 0)
                 one_new = singles(fds[hook], True, 20000 + 100 * rnd + (hook == "xdp"))
@@ -139,6 +160,8 @@ def ns_per_packet() -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
                     hook, []).append(one_empty)
     finally:
         dp.close()
+        if dpfw is not None:
+            dpfw.close()
         obj.close()
     return out, checks
 
@@ -229,6 +252,11 @@ def main() -> None:
     ap.add_argument("--traffic-only", action="store_true", help="only the traffic part (traffic.md)")
     ap.add_argument("--modes-only", action="store_true", help="only the NAT modes' ns/packet")
     ap.add_argument("--mode-rounds", type=int, default=MODE_ROUNDS)
+    # Each XDP BPF_PROG_TEST_RUN call waits for two RCU grace periods (the XDP dispatcher is
+    # swapped in and out); on a busy box fewer calls keep the run within minutes.
+    ap.add_argument("--ns-rounds", type=int, default=ROUNDS)
+    ap.add_argument("--ns-calls", type=int, default=CALLS)
+    ap.add_argument("--ns-singles", type=int, default=SINGLE)
     ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
     global ROUNDS, CALLS, SINGLE
@@ -274,7 +302,7 @@ def traffic_part(args: argparse.Namespace, results: str) -> None:
 def packet_part(args: argparse.Namespace, results: str) -> None:
     """ns/packet, NAT modes and Maglev memory: writes bench/results/datapath.md."""
     load0 = os.getloadavg()
-    pp, checks = ns_per_packet()
+    pp, checks = ns_per_packet(args.ns_rounds, args.ns_calls, args.ns_singles)
     modes = mode_costs(args.mode_rounds, args.mode_singles)
     load1 = os.getloadavg()
     lines = [
@@ -284,7 +312,8 @@ def packet_part(args: argparse.Namespace, results: str) -> None:
         "",
         f"- load average (1 min) before/after the ns/packet part: {load0[0]:.2f} / {load1[0]:.2f}",
         "",
-        f"## ns/packet (BPF_PROG_TEST_RUN; {ROUNDS} interleaved rounds, each the median of {CALLS} calls",
+        f"## ns/packet (BPF_PROG_TEST_RUN; {args.ns_rounds} interleaved rounds, each the median of "
+        f"{args.ns_calls} calls",
         f"of {REPEAT} repeats; median of the rounds [min-max])",
         "",
         "| case | tc | xdp |",

@@ -20,6 +20,22 @@ static __always_inline __u64 ct_timeout_ns(const struct lb_ct *ct)
 	return (__u64)t * NSEC_PER_SEC;
 }
 
+/*
+ * The clock of conntrack: the coarse monotonic clock (CLOCK_MONOTONIC_COARSE, one
+ * tick behind at most), a few ns where bpf_ktime_get_ns costs ~20 on a VM; timeouts
+ * are whole seconds.  The firewall's policer reads the fine clock itself.
+ */
+static __always_inline __u64 ct_now(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Idle for its timeout or longer (>=: a timeout of 0, used by benches, is always stale). */
+static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
+{
+	return now - ct->seen_ns >= ct_timeout_ns(ct);
+}
+
 static __always_inline int ct_open(__u8 state)
 {
 	return state < LB_CT_FIN_WAIT;
@@ -106,10 +122,6 @@ struct ct_plan {
 	__u8 pad[3];
 };
 
-static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
-{
-	return now - ct->seen_ns > ct_timeout_ns(ct);
-}
 
 /* The reply entry in the way is this same flow again (a reconnect with the same tuple). */
 static __always_inline int ct_same_flow(const struct lb_ct *old, const struct lb_ct *v)
@@ -163,62 +175,67 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 				struct ct_plan *plan)
 {
 	__u16 nat_port = plan->nat_port;
-	struct lb_ct v = {};
 	struct lb_ct_key rk = {};
 	__u16 sport = p->t.sport;
+	__u32 zero = 0;
+	struct lb_ct *vp = bpf_map_lookup_elem(&lb_ct_scratch, &zero);
 	int moved;
 
-	__builtin_memcpy(v.nat_addr, p->t.daddr, 16);
-	v.nat_port = p->t.dport;
-	v.dir = LB_CT_REPLY;
-	v.state = LB_CT_ACTIVE;
-	v.mode = plan->mode;
+	if (!vp)
+		return -1;
+	__builtin_memset(vp, 0, sizeof(*vp));
+
+	__builtin_memcpy(vp->nat_addr, p->t.daddr, 16);
+	vp->nat_port = p->t.dport;
+	vp->dir = LB_CT_REPLY;
+	vp->state = LB_CT_ACTIVE;
+	vp->mode = plan->mode;
 	if (p->t.proto == IPPROTO_TCP) {
 		/* A stray RST/FIN of an unknown flow is forwarded but opens nothing. */
 		if (p->tcp_flags & TCPF_RST)
-			v.state = LB_CT_CLOSED;
+			vp->state = LB_CT_CLOSED;
 		else if (p->tcp_flags & TCPF_FIN)
-			v.state = LB_CT_FIN_WAIT;
+			vp->state = LB_CT_FIN_WAIT;
 		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
-			v.state = LB_CT_SYN_SENT;
+			vp->state = LB_CT_SYN_SENT;
 		else
-			v.state = LB_CT_ESTABLISHED;
+			vp->state = LB_CT_ESTABLISHED;
 	}
-	v.svc_id = svc_id;
-	v.stat_id = be->stat_id;
-	v.timeout = p->timeout;
-	v.created_ns = now;
-	v.seen_ns = now;
+	vp->svc_id = svc_id;
+	vp->stat_id = be->stat_id;
+	vp->timeout = p->timeout;
+	vp->created_ns = now;
+	vp->seen_ns = now;
 	if (plan->mode != LB_MODE_DSR) {
 		/* The reply entry translates back to the client's own address and port. */
-		__builtin_memcpy(v.snat_addr, p->t.saddr, 16);
-		v.snat_port = p->t.sport;
+		__builtin_memcpy(vp->snat_addr, p->t.saddr, 16);
+		vp->snat_port = p->t.sport;
 		__builtin_memcpy(rk.saddr, be->addr, 16);
 		__builtin_memcpy(rk.daddr, plan->snat ? plan->saddr : p->t.saddr, 16);
 		rk.sport = nat_port;
 		rk.proto = p->t.proto;
 		rk.family = plan->family;
 		if (plan->family != p->t.family)
-			v.nat_family = p->t.family;
-		if (ct_claim(&rk, &v, p, plan->snat, now))
+			vp->nat_family = p->t.family;
+		if (ct_claim(&rk, vp, p, plan->snat, now))
 			return -1;
 		sport = rk.dport;
 	}
 	moved = plan->snat || sport != p->t.sport;
 	plan->sport = sport;
 
-	__builtin_memcpy(v.nat_addr, be->addr, 16);
-	v.nat_port = nat_port;
-	v.dir = LB_CT_FORWARD;
-	v.nat_family = plan->family != p->t.family ? plan->family : 0;
-	__builtin_memset(v.snat_addr, 0, 16);
-	v.snat_port = 0;
+	__builtin_memcpy(vp->nat_addr, be->addr, 16);
+	vp->nat_port = nat_port;
+	vp->dir = LB_CT_FORWARD;
+	vp->nat_family = plan->family != p->t.family ? plan->family : 0;
+	__builtin_memset(vp->snat_addr, 0, 16);
+	vp->snat_port = 0;
 	if (moved) {
-		__builtin_memcpy(v.snat_addr, plan->snat ? plan->saddr : p->t.saddr, 16);
-		v.snat_port = sport;
+		__builtin_memcpy(vp->snat_addr, plan->snat ? plan->saddr : p->t.saddr, 16);
+		vp->snat_port = sport;
 	}
-	bpf_map_update_elem(&lb_ct, &p->t, &v, BPF_ANY);
-	if (ct_open(v.state))
+	bpf_map_update_elem(&lb_ct, &p->t, vp, BPF_ANY);
+	if (ct_open(vp->state))
 		conns_add(be->stat_id, 1);
 	return 0;
 }

@@ -9,16 +9,24 @@
 
 static __always_inline void stat_inc(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&lb_stats, &idx);
+	__u64 *v;
 
+#ifdef LB_PROFILE_NO_COUNTERS
+	return;
+#endif
+	v = bpf_map_lookup_elem(&lb_stats, &idx);
 	if (v)
 		*v += 1;
 }
 
 static __always_inline void count(void *map, __u32 id, __u32 len, int reply, int new_flow, int drop)
 {
-	struct lb_counters *c = bpf_map_lookup_elem(map, &id);
+	struct lb_counters *c;
 
+#ifdef LB_PROFILE_NO_COUNTERS
+	return;
+#endif
+	c = bpf_map_lookup_elem(map, &id);
 	if (!c)
 		return;
 	if (reply) {

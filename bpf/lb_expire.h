@@ -124,7 +124,7 @@ static __always_inline int ct_pair(const struct lb_ct_key *k, const struct lb_ct
 SEC("syscall")
 int lb_ct_expire(struct lb_ct_expire *x)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct lb_ct_key k = {}, ok = {};
 	struct lb_ct *ct, *o;
 

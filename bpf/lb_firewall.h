@@ -190,6 +190,7 @@ static __always_inline int fw_police(const struct lb_fw_rule *r, struct lb_fw_co
 
 	if (!st)
 		return 1;
+	now = bpf_ktime_get_ns();	/* the caller's clock is conntrack's coarse one */
 	/* GCRA: a packet conforms unless the theoretical arrival time is more than
 	 * the burst ahead of now.  Lock-free: concurrent CPUs may admit a packet or
 	 * two beyond the burst, never fewer than the rate. */

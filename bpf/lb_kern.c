@@ -119,7 +119,8 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 	why = parse(ctx, xdp, &p);
 	p.len = len;
 	p.ifindex = ifindex;
-	now = bpf_ktime_get_ns();
+	LB_STOP(1, V_PASS);
+	now = ct_now();
 	/* The firewall sees every packet with an IP header as received (before any NAT). */
 	if (p.t.family) {
 		int fv = xdp ? firewall_xdp(ctx, &p, now) : firewall_tc(ctx, &p, now);
@@ -130,13 +131,15 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		if (fv == FW_TRAP)
 			return V_PASS;
 	}
+	LB_STOP(2, V_PASS);
 	if (why) {
 		stat_inc(why);
 		return V_PASS;
 	}
 
 	ct = bpf_map_lookup_elem(&lb_ct, &p.t);
-	if (ct && now - ct->seen_ns > ct_timeout_ns(ct)) {
+	LB_STOP(3, V_PASS);
+	if (ct && ct_stale(ct, now)) {
 		/* Stale: forget it so it never captures an unrelated flow (pitfall 13).
 		 * Its connection count goes once: the entry stays in the map (and is
 		 * met again) when no new flow replaces it, e.g. a source now refused. */
@@ -165,6 +168,7 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		stat_inc(LB_STAT_FORWARD);
 		count(&lb_svc_stats, ct->svc_id, len, 0, 0, 0);
 		count(&lb_be_stats, ct->stat_id, len, 0, 0, 0);
+		LB_STOP(4, V_PASS);
 		return ct_fwd(ctx, xdp, &p, ct);
 	}
 	if (p.ttl <= 1) {

@@ -215,4 +215,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_fw_rate SEC(".maps");
 
+/* Next-hop generation (one entry): a flow's cached next hop is used only while it matches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_nh_gen);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_nh_gen SEC(".maps");
+
+/* Per-CPU scratch space where ct_create builds a conntrack value (it no longer fits the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_ct);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_ct_scratch SEC(".maps");
+
 #endif /* __LB_MAPS_H */

@@ -10,6 +10,7 @@
 #include "lb_parse.h"
 #include "lb_counters.h"
 #include "lb_conntrack.h"
+#include "lb_nexthop.h"
 
 /* Ones' complement arithmetic on raw (network order) memory words. */
 static __always_inline __u32 csum_fold64(__u64 s)
@@ -57,21 +58,32 @@ struct nat_to {
  * we redirect, fix checksums, and forward.
  */
 static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct pkt *p,
-						const struct nat_to *to)
+						const struct nat_to *to, struct lb_ct *ct)
 {
 	struct bpf_fib_lookup f = {};
 	__u32 adiff, pdiff = 0, l3diff;
 	__u16 ttlw_old, ttlw_new;
 	int rc, redirect, n = p->t.family == 4 ? 1 : 4;
+	__u64 now = ct ? ct_now() : 0;
 
+	adiff = csum_fold64((__u64)csum_diff_words(p->t.daddr, to->daddr, n) +
+			    csum_diff_words(p->t.saddr, to->saddr, n));
+#ifdef LB_PROFILE_NO_FIB
+	rc = BPF_FIB_LKUP_RET_SUCCESS;
+	f.ifindex = p->ifindex;
+	(void)now;
+#else
+	if (nh_get(ct, xdp, &f, p->t.family, now)) {
+		rc = BPF_FIB_LKUP_RET_SUCCESS;
+		goto routed;
+	}
+#endif
 	f.family = p->t.family == 4 ? AF_INET : AF_INET6;
 	f.l4_protocol = p->t.family == 6 && p->t.proto == IPPROTO_ICMP ? IPPROTO_ICMPV6 : p->t.proto;
 	f.sport = p->sport_p ? to->sport : p->t.sport;
 	f.dport = p->dport_p ? to->dport : p->t.dport;
 	f.tot_len = 0;		/* pitfall 15: GSO packets would fail the MTU check */
 	f.ifindex = p->ifindex;
-	adiff = csum_fold64((__u64)csum_diff_words(p->t.daddr, to->daddr, n) +
-			    csum_diff_words(p->t.saddr, to->saddr, n));
 	if (p->t.family == 4) {
 		f.ipv4_src = to->saddr[0];
 		f.ipv4_dst = to->daddr[0];
@@ -79,7 +91,11 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 		__builtin_memcpy(f.ipv6_src, to->saddr, 16);
 		__builtin_memcpy(f.ipv6_dst, to->daddr, 16);
 	}
+#ifndef LB_PROFILE_NO_FIB
 	rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+	nh_put(ct, &f, rc, p->t.family, now);
+routed:
+#endif
 	if (xdp)
 		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS;
 	else
@@ -101,8 +117,11 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 			ttlw_new = *(__u16 *)&ip->ttl;
 			l3diff = csum_fold64((__u64)l3diff + csum_diff16(ttlw_old, ttlw_new));
 		}
-		if (xdp)
-			ip->check = csum_apply(ip->check, l3diff);
+		/* Both hooks: the IPv4 header checksum is always complete, so a direct
+		 * write does what bpf_l3_csum_replace would, without the helper call. */
+#ifndef LB_PROFILE_NO_CSUM
+		ip->check = csum_apply(ip->check, l3diff);
+#endif
 	} else {
 		struct ipv6hdr *ip6 = p->l3;
 		void *end = ctx_end(ctx, xdp);
@@ -134,6 +153,7 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 	}
 
 	if (xdp) {
+#ifndef LB_PROFILE_NO_CSUM
 		if (p->csum) {
 			void *end = ctx_end(ctx, xdp);
 			__u16 *cs = p->csum;
@@ -148,6 +168,7 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 				*cs = n;
 			}
 		}
+#endif
 		if (redirect) {
 			struct ethhdr *eth = ctx_data(ctx, xdp);
 
@@ -165,8 +186,9 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 		__u32 csum_off = p->csum ? p->csum_off : 0;
 		__u64 mflag = p->t.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
-		if (p->t.family == 4)
-			bpf_l3_csum_replace(skb, ETH_HLEN + 10, 0, l3diff, 0);
+#ifdef LB_PROFILE_NO_CSUM
+		csum_off = 0;
+#endif
 		if (csum_off) {
 			bpf_l4_csum_replace(skb, csum_off, 0, adiff, BPF_F_PSEUDO_HDR | mflag);
 			if (pdiff)
@@ -193,21 +215,24 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 }
 
 /* Per-hook out-of-line copies keep each BPF stack frame small. */
-static __noinline enum verdict nat_forward_tc(void *ctx, struct pkt *p, const struct nat_to *to)
+static __noinline enum verdict nat_forward_tc(void *ctx, struct pkt *p, const struct nat_to *to,
+					      struct lb_ct *ct)
 {
-	return nat_forward(ctx, 0, p, to);
+	return nat_forward(ctx, 0, p, to, ct);
 }
 
-static __noinline enum verdict nat_forward_xdp(void *ctx, struct pkt *p, const struct nat_to *to)
+static __noinline enum verdict nat_forward_xdp(void *ctx, struct pkt *p, const struct nat_to *to,
+					       struct lb_ct *ct)
 {
-	return nat_forward(ctx, 1, p, to);
+	return nat_forward(ctx, 1, p, to, ct);
 }
 
-static __always_inline enum verdict nat_fwd(void *ctx, const int xdp, struct pkt *p, const struct nat_to *to)
+static __always_inline enum verdict nat_fwd(void *ctx, const int xdp, struct pkt *p, const struct nat_to *to,
+					    struct lb_ct *ct)
 {
 	if (xdp)
-		return nat_forward_xdp(ctx, p, to);
-	return nat_forward_tc(ctx, p, to);
+		return nat_forward_xdp(ctx, p, to, ct);
+	return nat_forward_tc(ctx, p, to, ct);
 }
 
 #ifndef IPPROTO_IPIP
@@ -422,11 +447,11 @@ static __noinline enum verdict xlat_forward_xdp(void *ctx, struct pkt *p, const 
 
 /* Forward to *to, translating into family `fam` when it is not the packet's. */
 static __always_inline enum verdict nat_go(void *ctx, const int xdp, struct pkt *p, const struct nat_to *to,
-					   __u8 fam)
+					   __u8 fam, struct lb_ct *ct)
 {
 	if (fam && fam != p->t.family)
 		return xdp ? xlat_forward_xdp(ctx, p, to, fam) : xlat_forward_tc(ctx, p, to, fam);
-	return nat_fwd(ctx, xdp, p, to);
+	return nat_fwd(ctx, xdp, p, to, ct);
 }
 
 static __always_inline int addr_set(const __u32 *a)
@@ -658,7 +683,8 @@ static __noinline enum verdict dsr_forward_xdp(void *ctx, struct pkt *p, const _
 
 /* A packet of a flow towards its endpoint: as its conntrack entry (or plan) says. */
 static __always_inline enum verdict fwd_to(void *ctx, const int xdp, struct pkt *p, __u16 mode_fam,
-					   const __u32 *be, __u16 port, const __u32 *saddr, __u16 sport)
+					   const __u32 *be, __u16 port, const __u32 *saddr, __u16 sport,
+					   struct lb_ct *ct)
 {
 	struct nat_to to;
 
@@ -668,17 +694,17 @@ static __always_inline enum verdict fwd_to(void *ctx, const int xdp, struct pkt 
 	to.dport = port;
 	__builtin_memcpy(to.saddr, saddr, 16);
 	to.sport = sport;
-	return nat_go(ctx, xdp, p, &to, mode_fam >> 8);
+	return nat_go(ctx, xdp, p, &to, mode_fam >> 8, ct);
 }
 
 /* An established flow's packet from the client. */
-static __always_inline enum verdict ct_fwd(void *ctx, const int xdp, struct pkt *p, const struct lb_ct *ct)
+static __always_inline enum verdict ct_fwd(void *ctx, const int xdp, struct pkt *p, struct lb_ct *ct)
 {
 	__u16 mode_fam = ct->mode | (__u16)ct->nat_family << 8;
 
 	if (addr_set(ct->snat_addr))
-		return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, ct->snat_addr, ct->snat_port);
-	return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, p->t.saddr, p->t.sport);
+		return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, ct->snat_addr, ct->snat_port, ct);
+	return fwd_to(ctx, xdp, p, mode_fam, ct->nat_addr, ct->nat_port, p->t.saddr, p->t.sport, ct);
 }
 
 /* A new flow's first packet, after ct_create settled its source. */
@@ -686,7 +712,7 @@ static __always_inline enum verdict new_fwd(void *ctx, const int xdp, struct pkt
 					    const struct ct_plan *plan, const __u32 *be, __u16 port)
 {
 	return fwd_to(ctx, xdp, p, plan->mode | (__u16)plan->family << 8, be, port,
-		      plan->snat ? plan->saddr : p->t.saddr, plan->sport);
+		      plan->snat ? plan->saddr : p->t.saddr, plan->sport, 0);
 }
 
 /* A reply from an endpoint: source back to the VIP, destination back to the client. */
@@ -708,7 +734,7 @@ static __always_inline enum verdict do_reply(void *ctx, const int xdp, struct pk
 		__builtin_memcpy(to.daddr, p->t.daddr, 16);
 		to.dport = p->t.dport;
 	}
-	return nat_go(ctx, xdp, p, &to, ct->nat_family);
+	return nat_go(ctx, xdp, p, &to, ct->nat_family, ct);
 }
 
 #endif /* __LB_NAT_H */

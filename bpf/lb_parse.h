@@ -19,6 +19,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "lb_shared.h"
+#include "lb_profile.h"
 
 #ifndef AF_INET
 #define AF_INET 2

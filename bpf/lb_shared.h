@@ -52,7 +52,8 @@ enum lb_limits {
  * v3: the firewall maps (lb_fw_*) and their global counters;
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
  * lb_ct.nat_family (fullnat between IPv4 and IPv6);
- * v4: lb_ct keeps each direction's TCP sequence numbers (idle expiry resets).
+ * v4: lb_ct keeps each direction's TCP sequence numbers (idle expiry resets);
+ * lb_ct's next-hop cache (nh_*) and lb_nh_gen.
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 4,
@@ -272,6 +273,15 @@ struct lb_ct {
 	__u32 ack_seq;		/* the last it acknowledged: its receive next */
 	__u8 seq_known;		/* enum lb_ct_seq */
 	__u8 pad3[7];
+	/* layout v4: next-hop cache (lb_nexthop.h): where this direction's packets went last */
+	__u32 nh_addr[4];	/* the next hop (gateway or the destination itself) */
+	__u64 nh_at_ns;		/* when it was looked up (conntrack's clock); 0: never */
+	__u32 nh_gen;		/* lb_nh_gen's generation then */
+	__u32 nh_ifindex;	/* the interface it leaves by */
+	__u8 nh_dmac[6];	/* MACs, valid when nh_flags has LB_NH_MACS */
+	__u8 nh_smac[6];
+	__u8 nh_flags;		/* enum lb_nh_flags */
+	__u8 nh_pad[3];
 };
 
 /* lb_ct.seq_known: which of seq_next / ack_seq the datapath has seen (layout v4). */
@@ -298,6 +308,17 @@ struct lb_ct_expire {
 	__u32 has_other;	/* out: other holds the flow's other entry (removed too) */
 	struct lb_ct entry;	/* out: the entry as it was */
 	struct lb_ct other;	/* out */
+};
+
+/* lb_ct.nh_flags */
+enum lb_nh_flags {
+	LB_NH_MACS = 1,		/* nh_dmac/nh_smac hold the neighbour's and the interface's MAC */
+};
+
+/* lb_nh_gen (one entry): bumped by the control plane when routes or neighbours change. */
+struct lb_nh_gen {
+	__u32 gen;
+	__u32 pad;
 };
 
 /* lb_persist key: (service, source address) for the persist selection. */

@@ -105,6 +105,7 @@ class BpfApply(BpfRead):
         self._purge = {}
         self._held_stats = set()
         ok = False
+        writes = self.writes
         try:
             fw_done = False
             for ch in changes:
@@ -129,9 +130,26 @@ class BpfApply(BpfRead):
             try:
                 self._flush()
                 self._end_flows()
+                if self.writes != writes:  # an apply that wrote nothing changed no route either
+                    self.bump_nexthop_generation()
             finally:
                 if not ok:
                     self._index = None
+
+    def bump_nexthop_generation(self) -> None:
+        """Invalidate every flow's cached next hop (bpf/lb_nexthop.h): the next packet looks it up again.
+
+        Called after every apply that wrote anything; whoever changes routes or neighbours
+        can call it too (the daemon does not watch them yet: the cache's 2 s age bound
+        covers that).
+        """
+        m = self._maps.get("lb_nh_gen")
+        if m is None:
+            return
+        key = (0).to_bytes(4, "little")
+        raw = m.lookup_raw(key) or bytes(8)
+        gen = (int.from_bytes(raw[:4], "little") + 1) & 0xFFFFFFFF
+        m.update_raw(key, gen.to_bytes(4, "little") + raw[4:8])
 
     @property
     def _idx(self) -> _Index:

@@ -101,5 +101,5 @@ def test_the_map_table_comes_from_the_object() -> None:
     assert dict(B.MAPS.items()) == derived
     assert derived["lb_ct"] == B.MapSpec("struct lb_ct_key", "struct lb_ct", percpu=False)
     assert {n for n, spec in derived.items() if spec.percpu} == {"lb_svc_stats", "lb_be_stats", "lb_stats",
-                                                                 "lb_fw_stats"}
+                                                                 "lb_fw_stats", "lb_ct_scratch"}
     assert "lb_ct" in B.shared_structs(B.lib().header)

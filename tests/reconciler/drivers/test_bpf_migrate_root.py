@@ -82,12 +82,17 @@ def changes(tb: Testbed, hook: str) -> list[Change]:
     return ch
 
 
-def v3_changed(version: str = "v1") -> set[str]:
-    """Maps a pin set of ``version`` lacks or holds in another layout: from v1 or v2, lb_conf, lb_ct,
-    lb_stats and the firewall's; from v3, lb_ct (sequence numbers) and lb_stats (v4)."""
-    if version == "v3":
-        return {"lb_ct", "lb_stats"}
+def v3_changed() -> set[str]:
+    """Maps a v1 or v2 pin set lacks or holds in another layout: lb_conf, lb_ct, lb_stats, the firewall's."""
     return {"lb_conf", "lb_ct", "lb_stats"} | {n for n in B.MAPS if n.startswith("lb_fw_")}
+
+
+def v4_changed(version: str = "v1") -> set[str]:
+    """Maps a pin set of layout `version` lacks or holds in another layout: v4 adds the TCP
+    sequence numbers and the next-hop cache to lb_ct, global counters (lb_stats) and the maps
+    lb_nh_gen and lb_ct_scratch."""
+    v4 = {"lb_ct", "lb_stats", "lb_nh_gen", "lb_ct_scratch"}
+    return v4 if version == "v3" else v3_changed() | v4
 
 
 _APPLY_V1 = textwrap.dedent("""
@@ -200,8 +205,9 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
     try:
         live = drv.read()  # opens the pins: the migration runs here
         mig = drv.migration
-        # v3: lb_ct.mode, lb_service.snat_addr, more global counters (lb_stats), the firewall maps.
-        assert mig is not None and set(mig.changed) == v3_changed(version), mig
+        # v3: lb_ct.mode, lb_service.snat_addr, more global counters (lb_stats), the firewall maps;
+        # v4: lb_ct's next-hop cache, lb_nh_gen, lb_ct_scratch.
+        assert mig is not None and set(mig.changed) == v4_changed(version), mig
         assert sorted((i, h) for i, h, _ in mig.hooks) == sorted((i, hook) for i in tb.lb_interfaces)
         assert mig.maps["lb_ct"] >= 2  # the stream's forward and reply entries
         at_swap = stream.received
@@ -222,7 +228,7 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
         assert diff(desired, drv.read()).empty
         # The pins are the new layout's, nothing else is left.
         assert sorted(os.listdir(pin_root)) == sorted([*B.MAPS, "prog_tc", "prog_xdp"])
-        assert B.map_info(drv.map("lb_ct").fd)[2] == B.lib().ffi.sizeof("struct lb_ct") == 96
+        assert B.map_info(drv.map("lb_ct").fd)[2] == B.lib().ffi.sizeof("struct lb_ct") == 144
     finally:
         drv.close()
 
@@ -312,7 +318,7 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
     try:
         with pytest.raises(B.LayoutError) as exc:
             looker.read()
-        assert all(n in str(exc.value) for n in v3_changed()) and "changes nothing" in str(exc.value)
+        assert all(n in str(exc.value) for n in v4_changed()) and "changes nothing" in str(exc.value)
         assert exc.value.hint is not None and "lbctl apply" in exc.value.hint
         assert looker.migration is None
     finally:
@@ -321,10 +327,10 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
     drv = BpfDriver(pin_root=pin_root, netns=tb.lb)  # what apply and the daemon build
     try:
         drv.read()
-        assert drv.migration is not None and set(drv.migration.changed) == v3_changed()
+        assert drv.migration is not None and set(drv.migration.changed) == v4_changed()
         (notice,) = drv.notices()  # apply prints it, the daemon logs it: once
         assert "migrated the pinned datapath to layout v4 live: maps " in notice, notice
-        assert all(n in notice for n in v3_changed()), notice
+        assert all(n in notice for n in v4_changed()), notice
         assert drv.notices() == []
     finally:
         drv.close()
