@@ -124,7 +124,9 @@ static __always_inline int ct_pair(const struct lb_ct_key *k, const struct lb_ct
 SEC("syscall")
 int lb_ct_expire(struct lb_ct_expire *x)
 {
-	__u64 now = ct_now();
+	/* Syscall programs may not read the coarse clock conntrack stamps with; the fine one
+	 * is ahead of it by less than a tick, nothing next to timeouts of whole seconds. */
+	__u64 now = bpf_ktime_get_ns();
 	struct lb_ct_key k = {}, ok = {};
 	struct lb_ct *ct, *o;
 
