@@ -32,7 +32,8 @@ def _flow(dp: Datapath, hook: str) -> tuple[bytes, bytes]:
     dp.service(VIP4, "tcp", 80, [Backend(ROUTED4, 8080)])
     fwd = P.Pkt(CLIENT4, VIP4, P.TCP, 41000, 80, flags=P.ACK).bytes()
     reply = P.Pkt(ROUTED4, CLIENT4, P.TCP, 8080, 41000, flags=P.ACK).bytes()
-    for frame in (fwd, reply, fwd, reply):  # create, then fill both directions' caches
+    syn = P.Pkt(CLIENT4, VIP4, P.TCP, 41000, 80, flags=P.SYN).bytes()  # only an opening SYN creates a flow
+    for frame in (syn, reply, fwd, reply):  # create, then fill both directions' caches
         assert dp.run(hook, frame).retval == REDIRECT[hook]
     return fwd, reply
 
