@@ -38,8 +38,8 @@ CASES = [
     ("services", 3, [("a", 1, 3, "")], ("b", 1, 1, ""), 4, "service entries"),
     ("endpoints", 20, [("a", 5, 2, ""), ("b", 10, 1, "")], ("c", 1, 1, ""), 21, "endpoint counters"),
     # maglev, a 251-entry table: 1 chunk, 2 slots; 2 ports: 4 chunks
-    ("selectionChunks", 6, [("a", 10, 2, "  selection: maglev\n  maglevTableSize: 251\n"), ("b", 3, 1, "")], ("c", 1, 1, ""), 8,
-     "selection table chunks"),
+    ("selectionChunks", 6, [("a", 10, 2, "  selection: maglev\n  maglevTableSize: 251\n"), ("b", 3, 1, "")],
+     ("c", 1, 1, ""), 8, "selection table chunks"),
 ]
 
 
@@ -61,7 +61,8 @@ def test_a_configuration_over_a_capacity_is_refused(
     assert len(errors) == 1, errors
     text = str(errors[0])
     assert text.startswith(f"{tmp_path / f'{name}.yaml'}:") and f"Service/{name}:" in text
-    assert f"needs {needed:,} {words}" in text and f"capacity is {value:,} (spec.capacities.{setting})" in text
+    assert f"needs {needed:,} {words}" in text
+    assert f"capacity is {value:,} (spec.capacities.{setting})" in text
     # the hint points at the setting that raises it, with its file and line
     assert f"raise spec.capacities.{setting} of Datapath/box ({tmp_path / '00-datapath.yaml'}:" in text
     (tmp_path / "00-datapath.yaml").write_text(datapath(**{setting: needed}))  # raising it makes room
