@@ -2,7 +2,8 @@
 
 Why this exists: reviewers (and CI on a pull request) need the exact, ordered
 change before it happens.  Exit codes follow Terraform: 0 success, 1 error, and
-with ``--detailed-exitcode`` 2 when there are changes.
+with ``--detailed-exitcode`` 2 when there are changes (a capacity change, shown as a
+note, is one).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         print_config_errors(result.errors)
         return 1
     print_warnings(result.warnings)
+    for notice in result.notices:  # a capacity change: the maps are re-created live on apply
+        print(f"Note: {notice}", file=sys.stderr)
     if ctx.output in ("json", "yaml"):
         dump(result.plan.to_dict(), ctx.output)
     else:
@@ -41,6 +44,6 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         if ctx.verbose:
             t = result.timings
             print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms)", file=sys.stderr)
-    if args.detailed_exitcode and result.plan:
+    if args.detailed_exitcode and (result.plan or result.notices):
         return 2
     return 0
