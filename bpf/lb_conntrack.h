@@ -181,8 +181,10 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 			v.state = LB_CT_FIN_WAIT;
 		else if ((p->tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 			v.state = LB_CT_SYN_SENT;
-		else
+		else {
 			v.state = LB_CT_ESTABLISHED;
+			stat_inc(LB_STAT_CT_LOST);	/* its entry was evicted or expired */
+		}
 	}
 	v.svc_id = svc_id;
 	v.stat_id = be->stat_id;

@@ -51,10 +51,13 @@ enum lb_limits {
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
  * v3: the firewall maps (lb_fw_*) and their global counters;
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
- * lb_ct.nat_family (fullnat between IPv4 and IPv6).
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6);
+ * v4: capacity: LB_STAT_CT_LOST (lb_stats one longer).  The sizes of the maps whose
+ * max_entries is a Datapath capacity (reconciler/drivers/bpf_capacity.py) are set by
+ * the loader; the values in enum lb_limits are their defaults.
  */
 enum lb_layout {
-	LB_LAYOUT_VERSION = 3,
+	LB_LAYOUT_VERSION = 4,
 };
 
 /* Endpoint selection algorithm of a service. */
@@ -133,7 +136,10 @@ enum lb_stat {
 	LB_STAT_FW_TRAP = 15,		/* firewall: action trap (handed to the kernel) */
 	LB_STAT_FW_RATE_DROP = 16,	/* firewall: over a rateLimit rule's rate */
 	LB_STAT_DROP_NO_SNAT = 17,	/* source NAT without an address or a free port */
-	LB_STAT_MAX = 18,
+	/* layout v4: capacity */
+	LB_STAT_CT_LOST = 18,		/* a TCP packet of an established connection (no SYN) found no
+					 * conntrack entry: evicted (conntrack full) or expired; selected again */
+	LB_STAT_MAX = 19,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */

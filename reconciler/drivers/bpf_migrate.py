@@ -240,7 +240,8 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None, progs: dict
                     f"v{B.const('LB_LAYOUT_VERSION')}) cannot convert: " + "; ".join(refused)
                     + "; nothing was changed", B.PIN_MISMATCH_HINT)
             resized = {n: (pins.layouts[n].max_entries, new[n].max_entries) for n in changed
-                       if n in pins.layouts and pins.layouts[n].max_entries != new[n].max_entries}
+                       if n in sizes and n in pins.layouts
+                       and pins.layouts[n].max_entries != new[n].max_entries}
             if check is not None and resized:
                 check()
             if dry_run and all(n in resized and replace(pins.layouts[n], max_entries=new[n].max_entries)

@@ -219,8 +219,8 @@ class BpfPins:
             self._migrate()
             self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
             # pinned maps are reused at their size (libbpf refuses another); new ones get the setting
-            obj.set_max_entries(map_sizes(self.capacities or default_capacities())
-                                | pinned_sizes(self.pin_root))
+            sizes = map_sizes(self.capacities or default_capacities()) | pinned_sizes(self.pin_root)
+            obj.set_max_entries({n: size for n, size in sizes.items() if n in obj.map_names()})
             obj.set_pin_root(self.pin_root)
             obj.load(tuple(PROGS.values()))
         except BaseException:

@@ -130,4 +130,5 @@ def driver_set(ctx: BoxContext) -> DriverSet:
 
 def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
     """Every registered driver of the box, in ``SPECS`` order (``down``, ``get``, ``export``)."""
-    return driver_set(ctx).every({"netlink": vip_interface})
+    # the bpf driver without capacities: it keeps the pinned sizes (only reconcile changes them)
+    return driver_set(ctx).every({"netlink": vip_interface, "bpf": None})
