@@ -327,8 +327,8 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
         notices = drv.notices()
         assert len(notices) == 1, notices
         (notice,) = notices  # apply prints it, the daemon logs it: once
-        assert f"migrated the pinned datapath to layout v{B.const('LB_LAYOUT_VERSION')} live: maps " in notice, \
-            notice
+        version = B.const("LB_LAYOUT_VERSION")
+        assert f"migrated the pinned datapath to layout v{version} live: maps " in notice, notice
         assert all(n in notice for n in v3_changed()), notice
         assert drv.notices() == []
     finally:
