@@ -102,6 +102,14 @@ class ConntrackReader(Protocol):
 
 
 @runtime_checkable
+class CapacityReader(Protocol):
+    """The datapath's capacities (``lbctl get capacities``): setting -> (size, in use); the
+    defaults it would be created with when nothing is installed (in use 0)."""
+
+    def capacity_use(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+@runtime_checkable
 class ConnCountSync(Protocol):
     """Keeps per-endpoint open-connection counts (least-connection selection) in step with conntrack."""
 

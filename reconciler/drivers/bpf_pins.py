@@ -274,6 +274,16 @@ class BpfPins:
             n = self._limits[name] = B.map_info(self.map(name).fd)[3]
         return n
 
+    def capacity_use(self) -> dict[str, tuple[int, int]]:
+        """Setting -> (size, in use) of the pinned datapath; this driver's (or the default)
+        capacities with nothing in use when none is pinned (``lbctl get capacities``)."""
+        sizes = pinned_sizes(self.pin_root)
+        if len(sizes) == len(CAPACITY_MAPS):
+            caps, used = capacities_of(sizes), bpf_capacity.usage(self.pin_root)
+            return {s: (getattr(caps, f), getattr(used, f)) for f, s in bpf_capacity.SETTING.items()}
+        caps = self.capacities or default_capacities()
+        return {s: (getattr(caps, f), 0) for f, s in bpf_capacity.SETTING.items()}
+
     def notices(self) -> list[str]:
         """What the driver did on its own (a layout migration), once."""
         out, self._notices = self._notices, []

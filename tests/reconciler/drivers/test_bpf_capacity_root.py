@@ -8,6 +8,7 @@ below what is in use is refused; conntrack holds a million flows by default on t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import uuid
 from pathlib import Path
@@ -89,6 +90,12 @@ def test_over_a_capacity_validate_plan_and_apply_refuse_and_the_box_is_unchanged
     assert after["lb_ct"] == 2 * 65536
     assert len(read_live(box.drivers())["service"]) == 4
     assert box.lbctl("plan", str(box.conf), "--detailed-exitcode") == 0
+    capsys.readouterr()
+    assert box.lbctl("get", "capacities", "-o", "json") == 0
+    rows = {r["capacity"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows["services"]["size"], rows["services"]["in_use"]) == (8, 4)
+    assert (rows["endpoints"]["size"], rows["endpoints"]["in_use"]) == (131072, 4)
+    assert rows["conntrackFlows"]["size"] == 65536
 
 
 def test_a_capacity_change_migrates_live_and_a_tcp_stream_goes_on() -> None:
