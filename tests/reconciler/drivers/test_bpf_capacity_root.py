@@ -24,11 +24,15 @@ from reconciler.errors import LbctlError
 from reconciler.limits import box_memory
 from reconciler.model import DatapathCapacities, default_conntrack_flows
 from reconciler.plan import diff
+from reconciler.records import Backend
+from tests.bpf import packets as P
+from tests.bpf.harness import BACKENDS4, CLIENT4, VIP4, Datapath
 from tests.reconciler.drivers.test_bpf_migrate_root import Stream, changes
 from tests.reconciler.test_reconcile_root import Box, box, service_yaml  # noqa: F401 (the fixture)
 from tests.testbed import Testbed
 
 pytestmark = pytest.mark.root
+REDIRECT = {"tc": 7, "xdp": 4}  # TC_ACT_REDIRECT, XDP_REDIRECT
 
 SMALL = DatapathCapacities(services=1024, endpoints=2048, selection_chunks=4096, conntrack_flows=65536,
                            persist_entries=1024)
@@ -173,3 +177,23 @@ def test_conntrack_holds_a_million_flows_by_default() -> None:
         assert sum(1 for _ in raw.items_raw()) == n
     finally:
         drv.down()
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_an_established_flow_that_lost_its_entry_is_counted_and_selected_again(dp: Datapath,
+                                                                              hook: str) -> None:
+    """Conntrack full: the LRU evicts the least recently used entries, an established flow's
+    too (here deleted as the LRU would); its next packet is a new flow, counted as ct_lost."""
+    dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
+    syn = P.Pkt(CLIENT4, VIP4, P.TCP, 43000, 80)
+    ack = syn.but(flags=P.ACK)
+    for pkt in (syn, ack):
+        assert dp.run(hook, pkt.bytes()).retval == REDIRECT[hook]
+    assert dp.driver.stats()["ct_lost"] == 0
+    ct = dp.driver.map("lb_ct")
+    for k, _v in list(ct.items()):
+        ct.delete(k)
+    out = dp.run(hook, ack.bytes())
+    assert out.retval == REDIRECT[hook] and P.parse(out.data).dst == BACKENDS4[0]
+    assert dp.driver.stats()["ct_lost"] == 1
+    assert [f.state for f in dp.driver.conntrack()] == ["established"]
