@@ -40,7 +40,11 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
     if ctx.output in ("json", "yaml"):
         dump(result.plan.to_dict(), ctx.output)
     else:
-        print_plan(result.plan.to_dict(), file=sys.stdout)
+        if result.notices and not result.plan:
+            print("No changes to records; apply re-creates the datapath's maps at their new capacities "
+                  "(see the note).")
+        else:
+            print_plan(result.plan.to_dict(), file=sys.stdout)
         if ctx.verbose:
             t = result.timings
             print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms)", file=sys.stderr)
