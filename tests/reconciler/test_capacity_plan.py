@@ -7,12 +7,14 @@ change a driver reports during a dry run (the maps would be re-created) reaches 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from reconciler.apply import reconcile
+from reconciler.model import DatapathCapacities
 from reconciler.records import Record
 from tests.reconciler.fakes import BPF_KINDS, FakeDriver, fake_drivers, fake_table
 
@@ -57,3 +59,33 @@ def test_a_capacity_change_a_driver_reports_in_a_dry_run_reaches_the_plan(tmp_pa
                   table_builder=fake_table)
     assert r.ok and r.dry_run and r.notices == ("capacities change: endpoints 131,072 -> 262,144; "
                                                 "apply re-creates maps ...",)
+
+
+def test_a_driver_rebuilt_for_new_capacities_closes_the_one_it_replaces() -> None:
+    """The daemon's bpf driver is rebuilt when the Datapath's capacities change (a driver
+    setting); the old one's handles on the replaced maps are let go at once."""
+    from reconciler.driver import DriverSet, DriverSpec
+    from reconciler.drivers.registry import capacities_of
+    from tests.reconciler.fakes import datapath
+
+    built: list[Closing] = []
+
+    class Closing(FakeDriver):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def build(_box: object, settings: object) -> Closing:
+        built.append(Closing(BPF_KINDS, name=f"bpf {settings}"))
+        return built[-1]
+
+    drivers = DriverSet([DriverSpec("bpf", BPF_KINDS, build, settings=capacities_of)], None)
+    small, big = datapath("eth0"), datapath("eth0")
+    big = dataclasses.replace(big, spec=dataclasses.replace(
+        big.spec, capacities=DatapathCapacities(services=131072)))  # type: ignore[arg-type]
+    drivers.select([small])
+    drivers.select([small])
+    assert len(built) == 1 and not built[0].closed
+    drivers.select([big])
+    assert len(built) == 2 and built[0].closed and not built[1].closed
