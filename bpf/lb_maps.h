@@ -59,7 +59,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_sel SEC(".maps");
 
-/* Conntrack: one entry per direction of every flow, least recently used evicted. */
+/* Conntrack: one entry per direction of every flow; sized by the Datapath's capacities.conntrackFlows
+ * (two entries a flow); when full the least recently used entry is evicted (the flow's next TCP
+ * segment then finds no entry and is handed to the kernel: LB_STAT_PASS_NO_FLOW). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_MAX_FLOWS);

@@ -53,7 +53,9 @@ enum lb_limits {
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
  * lb_ct.nat_family (fullnat between IPv4 and IPv6);
  * v4: lb_ct keeps each direction's TCP sequence numbers (idle expiry resets);
- * lb_ct's next-hop cache (nh_*) and lb_nh_gen.
+ * lb_ct's next-hop cache (nh_*) and lb_nh_gen; the sizes of the maps whose
+ * max_entries is a Datapath capacity (reconciler/drivers/bpf_capacity.py) are set by
+ * the loader; the values in enum lb_limits are their defaults.
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 4,

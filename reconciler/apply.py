@@ -435,8 +435,8 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
     base = ReconcileResult(plan=plan, dry_run=dry_run, digest=digest, warnings=warnings,
                            desired=desired, live=live_state, allocations=ipam.allocations,
                            timings=Timings(parse=t_parse, plan=t_plan))
-    if dry_run:
-        return base
+    if dry_run:  # the notices of a dry run say what apply would do besides the plan (resize the maps)
+        return replace(base, notices=driver_notices(drivers))
 
     if dict(ipam.allocations) != previous:
         store.save(ipam.allocations)  # before programming: a live VIP is always on record

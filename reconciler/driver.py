@@ -102,6 +102,14 @@ class ConntrackReader(Protocol):
 
 
 @runtime_checkable
+class CapacityReader(Protocol):
+    """The datapath's capacities (``lbctl get capacities``): setting -> (size, in use); the
+    defaults it would be created with when nothing is installed (in use 0)."""
+
+    def capacity_use(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+@runtime_checkable
 class ConnCountSync(Protocol):
     """Keeps per-endpoint open-connection counts (least-connection selection) in step with conntrack."""
 
@@ -236,6 +244,9 @@ class DriverSet:
         built = self._built.get(spec.name)
         if built is not None and built[0] == settings:
             return built[1]
+        close = getattr(built[1], "close", None) if built is not None else None
+        if callable(close):  # its handles (the bpf driver's: maps a capacity change replaced) go now
+            close()
         drv = spec.build(self.box, settings)
         if frozenset(drv.kinds) != spec.kinds:
             raise LbctlError(f"driver {spec.name!r} owns {sorted(drv.kinds)} but is registered for "

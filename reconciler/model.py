@@ -184,12 +184,52 @@ class DatapathInterface:
     hook: Hook = DEFAULT_HOOK
 
 
+# Capacities of the datapath (the sizes of its maps), when the Datapath does not set them.
+DEFAULT_SERVICE_CAPACITY = 65536  # service entries: (VIP, protocol, port range)
+DEFAULT_ENDPOINT_CAPACITY = 131072  # endpoint counter slots: one per endpoint of every entry
+DEFAULT_SELECTION_CHUNK_CAPACITY = 262144  # selection table chunks of 512 indexes (both slots)
+DEFAULT_PERSIST_CAPACITY = 65536  # source affinities of persist services
+# Conntrack is sized to the box: one concurrent flow per 16 KiB of memory (a flow's two
+# entries take about 370 bytes of kernel memory, so ~2% of it), in steps of 65,536 flows,
+# at least 65,536 and at most 16,777,216 (24 GB: 1,507,328 flows).
+CONNTRACK_MEMORY_PER_FLOW = 16384
+CONNTRACK_FLOW_STEP = 65536
+MAX_CONNTRACK_FLOWS = 16777216
+
+
+def default_conntrack_flows(memory_bytes: int) -> int:
+    """Concurrent flows conntrack holds by default on a box with ``memory_bytes`` of memory."""
+    flows = memory_bytes // CONNTRACK_MEMORY_PER_FLOW // CONNTRACK_FLOW_STEP * CONNTRACK_FLOW_STEP
+    return max(CONNTRACK_FLOW_STEP, min(MAX_CONNTRACK_FLOWS, flows))
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathCapacities:
+    """The datapath's capacities; ``None``: the default (``resolved`` fills them in)."""
+
+    services: int | None = None
+    endpoints: int | None = None
+    selection_chunks: int | None = None
+    conntrack_flows: int | None = None
+    persist_entries: int | None = None
+
+    def resolved(self, memory_bytes: int) -> DatapathCapacities:
+        """Every capacity set: this box's defaults (``memory_bytes``) where none was given."""
+        return DatapathCapacities(
+            services=self.services or DEFAULT_SERVICE_CAPACITY,
+            endpoints=self.endpoints or DEFAULT_ENDPOINT_CAPACITY,
+            selection_chunks=self.selection_chunks or DEFAULT_SELECTION_CHUNK_CAPACITY,
+            conntrack_flows=self.conntrack_flows or default_conntrack_flows(memory_bytes),
+            persist_entries=self.persist_entries or DEFAULT_PERSIST_CAPACITY)
+
+
 @dataclass(frozen=True, slots=True)
 class DatapathSpec:
     interfaces: tuple[DatapathInterface, ...]
     hook: Hook = DEFAULT_HOOK  # default for interfaces that do not name one
     vip_interface: str = DEFAULT_VIP_INTERFACE
     source_address: str | None = None  # fullnat services without their own sourceAddress
+    capacities: DatapathCapacities = DatapathCapacities()
 
 
 # The YAML (camelCase) name of every model field, per class: the one table both
@@ -225,7 +265,10 @@ YAML_NAMES: Mapping[type, Mapping[str, str]] = {
                        "rate_limit": "rateLimit"},
     DatapathInterface: {"name": "name", "hook": "hook"},
     DatapathSpec: {"interfaces": "interfaces", "hook": "hook", "vip_interface": "vipInterface",
-                   "source_address": "sourceAddress"},
+                   "source_address": "sourceAddress", "capacities": "capacities"},
+    DatapathCapacities: {"services": "services", "endpoints": "endpoints",
+                         "selection_chunks": "selectionChunks", "conntrack_flows": "conntrackFlows",
+                         "persist_entries": "persistEntries"},
 }
 
 # What ``lbctl export`` writes instead of a secret (a BGP session's TCP MD5

@@ -1,4 +1,4 @@
-"""``lbctl get services|endpoints|conntrack|pools|firewall|bgp``: live state as a table.
+"""``lbctl get services|endpoints|conntrack|pools|firewall|bgp|capacities``: live state as a table.
 
 Why this exists: operators check what the box really does, not what the files
 say.  Tables look like loxicmd's (``|``-separated, one row per object);
@@ -23,7 +23,14 @@ from typing import Any
 from reconciler.apply import drivers_by_kind
 from reconciler.commands.common import drivers_for, dump, table
 from reconciler.commands.status import fetch_status
-from reconciler.driver import ConntrackReader, CounterReader, Driver, FirewallCounterReader, SessionReader
+from reconciler.driver import (
+    CapacityReader,
+    ConntrackReader,
+    CounterReader,
+    Driver,
+    FirewallCounterReader,
+    SessionReader,
+)
 from reconciler.errors import LbctlError
 from reconciler.ipam_store import AllocationStore
 from reconciler.records import (
@@ -34,7 +41,7 @@ from reconciler.records import (
 )
 from reconciler.status import DEFAULT_LISTEN, parse_listen
 
-WHAT = ("services", "endpoints", "conntrack", "pools", "firewall", "bgp")
+WHAT = ("services", "endpoints", "conntrack", "pools", "firewall", "bgp", "capacities")
 Row = dict[str, Any]
 HEALTH_TIMEOUT = 1.0
 
@@ -292,8 +299,18 @@ def bgp(ctx: Any, wide: bool) -> list[Row] | None:
     return rows
 
 
+def capacities(ctx: Any, wide: bool) -> list[Row] | None:
+    """The datapath's capacities (the Datapath's spec.capacities as installed) and what is in use."""
+    reader = next((d for d in drivers_for(ctx, read_only=True) if isinstance(d, CapacityReader)), None)
+    if reader is None:
+        return None
+    return [{"CAPACITY": name, "SIZE": size, "IN USE": used,
+             "USED %": round(100 * used / size, 1) if size else 0.0}
+            for name, (size, used) in reader.capacity_use().items()]
+
+
 READERS = {"services": services, "endpoints": endpoints, "conntrack": conntrack, "pools": pools,
-           "firewall": firewall, "bgp": bgp}
+           "firewall": firewall, "bgp": bgp, "capacities": capacities}
 
 
 def print_rows(rows: Sequence[Row], output: str) -> None:

@@ -2,7 +2,8 @@
 
 Why this exists: reviewers (and CI on a pull request) need the exact, ordered
 change before it happens.  Exit codes follow Terraform: 0 success, 1 error, and
-with ``--detailed-exitcode`` 2 when there are changes.
+with ``--detailed-exitcode`` 2 when there are changes (a capacity change, shown as a
+note, is one).
 """
 
 from __future__ import annotations
@@ -37,17 +38,23 @@ def run(args: argparse.Namespace, ctx: Any) -> int:
         print_config_errors(result.errors)
         return 1
     print_warnings(result.warnings)
+    for notice in result.notices:  # a capacity change: the maps are re-created live on apply
+        print(f"Note: {notice}", file=sys.stderr)
     if ctx.output in ("json", "yaml"):
         dump(result.plan.to_dict(), ctx.output)
     else:
         t_render = time.perf_counter()
-        compact = wants_compact(len(result.plan), args.full_plan)
-        print_plan(result.plan.to_dict(records=not compact), file=sys.stdout, compact=compact)
+        if result.notices and not result.plan:
+            print("No changes to records; apply re-creates the datapath's maps at their new capacities "
+                  "(see the note).")
+        else:
+            compact = wants_compact(len(result.plan), args.full_plan)
+            print_plan(result.plan.to_dict(records=not compact), file=sys.stdout, compact=compact)
         t_render = time.perf_counter() - t_render
         if ctx.verbose:
             t = result.timings
             print(f"(parse+validate {t.parse * 1000:.1f} ms, plan {t.plan * 1000:.1f} ms, "
                   f"render {t_render * 1000:.1f} ms)", file=sys.stderr)
-    if args.detailed_exitcode and result.plan:
+    if args.detailed_exitcode and (result.plan or result.notices):
         return 2
     return 0

@@ -18,6 +18,7 @@ from reconciler.model import (
     YAML_NAMES,
     BGPConfigSpec,
     BGPPeerSpec,
+    DatapathCapacities,
     DatapathInterface,
     DatapathSpec,
     Endpoint,
@@ -115,7 +116,9 @@ def firewall_rule(spec: Mapping[str, Any]) -> FirewallRuleSpec:
 
 
 def datapath(spec: Mapping[str, Any]) -> DatapathSpec:
-    kw = _pick(spec, _names(DatapathSpec, "interfaces"), {})
+    kw = _pick(spec, _names(DatapathSpec, "interfaces"), {
+        "capacities": lambda v: DatapathCapacities(**_pick(v, _names(DatapathCapacities), _ints(
+            "services", "endpoints", "selectionChunks", "conntrackFlows", "persistEntries")))})
     default_hook = kw.get("hook")
     interfaces = []
     for item in spec["interfaces"]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import difflib
 import functools
 import ipaddress
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reconciler import limits
+from reconciler import limits, maglev
 from reconciler.config.formats import FormatProblem, IPAddress, canonical_ipv4, pool_range
 from reconciler.errors import ConfigError
 from reconciler.maglev import is_prime
@@ -28,6 +29,7 @@ from reconciler.model import (
     SECRET_PLACEHOLDER,
     BGPConfigSpec,
     BGPPeerSpec,
+    DatapathCapacities,
     DatapathSpec,
     FirewallRuleSpec,
     PoolSpec,
@@ -407,37 +409,62 @@ def claim_conflicts(vip: str, proto: str, entries: Sequence[tuple[int, int, Reso
                 reach = cur
 
 
-def too_many_entries(res: Resource, report: Report) -> None:
-    """``res`` is the service whose entries pass the datapath's limit."""
-    report.add(res, "metadata.name", f"the configuration needs more than {limits.MAX_SERVICES} "
-               "service entries (VIP, protocol, port range); the datapath cannot hold them",
-               "remove services or merge ports into ranges")
+# The capacities a configuration fills, in the order of ``usage_of``: (YAML name under the
+# Datapath's spec.capacities, what is counted, where on the Service the error goes, what else helps).
+CAPACITIES: tuple[tuple[str, str, str, str], ...] = (
+    ("services", "service entries (one per VIP, protocol and port range)", "metadata.name",
+     "or remove services, or merge ports into ranges"),
+    ("endpoints", "endpoint counters (one per endpoint of every VIP, protocol and port range)",
+     "spec.endpoints", "or remove services or endpoints"),
+    ("selectionChunks", f"selection table chunks ({limits.SEL_CHUNK} entries each; two tables per VIP, "
+     "protocol and port range: the live one and the next)", "spec.endpoints",
+     "or use smaller weights or a smaller maglevTableSize"),
+)
+_CAPACITY_FIELDS = {"services": "services", "endpoints": "endpoints", "selectionChunks": "selection_chunks"}
 
 
-def too_many_counters(res: Resource, report: Report) -> None:
-    """``res`` is the service whose endpoints pass the datapath's endpoint counter slots."""
-    report.add(res, "spec.endpoints", f"the configuration needs more than {limits.MAX_ENDPOINT_COUNTERS:,} "
-               "endpoint counters (one per endpoint of every VIP, protocol and port range); the "
-               "datapath cannot hold them, and an apply would stop half way",
-               "remove services or endpoints, or merge ports into ranges; the limit is "
-               "LB_MAX_BACKEND_STATS in bpf/lb_shared.h")
+def datapath_capacities(datapath: Resource | None) -> DatapathCapacities:
+    """The capacities a configuration is checked against: its Datapath's, defaults filled in."""
+    spec = datapath.spec if datapath is not None else None
+    own = spec.capacities if isinstance(spec, DatapathSpec) else DatapathCapacities()
+    return own.resolved(limits.box_memory())
 
 
-def service_total(services: Sequence[tuple[Resource, int, int]], report: Report) -> None:
-    """The datapath's capacities across all services: service entries and endpoint counters."""
-    total = counters = 0
-    entries_done = counters_done = False
-    for res, entries, slots in services:
-        total += entries
-        counters += slots
-        if total > limits.MAX_SERVICES and not entries_done:
-            too_many_entries(res, report)
-            entries_done = True
-        if counters > limits.MAX_ENDPOINT_COUNTERS and not counters_done:
-            too_many_counters(res, report)
-            counters_done = True
-        if entries_done and counters_done:
-            return
+def over_capacity(res: Resource, which: int, total: int, datapath: Resource | None,
+                  report: Report) -> None:
+    """``res`` is the service where the configuration passes capacity ``which`` (``CAPACITIES``)."""
+    name, what, path, other = CAPACITIES[which]
+    limit = getattr(datapath_capacities(datapath), _CAPACITY_FIELDS[name])
+    setting = f"spec.capacities.{name}"
+    if datapath is not None:
+        where = f"{setting} of Datapath/{datapath.name} ({_at(datapath, setting)})"
+    else:
+        where = f"{setting} in a Datapath resource"
+    report.add(res, path, f"the configuration needs {total:,} {what}; the datapath's capacity is {limit:,} "
+               f"({setting}), so an apply would stop half way", f"raise {where}, {other}")
+
+
+def capacity_limits(caps: DatapathCapacities) -> tuple[int, ...]:
+    """``caps`` in the order of ``CAPACITIES``."""
+    return tuple(int(getattr(caps, _CAPACITY_FIELDS[name])) for name, *_rest in CAPACITIES)
+
+
+def capacity_totals(services: Sequence[tuple[Resource, tuple[int, ...]]], datapath: Resource | None,
+                    report: Report, totals: Sequence[int] | None = None) -> None:
+    """The datapath's capacities across all services (their ``usage_of``): each one passed is
+    reported once, at the service where the running total passes it.  ``totals``: the sums,
+    when the caller has them."""
+    if totals is None:
+        totals = [sum(u[i] for _, u in services) for i in range(len(CAPACITIES))]
+    for i, limit in enumerate(capacity_limits(datapath_capacities(datapath))):
+        if totals[i] <= limit:
+            continue
+        running = 0
+        for res, usage in services:
+            running += usage[i]
+            if running > limit:
+                over_capacity(res, i, totals[i], datapath, report)
+                break
 
 
 def _bgp_peers(peers: Sequence[tuple[Resource, BGPPeerSpec]], report: Report) -> None:
@@ -527,6 +554,27 @@ def counters_of(spec: ServiceSpec) -> int:
     return entries_of(spec) * len(spec.endpoints)
 
 
+def selection_chunks_of(spec: ServiceSpec) -> int:
+    """Selection table chunks one service may hold at once: per entry, its table in both slots
+    (the live one and the one the next change writes).  A weighted table is at most
+    sum(weights)/gcd (scaled to ``WEIGHTED_TABLE_MAX``, one slot at least per endpoint);
+    health and backups only take endpoints out, which never makes it longer."""
+    if not spec.endpoints:
+        return 0
+    if spec.selection == "maglev":
+        length = spec.maglev_table_size or maglev.table_size(len(spec.endpoints))
+    else:
+        weights = [e.weight for e in spec.endpoints if e.weight > 0]
+        g = math.gcd(*weights) if weights else 1
+        length = min(sum(weights) // g, limits.WEIGHTED_TABLE_MAX + len(weights))
+    return entries_of(spec) * 2 * -(-length // limits.SEL_CHUNK)
+
+
+def usage_of(spec: ServiceSpec) -> tuple[int, int, int]:
+    """What one service takes of each capacity of ``CAPACITIES``."""
+    return entries_of(spec), counters_of(spec), selection_chunks_of(spec)
+
+
 def _bgp_config(res: Resource, spec: BGPConfigSpec, report: Report) -> None:
     for i, text in enumerate(spec.communities):
         if any(int(part) > 65535 for part in text.split(":")):
@@ -563,6 +611,7 @@ def check(resources: Sequence[Resource], broken: Iterable[str] = ()) -> list[Con
     for res, spec in services:
         check_service(res, spec, pools, report, gone)
     _vip_claims([(res, claims_of(spec)) for res, spec in services], report)
-    service_total([(res, entries_of(spec), counters_of(spec)) for res, spec in services], report)
+    datapath = next((r for r in resources if isinstance(r.spec, DatapathSpec)), None)
+    capacity_totals([(res, usage_of(spec)) for res, spec in services], datapath, report)
     check_others([r for r in resources if not isinstance(r.spec, ServiceSpec)], report)
     return report.errors

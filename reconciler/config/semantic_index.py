@@ -34,10 +34,9 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import limits
 from reconciler.config import semantic
 from reconciler.errors import ConfigError
-from reconciler.model import Resource, ServiceSpec
+from reconciler.model import DatapathSpec, Resource, ServiceSpec
 
 NameKey = tuple[str, str]  # (kind, name)
 ClaimKey = tuple[str, str]  # (canonical VIP, protocol)
@@ -55,10 +54,8 @@ class _Shape:
     bgp_services: tuple[Resource, ...]  # services with bgp: true (they need a BGPConfig)
     names: dict[NameKey, list[tuple[int, Resource]]]
     claims: dict[ClaimKey, list[ClaimEntry]]
-    entries: tuple[int, ...]  # service map entries per service
-    total: int
-    counters: tuple[int, ...]  # endpoint counter slots per service
-    counter_total: int
+    usage: tuple[tuple[int, ...], ...]  # per service: what it takes of each capacity (semantic.usage_of)
+    usage_total: tuple[int, ...]
     pools_named: tuple[str, ...]
 
 
@@ -85,10 +82,10 @@ def _shape(resources: tuple[Resource, ...]) -> _Shape:
             port_index[key] = i + 1
             claims.setdefault(key, []).append((start, end, service_pos, i, res, path))
         service_pos += 1
-    entries = tuple(semantic.entries_of(s) for _, s in services)
-    counters = tuple(semantic.counters_of(s) for _, s in services)
+    usage = tuple(semantic.usage_of(s) for _, s in services)
+    usage_total = tuple(sum(u[i] for u in usage) for i in range(len(semantic.CAPACITIES)))
     return _Shape(resources, tuple(services), tuple(others), tuple(r for r, s in services if s.bgp), names,
-                  claims, entries, sum(entries), counters, sum(counters), tuple(sorted(pools)))
+                  claims, usage, usage_total, tuple(sorted(pools)))
 
 
 @dataclass(frozen=True)
@@ -187,23 +184,15 @@ class SemanticMemo:
             checked[gid] = done
             report.errors.extend(done.errors)
 
-        # across files: totals (whole files at a time until one passes a limit), then the
-        # memoised conflicts of contested keys
-        for limit, per_file, per_service, too_many in (
-                (limits.MAX_SERVICES, "total", "entries", semantic.too_many_entries),
-                (limits.MAX_ENDPOINT_COUNTERS, "counter_total", "counters", semantic.too_many_counters)):
-            total = 0
-            for gid in ids:
-                shape = shapes[gid]
-                if total + getattr(shape, per_file) <= limit:
-                    total += getattr(shape, per_file)
-                    continue
-                for (res, _), n in zip(shape.services, getattr(shape, per_service), strict=True):
-                    total += n
-                    if total > limit:
-                        too_many(res, report)
-                        break
-                break
+        # across files: the capacities (per-file totals; a file's services are walked only
+        # when a capacity is passed), then the memoised conflicts of contested keys
+        totals = [sum(shapes[gid].usage_total[i] for gid in ids) for i in range(len(semantic.CAPACITIES))]
+        datapath = next((r for r in others if isinstance(r.spec, DatapathSpec)), None)
+        caps = semantic.datapath_capacities(datapath)
+        if any(t > limit for t, limit in zip(totals, semantic.capacity_limits(caps), strict=True)):
+            used = [(res, u) for gid in ids
+                    for (res, _), u in zip(shapes[gid].services, shapes[gid].usage, strict=True)]
+            semantic.capacity_totals(used, datapath, report, totals)
         for errors in self._name_errors.values():
             report.errors.extend(errors)
         for errors in self._claim_errors.values():

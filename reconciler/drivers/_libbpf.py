@@ -748,6 +748,12 @@ class BpfObject:
         return (int(c.bpf_map__type(m)), int(c.bpf_map__key_size(m)), int(c.bpf_map__value_size(m)),
                 int(c.bpf_map__max_entries(m)))
 
+    def set_max_entries(self, sizes: Mapping[str, int]) -> None:
+        """Size maps before ``load`` (the Datapath's capacities): map name -> max_entries."""
+        for name, n in sizes.items():
+            _check(lib().lib.bpf_map__set_max_entries(self.map_ptr(name), n),
+                   f"set_max_entries of map {name}")
+
     def set_pin_root(self, root: str, names: list[str] | None = None) -> None:
         for name in names or list(MAPS):
             _check(lib().lib.bpf_map__set_pin_path(self.map_ptr(name), os.path.join(root, name).encode()),

@@ -207,10 +207,11 @@ class BpfApply(BpfRead):
         if svc_id is not None:
             return svc_id
         idx = self._idx
-        limit = L.MAX_SERVICES
+        limit = self.map_limit("lb_conf")
         svc_id = _first_free(idx.svc_hint, limit, idx.confs, self._purge)
         if svc_id >= limit:
-            raise LbctlError(f"no free service id (limit {limit})")
+            raise LbctlError(f"no free service id (the datapath holds {limit:,} services)",
+                             "raise spec.capacities.services of the Datapath")
         family, addr = _pack_addr(key.vip)
         conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
                      family=family, port_end=key.port_end)
@@ -227,13 +228,14 @@ class BpfApply(BpfRead):
 
     def _alloc_stat(self) -> int:
         idx = self._idx
-        limit = L.MAX_STATS
+        limit = self.map_limit("lb_be_stats")
         sid = idx.stat_hint
         used, held = idx.used_stats, self._held_stats
         if sid in used or sid in held:
             sid = _first_free(sid, limit, used, held)
         if sid >= limit:
-            raise LbctlError("no free endpoint counter slot")
+            raise LbctlError(f"no free endpoint counter slot (the datapath holds {limit:,})",
+                             "raise spec.capacities.endpoints of the Datapath")
         idx.used_stats.add(sid)
         idx.stat_hint = sid + 1
         k = U32.pack(sid)

@@ -35,14 +35,13 @@ from reconciler.drivers.bpf_layout import (
     SELECTIONS,
     SVC_HDR,
 )
+from reconciler.limits import WEIGHTED_TABLE_MAX
 from reconciler.records import (
     Backend,
     EndpointSet,
     ServiceEntry,
     ServiceKey,
 )
-
-WEIGHTED_TABLE_MAX = 4096  # lbctl's choice: weights are scaled down to a table this long
 
 
 def weighted_table(weights: Sequence[int]) -> list[int]:

@@ -126,8 +126,6 @@ NAME_LEN = const("LB_NAME_LEN")
 SEL_CHUNK = const("LB_SEL_CHUNK")
 MAX_RANGES = const("LB_MAX_RANGES")
 MAX_SEL_LEN = const("LB_MAGLEV_MAX")  # no selection table is longer
-MAX_STATS = const("LB_MAX_BACKEND_STATS")
-MAX_SERVICES = const("LB_MAX_SERVICES")
 IFNAME_LEN = const("LB_IFNAME_LEN")
 CT_CLOSING_TIMEOUT = const("LB_CT_CLOSING_TIMEOUT")
 

@@ -38,12 +38,15 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from dataclasses import dataclass, field
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers.netns import in_netns
 
+_U32 = struct.Struct("<I")  # array keys
 STAGING = "lb_migrate"  # bpffs refuses names with a dot; no netns box is named so
 _ARRAY_TYPES = frozenset({2, 6})  # BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY
 _PERCPU_TYPES = frozenset({5, 6, 10})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
@@ -87,6 +90,8 @@ class Migration:
     hooks: list[tuple[str, str, int]] = field(default_factory=list)  # (ifname, hook, new program id)
     second_pass: int = 0  # entries copied again after the swap
     removed: list[str] = field(default_factory=list)  # old pins of maps the object no longer has
+    resized: dict[str, tuple[int, int]] = field(default_factory=dict)  # map -> (old, new) max_entries
+    pending: bool = False  # a dry run: only sizes change, nothing was done
 
 
 def _stride(layout: B.MapLayout) -> int:
@@ -137,11 +142,12 @@ def _merged(copies: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], .
     return tuple(out)
 
 
-def conversion(name: str, old: B.MapLayout, new: B.MapLayout) -> Conversion:
-    """How map ``name`` converts from ``old`` to ``new``; ``Refused`` when it cannot."""
+def conversion(name: str, old: B.MapLayout, new: B.MapLayout, *, shrink: bool = False) -> Conversion:
+    """How map ``name`` converts from ``old`` to ``new``; ``Refused`` when it cannot.
+    ``shrink``: a smaller map is wanted, the caller checked its entries in use fit."""
     if old.type != new.type:
         raise Refused(f"{name}: the map type changed ({old.type} -> {new.type})")
-    if new.max_entries < old.max_entries:
+    if new.max_entries < old.max_entries and not shrink:
         raise Refused(f"{name}: holds {new.max_entries} entries, the pinned map {old.max_entries}")
     if (old.key, old.key_size) != (new.key, new.key_size):
         raise Refused(f"{name}: the key changed, so old entries cannot be matched to new ones")
@@ -177,13 +183,20 @@ class _Pins:
 
 
 def migrate_if_needed(pin_root: str, obj_path: str, netns: str | None,
-                      progs: dict[str, str], *, dry_run: bool = False) -> Migration | None:
+                      progs: dict[str, str], *, dry_run: bool = False,
+                      sizes: Mapping[str, int] | None = None,
+                      check: Callable[[], None] | None = None) -> Migration | None:
     """Migrate the maps pinned under ``pin_root`` to the layout of ``obj_path`` when they differ.
 
     None when nothing is pinned or every pinned map already has the object's layout.
-    ``progs``: entry point per hook (``{"tc": "lb_tc", "xdp": "lb_xdp"}``).  Raises
-    ``LayoutError`` (nothing changed) when a map cannot be converted, and with
-    ``dry_run`` also when it could be (a command that only looks says so and changes nothing).
+    ``progs``: entry point per hook (``{"tc": "lb_tc", "xdp": "lb_xdp"}``).  ``sizes``:
+    max_entries of maps whose size is a setting (the Datapath's capacities, ``bpf_capacity``);
+    a size that differs from the pin's is a migration too, and may be smaller: ``check``
+    (called under the lock, before anything changes) refuses one below what is in use.
+    Raises ``LayoutError`` (nothing changed) when a map cannot be converted, and with
+    ``dry_run`` also when it could be (a command that only looks says so and changes
+    nothing), except when only sizes change: then it returns the pending migration
+    (``Migration.pending``) for the plan to show.
     """
     if not os.path.isdir(pin_root):
         return None
@@ -192,16 +205,18 @@ def migrate_if_needed(pin_root: str, obj_path: str, netns: str | None,
     dir_fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        return _migrate_locked(pin_root, obj_path, netns, progs, dry_run)
+        return _migrate_locked(pin_root, obj_path, netns, progs, dry_run, sizes or {}, check)
     finally:
         os.close(dir_fd)  # releases the lock
 
 
-def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
-                    progs: dict[str, str], dry_run: bool = False) -> Migration | None:
+def _migrate_locked(pin_root: str, obj_path: str, netns: str | None, progs: dict[str, str],
+                    dry_run: bool, sizes: Mapping[str, int],
+                    check: Callable[[], None] | None) -> Migration | None:
     obj = B.BpfObject(obj_path)
     try:
         names = obj.map_names()
+        obj.set_max_entries({n: size for n, size in sizes.items() if n in names})
         pins = _Pins(pin_root, names)
         try:
             if not pins.layouts:
@@ -216,7 +231,7 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
             refused = []
             for name in pins.layouts:
                 try:
-                    convs[name] = conversion(name, pins.layouts[name], new[name])
+                    convs[name] = conversion(name, pins.layouts[name], new[name], shrink=name in sizes)
                 except Refused as exc:
                     refused.append(str(exc))
             if refused:
@@ -224,13 +239,23 @@ def _migrate_locked(pin_root: str, obj_path: str, netns: str | None,
                     f"the maps pinned under {pin_root} have a layout this lbctl (layout "
                     f"v{B.const('LB_LAYOUT_VERSION')}) cannot convert: " + "; ".join(refused)
                     + "; nothing was changed", B.PIN_MISMATCH_HINT)
+            resized = {n: (pins.layouts[n].max_entries, new[n].max_entries) for n in changed
+                       if n in sizes and n in pins.layouts
+                       and pins.layouts[n].max_entries != new[n].max_entries}
+            if check is not None and resized:
+                check()
+            if dry_run and all(n in resized and replace(pins.layouts[n], max_entries=new[n].max_entries)
+                               == new[n] for n in changed):
+                return Migration(changed=changed, resized=resized, pending=True)
             if dry_run:
                 raise B.LayoutError(
                     f"the maps pinned under {pin_root} have another layout than this lbctl's (layout "
                     f"v{B.const('LB_LAYOUT_VERSION')}; changed: {', '.join(changed)}); this command "
                     "changes nothing", "run 'lbctl apply' (or let 'lbctl watch' reconcile): it migrates "
                     "the pinned datapath live, keeping established flows")
-            return _migrate(pin_root, obj, names, pins, convs, changed, netns, progs)
+            done = _migrate(pin_root, obj, names, pins, convs, changed, netns, progs)
+            done.resized = resized
+            return done
         finally:
             pins.close()
     finally:
@@ -268,7 +293,10 @@ def _migrate(pin_root: str, obj: B.BpfObject, names: list[str], pins: _Pins, con
             new_maps[name] = B.raw_map(name, obj.map_fd(name), n.key_size, n.value_size,
                                        n.type in _PERCPU_TYPES)
             items = [(k, conv.value(v)) for k, v in old_maps[name].items_raw()
-                     if not (o.type in _ARRAY_TYPES and _all_zero(v))]
+                     if not (o.type in _ARRAY_TYPES and (_all_zero(v) or _U32.unpack(k)[0] >= n.max_entries))]
+            if len(items) > n.max_entries:  # a shrink the caller's check let through
+                raise B.LayoutError(f"{name}: {len(items)} entries do not fit in {n.max_entries}; "
+                                    "nothing was changed")
             B.write_raw_all_cpus(new_maps[name], items)
             report.maps[name] = len(items)
             if name in DATAPATH_WRITTEN:

@@ -44,7 +44,6 @@ from reconciler.telemetry import DatapathSnapshot, EndpointStats, ServiceStats, 
 
 CT_KEY = L.fmt("struct lb_ct_key")
 CT_VALUE = L.fmt("struct lb_ct")
-MAX_FLOWS = L.const("LB_MAX_FLOWS")
 _COUNTER_FIELDS = 6  # struct lb_counters: packets, bytes, reply_packets, reply_bytes, new_flows, drops
 _STAT_NAMES = {v: k.replace("-", "_") for k, v in STATS.items()}
 _CHUNK = 4096  # entries per batch call over the counter arrays (and per kept chunk of sums)
@@ -244,8 +243,8 @@ class BpfObserve(BpfRead):
         self._obs_built = built
         counters = {_STAT_NAMES[i]: v for i, v in enumerate(stats) if i in _STAT_NAMES}
         drops = {k[len("drop_"):]: v for k, v in counters.items() if k.startswith("drop_")}
-        return DatapathSnapshot(services=tuple(services), conntrack=by_state, conntrack_capacity=MAX_FLOWS,
-                                counters=counters, drops=drops)
+        return DatapathSnapshot(services=tuple(services), conntrack=by_state,
+                                conntrack_capacity=self.map_limit("lb_ct"), counters=counters, drops=drops)
 
     def _scan_confs(self) -> dict[int, _SvcLabels]:
         """lb_conf (one dump), decoded where its bytes changed since the last scrape (a chunk of

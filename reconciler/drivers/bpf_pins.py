@@ -18,10 +18,13 @@ from typing import Self
 
 from reconciler.constants import BPFFS, DATAPATH_OBJECT, DEFAULT_PIN_ROOT
 from reconciler.drivers import _libbpf as B
-from reconciler.drivers import bpf_migrate
+from reconciler.drivers import bpf_capacity, bpf_migrate
+from reconciler.drivers.bpf_capacity import CAPACITY_MAPS, capacities_of, map_sizes, pinned_sizes
 from reconciler.drivers.bpf_codec import _Index
 from reconciler.drivers.datapath_files import datapath_file
 from reconciler.errors import LbctlError
+from reconciler.limits import box_memory
+from reconciler.model import DatapathCapacities
 
 PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
 
@@ -43,17 +46,40 @@ def _ensure_bpffs() -> None:
         )
 
 
+def default_capacities() -> DatapathCapacities:
+    """This box's default capacities (a Datapath that sets none, or no Datapath)."""
+    return DatapathCapacities().resolved(box_memory())
+
+
+def _resize_notice(done: bpf_migrate.Migration) -> str:
+    """One line saying which capacities change (pending: what apply will do)."""
+    old = capacities_of({n: o for n, (o, _new) in done.resized.items()})
+    new = capacities_of({n: m for n, (_old, m) in done.resized.items()})
+    parts = [f"{setting} {getattr(old, f):,} -> {getattr(new, f):,}"
+             for f, setting in bpf_capacity.SETTING.items()
+             if getattr(new, f) is not None and getattr(old, f) != getattr(new, f)]
+    maps = ", ".join(sorted(done.resized))
+    if done.pending:
+        return (f"capacities change: {'; '.join(parts)}; apply re-creates maps {maps} at the new size live "
+                "(contents copied, established flows kept)")
+    return f"capacities changed live: {'; '.join(parts)} (maps {maps} re-created, contents copied)"
+
+
 class BpfPins:
     """Map handles and the driver's state; the base of the bpf driver's parts."""
 
     def __init__(
         self, pin_root: str | None = None, netns: str | None = None, obj_path: str | None = None,
-        migrate: bool = True,
+        migrate: bool = True, capacities: DatapathCapacities | None = None,
     ) -> None:
         """``migrate=False``: pins of another layout are reported (LayoutError), not migrated
-        (commands that only look: plan, get, export, down)."""
+        (commands that only look: plan, get, export, down); a change of capacities only is
+        reported as a notice (the plan shows it).  ``capacities``: the Datapath's, resolved (map
+        sizes, ``bpf_capacity``); None keeps the pinned sizes (the defaults for a new datapath)."""
         self.netns = netns
         self.migrate = migrate
+        self.capacities = capacities
+        self._limits: dict[str, int] = {}
         self.pin_root = pin_root or pin_root_for(netns)
         self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
         self._obj: B.BpfObject | None = None
@@ -131,17 +157,23 @@ class BpfPins:
         declares (``defs``), else ``LayoutError`` (``_libbpf.check_pinned_map``).  ``fds``:
         maps already opened, by name; other existing pins are opened here for the check.
         """
+        def check(name: str, path: str, fd: int) -> None:
+            want = defs[name]
+            if name in CAPACITY_MAPS:  # a setting: any size is this layout (a change is a migration)
+                want = (*want[:3], B.map_info(fd)[3])
+            B.check_pinned_map(name, path, fd, want)
+
         for name in B.MAPS:
             path = os.path.join(self.pin_root, name)
             fd = (fds or {}).get(name, -1)
             if fd >= 0:
-                B.check_pinned_map(name, path, fd, defs[name])
+                check(name, path, fd)
                 continue
             if not os.path.exists(path):
                 continue
             fd = B.obj_get(path)
             try:
-                B.check_pinned_map(name, path, fd, defs[name])
+                check(name, path, fd)
             finally:
                 os.close(fd)
 
@@ -186,6 +218,9 @@ class BpfPins:
             self._checked = True
             self._migrate()
             self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
+            # pinned maps are reused at their size (libbpf refuses another); new ones get the setting
+            sizes = map_sizes(self.capacities or default_capacities()) | pinned_sizes(self.pin_root)
+            obj.set_max_entries({n: size for n, size in sizes.items() if n in obj.map_names()})
             obj.set_pin_root(self.pin_root)
             obj.load(tuple(PROGS.values()))
         except BaseException:
@@ -208,16 +243,46 @@ class BpfPins:
             return False  # nothing installed
         if not self._checked:
             self._check_layout()  # the migration writes lb_attach through cffi: it must fit the object
+        want = self.capacities
+        sizes = map_sizes(want) if want is not None else pinned_sizes(self.pin_root)
+
+        def check_shrink() -> None:
+            if want is not None:
+                bpf_capacity.check_shrink(capacities_of(pinned_sizes(self.pin_root)), want,
+                                          bpf_capacity.usage(self.pin_root))
+
         done = bpf_migrate.migrate_if_needed(self.pin_root, self.obj_path, self.netns, PROGS,
-                                             dry_run=not self.migrate)
+                                             dry_run=not self.migrate, sizes=sizes, check=check_shrink)
+        if done is not None and done.resized:
+            self._notices.append(_resize_notice(done))
+        if done is not None and done.pending:
+            return False
         if done is not None:
             self.migration = done
+        if done is not None and set(done.changed) - set(done.resized):
             self._notices.append(
                 f"migrated the pinned datapath to layout v{B.const('LB_LAYOUT_VERSION')} live: maps "
                 f"{', '.join(done.changed)} changed; {sum(done.maps.values())} entries copied, "
                 f"{done.second_pass} again after the swap; programs replaced on "
                 f"{', '.join(f'{i} ({h})' for i, h, _ in done.hooks) or 'no hook'}")
         return done is not None
+
+    def map_limit(self, name: str) -> int:
+        """``max_entries`` of the live map ``name`` (a capacity map's size is a setting)."""
+        n = self._limits.get(name)
+        if n is None:
+            n = self._limits[name] = B.map_info(self.map(name).fd)[3]
+        return n
+
+    def capacity_use(self) -> dict[str, tuple[int, int]]:
+        """Setting -> (size, in use) of the pinned datapath; this driver's (or the default)
+        capacities with nothing in use when none is pinned (``lbctl get capacities``)."""
+        sizes = pinned_sizes(self.pin_root)
+        if len(sizes) == len(CAPACITY_MAPS):
+            caps, used = capacities_of(sizes), bpf_capacity.usage(self.pin_root)
+            return {s: (getattr(caps, f), getattr(used, f)) for f, s in bpf_capacity.SETTING.items()}
+        caps = self.capacities or default_capacities()
+        return {s: (getattr(caps, f), 0) for f, s in bpf_capacity.SETTING.items()}
 
     def notices(self) -> list[str]:
         """What the driver did on its own (a layout migration), once."""
@@ -249,6 +314,7 @@ class BpfPins:
         for m in self._maps.values():
             self._base_writes += m.writes
         self._maps = {}
+        self._limits = {}
         self._index = None
         self._pins = None
         self._map_ids = None

@@ -43,7 +43,6 @@ from reconciler.drivers.bpf_layout import (
     MAX_ENDPOINTS,
     MAX_RANGES,
     MAX_SEL_LEN,
-    MAX_STATS,
     RANGE_KEY,
     SEL_CHUNK,
     SEL_KEY,
@@ -98,8 +97,7 @@ class BpfRead(BpfAttach):
                         "endpoint weights give"]
         return []
 
-    @staticmethod
-    def _parse_list(conf: _Conf, raw: bytes | None) -> _List:
+    def _parse_list(self, conf: _Conf, raw: bytes | None) -> _List:
         """The active endpoint list ``raw`` decoded, with what is wrong in it (its table not read yet)."""
         backends: list[Backend] = []
         stat_ids: list[int] = []
@@ -132,7 +130,7 @@ class BpfRead(BpfAttach):
             faults.append(f"lb_backends: {bad} endpoint(s) with a bad address family or padding")
         if not _zero_from(raw, end):
             faults.append("lb_backends: bytes after the last endpoint are not zero")
-        if stat_ids and max(stat_ids) >= MAX_STATS:
+        if stat_ids and max(stat_ids) >= self.map_limit("lb_be_stats"):
             faults.append(f"lb_backends: counter slot {max(stat_ids)} is out of range")
         return _List(tuple(backends), tuple(stat_ids), tuple(weights), slot, sel_len, sel_kind, faults)
 
@@ -198,8 +196,8 @@ class BpfRead(BpfAttach):
                 idx.stat[svc_id] = stat_ids
                 counted += len(stat_ids)
                 idx.used_stats.update(stat_ids)
-                if eps.faults and stat_ids and max(stat_ids) >= MAX_STATS:
-                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= MAX_STATS}
+                if eps.faults and stat_ids and max(stat_ids) >= (limit := self.map_limit("lb_be_stats")):
+                    idx.bad_stats[svc_id] = {s for s in stat_ids if s >= limit}
         if counted != len(idx.used_stats):  # some slot is listed twice: shared, or one endpoint twice
             self._shared_stats(idx)
         while idx.svc_hint in idx.confs:

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.driver import Driver, DriverSet, DriverSpec, has_kind
 from reconciler.errors import LbctlError
-from reconciler.model import DatapathSpec, Resource
+from reconciler.limits import box_memory
+from reconciler.model import DatapathCapacities, DatapathSpec, Resource
 
 
 class BoxContext(Protocol):
@@ -59,9 +60,19 @@ def _module(name: str, ctx: BoxContext) -> Any:
                               "(make build)") from exc
 
 
+def capacities_of(resources: Iterable[Resource]) -> DatapathCapacities:
+    """The bpf driver's setting: the Datapath's capacities, this box's defaults filled in."""
+    own = next((r.spec.capacities for r in resources if isinstance(r.spec, DatapathSpec)),
+               DatapathCapacities())
+    return own.resolved(box_memory())
+
+
 def bpf_driver(ctx: BoxContext, settings: object = None) -> Driver:
+    """``settings``: the capacities (``capacities_of``); None (down, get, export): the pinned ones."""
     mod = _module("bpf", ctx)
-    driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns, migrate=not ctx.read_only)
+    caps = settings if isinstance(settings, DatapathCapacities) else None
+    driver: Driver = mod.BpfDriver(pin_root=ctx.pin_root, netns=ctx.netns, migrate=not ctx.read_only,
+                                   capacities=caps)
     return driver
 
 
@@ -93,7 +104,8 @@ SPECS: tuple[DriverSpec, ...] = (
     # First, so lbctl down withdraws the VIPs from the routers before the datapath goes.
     DriverSpec("bgp", frozenset({"bgp-global", "bgp-peer", "announce"}), bgp_driver,
                needed=has_kind("BGPConfig"), settings=bgp_needs_speaker),
-    DriverSpec("bpf", frozenset({"service", "endpoints", "attach", "firewall"}), bpf_driver),
+    DriverSpec("bpf", frozenset({"service", "endpoints", "attach", "firewall"}), bpf_driver,
+               settings=capacities_of),
     DriverSpec("netlink", frozenset({"vip"}), netlink_driver, settings=vip_interface_of),
     DriverSpec("sysctl", frozenset({"sysctl"}), sysctl_driver),
 )
@@ -118,4 +130,5 @@ def driver_set(ctx: BoxContext) -> DriverSet:
 
 def build_drivers(ctx: BoxContext, *, vip_interface: str = DEFAULT_VIP_INTERFACE) -> list[Driver]:
     """Every registered driver of the box, in ``SPECS`` order (``down``, ``get``, ``export``)."""
-    return driver_set(ctx).every({"netlink": vip_interface})
+    # the bpf driver without capacities: it keeps the pinned sizes (only reconcile changes them)
+    return driver_set(ctx).every({"netlink": vip_interface, "bpf": None})

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
+from reconciler.model import DatapathCapacities
 from reconciler.plan import Change
 from reconciler.records import Backend, EndpointSet, FirewallEntry, ServiceEntry, ServiceKey
 
@@ -34,6 +35,11 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+# Packet tests need few flows: the box's default conntrack (about 365 MB of kernel memory on a
+# 24 GB box) for every test datapath adds up on a machine shared by several test runs.
+CAPACITIES = DatapathCapacities().resolved(0)  # the defaults, conntrack at its floor (65,536 flows)
+
+
 class Datapath:
     """Namespace + pinned datapath; ``run()`` executes one packet."""
 
@@ -44,7 +50,7 @@ class Datapath:
         sh("ip", "netns", "add", self.ns)
         try:  # a failure anywhere below (e.g. the verifier refusing the object) must leave nothing behind
             self._setup()
-            self.driver = BpfDriver(pin_root=self.pin_root, netns=self.ns)
+            self.driver = BpfDriver(pin_root=self.pin_root, netns=self.ns, capacities=CAPACITIES)
             self.driver.load()
             with in_netns(self.ns):
                 import socket

@@ -233,16 +233,20 @@ def test_tcp_reuse_after_rst_selects_again(dp: Datapath, hook: str) -> None:
 
 
 def test_layout_matches_limits() -> None:
-    from reconciler import limits
+    from reconciler import limits, model
     from reconciler.drivers import _libbpf as B
 
-    assert B.const("LB_MAX_SERVICES") == limits.MAX_SERVICES
+    # the object's declared map sizes are the default capacities (the driver sets them per box)
+    assert B.const("LB_MAX_SERVICES") == model.DEFAULT_SERVICE_CAPACITY
+    assert B.const("LB_MAX_BACKEND_STATS") == model.DEFAULT_ENDPOINT_CAPACITY
+    assert B.const("LB_MAX_SEL_CHUNKS") == model.DEFAULT_SELECTION_CHUNK_CAPACITY
+    assert B.const("LB_MAX_PERSIST") == model.DEFAULT_PERSIST_CAPACITY
+    assert B.const("LB_SEL_CHUNK") == limits.SEL_CHUNK
     assert B.const("LB_MAX_ENDPOINTS") == limits.MAX_ENDPOINTS_PER_SERVICE
     assert B.const("LB_MAGLEV_MAX") == limits.MAGLEV_MAX_TABLE_SIZE
     assert B.const("LB_MAX_ALLOWED_SOURCES") == limits.MAX_ALLOWED_SOURCES
     assert B.const("LB_MAX_RANGES") == limits.MAX_PORT_RANGES_PER_VIP
     assert B.const("LB_NAME_LEN") == limits.MAX_SERVICE_NAME + 1
-    assert B.const("LB_MAX_BACKEND_STATS") == limits.MAX_ENDPOINT_COUNTERS
     assert B.const("LB_FW_MAX_RULES") == limits.MAX_FIREWALL_RULES
 
 

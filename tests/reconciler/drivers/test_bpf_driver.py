@@ -190,13 +190,15 @@ def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapat
     k, v = next(iter(stats.items()))
     v[0].packets = 1234
     stats.update(k, v[0])  # every CPU: 1234 packets
-    # lb_svc_stats has lb_be_stats' key and value but half its entries: an older layout
-    # the migration converts (more entries now).
+    # lb_svc_stats has lb_be_stats' key and value but half its entries: a smaller capacity
+    # the migration converts to the one the driver is given (more entries now).
+    from reconciler.drivers.bpf_capacity import capacities_of, pinned_sizes
+
     other = dp.pin_root + "-old"
     try:
         _pin_copy(dp, other, {"lb_be_stats": "lb_svc_stats"})
         os.unlink(os.path.join(other, "lb_rr"))  # as if this version added the map
-        drv = BpfDriver(pin_root=other, netns=dp.ns)
+        drv = BpfDriver(pin_root=other, netns=dp.ns, capacities=capacities_of(pinned_sizes(dp.pin_root)))
         try:
             assert drv.read() == as_state(ch)
             assert drv.migration is not None and drv.migration.changed == ("lb_be_stats", "lb_rr")
