@@ -37,8 +37,7 @@ import _traffic  # noqa: E402
 from reconciler import maglev  # noqa: E402
 from reconciler.drivers import _libbpf as B  # noqa: E402
 from reconciler.drivers.netns import in_netns  # noqa: E402
-from reconciler.plan import Change  # noqa: E402
-from reconciler.records import Backend, FirewallEntry, ServiceEntry, ServiceKey  # noqa: E402
+from reconciler.records import Backend, FirewallEntry  # noqa: E402
 from tests.bpf import packets as P  # noqa: E402
 from tests.bpf.harness import BACKENDS4, CLIENT4, CLIENT6, GW4, ROUTED4, Datapath  # noqa: E402
 
