@@ -117,6 +117,13 @@ class ConnCountSync(Protocol):
 
 
 @runtime_checkable
+class NextHopCache(Protocol):
+    """Caches next hops for established flows (the bpf driver): told when routes or neighbours changed."""
+
+    def bump_nexthop_generation(self) -> None: ...
+
+
+@runtime_checkable
 class SessionReader(Protocol):
     """Routing sessions as plain data (the BGP driver: ``lbctl get bgp``, metrics):
     ``{"running", "global", "peers": [{address, remote_as, state, uptime, received, accepted,

@@ -82,6 +82,9 @@ class DaemonMetrics:
                                     "ended (idle past their timeout).", registry=r)
         self.idle_resets = Counter("lbctl_idle_resets_total", "TCP resets the idle sweeper sent for ended "
                                    "established flows, by direction (client, endpoint).", ["to"], registry=r)
+        self.nexthop_bumps = Counter("lbctl_nexthop_invalidations_total", "Times a route or neighbour "
+                                     "change of the box made the datapath forget its cached next hops.",
+                                     registry=r)
         self.resources = Gauge("lbctl_resources", "Resources in the applied configuration.", registry=r)
         self.records = Gauge("lbctl_desired_records", "Desired-state records by kind.", ["kind"], registry=r)
         self.last_success = Gauge("lbctl_last_reconcile_success_timestamp_seconds",

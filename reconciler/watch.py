@@ -161,6 +161,15 @@ class Sweeping(Protocol):
         ...
 
 
+@runtime_checkable
+class Routing(Protocol):
+    """An engine whose datapath caches next hops (``reconciler.watch_engine``)."""
+
+    def nexthops_changed(self) -> int:
+        """Routes or neighbours changed: forget the cached next hops; how many drivers did."""
+        ...
+
+
 # The longest the loop sleeps without looking at the flags the signal handlers set.  The
 # handlers cannot wake it: they may run while the main thread holds any lock (the log's, the
 # wake event's), so they only assign flags; and the kernel may give the signal to another
@@ -300,7 +309,11 @@ class Daemon:
 
     def __init__(self, options: Options, engine: Engine, log: EventLog,
                  watcher_factory: Callable[[str, Callable[[str], None]], Any] | None = None,
-                 clock: Clock = time.monotonic, notifier: Notifier | None = None) -> None:
+                 clock: Clock = time.monotonic, notifier: Notifier | None = None,
+                 route_events_factory: Callable[[Callable[[], None]], Any] | None = None) -> None:
+        """``route_events_factory(on_change)``: a started/stopped listener that calls
+        ``on_change`` (on its own thread) when the box's routes or neighbours changed
+        (``drivers.route_events.RouteEvents``); the loop then tells a ``Routing`` engine."""
         self.options = options
         self.engine = engine
         self.log = log
@@ -317,6 +330,9 @@ class Daemon:
         self._stop_signal: str | None = None  # set by the SIGTERM/SIGINT handler, logged by run()
         self._hup = False
         self._health = False  # the engine's probes saw a transition
+        self._routes = False  # the box's routes or neighbours changed
+        self._route_events_factory = route_events_factory
+        self._route_events: Any = None
         self._lock = threading.Lock()
         self._snapshot = Snapshot(directory=options.directory, started=time.time())
         self._applied: Delivery | None = None  # last good configuration that verified
@@ -341,6 +357,11 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop = True
+        self._wake.set()
+
+    def routes_changed(self) -> None:
+        """The route listener's thread saw a route or neighbour change: tell the engine at once."""
+        self._routes = True
         self._wake.set()
 
     def health_changed(self) -> None:
@@ -424,6 +445,9 @@ class Daemon:
         probing = self._probing()
         if probing is not None:
             probing.start_probes(self.health_changed)
+        if self._route_events_factory is not None and isinstance(self.engine, Routing):
+            self._route_events = self._route_events_factory(self.routes_changed)
+            self._route_events.start()
         if self._watcher_factory is not None:
             self._watcher = self._watcher_factory(self.options.directory, self.notify)
             self._watcher.start()
@@ -431,6 +455,9 @@ class Daemon:
                           targets=",".join(sorted(t.path for t in self._watcher.targets())))
 
     def shutdown(self) -> None:
+        if self._route_events is not None:
+            self._route_events.stop()
+            self._route_events = None
         probing = self._probing()
         if probing is not None:
             probing.stop_probes()
@@ -478,6 +505,9 @@ class Daemon:
             self.log.info("sighup", action="full reload")
             self.cycle("sighup")
             return
+        if self._routes:
+            self._routes = False
+            self.routes_cycle()
         if self._health:
             self._health = False
             self.health_cycle()
@@ -498,6 +528,17 @@ class Daemon:
         return self.engine
 
     # -- the work --
+
+    def routes_cycle(self) -> None:
+        """Routes or neighbours changed: established flows look their next hop up again."""
+        if not isinstance(self.engine, Routing):
+            return
+        try:
+            n = self.engine.nexthops_changed()
+        except Exception as exc:  # noqa: BLE001 - keep running; the cache's age bound still holds
+            self.log.warning("nexthop-bump-failed", error=str(exc) or type(exc).__name__)
+            return
+        self.metrics.nexthop_bumps.inc(n)
 
     def sweep_cycle(self) -> None:
         """End idle flows (resetting established TCP ones); one log line when it ended any."""

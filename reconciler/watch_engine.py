@@ -36,7 +36,7 @@ from reconciler.applied import AppliedStore
 from reconciler.apply import ApplyError, apply_plan, drivers_by_kind, reconcile, record_applied
 from reconciler.config import LoadResult, ParseCache, load_dir
 from reconciler.desired import Health
-from reconciler.driver import ConnCountSync, Driver, DriverSet, KeyReader, Revalidate
+from reconciler.driver import ConnCountSync, Driver, DriverSet, KeyReader, NextHopCache, Revalidate
 from reconciler.errors import LbctlError
 from reconciler.idle import IdleExpiry, IdleSweeper, SweepTotals
 from reconciler.incremental import OWNED_KINDS, Index, Keys, ReadKeys
@@ -181,6 +181,16 @@ class ReconcileEngine:
             if isinstance(driver, IdleExpiry):
                 done.add(self.sweeper.sweep(driver))
         return done
+
+    def nexthops_changed(self) -> int:
+        """``watch.Routing``: routes or neighbours of the box changed; every active driver that
+        caches next hops forgets them (the bpf driver bumps ``lb_nh_gen``).  How many did."""
+        n = 0
+        for driver in self.drivers.active:
+            if isinstance(driver, NextHopCache):
+                driver.bump_nexthop_generation()
+                n += 1
+        return n
 
     def health_stats(self) -> list[EndpointHealth]:
         """``telemetry.HealthSource``: every probed endpoint, once per service key of its Service

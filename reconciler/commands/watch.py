@@ -74,9 +74,14 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     def watcher(path: str, notify: Callable[[str], None]) -> DirWatcher:
         return DirWatcher(path, notify, follow_external_symlinks=follow)
 
+    from reconciler.drivers.route_events import RouteEvents
+
+    def route_events(on_change: Callable[[], None]) -> RouteEvents:
+        return RouteEvents(on_change, namespace=(lambda: in_netns(netns)) if netns else None)
+
     daemon = Daemon(Options(directory=directory, debounce=args.debounce, resync=args.resync, listen=listen,
                             probes=not args.no_probes, sweep=args.sweep),
-                    engine, log, watcher_factory=watcher)
+                    engine, log, watcher_factory=watcher, route_events_factory=route_events)
     daemon.install_signals()
     if ctx.netns:
         log.info("box", netns=ctx.netns, state_dir=str(ctx.state_dir), pin_root=str(ctx.pin_root))

@@ -139,9 +139,9 @@ class BpfApply(BpfRead):
     def bump_nexthop_generation(self) -> None:
         """Invalidate every flow's cached next hop (bpf/lb_nexthop.h): the next packet looks it up again.
 
-        Called after every apply that wrote anything; whoever changes routes or neighbours
-        can call it too (the daemon does not watch them yet: the cache's 2 s age bound
-        covers that).
+        Called after every apply that wrote anything, and by ``lbctl watch`` when a route or
+        neighbour of the box changed (``route_events.RouteEvents``); without the daemon the
+        cache's 2 s age bound covers such changes.
         """
         m = self._maps.get("lb_nh_gen")
         if m is None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -380,3 +381,52 @@ def test_signal_handlers_take_no_lock() -> None:
             thread.join(2)
             assert not thread.is_alive(), f"the {signal.Signals(signum).name} handler blocked"
     assert daemon._hup and daemon._stop
+
+
+# --- route and neighbour changes: the next-hop cache ---
+
+class RoutingEngine(ScriptedEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bumps = 0
+
+    def nexthops_changed(self) -> int:
+        self.bumps += 1
+        return 1
+
+
+class FakeRouteEvents:
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change
+        self.running = False
+
+    def start(self) -> None:
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def test_a_route_change_makes_the_engine_forget_cached_next_hops_at_once() -> None:
+    engine = RoutingEngine()
+    made: list[FakeRouteEvents] = []
+
+    def factory(on_change: Callable[[], None]) -> FakeRouteEvents:
+        made.append(FakeRouteEvents(on_change))
+        return made[-1]
+
+    daemon = Daemon(Options(directory="/cfg", resync=30), engine, EventLog("kv", io.StringIO()),
+                    clock=lambda: 1000.0, route_events_factory=factory)
+    daemon.start_services()
+    (events,) = made
+    assert events.running
+    daemon.cycle("startup")
+    daemon.step()
+    assert engine.bumps == 0
+    events.on_change()  # the listener's thread
+    daemon.step()
+    assert engine.bumps == 1 and daemon.metrics.value("lbctl_nexthop_invalidations_total") == 1
+    daemon.step()
+    assert engine.bumps == 1, "one change, one bump"
+    daemon.shutdown()
+    assert not events.running
