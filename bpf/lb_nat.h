@@ -237,7 +237,8 @@ static __always_inline enum verdict xlat_forward(void *ctx, const int xdp, struc
 	__u64 sum = 0;
 	int rc, redirect;
 
-	if (p->t.proto != IPPROTO_TCP && p->t.proto != IPPROTO_UDP)
+	/* A fragment would need a fragment header built or dropped: not translated. */
+	if ((p->t.proto != IPPROTO_TCP && p->t.proto != IPPROTO_UDP) || p->frag)
 		return V_DROP;
 	if (p->t.family == 6) {
 		struct ipv6hdr *ip6 = p->l3;

@@ -40,6 +40,8 @@ enum lb_limits {
 	LB_FW_PORT_CHUNK = 32,		/* ports per lb_fw_port entry */
 	LB_FW_MAX_PREFIXES = 8192,	/* lb_fw_cidr entries, both slots and fields */
 	LB_FW_MAX_IFACES = 256,		/* lb_fw_iface entries, both slots */
+	LB_MAX_FRAGS = 16384,		/* lb_frag: fragmented datagrams in flight (layout v4) */
+	LB_FRAG_TIMEOUT = 30,		/* seconds a first fragment's decision is followed */
 };
 
 /*
@@ -51,10 +53,11 @@ enum lb_limits {
  * v1: before this enum; v2: lb_ct keeps a source-NAT side (fullnat/onearm);
  * v3: the firewall maps (lb_fw_*) and their global counters;
  * lb_service.snat_addr (fullnat source) and fw_mark, lb_ct.mode (dsr flows) and
- * lb_ct.nat_family (fullnat between IPv4 and IPv6).
+ * lb_ct.nat_family (fullnat between IPv4 and IPv6);
+ * v4: lb_frag (the endpoint decision of a fragmented datagram).
  */
 enum lb_layout {
-	LB_LAYOUT_VERSION = 3,
+	LB_LAYOUT_VERSION = 4,
 };
 
 /* Endpoint selection algorithm of a service. */
@@ -118,7 +121,7 @@ enum lb_stat {
 	LB_STAT_PACKETS = 0,
 	LB_STAT_PASS_NOT_IP = 1,
 	LB_STAT_PASS_NOT_OURS = 2,
-	LB_STAT_PASS_FRAGMENT = 3,
+	LB_STAT_PASS_FRAGMENT = 3,	/* a later fragment whose first fragment was not seen */
 	LB_STAT_PASS_TRUNCATED = 4,
 	LB_STAT_PASS_TTL = 5,
 	LB_STAT_PASS_EXTHDR = 6,
@@ -133,7 +136,11 @@ enum lb_stat {
 	LB_STAT_FW_TRAP = 15,		/* firewall: action trap (handed to the kernel) */
 	LB_STAT_FW_RATE_DROP = 16,	/* firewall: over a rateLimit rule's rate */
 	LB_STAT_DROP_NO_SNAT = 17,	/* source NAT without an address or a free port */
-	LB_STAT_MAX = 18,
+	/* layout v4: fragments and ICMP errors */
+	LB_STAT_FRAG_FIRST = 18,	/* first fragments of a datagram (decision recorded) */
+	LB_STAT_FRAG_FOLLOW = 19,	/* later fragments that followed their first fragment */
+	LB_STAT_ICMP_ERROR = 20,	/* ICMP/ICMPv6 errors about a flow, translated */
+	LB_STAT_MAX = 21,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -276,6 +283,27 @@ struct lb_persist {
 	struct lb_backend be;
 	__u32 pad;
 	__u64 seen_ns;
+};
+
+/*
+ * lb_frag key: one fragmented datagram (layout v4: fragments).  Later fragments
+ * carry no ports; the first fragment records its ports here and later ones look
+ * their flow up in lb_ct with them, so every fragment gets the same translation.
+ */
+struct lb_frag_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;		/* IPv4: the 16-bit identification (network order); IPv6: the fragment header's */
+	__u8 proto;		/* as in lb_ct_key (ICMPv6 echo: 1) */
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct lb_frag {
+	__u16 sport;		/* the first fragment's ports (lb_ct_key order and byte order) */
+	__u16 dport;
+	__u32 pad;
+	__u64 seen_ns;		/* when the first fragment passed */
 };
 
 /* Per-CPU counters per service (lb_svc_stats) and per endpoint (lb_be_stats). */

@@ -68,7 +68,7 @@ def v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_layout(tmp_path_factory, "v1")
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=["v1", "v2", "v3"])
 def old_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     return request.param, build_layout(tmp_path_factory, request.param)
 
