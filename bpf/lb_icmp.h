@@ -23,7 +23,13 @@
 #include "lb_conntrack.h"
 #include "lb_nat.h"
 
-static __always_inline enum verdict icmp_error(void *ctx, const int xdp, struct pkt *p, __u64 now)
+/*
+ * Translate the error in place and set *out to where it goes now (the outer
+ * addresses); 0, or -1 when it is about no flow of ours (nothing changed) or too
+ * short to translate.  Out of line so the forwarding that follows (nat_fwd) does
+ * not stack on its frame.
+ */
+static __always_inline int icmp_xlate(void *ctx, const int xdp, struct pkt *p, __u64 now, struct nat_to *out)
 {
 	void *end = ctx_end(ctx, xdp);
 	struct lb_ct_key k = {};
@@ -140,15 +146,37 @@ static __always_inline enum verdict icmp_error(void *ctx, const int xdp, struct 
 
 	/* The outer header: to the quoted packet's (new) source; from the flow's side when
 	 * the error comes from the quoted packet's destination itself, else unchanged. */
-	if (!from_dst)
-		__builtin_memcpy(t.saddr, p->t.saddr, 16);
-	t.sport = 0;
-	t.dport = 0;
-	stat_inc(LB_STAT_ICMP_ERROR);
-	return nat_fwd(ctx, xdp, p, &t);
+	__builtin_memcpy(out->daddr, t.daddr, 16);
+	__builtin_memcpy(out->saddr, from_dst ? t.saddr : p->t.saddr, 16);
+	out->sport = 0;
+	out->dport = 0;
+	out->pad = 0;
+	return 0;
 pass:
-	stat_inc(LB_STAT_PASS_NOT_OURS);
-	return V_PASS;
+	return -1;
+}
+
+static __noinline int icmp_xlate_tc(void *ctx, struct pkt *p, __u64 now, struct nat_to *out)
+{
+	return icmp_xlate(ctx, 0, p, now, out);
+}
+
+static __noinline int icmp_xlate_xdp(void *ctx, struct pkt *p, __u64 now, struct nat_to *out)
+{
+	return icmp_xlate(ctx, 1, p, now, out);
+}
+
+/* An ICMP error: translated and forwarded as a packet of its flow, else to the kernel. */
+static __always_inline enum verdict icmp_error(void *ctx, const int xdp, struct pkt *p, __u64 now)
+{
+	struct nat_to to;
+
+	if (xdp ? icmp_xlate_xdp(ctx, p, now, &to) : icmp_xlate_tc(ctx, p, now, &to)) {
+		stat_inc(LB_STAT_PASS_NOT_OURS);
+		return V_PASS;
+	}
+	stat_inc(LB_STAT_ICMP_ERROR);
+	return nat_fwd(ctx, xdp, p, &to);
 }
 
 static __noinline enum verdict icmp_error_tc(void *ctx, struct pkt *p, __u64 now)

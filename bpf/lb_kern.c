@@ -197,6 +197,8 @@ int lb_tc(struct __sk_buff *skb)
 	v = lb_process(skb, 0, skb->len, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex, &mark);
 	if (v == V_REDIRECT)
 		return TC_ACT_REDIRECT;
+	if (v == V_TOO_BIG)
+		return too_big_tc(skb);
 	return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 

@@ -58,7 +58,7 @@ struct lb_frag6hdr {
 #define ICMPV6_ECHO_REQ 128
 #define ICMPV6_ECHO_REP 129
 
-enum verdict { V_PASS, V_DROP, V_REDIRECT };
+enum verdict { V_PASS, V_DROP, V_REDIRECT, V_TOO_BIG };	/* V_TOO_BIG: lb_mtu.h (tc) */
 
 /* parse(): not a counter but "take the slow path" (fragments, ICMP errors: lb_frag.h, lb_icmp.h). */
 #define LB_PARSE_SLOW 0x100

@@ -140,7 +140,8 @@ enum lb_stat {
 	LB_STAT_FRAG_FIRST = 18,	/* first fragments of a datagram (decision recorded) */
 	LB_STAT_FRAG_FOLLOW = 19,	/* later fragments that followed their first fragment */
 	LB_STAT_ICMP_ERROR = 20,	/* ICMP/ICMPv6 errors about a flow, translated */
-	LB_STAT_MAX = 21,
+	LB_STAT_TOO_BIG = 21,		/* over the egress MTU: fragmentation needed / packet too big sent */
+	LB_STAT_MAX = 22,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */

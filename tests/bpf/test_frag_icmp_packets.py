@@ -202,3 +202,38 @@ def test_icmp_error_of_no_flow_passes(dp: Datapath, hook: str, v6: bool) -> None
     err = P.icmp_error(router, client, _ip(P.Pkt(client, be, P.TCP, 41000, 8080).bytes()))
     r = dp.run(hook, err, on_v0=True)
     assert r.retval == PASS[hook] and r.data == err
+
+
+# --- the datapath's own redirect over the egress MTU (tc) ---
+
+@FAMILIES
+@pytest.mark.parametrize("direction", ["to-endpoint", "to-client"])
+def test_over_the_egress_mtu_the_sender_gets_frag_needed(dp: Datapath, v6: bool, direction: str) -> None:
+    client, vip, be, _, _ = _addrs(v6)
+    dp.service(vip, "tcp", 80, [Backend(be, 8080)])
+    syn = P.Pkt(client, vip, P.TCP, 41000, 80, flags=P.SYN, frag=0x4000)
+    assert dp.run("tc", syn.bytes()).retval == TC_REDIRECT  # small: forwarded
+    from tests.bpf.harness import sh
+
+    sh("ip", "-n", dp.ns, "link", "set", "v0", "mtu", "1400")
+    if direction == "to-endpoint":
+        big, on_v0, src = syn.but(flags=P.ACK, payload=b"b" * 1400), False, vip
+    else:
+        big, on_v0, src = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.ACK, payload=b"b" * 1400, frag=0x4000), \
+            True, client
+    frame = big.bytes()
+    r = dp.run("tc", frame, on_v0=on_v0)
+    assert r.retval == TC_REDIRECT
+    out = P.parse_icmp_error(r.data)
+    assert out.csum_ok and (out.src, out.dst) == (src, big.src)
+    assert out.type == (2 if v6 else 3)
+    mtu = int.from_bytes(r.data[14 + (40 if v6 else 20) + (4 if v6 else 6):][: 4 if v6 else 2], "big")
+    assert mtu == 1400
+    assert out.quoted == frame[14:][: 48 if v6 else 28], "the sender's own packet, as it sent it"
+    assert r.data[:12] == frame[6:12] + frame[:6], "back to where it came from"
+    assert dp.driver.stats()["too_big"] == 1
+    if not v6:  # without DF the kernel fragments it: left to it, translated
+        r = dp.run("tc", big.but(frag=0).bytes(), on_v0=on_v0)
+        out2 = P.parse(r.data)
+        assert r.retval == TC_OK and out2.csum_ok
+        assert (out2.dst if direction == "to-endpoint" else out2.src) == (be if direction == "to-endpoint" else vip)

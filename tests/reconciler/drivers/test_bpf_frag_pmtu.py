@@ -225,14 +225,7 @@ def _transfer(c: Chain, vip: str, v6: bool, direction: str) -> int:
             got += len(b)
 
 
-@pytest.mark.parametrize("hook", ["tc", "xdp"])
-@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
-@pytest.mark.parametrize("small,direction", [
-    (LB_AT + 1, "up"),    # 1,400 between r3 and r4: the client learns it through the LB
-    (LB_AT + 1, "down"),  # the issue's download (the endpoint learns it from r4 directly)
-    (1, "down"),          # 1,400 between r1 and r2: the endpoint learns it through the LB
-], ids=["endpoint-side-upload", "endpoint-side-download", "client-side-download"])
-def test_10mb_through_a_1400_byte_link(hook: str, v6: bool, small: int, direction: str) -> None:
+def _run(hook: str, v6: bool, small: int, direction: str, stat: str) -> None:
     vip = VIP6 if v6 else VIP4
     chain = Chain(small)
     drv = None
@@ -247,9 +240,30 @@ def test_10mb_through_a_1400_byte_link(hook: str, v6: bool, small: int, directio
         ch.append(Change("service", str(key), "create", None, ServiceEntry(key, "big", "default", "rr", 240, 10800)))
         drv.apply(ch)
         assert _transfer(chain, vip, v6, direction) == SIZE
-        if (small, direction) != (LB_AT + 1, "down"):
-            assert drv.stats()["icmp_error"] >= 1, "the PMTU error went through the LB"
+        if stat:
+            assert drv.stats()[stat] >= 1, f"the PMTU error went through the LB ({stat})"
     finally:
         if drv is not None:
             drv.down()
         chain.close()
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("small,direction", [
+    (LB_AT + 1, "up"),    # 1,400 between r3 and r4: the client learns it through the LB
+    (LB_AT + 1, "down"),  # the issue's download (the endpoint learns it from r4 directly)
+    (1, "down"),          # 1,400 between r1 and r2: the endpoint learns it through the LB
+], ids=["endpoint-side-upload", "endpoint-side-download", "client-side-download"])
+def test_10mb_through_a_1400_byte_link(hook: str, v6: bool, small: int, direction: str) -> None:
+    _run(hook, v6, small, direction, "" if (small, direction) == (LB_AT + 1, "down") else "icmp_error")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+@pytest.mark.parametrize("small,direction", [
+    (LB_AT, "up"),        # the LB's own link towards r3 is 1,400: its redirect is over the MTU
+    (LB_AT - 1, "down"),  # the LB's link towards r2 (the client's side) is 1,400
+], ids=["lb-egress-upload", "lb-egress-download"])
+def test_10mb_when_the_lbs_own_egress_is_1400(v6: bool, small: int, direction: str) -> None:
+    """tc: the datapath itself answers fragmentation needed / packet too big (lb_mtu.h)."""
+    _run("tc", v6, small, direction, "too_big")
