@@ -148,7 +148,8 @@ def test_icmp_error_towards_the_client(dp: Datapath, hook: str, v6: bool, mode: 
     assert out.csum_ok, "outer and ICMP checksums"
     # From the router as it was; from the VIP when the endpoint itself reported it.
     assert (out.src, out.dst, out.ttl) == (router if origin == "router" else vip, client, 63)
-    assert out.quoted == _ip(sent.but(ttl=63).bytes()), "quoted packet: addresses, ports, IP and TCP checksums"
+    # The quoted packet: addresses, ports, the IP and the TCP checksum.
+    assert out.quoted == _ip(sent.but(ttl=63).bytes())
     assert dp.driver.stats()["icmp_error"] == 1
 
 
@@ -219,8 +220,8 @@ def test_over_the_egress_mtu_the_sender_gets_frag_needed(dp: Datapath, v6: bool,
     if direction == "to-endpoint":
         big, on_v0, src = syn.but(flags=P.ACK, payload=b"b" * 1400), False, vip
     else:
-        big, on_v0, src = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.ACK, payload=b"b" * 1400, frag=0x4000), \
-            True, client
+        reply = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.ACK, payload=b"b" * 1400, frag=0x4000)
+        big, on_v0, src = reply, True, client
     frame = big.bytes()
     r = dp.run("tc", frame, on_v0=on_v0)
     assert r.retval == TC_REDIRECT
@@ -236,4 +237,4 @@ def test_over_the_egress_mtu_the_sender_gets_frag_needed(dp: Datapath, v6: bool,
         r = dp.run("tc", big.but(frag=0).bytes(), on_v0=on_v0)
         out2 = P.parse(r.data)
         assert r.retval == TC_OK and out2.csum_ok
-        assert (out2.dst if direction == "to-endpoint" else out2.src) == (be if direction == "to-endpoint" else vip)
+        assert (out2.dst == be) if direction == "to-endpoint" else (out2.src == vip)

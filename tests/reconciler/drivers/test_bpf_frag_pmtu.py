@@ -43,7 +43,8 @@ def _box(tb: Testbed, hook: str, keys: list[tuple[ServiceKey, tuple[Backend, ...
     ch = [Change("attach", i, "create", None, Attachment(i, hook)) for i in ifaces]
     for key, bes in keys:
         ch.append(Change("endpoints", str(key), "create", None, EndpointSet(key, bes)))
-        ch.append(Change("service", str(key), "create", None, ServiceEntry(key, "svc", "default", "rr", 30, 10800)))
+        svc = ServiceEntry(key, "svc", "default", "rr", 30, 10800)
+        ch.append(Change("service", str(key), "create", None, svc))
     drv.apply(ch)
     return drv
 
@@ -151,7 +152,8 @@ class Chain:
             left, right = self.ns(CHAIN[i]), self.ns(CHAIN[i + 1])
             tb._veth(left, f"n{i}", right, f"p{i}")
             for ns, ifname, side in ((left, f"n{i}", 1), (right, f"p{i}", 2)):
-                subprocess.run(["ip", "-n", ns, "addr", "add", f"{_a4(i, side)}/24", "dev", ifname], check=True)
+                subprocess.run(["ip", "-n", ns, "addr", "add", f"{_a4(i, side)}/24", "dev", ifname],
+                               check=True)
                 subprocess.run(["ip", "-n", ns, "addr", "add", f"{_a6(i, side)}/64", "dev", ifname, "nodad"],
                                check=True)
                 if i == small_link:
@@ -234,10 +236,12 @@ def _run(hook: str, v6: bool, small: int, direction: str, stat: str) -> None:
             chain.xdp_workarounds()
         key = ServiceKey(vip, "tcp", PORT, PORT)
         drv = BpfDriver(pin_root=f"/sys/fs/bpf/lbctl-e2e-{uuid.uuid4().hex[:8]}", netns=chain.lb)
-        ch = [Change("attach", i, "create", None, Attachment(i, hook)) for i in (f"n{LB_AT}", f"p{LB_AT - 1}")]
+        ch = [Change("attach", i, "create", None, Attachment(i, hook))
+              for i in (f"n{LB_AT}", f"p{LB_AT - 1}")]
         ch.append(Change("endpoints", str(key), "create", None,
                          EndpointSet(key, (Backend(chain.endpoint(v6), PORT),))))
-        ch.append(Change("service", str(key), "create", None, ServiceEntry(key, "big", "default", "rr", 240, 10800)))
+        svc = ServiceEntry(key, "big", "default", "rr", 240, 10800)
+        ch.append(Change("service", str(key), "create", None, svc))
         drv.apply(ch)
         assert _transfer(chain, vip, v6, direction) == SIZE
         if stat:

@@ -203,7 +203,8 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
         live = drv.read()  # opens the pins: the migration runs here
         mig = drv.migration
         # v3: lb_ct.mode, lb_service.snat_addr, more global counters (lb_stats), the firewall maps.
-        assert mig is not None and set(mig.changed) == (v4_changed() if version == "v3" else v3_changed()), mig
+        expected = v4_changed() if version == "v3" else v3_changed()
+        assert mig is not None and set(mig.changed) == expected, mig
         assert sorted((i, h) for i, h, _ in mig.hooks) == sorted((i, hook) for i in tb.lb_interfaces)
         assert mig.maps["lb_ct"] >= 2  # the stream's forward and reply entries
         at_swap = stream.received
