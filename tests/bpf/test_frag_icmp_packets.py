@@ -74,17 +74,12 @@ def test_fragments_follow_the_first(dp: Datapath, hook: str, v6: bool) -> None:
     # Every fragment counted as a packet of the service (first and later alike).
     svc = dp.driver.counters()[next(iter(dp.driver.counters()))]["service"]
     assert (svc.packets, svc.reply_packets) == (4, 4)
-
-
-@HOOKS
-@FAMILIES
-def test_tcp_first_fragment_carries_the_checksum(dp: Datapath, hook: str, v6: bool) -> None:
-    client, vip, be, _, _ = _addrs(v6)
+    # TCP: the first fragment's checksum covers the whole segment.
     dp.service(vip, "tcp", 80, [Backend(be, 8080)])
-    pkt = P.Pkt(client, vip, P.TCP, 40000, 80, flags=P.SYN, payload=b"x" * 2000)
-    outs = [dp.run(hook, f).data for f in P.fragments(pkt.bytes(), 1200)]
+    seg = P.Pkt(client, vip, P.TCP, 40000, 80, flags=P.SYN, payload=b"x" * 2000)
+    outs = [dp.run(hook, f).data for f in P.fragments(seg.bytes(), 1200)]
     l4 = P.reassemble(outs)
-    assert l4 == pkt.but(dst=be, dport=8080).l4() and P.l4_csum_ok(client, be, P.TCP, l4)
+    assert l4 == seg.but(dst=be, dport=8080).l4() and P.l4_csum_ok(client, be, P.TCP, l4)
 
 
 @HOOKS
@@ -105,25 +100,23 @@ def test_later_fragment_before_the_first_goes_to_the_kernel(dp: Datapath, hook: 
     other = P.fragments(P.Pkt(client, vip, P.UDP, 40000, 53, payload=b"y" * 2500).bytes(), 1000, frag_id=5)
     r = dp.run(hook, other[1])
     assert r.retval == PASS[hook] and r.data == other[1]
-
-
-@HOOKS
-def test_fragments_not_for_a_service_pass(dp: Datapath, hook: str) -> None:
-    dp.service(VIP4, "udp", 53, [Backend(BACKENDS4[0], 5353)])
-    frags = P.fragments(P.Pkt(CLIENT4, "10.97.0.99", P.UDP, 40000, 53, payload=b"z" * 2500).bytes(), 1000)
+    # Fragments of a datagram to no service: every one to the kernel, no flow.
+    frags = P.fragments(P.Pkt(client, vip[:-1] + "9", P.UDP, 40000, 53, payload=b"z" * 2500).bytes(), 1000)
     for f in frags:
         r = dp.run(hook, f)
         assert r.retval == PASS[hook] and r.data == f
-    assert dp.driver.conntrack() == []
+    assert len(dp.driver.conntrack()) == 1, "only the one flow"
 
 
 # --- ICMP errors ---
 
-def _flow(dp: Datapath, hook: str, v6: bool, mode: str) -> tuple[P.Pkt, P.Pkt]:
+MODE_PORTS = {"default": 80, "onearm": 81}  # one service per mode on the same VIP
+
+
+def _flow(dp: Datapath, hook: str, v6: bool, mode: str, cport: int) -> tuple[P.Pkt, P.Pkt]:
     """A TCP flow through the VIP; returns (the client's packet, the packet the endpoint got)."""
     client, vip, be, _, _ = _addrs(v6)
-    dp.service(vip, "tcp", 80, [Backend(be, 8080)], mode=mode)
-    pkt = P.Pkt(client, vip, P.TCP, 41000, 80, flags=P.SYN, payload=b"q" * 64)
+    pkt = P.Pkt(client, vip, P.TCP, cport, MODE_PORTS[mode], flags=P.SYN, payload=b"q" * 64)
     r = dp.run(hook, pkt.bytes())
     assert r.retval == REDIRECT[hook]
     out = P.parse(r.data)
@@ -133,73 +126,63 @@ def _flow(dp: Datapath, hook: str, v6: bool, mode: str) -> tuple[P.Pkt, P.Pkt]:
 
 @HOOKS
 @FAMILIES
-@pytest.mark.parametrize("mode", ["default", "onearm"])
-@pytest.mark.parametrize("origin", ["router", "endpoint"])
-def test_icmp_error_towards_the_client(dp: Datapath, hook: str, v6: bool, mode: str, origin: str) -> None:
-    """Fragmentation needed / packet too big about a packet the endpoint was sent:
-    the client gets it quoting its own packet (to the VIP)."""
+def test_icmp_errors_are_translated_both_ways(dp: Datapath, hook: str, v6: bool) -> None:
+    """Fragmentation needed / packet too big, DNAT and source NAT (onearm), in both directions."""
     client, vip, be, _, router = _addrs(v6)
-    sent, seen = _flow(dp, hook, v6, mode)
-    src = router if origin == "router" else be
-    err = P.icmp_error(src, seen.src, _ip(seen.bytes()))
-    r = dp.run(hook, err, on_v0=True)
-    assert r.retval == REDIRECT[hook]
-    out = P.parse_icmp_error(r.data)
-    assert out.csum_ok, "outer and ICMP checksums"
-    # From the router as it was; from the VIP when the endpoint itself reported it.
-    assert (out.src, out.dst, out.ttl) == (router if origin == "router" else vip, client, 63)
-    # The quoted packet: addresses, ports, the IP and the TCP checksum.
-    assert out.quoted == _ip(sent.but(ttl=63).bytes())
-    assert dp.driver.stats()["icmp_error"] == 1
+    for mode, port in MODE_PORTS.items():
+        dp.service(vip, "tcp", port, [Backend(be, 8080)], mode=mode)
+    n = 0
+    for mode in MODE_PORTS:
+        for origin in ("router", "endpoint"):
+            # Towards the client: about a packet the endpoint was sent; the client gets it
+            # quoting its own packet (to the VIP), from the router as it was, or from the VIP
+            # when the endpoint itself reported it.
+            n += 1
+            sent, seen = _flow(dp, hook, v6, mode, 41000 + n)
+            err = P.icmp_error(router if origin == "router" else be, seen.src, _ip(seen.bytes()))
+            r = dp.run(hook, err, on_v0=True)
+            assert r.retval == REDIRECT[hook], (mode, origin)
+            out = P.parse_icmp_error(r.data)
+            assert out.csum_ok, "outer and ICMP checksums"
+            assert (out.src, out.dst, out.ttl) == (router if origin == "router" else vip, client, 63)
+            # The quoted packet: addresses, ports, the IP and the TCP checksum.
+            assert out.quoted == _ip(sent.but(ttl=63).bytes()), (mode, origin)
+        # Towards the endpoint: an error about a reply (from a router on the client's side,
+        # to the VIP) reaches the endpoint quoting the reply as the endpoint sent it.
+        n += 1
+        sent, seen = _flow(dp, hook, v6, mode, 41000 + n)
+        reply = P.Pkt(be, seen.src, P.TCP, 8080, seen.sport, flags=P.SYN | P.ACK, payload=b"r" * 64)
+        r = dp.run(hook, reply.bytes(), on_v0=True)
+        assert r.retval == REDIRECT[hook]
+        delivered = reply.but(src=vip, sport=sent.dport, dst=client, dport=sent.sport, ttl=63)
+        assert P.parse(r.data).csum_ok and r.data[14:] == _ip(delivered.bytes())
+        r = dp.run(hook, P.icmp_error(router, vip, _ip(delivered.bytes())))
+        assert r.retval == REDIRECT[hook], mode
+        out = P.parse_icmp_error(r.data)
+        assert out.csum_ok and (out.src, out.dst) == (router, be)
+        assert out.quoted == _ip(reply.but(ttl=63).bytes()), mode
+    assert dp.driver.stats()["icmp_error"] == 6
 
 
 @HOOKS
 @FAMILIES
-@pytest.mark.parametrize("mode", ["default", "onearm"])
-def test_icmp_error_towards_the_endpoint(dp: Datapath, hook: str, v6: bool, mode: str) -> None:
-    """An error about a reply (from a router on the client's side, to the VIP) reaches the
-    endpoint quoting the reply as the endpoint sent it."""
-    client, vip, be, _, router = _addrs(v6)
-    _, seen = _flow(dp, hook, v6, mode)
-    reply = P.Pkt(be, seen.src, P.TCP, 8080, seen.sport, flags=P.SYN | P.ACK, payload=b"r" * 64)
-    r = dp.run(hook, reply.bytes(), on_v0=True)
-    assert r.retval == REDIRECT[hook]
-    delivered = reply.but(src=vip, sport=80, dst=client, dport=41000, ttl=63)
-    assert P.parse(r.data).csum_ok and r.data[14:] == _ip(delivered.bytes())
-    err = P.icmp_error(router, vip, _ip(delivered.bytes()))
-    r = dp.run(hook, err)
-    assert r.retval == REDIRECT[hook]
-    out = P.parse_icmp_error(r.data)
-    assert out.csum_ok and (out.src, out.dst) == (router, be)
-    assert out.quoted == _ip(reply.but(ttl=63).bytes())
-
-
-@HOOKS
-@FAMILIES
-@pytest.mark.parametrize("kind", ["unreachable", "time-exceeded", "parameter-problem"])
-def test_other_icmp_errors_and_udp(dp: Datapath, hook: str, v6: bool, kind: str) -> None:
+def test_other_icmp_errors_udp_and_no_flow(dp: Datapath, hook: str, v6: bool) -> None:
     client, vip, be, _, router = _addrs(v6)
     dp.service(vip, "udp", 53, [Backend(be, 5353)])
-    pkt = P.Pkt(client, vip, P.UDP, 40000, 53, payload=b"u" * 40)
-    seen = pkt.but(dst=be, dport=5353, ttl=63)
-    assert dp.run(hook, pkt.bytes()).retval == REDIRECT[hook]
-    type_ = {"unreachable": (1 if v6 else 3), "time-exceeded": (3 if v6 else 11),
-             "parameter-problem": (4 if v6 else 12)}[kind]
-    # Quote only the first 8 bytes of UDP, as RFC 792 routers do: the UDP checksum is among them.
-    quoted = _ip(seen.bytes())[: (40 if v6 else 20) + 8]
-    err = P.icmp_error(router, client, quoted, type_=type_, code=3 if kind == "unreachable" else 0)
-    r = dp.run(hook, err, on_v0=True)
-    assert r.retval == REDIRECT[hook]
-    out = P.parse_icmp_error(r.data)
-    assert out.csum_ok and out.type == type_ and out.dst == client
-    assert out.quoted == _ip(pkt.but(ttl=63).bytes())[: len(quoted)]
-
-
-@HOOKS
-@FAMILIES
-def test_icmp_error_of_no_flow_passes(dp: Datapath, hook: str, v6: bool) -> None:
-    client, vip, be, _, router = _addrs(v6)
-    dp.service(vip, "tcp", 80, [Backend(be, 8080)])
+    kinds = {"unreachable": (1, 4) if v6 else (3, 3), "time-exceeded": (3, 0) if v6 else (11, 0),
+             "parameter-problem": (4, 0) if v6 else (12, 0)}
+    for n, (type_, code) in enumerate(kinds.values()):
+        pkt = P.Pkt(client, vip, P.UDP, 40000 + n, 53, payload=b"u" * 40)
+        seen = pkt.but(dst=be, dport=5353, ttl=63)
+        assert dp.run(hook, pkt.bytes()).retval == REDIRECT[hook]
+        # Quote only the first 8 bytes of UDP, as RFC 792 routers do: the UDP checksum is among them.
+        quoted = _ip(seen.bytes())[: (40 if v6 else 20) + 8]
+        r = dp.run(hook, P.icmp_error(router, client, quoted, type_=type_, code=code), on_v0=True)
+        assert r.retval == REDIRECT[hook], type_
+        out = P.parse_icmp_error(r.data)
+        assert out.csum_ok and out.type == type_ and out.dst == client
+        assert out.quoted == _ip(pkt.but(ttl=63).bytes())[: len(quoted)]
+    # An error about no flow of ours goes to the kernel untouched.
     err = P.icmp_error(router, client, _ip(P.Pkt(client, be, P.TCP, 41000, 8080).bytes()))
     r = dp.run(hook, err, on_v0=True)
     assert r.retval == PASS[hook] and r.data == err
@@ -208,33 +191,31 @@ def test_icmp_error_of_no_flow_passes(dp: Datapath, hook: str, v6: bool) -> None
 # --- the datapath's own redirect over the egress MTU (tc) ---
 
 @FAMILIES
-@pytest.mark.parametrize("direction", ["to-endpoint", "to-client"])
-def test_over_the_egress_mtu_the_sender_gets_frag_needed(dp: Datapath, v6: bool, direction: str) -> None:
+def test_over_the_egress_mtu_the_sender_gets_frag_needed(dp: Datapath, v6: bool) -> None:
+    """Both directions: the client (about its packet to the VIP) and the endpoint (about its reply)."""
+    from tests.bpf.harness import sh
+
     client, vip, be, _, _ = _addrs(v6)
     dp.service(vip, "tcp", 80, [Backend(be, 8080)])
     syn = P.Pkt(client, vip, P.TCP, 41000, 80, flags=P.SYN, frag=0x4000)
     assert dp.run("tc", syn.bytes()).retval == TC_REDIRECT  # small: forwarded
-    from tests.bpf.harness import sh
-
     sh("ip", "-n", dp.ns, "link", "set", "v0", "mtu", "1400")
-    if direction == "to-endpoint":
-        big, on_v0, src = syn.but(flags=P.ACK, payload=b"b" * 1400), False, vip
-    else:
-        reply = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.ACK, payload=b"b" * 1400, frag=0x4000)
-        big, on_v0, src = reply, True, client
-    frame = big.bytes()
-    r = dp.run("tc", frame, on_v0=on_v0)
-    assert r.retval == TC_REDIRECT
-    out = P.parse_icmp_error(r.data)
-    assert out.csum_ok and (out.src, out.dst) == (src, big.src)
-    assert out.type == (2 if v6 else 3)
-    mtu = int.from_bytes(r.data[14 + (40 if v6 else 20) + (4 if v6 else 6):][: 4 if v6 else 2], "big")
-    assert mtu == 1400
-    assert out.quoted == frame[14:][: 48 if v6 else 28], "the sender's own packet, as it sent it"
-    assert r.data[:12] == frame[6:12] + frame[:6], "back to where it came from"
-    assert dp.driver.stats()["too_big"] == 1
-    if not v6:  # without DF the kernel fragments it: left to it, translated
-        r = dp.run("tc", big.but(frag=0).bytes(), on_v0=on_v0)
-        out2 = P.parse(r.data)
-        assert r.retval == TC_OK and out2.csum_ok
-        assert (out2.dst == be) if direction == "to-endpoint" else (out2.src == vip)
+    reply = P.Pkt(be, client, P.TCP, 8080, 41000, flags=P.ACK, payload=b"b" * 1400, frag=0x4000)
+    cases = [(syn.but(flags=P.ACK, payload=b"b" * 1400), False, vip), (reply, True, client)]
+    for n, (big, on_v0, src) in enumerate(cases, 1):
+        frame = big.bytes()
+        r = dp.run("tc", frame, on_v0=on_v0)
+        assert r.retval == TC_REDIRECT
+        out = P.parse_icmp_error(r.data)
+        assert out.csum_ok and (out.src, out.dst) == (src, big.src)
+        assert out.type == (2 if v6 else 3)
+        mtu = int.from_bytes(r.data[14 + (40 if v6 else 20) + (4 if v6 else 6):][: 4 if v6 else 2], "big")
+        assert mtu == 1400
+        assert out.quoted == frame[14:][: 48 if v6 else 28], "the sender's own packet, as it sent it"
+        assert r.data[:12] == frame[6:12] + frame[:6], "back to where it came from"
+        assert dp.driver.stats()["too_big"] == n
+        if not v6:  # without DF the kernel fragments it: left to it, translated
+            r = dp.run("tc", big.but(frag=0).bytes(), on_v0=on_v0)
+            out2 = P.parse(r.data)
+            assert r.retval == TC_OK and out2.csum_ok
+            assert (out2.dst == be) if not on_v0 else (out2.src == vip)
