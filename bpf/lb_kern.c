@@ -18,8 +18,9 @@
  * The concerns live in headers, included in dependency order: lb_maps.h (every
  * map), lb_parse.h (struct pkt, bounds-checked parsing), lb_counters.h,
  * lb_select.h (service lookup and endpoint selection), lb_conntrack.h and
- * lb_nat.h (rewrite, reply path, forwarding), lb_frag.h and lb_icmp.h (fragments
- * and ICMP errors, reached only through parse()'s LB_PARSE_SLOW).  This file holds only the flow of
+ * lb_nat.h (rewrite, reply path, forwarding; lb_mtu.h: over the egress MTU),
+ * lb_frag.h and lb_icmp.h (fragments and ICMP errors, reached only through
+ * parse()'s LB_PARSE_SLOW).  This file holds only the flow of
  * a packet: conntrack first, else a new flow (where the service's mode is
  * dispatched), and the two entry points.
  */
