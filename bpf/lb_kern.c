@@ -18,7 +18,9 @@
  * The concerns live in headers, included in dependency order: lb_maps.h (every
  * map), lb_parse.h (struct pkt, bounds-checked parsing), lb_counters.h,
  * lb_select.h (service lookup and endpoint selection), lb_conntrack.h and
- * lb_nat.h (rewrite, reply path, forwarding).  This file holds only the flow of
+ * lb_nat.h (rewrite, reply path, forwarding; lb_mtu.h: over the egress MTU),
+ * lb_frag.h and lb_icmp.h (fragments and ICMP errors, reached only through
+ * parse()'s LB_PARSE_SLOW).  This file holds only the flow of
  * a packet: conntrack first, else a new flow (where the service's mode is
  * dispatched), and the two entry points.
  */
@@ -30,6 +32,8 @@
 #include "lb_conntrack.h"
 #include "lb_nat.h"
 #include "lb_expire.h"
+#include "lb_frag.h"
+#include "lb_icmp.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -133,8 +137,15 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 	}
 	LB_STOP(2, V_PASS);
 	if (why) {
-		stat_inc(why);
-		return V_PASS;
+		if (why != LB_PARSE_SLOW) {
+			stat_inc(why);
+			return V_PASS;
+		}
+		/* Fragments and ICMP errors (lb_frag.h, lb_icmp.h), off the fast path. */
+		if (p.icmp_err)
+			return xdp ? icmp_error_xdp(ctx, &p, now) : icmp_error_tc(ctx, &p, now);
+		if (frag_follow(&p, now))
+			return V_PASS;
 	}
 
 	ct = bpf_map_lookup_elem(&lb_ct, &p.t);
@@ -171,6 +182,11 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		LB_STOP(4, V_PASS);
 		return ct_fwd(ctx, xdp, &p, ct);
 	}
+	if (p.frag == LB_FRAG_LATER) {
+		/* No ports: a later fragment never starts a flow. */
+		stat_inc(LB_STAT_PASS_FRAGMENT);
+		return V_PASS;
+	}
 	if (p.ttl <= 1) {
 		/* Leave it to the kernel (it owns ICMP time exceeded). */
 		stat_inc(LB_STAT_PASS_TTL);
@@ -195,6 +211,8 @@ int lb_tc(struct __sk_buff *skb)
 	v = lb_process(skb, 0, skb->len, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex, &mark);
 	if (v == V_REDIRECT)
 		return TC_ACT_REDIRECT;
+	if (v == V_TOO_BIG)
+		return too_big_tc(skb);
 	return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 

@@ -235,4 +235,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_ct_scratch SEC(".maps");
 
+/* Fragmented datagrams: (addresses, protocol, fragment id) -> the first fragment's ports (layout v4). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_MAX_FRAGS);
+	__type(key, struct lb_frag_key);
+	__type(value, struct lb_frag);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_frag SEC(".maps");
+
 #endif /* __LB_MAPS_H */

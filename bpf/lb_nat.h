@@ -44,6 +44,8 @@ static __always_inline __u16 csum_apply(__u16 sum, __u32 diff)
 	return (__u16)~csum_fold64((__u16)~sum + (__u64)diff);
 }
 
+#include "lb_mtu.h"	/* needs the checksum helpers above */
+
 /* Where a packet goes: both ends after translation (unchanged ends keep the packet's). */
 struct nat_to {
 	__u32 saddr[4];
@@ -100,6 +102,11 @@ routed:
 		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS;
 	else
 		redirect = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
+	if (!xdp && rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		((struct __sk_buff *)ctx)->cb[0] = f.mtu_result;
+		if (too_big_wanted(ctx, p))
+			return V_TOO_BIG;	/* over the egress MTU: lb_mtu.h answers the sender */
+	}
 
 	/* Direct packet writes first; tc checksum helpers invalidate pointers. */
 	if (p->t.family == 4) {
@@ -262,7 +269,8 @@ static __always_inline enum verdict xlat_forward(void *ctx, const int xdp, struc
 	__u64 sum = 0;
 	int rc, redirect;
 
-	if (p->t.proto != IPPROTO_TCP && p->t.proto != IPPROTO_UDP)
+	/* A fragment would need a fragment header built or dropped: not translated. */
+	if ((p->t.proto != IPPROTO_TCP && p->t.proto != IPPROTO_UDP) || p->frag)
 		return V_DROP;
 	if (p->t.family == 6) {
 		struct ipv6hdr *ip6 = p->l3;

@@ -45,10 +45,27 @@ struct lb_icmphdr {
 	__be16 echo_id;
 	__be16 echo_seq;
 };
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+/* The IPv6 fragment extension header. */
+struct lb_frag6hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;	/* offset in 8-byte units << 3, M flag in bit 0 */
+	__be32 id;
+};
 #define ICMPV6_ECHO_REQ 128
 #define ICMPV6_ECHO_REP 129
 
-enum verdict { V_PASS, V_DROP, V_REDIRECT };
+enum verdict { V_PASS, V_DROP, V_REDIRECT, V_TOO_BIG };	/* V_TOO_BIG: lb_mtu.h (tc) */
+
+/* parse(): not a counter but "take the slow path" (fragments, ICMP errors: lb_frag.h, lb_icmp.h). */
+#define LB_PARSE_SLOW 0x100
+
+/* struct pkt.frag */
+enum { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
 
 /* A parsed packet: tuple plus where its headers are. */
 struct pkt {
@@ -65,6 +82,9 @@ struct pkt {
 	__u8 ttl;
 	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
 	__u32 mark;		/* set by a firewall mark rule */
+	__u32 frag_id;		/* a fragment's datagram id (IPv4: 16 bits; IPv6: 32), network order */
+	__u8 frag;		/* LB_FRAG_*: a later fragment has no L4 header (no ports, no checksum) */
+	__u8 icmp_err;		/* an ICMP/ICMPv6 error (its offending packet follows the header) */
 };
 
 enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
@@ -116,8 +136,14 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->t.daddr[0] = ip->daddr;
 		p->ttl = ip->ttl;
 		p->l3 = ip;
-		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
-			return LB_STAT_PASS_FRAGMENT;
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+			p->frag_id = ip->id;
+			if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+				p->frag = LB_FRAG_LATER;
+				return LB_PARSE_SLOW;
+			}
+			p->frag = LB_FRAG_FIRST;
+		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
@@ -132,8 +158,22 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		__builtin_memcpy(p->t.daddr, &ip6->daddr, 16);
 		p->ttl = ip6->hop_limit;
 		p->l3 = ip6;
-		if (proto == NEXTHDR_FRAGMENT)
-			return LB_STAT_PASS_FRAGMENT;
+		if (proto == NEXTHDR_FRAGMENT) {
+			struct lb_frag6hdr *fh = l4;
+
+			if ((void *)(fh + 1) > end)
+				return LB_STAT_PASS_TRUNCATED;
+			proto = fh->nexthdr;
+			p->t.proto = proto == IPPROTO_ICMPV6 ? IPPROTO_ICMP : proto;
+			p->frag_id = fh->id;
+			if (fh->frag_off & bpf_htons(0xfff8)) {
+				p->frag = LB_FRAG_LATER;
+				return LB_PARSE_SLOW;
+			}
+			p->frag = LB_FRAG_FIRST;
+			l4 = fh + 1;
+			l4off += sizeof(*fh);
+		}
 	} else {
 		return LB_STAT_PASS_NOT_IP;
 	}
@@ -172,6 +212,10 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		else if (ih->type == ICMP_ECHOREPLY) {
 			p->t.dport = ih->echo_id;
 			p->echo_reply = 1;
+		} else if (!p->frag && (ih->type == ICMP_DEST_UNREACH || ih->type == ICMP_TIME_EXCEEDED ||
+					ih->type == ICMP_PARAMETERPROB)) {
+			p->icmp_err = 1;
+			return LB_PARSE_SLOW;
 		} else
 			return LB_STAT_PASS_NOT_OURS;
 		p->csum = 0;	/* the ICMPv4 checksum has no pseudo header */
@@ -185,11 +229,15 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		else if (ih->icmp6_type == ICMPV6_ECHO_REP) {
 			p->t.dport = ih->icmp6_dataun.u_echo.identifier;
 			p->echo_reply = 1;
+		} else if (!p->frag && ih->icmp6_type >= ICMPV6_DEST_UNREACH && ih->icmp6_type <= ICMPV6_PARAMPROB) {
+			p->icmp_err = 1;	/* unreachable, packet too big, time exceeded, parameter problem */
 		} else
-			return LB_STAT_PASS_NOT_OURS;	/* NDP, errors, ... */
+			return LB_STAT_PASS_NOT_OURS;	/* NDP, ... */
 		p->t.proto = IPPROTO_ICMP;	/* one protocol number for echo services */
 		p->csum = &ih->icmp6_cksum;
 		p->csum_off = l4off + 2;
+		if (p->icmp_err)
+			return LB_PARSE_SLOW;
 	} else if (proto == IPPROTO_SCTP) {
 		struct udphdr *sh = l4;	/* SCTP's common header starts with the two ports */
 
@@ -205,7 +253,7 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 	} else {
 		return LB_STAT_PASS_NOT_OURS;
 	}
-	return 0;
+	return p->frag ? LB_PARSE_SLOW : 0;
 }
 
 #endif /* __LB_PARSE_H */

@@ -40,6 +40,8 @@ enum lb_limits {
 	LB_FW_PORT_CHUNK = 32,		/* ports per lb_fw_port entry */
 	LB_FW_MAX_PREFIXES = 8192,	/* lb_fw_cidr entries, both slots and fields */
 	LB_FW_MAX_IFACES = 256,		/* lb_fw_iface entries, both slots */
+	LB_MAX_FRAGS = 16384,		/* lb_frag: fragmented datagrams in flight (layout v4) */
+	LB_FRAG_TIMEOUT = 30,		/* seconds a first fragment's decision is followed */
 };
 
 /*
@@ -55,7 +57,8 @@ enum lb_limits {
  * v4: lb_ct keeps each direction's TCP sequence numbers (idle expiry resets);
  * lb_ct's next-hop cache (nh_*) and lb_nh_gen; the sizes of the maps whose
  * max_entries is a Datapath capacity (reconciler/drivers/bpf_capacity.py) are set by
- * the loader; the values in enum lb_limits are their defaults.
+ * the loader; the values in enum lb_limits are their defaults;
+ * lb_frag (the endpoint decision of a fragmented datagram).
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 4,
@@ -122,7 +125,7 @@ enum lb_stat {
 	LB_STAT_PACKETS = 0,
 	LB_STAT_PASS_NOT_IP = 1,
 	LB_STAT_PASS_NOT_OURS = 2,
-	LB_STAT_PASS_FRAGMENT = 3,
+	LB_STAT_PASS_FRAGMENT = 3,	/* a later fragment whose first fragment was not seen */
 	LB_STAT_PASS_TRUNCATED = 4,
 	LB_STAT_PASS_TTL = 5,
 	LB_STAT_PASS_EXTHDR = 6,
@@ -139,7 +142,12 @@ enum lb_stat {
 	LB_STAT_DROP_NO_SNAT = 17,	/* source NAT without an address or a free port */
 	LB_STAT_PASS_NO_FLOW = 18,	/* TCP segment other than an opening SYN of no live flow: the kernel answers RST */
 	LB_STAT_CT_EXPIRED = 19,	/* conntrack entries past their idle timeout removed by lb_ct_expire */
-	LB_STAT_MAX = 20,
+	/* layout v4: fragments and ICMP errors */
+	LB_STAT_FRAG_FIRST = 20,	/* first fragments of a datagram (decision recorded) */
+	LB_STAT_FRAG_FOLLOW = 21,	/* later fragments that followed their first fragment */
+	LB_STAT_ICMP_ERROR = 22,	/* ICMP/ICMPv6 errors about a flow, translated */
+	LB_STAT_TOO_BIG = 23,		/* over the egress MTU: fragmentation needed / packet too big sent */
+	LB_STAT_MAX = 24,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -335,6 +343,27 @@ struct lb_persist {
 	struct lb_backend be;
 	__u32 pad;
 	__u64 seen_ns;
+};
+
+/*
+ * lb_frag key: one fragmented datagram (layout v4: fragments).  Later fragments
+ * carry no ports; the first fragment records its ports here and later ones look
+ * their flow up in lb_ct with them, so every fragment gets the same translation.
+ */
+struct lb_frag_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;		/* IPv4: the 16-bit identification (network order); IPv6: the fragment header's */
+	__u8 proto;		/* as in lb_ct_key (ICMPv6 echo: 1) */
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct lb_frag {
+	__u16 sport;		/* the first fragment's ports (lb_ct_key order and byte order) */
+	__u16 dport;
+	__u32 pad;
+	__u64 seen_ns;		/* when the first fragment passed */
 };
 
 /* Per-CPU counters per service (lb_svc_stats) and per endpoint (lb_be_stats). */
