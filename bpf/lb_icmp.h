@@ -176,7 +176,7 @@ static __always_inline enum verdict icmp_error(void *ctx, const int xdp, struct 
 		return V_PASS;
 	}
 	stat_inc(LB_STAT_ICMP_ERROR);
-	return nat_fwd(ctx, xdp, p, &to);
+	return nat_fwd(ctx, xdp, p, &to, 0);
 }
 
 static __noinline enum verdict icmp_error_tc(void *ctx, struct pkt *p, __u64 now)
