@@ -28,6 +28,7 @@
 #include "lb_firewall.h"
 #include "lb_select.h"
 #include "lb_conntrack.h"
+#include "lb_sctp.h"
 #include "lb_nat.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -61,6 +62,9 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
+	/* SCTP: only an INIT starts an association; other chunks may open a path of one. */
+	if (p->t.proto == IPPROTO_SCTP && p->chunk != SCTP_CID_INIT)
+		return sctp_join(ctx, xdp, p, now);
 	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
 		return no_backend(svc_id, p, s->no_backend);
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
@@ -145,10 +149,12 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		return V_PASS;
 	}
 	if (ct && ct->dir == LB_CT_REPLY)
-		return do_reply(ctx, xdp, &p, ct, now);
+		return sctp_done(ctx, xdp, &p, do_reply(ctx, xdp, &p, ct, now));
 	if (ct && p.t.proto == IPPROTO_TCP && ct->state >= LB_CT_FIN_WAIT &&
 	    (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 		ct = 0;	/* a new connection reusing the tuple: select again */
+	if (ct && p.t.proto == IPPROTO_SCTP && p.chunk == SCTP_CID_INIT && (ct_closing(ct->state) || ct->dir == LB_CT_PATH))
+		ct = 0;	/* a new association (or a restart) on the tuple: select again */
 	if (ct) {
 		if (now - ct->seen_ns > NSEC_PER_SEC / 4)
 			ct->seen_ns = now;
@@ -156,7 +162,7 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		stat_inc(LB_STAT_FORWARD);
 		count(&lb_svc_stats, ct->svc_id, len, 0, 0, 0);
 		count(&lb_be_stats, ct->stat_id, len, 0, 0, 0);
-		return ct_fwd(ctx, xdp, &p, ct);
+		return sctp_done(ctx, xdp, &p, ct_fwd(ctx, xdp, &p, ct));
 	}
 	if (p.ttl <= 1) {
 		/* Leave it to the kernel (it owns ICMP time exceeded). */
@@ -164,8 +170,8 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		return V_PASS;
 	}
 	if (xdp)
-		return do_new_xdp(ctx, &p, now);
-	return do_new_tc(ctx, &p, now);
+		return sctp_done(ctx, xdp, &p, do_new_xdp(ctx, &p, now));
+	return sctp_done(ctx, xdp, &p, do_new_tc(ctx, &p, now));
 }
 
 SEC("tc")

@@ -44,6 +44,16 @@ struct lb_icmphdr {
 	__be16 echo_id;
 	__be16 echo_seq;
 };
+/* SCTP's common header and the header of its first chunk (RFC 9260 3.1, 3.2). */
+struct lb_sctphdr {
+	__be16 source;
+	__be16 dest;
+	__be32 vtag;
+	__le32 crc;
+	__u8 chunk_type;
+	__u8 chunk_flags;
+	__be16 chunk_len;
+};
 #define ICMPV6_ECHO_REQ 128
 #define ICMPV6_ECHO_REP 129
 
@@ -64,6 +74,11 @@ struct pkt {
 	__u8 ttl;
 	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
 	__u32 mark;		/* set by a firewall mark rule */
+	__u32 vtag;		/* SCTP: verification tag (as on the wire) */
+	__u16 chunk_len;	/* SCTP: length of the first chunk */
+	__u8 chunk;		/* SCTP: type of the first chunk */
+	__u32 itag;		/* SCTP INIT / INIT-ACK: the initiate tag */
+	__u32 sctp_svc;		/* SCTP reply: 1 + its service id (INIT-ACK rewrite), else 0 */
 };
 
 enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
@@ -190,7 +205,8 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->csum = &ih->icmp6_cksum;
 		p->csum_off = l4off + 2;
 	} else if (proto == IPPROTO_SCTP) {
-		struct udphdr *sh = l4;	/* SCTP's common header starts with the two ports */
+		/* The common header (ports, verification tag, CRC32c) and the first chunk's header. */
+		struct lb_sctphdr *sh = l4;
 
 		if ((void *)(sh + 1) > end)
 			return LB_STAT_PASS_TRUNCATED;
@@ -198,7 +214,20 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->t.dport = sh->dest;
 		p->sport_p = &sh->source;
 		p->dport_p = &sh->dest;
-		return LB_STAT_PASS_NOT_OURS;	/* seen by the firewall, not balanced yet */
+		p->vtag = sh->vtag;
+		p->chunk = sh->chunk_type;
+		p->chunk_len = bpf_ntohs(sh->chunk_len);
+		if (p->chunk_len < 4)
+			return LB_STAT_PASS_TRUNCATED;	/* a malformed chunk: the kernel's to refuse */
+		if (p->chunk == 1 || p->chunk == 2) {	/* INIT, INIT-ACK */
+			__be32 *itag = (void *)(sh + 1);
+
+			if ((void *)(itag + 1) > end || p->chunk_len < 20)
+				return LB_STAT_PASS_TRUNCATED;
+			p->itag = *itag;
+		}
+		p->csum = 0;	/* CRC32c, no pseudo header: lb_sctp.h updates it where ports or chunks change */
+		p->csum_off = l4off + 8;
 	} else if (p->t.family == 6) {
 		return LB_STAT_PASS_EXTHDR;
 	} else {

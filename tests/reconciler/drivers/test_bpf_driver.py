@@ -136,7 +136,10 @@ def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
     for mode in ("onearm", "fullnat", "dsr"):  # issue 13: every mode is carried out, no warning
         assert BpfDriver.unsupported(ServiceEntry(key, "web", mode, "hash", 240, 10800)) is None
     sctp = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "default", "rr", 240, 10800)
-    assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
+    assert BpfDriver.unsupported(sctp) is None  # issue 14: SCTP is balanced
+    nat46 = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "fullnat", "rr", 240, 10800,
+                         source_address="fd00::1")
+    assert "SCTP" in (BpfDriver.unsupported(nat46) or "")
 
 
 def _pin_copy(dp: Datapath, other: str, swap: dict[str, str]) -> None:

@@ -68,7 +68,7 @@ def v1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_layout(tmp_path_factory, "v1")
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=["v1", "v2", "v3"])
 def old_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     return request.param, build_layout(tmp_path_factory, request.param)
 
@@ -82,9 +82,12 @@ def changes(tb: Testbed, hook: str) -> list[Change]:
     return ch
 
 
-def v3_changed() -> set[str]:
-    """Maps a v1 or v2 pin set lacks or holds in another layout: lb_conf, lb_ct, lb_stats, the firewall's."""
-    return {"lb_conf", "lb_ct", "lb_stats"} | {n for n in B.MAPS if n.startswith("lb_fw_")}
+def v3_changed(version: str = "v1") -> set[str]:
+    """Maps a pin set of ``version`` lacks or holds in another layout: lb_conf and lb_stats (v4: SCTP),
+    and before v3 lb_ct and the firewall's; lb_sctp (v4) is new to all."""
+    if version == "v3":
+        return {"lb_conf", "lb_stats", "lb_sctp"}
+    return {"lb_conf", "lb_ct", "lb_stats", "lb_sctp"} | {n for n in B.MAPS if n.startswith("lb_fw_")}
 
 
 _APPLY_V1 = textwrap.dedent("""
@@ -198,7 +201,7 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
         live = drv.read()  # opens the pins: the migration runs here
         mig = drv.migration
         # v3: lb_ct.mode, lb_service.snat_addr, more global counters (lb_stats), the firewall maps.
-        assert mig is not None and set(mig.changed) == v3_changed(), mig
+        assert mig is not None and set(mig.changed) == v3_changed(version), mig
         assert sorted((i, h) for i, h, _ in mig.hooks) == sorted((i, hook) for i in tb.lb_interfaces)
         assert mig.maps["lb_ct"] >= 2  # the stream's forward and reply entries
         at_swap = stream.received
@@ -318,7 +321,7 @@ def test_commands_that_only_look_report_an_old_layout_and_change_nothing(
         drv.read()
         assert drv.migration is not None and set(drv.migration.changed) == v3_changed()
         (notice,) = drv.notices()  # apply prints it, the daemon logs it: once
-        assert "migrated the pinned datapath to layout v3 live: maps " in notice, notice
+        assert "migrated the pinned datapath to layout v4 live: maps " in notice, notice
         assert all(n in notice for n in v3_changed()), notice
         assert drv.notices() == []
     finally:
