@@ -54,7 +54,8 @@ def main() -> None:
             dp.run(hook, P.Pkt(CLIENT4, SAME, P.TCP, t, 80, flags=P.SYN, ttl=255).bytes())
             body = b"\0\0\0\1\0\0\0\0\0\0\0\0" + b"x" * 100
             tcp = P.Pkt(CLIENT4, SAME, P.TCP, t, 80, flags=P.ACK, ttl=255).bytes()
-            ack = S.init_ack(3868, a, 7, 9, 1, cookie=b"c" * 200, addresses=[SAME, "10.99.0.10", "10.99.0.11"])
+            ack = S.init_ack(3868, a, 7, 9, 1, cookie=b"c" * 200,
+                             addresses=[SAME, "10.99.0.10", "10.99.0.11"])
             cases[hook] = {
                 "TCP established (reference)": tcp,
                 "SCTP DATA, port kept (no CRC work)": frame(CLIENT4, SAME, data(a, 3868, 9, S.DATA, body)),
@@ -75,7 +76,8 @@ def main() -> None:
                 for hook in ("tc", "xdp"):
                     fd = dp.driver.prog_fd(hook)
                     probe = cases[hook]["TCP established (reference)"]
-                    floor = statistics.median(B.test_run(empty[hook], probe, 1).duration_ns for _ in range(RUNS))
+                    floor = statistics.median(B.test_run(empty[hook], probe, 1).duration_ns
+                                              for _ in range(RUNS))
                     for name, f in cases[hook].items():
                         ns = statistics.median(B.test_run(fd, f, 1).duration_ns for _ in range(RUNS))
                         results.setdefault(name, {}).setdefault(hook, []).append(ns - floor)
