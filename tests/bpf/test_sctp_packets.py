@@ -65,6 +65,8 @@ def _state(dp: Datapath) -> list[str]:
 def test_association_through_the_vip(dp: Datapath, hook: str) -> None:
     _multihomed(dp, [Backend(BACKENDS4[0], 3869)])
     be = BACKENDS4[0]
+    live = dp.driver.read()["service"]["sctp/10.97.0.2:3868"]
+    assert live.sctp_peer_vips == (VIP4, VIP4C) and not live.faults  # read back as written
     # INIT: balanced, port 3868 -> 3869, CRC32c updated for the port change.
     out = _run(dp, hook, _frame(CLIENT4, VIP4, S.init(5000, 3868, CTAG, 1)))
     assert (out.dst, out.dport, out.sport) == (be, 3869, 5000)

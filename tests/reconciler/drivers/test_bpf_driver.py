@@ -212,3 +212,13 @@ def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapat
     finally:
         shutil.rmtree(other, ignore_errors=True)
     assert dp.driver.read() == as_state(ch)  # the pins it was copied from are untouched
+
+
+def test_sctp_peer_vips_round_trip_through_the_service_bytes() -> None:
+    from reconciler.drivers.bpf_codec import sctp_peers_bytes, sctp_peers_decode
+
+    for vips in [(), ("10.97.0.2",), ("10.97.0.2", "fd00:97::3", "10.97.0.4")]:
+        raw = sctp_peers_bytes(vips)
+        assert len(raw) == 3 * 16 + 3 + 1 and sctp_peers_decode(raw) == vips
+    with pytest.raises(ValueError):
+        sctp_peers_bytes(("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"))
