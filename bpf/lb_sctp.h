@@ -295,13 +295,23 @@ static __always_inline __u32 sctp_rewrite_addrs(void *ctx, const int xdp, struct
  */
 static __always_inline void sctp_fix(void *ctx, const int xdp, const struct pkt *p)
 {
-	void *data = ctx_data(ctx, xdp);
-	void *end = ctx_end(ctx, xdp);
+	void *data, *end;
 	__u32 l4off = (p->csum_off - 8) & 0xff;
 	__u32 sctp_len, delta = 0, snat;
-	struct lb_sctphdr *sh = data + l4off;
+	struct lb_sctphdr *sh;
 	__u32 saddr[4] = {};
 
+	/* tc: an INIT / INIT-ACK's parameters may lie past the linear part (lb_tc pulls 128
+	 * bytes): make the whole packet linear, it is the first of an association. */
+	if (!xdp && (p->chunk == SCTP_CID_INIT || p->chunk == SCTP_CID_INIT_ACK)) {
+		struct __sk_buff *skb = ctx;
+
+		if (skb->data_end - skb->data < skb->len)
+			bpf_skb_pull_data(skb, skb->len);
+	}
+	data = ctx_data(ctx, xdp);
+	end = ctx_end(ctx, xdp);
+	sh = data + l4off;
 	if ((void *)(sh + 1) > end)
 		return;
 	if (p->t.family == 4) {
