@@ -126,6 +126,16 @@ __noinline __u32 lb_crc32c_shift_by(__u32 c, __u32 n)
 	return c;
 }
 
+/* A 16-bit ones' complement checksum after one 16-bit word changed (RFC 1624). */
+static __always_inline __u16 lb_csum16_update(__u16 sum, __u16 old, __u16 new)
+{
+	__u32 s = (__u16)~sum + (__u32)(__u16)~old + new;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
 /* Feed 4 bytes (as read from memory, little-endian host) to a CRC state. */
 static __always_inline __u32 crc32c_word(__u32 crc, __u32 w)
 {
@@ -186,6 +196,8 @@ struct sctp_walk {
 	__u32 used;		/* replacement addresses used */
 	__u32 delta;		/* CRC32c change so far */
 	__u32 rewritten;
+	__u32 chunk_len;	/* of the INIT / INIT-ACK chunk, as received */
+	__u32 pad;
 };
 
 /*
@@ -263,6 +275,96 @@ __noinline int lb_sctp_param_tc(struct __sk_buff *skb, struct sctp_walk *w)
 __noinline int lb_sctp_param_xdp(struct xdp_md *xdp, struct sctp_walk *w)
 {
 	return w ? sctp_param(xdp, 1, w) : 1;
+}
+
+/*
+ * An INIT-ACK that named fewer addresses than the service has other VIPs: append the
+ * rest as address parameters (the chunk must end the packet, as RFC 9260 wants of an
+ * INIT-ACK), fix the chunk and IP lengths and extend the CRC32c (stored CRC in w->delta
+ * on entry: the packet's CRC after the in-place rewrite).  Returns 1 when it grew.
+ */
+static __always_inline int sctp_grow(void *ctx, const int xdp, struct sctp_walk *w)
+{
+	__u32 id = w->svc - 1, plen = w->family == 4 ? 8 : 20, cpad = (w->chunk_len + 3) & ~3;
+	__u32 l4off = w->l4off & 0xff, len = w->sctp_len & 0x3fff, add = 0, crc, old_len;
+	struct lb_service *s = bpf_map_lookup_elem(&lb_conf, &id);
+	__u16 old_clen, new_clen;
+	void *data, *end;
+	__u8 *q;
+
+	if (!s || !w->svc || 12 + cpad != len || w->used >= LB_MAX_SCTP_PEER_VIPS)
+		return 0;
+	for (int i = 0; i < LB_MAX_SCTP_PEER_VIPS; i++)
+		if (i >= w->used && i < s->n_sctp_peer_vips && s->sctp_peer_family[i] == w->family)
+			add += plen;
+	if (!add)
+		return 0;
+	old_len = xdp ? (__u32)(((struct xdp_md *)ctx)->data_end - ((struct xdp_md *)ctx)->data)
+		      : ((struct __sk_buff *)ctx)->len;
+	if (old_len != l4off + len)
+		return 0;	/* bytes after the SCTP packet (padding): leave it */
+	if (xdp ? bpf_xdp_adjust_tail(ctx, add) : bpf_skb_change_tail(ctx, old_len + add, 0))
+		return 0;
+	data = ctx_data(ctx, xdp);
+	end = ctx_end(ctx, xdp);
+	/* The chunk length, then the CRC of the packet so far with it (same length). */
+	q = data + l4off;
+	if ((void *)(q + 16) > end)
+		return 0;
+	old_clen = *(__u16 *)(q + 14);
+	new_clen = bpf_htons(cpad + add);
+	*(__u16 *)(q + 14) = new_clen;
+	crc = w->delta ^ lb_crc32c_shift_by(crc32c_word(0, (__u32)(__u16)(old_clen ^ new_clen) << 16), len - 16);
+	crc = ~crc;
+	/* The new parameters, fed to the CRC as they are written. */
+	q = data + ((l4off + len) & 0x3fff);
+	for (int i = 0; i < LB_MAX_SCTP_PEER_VIPS; i++) {
+		if (!(i >= w->used && i < s->n_sctp_peer_vips && s->sctp_peer_family[i] == w->family))
+			continue;
+		if ((void *)(q + 20) > end && plen == 20)
+			return 0;
+		if ((void *)(q + 8) > end)
+			return 0;
+		*(__u32 *)q = bpf_htons(plen == 8 ? SCTP_PARAM_IPV4 : SCTP_PARAM_IPV6) | (__u32)bpf_htons(plen) << 16;
+		crc = crc32c_word(crc, *(__u32 *)q);
+		for (int k = 0; k < 4; k++) {
+			__u32 *f = (__u32 *)(q + 4 + 4 * k);
+
+			if (k * 4 + 4 >= plen || (void *)(f + 1) > end)
+				break;
+			*f = s->sctp_peer_vips[i][k];
+			crc = crc32c_word(crc, *f);
+		}
+		q += plen;
+	}
+	w->delta = ~crc;
+	/* The IP length. */
+	if (w->family == 4) {
+		struct iphdr *ip = data + ETH_HLEN;
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		old_clen = ip->tot_len;
+		ip->tot_len = bpf_htons(bpf_ntohs(old_clen) + add);
+		ip->check = lb_csum16_update(ip->check, old_clen, ip->tot_len);
+	} else {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		ip6->payload_len = bpf_htons(bpf_ntohs(ip6->payload_len) + add);
+	}
+	return 1;
+}
+
+__noinline int lb_sctp_grow_tc(struct __sk_buff *skb, struct sctp_walk *w)
+{
+	return w ? sctp_grow(skb, 0, w) : 0;
+}
+
+__noinline int lb_sctp_grow_xdp(struct xdp_md *xdp, struct sctp_walk *w)
+{
+	return w ? sctp_grow(xdp, 1, w) : 0;
 }
 
 /*
@@ -347,7 +449,21 @@ static __always_inline void sctp_fix(void *ctx, const int xdp, const struct pkt 
 		w.sctp_len = sctp_len;
 		w.svc = p->sctp_svc;
 		__builtin_memcpy(w.fallback, saddr, 16);
+		w.chunk_len = p->chunk_len;
 		delta ^= sctp_rewrite_addrs(ctx, xdp, &w, p->chunk_len);
+		if (p->chunk == SCTP_CID_INIT_ACK) {
+			sh = ctx_data(ctx, xdp) + l4off;
+			if ((void *)(sh + 1) > ctx_end(ctx, xdp))
+				return;
+			w.delta = sh->crc ^ delta;
+			if (xdp ? lb_sctp_grow_xdp(ctx, &w) : lb_sctp_grow_tc(ctx, &w)) {
+				sh = ctx_data(ctx, xdp) + l4off;
+				if ((void *)(sh + 1) > ctx_end(ctx, xdp))
+					return;
+				sh->crc = w.delta;
+				return;
+			}
+		}
 	}
 	if (!delta)
 		return;

@@ -193,3 +193,20 @@ def test_every_selection_balances_associations(dp: Datapath, selection: str) -> 
     assert sum(got.values()) == 12 and set(got) <= set(BACKENDS4)
     if selection in ("rr", "priority"):
         assert got == {b: 4 for b in BACKENDS4}
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+@pytest.mark.parametrize("listed", [0, 1])
+def test_init_ack_grows_to_tell_every_vip(dp: Datapath, hook: str, listed: int) -> None:
+    """An endpoint that names fewer addresses than the service has other VIPs (a single-homed
+    one names none): the INIT-ACK gets the missing ones appended, lengths and CRC32c fixed."""
+    _multihomed(dp, [Backend(BACKENDS4[0], 0)])
+    _run(dp, hook, _frame(CLIENT4, VIP4, S.init(5007, 3868, CTAG, 1)))
+    ack = S.init_ack(3868, 5007, CTAG, STAG, 7, cookie=b"odd", addresses=[BACKENDS4[0]][:listed])
+    out = _run(dp, hook, _frame(BACKENDS4[0], CLIENT4, ack))
+    assert (out.src, out.dst) == (VIP4, CLIENT4)
+    sent = _sctp(dp.last)  # type: ignore[attr-defined]
+    assert S.addresses(sent) == [VIP4B, VIP4C]
+    assert len(sent) == len(ack) + 8 * (2 - listed)
+    assert 12 + struct.unpack_from("!H", sent, 14)[0] == len(sent)  # the chunk ends the packet
+    assert S.chunk_params(sent)[0] == (S.PARAM_COOKIE, b"odd")  # the cookie is untouched
