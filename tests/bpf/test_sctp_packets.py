@@ -18,7 +18,7 @@ from reconciler import maglev
 from reconciler.probes import sctp as S
 from reconciler.records import Backend
 from tests.bpf import packets as P
-from tests.bpf.harness import BACKENDS4, BACKENDS6, CLIENT4, LB4, VIP4, Datapath
+from tests.bpf.harness import BACKENDS4, BACKENDS6, CLIENT4, CLIENT6, LB4, VIP4, VIP6, Datapath
 
 TC_OK, TC_REDIRECT = 0, 7
 XDP_PASS, XDP_REDIRECT = 2, 4
@@ -210,3 +210,21 @@ def test_init_ack_grows_to_tell_every_vip(dp: Datapath, hook: str, listed: int) 
     assert len(sent) == len(ack) + 8 * (2 - listed)
     assert 12 + struct.unpack_from("!H", sent, 14)[0] == len(sent)  # the chunk ends the packet
     assert S.chunk_params(sent)[0] == (S.PARAM_COOKIE, b"odd")  # the cookie is untouched
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_ipv6_association_and_its_secondary_vip(dp: Datapath, hook: str) -> None:
+    vips = (VIP6, "fd00:97::2")
+    for vip in vips:
+        peers = tuple(v for v in vips if v != vip)
+        dp.service(vip, "sctp", 3868, [Backend(BACKENDS6[0], 3869)], sctp_peer_vips=peers)
+    out = _run(dp, hook, _frame(CLIENT6, VIP6, S.init(5008, 3868, CTAG, 1)))
+    assert (out.dst, out.dport) == (BACKENDS6[0], 3869)
+    ack = S.init_ack(3869, 5008, CTAG, STAG, 7, addresses=[BACKENDS6[0], BACKENDS4[0]])
+    out = _run(dp, hook, _frame(BACKENDS6[0], CLIENT6, ack))
+    assert (out.src, out.sport) == (VIP6, 3868)
+    plen = struct.unpack_from("!H", dp.last, 18)[0]  # type: ignore[attr-defined]
+    sent = dp.last[54 : 54 + plen]  # type: ignore[attr-defined]
+    assert S.addresses(sent) == [vips[1]] and [t for t, _ in S.chunk_params(sent)][-1] == 0xBFFE
+    out = _run(dp, hook, _frame(CLIENT6, vips[1], S.packet(5008, 3868, STAG, S.DATA, b"d" * 20)))
+    assert (out.dst, out.dport) == (BACKENDS6[0], 3869)
