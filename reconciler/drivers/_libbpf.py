@@ -529,8 +529,14 @@ class ProgInfo:
     map_ids: frozenset[int]
 
     def same_code_and_maps(self, other: ProgInfo) -> bool:
-        return (self.type, self.tag, self.name, self.map_ids) == (other.type, other.tag, other.name,
-                                                                  other.map_ids)
+        """Same code on the same maps; each load has its own read-only data (``.rodata``), not compared."""
+        if (self.type, self.tag, self.name) != (other.type, other.tag, other.name):
+            return False
+        return self.shared_map_ids() == other.shared_map_ids()
+
+    def shared_map_ids(self) -> frozenset[int]:
+        """Its maps without libbpf's per-load read-only data."""
+        return frozenset(m for m in self.map_ids if not internal_map(m))
 
 
 _MAX_PROG_MAPS = 64
