@@ -10,12 +10,19 @@
 #include "lb_parse.h"
 #include "lb_counters.h"
 #include "lb_select.h"
+#include "lb_sctp.h"
+
+/* A closing state (TCP after FIN or RST, SCTP from SHUTDOWN on): short timeout, not open. */
+static __always_inline int ct_closing(__u8 state)
+{
+	return (LB_CT_CLOSING_STATES >> (state & 31)) & 1;
+}
 
 static __always_inline __u64 ct_timeout_ns(const struct lb_ct *ct)
 {
 	__u32 t = ct->timeout;
 
-	if (ct->state >= LB_CT_FIN_WAIT && t > LB_CT_CLOSING_TIMEOUT)
+	if (ct_closing(ct->state) && t > LB_CT_CLOSING_TIMEOUT)
 		t = LB_CT_CLOSING_TIMEOUT;
 	return (__u64)t * NSEC_PER_SEC;
 }
@@ -38,7 +45,7 @@ static __always_inline int ct_stale(const struct lb_ct *ct, __u64 now)
 
 static __always_inline int ct_open(__u8 state)
 {
-	return state < LB_CT_FIN_WAIT;
+	return !ct_closing(state);
 }
 
 static __always_inline void conns_add(__u32 stat_id, __s64 delta)
@@ -52,13 +59,28 @@ static __always_inline void conns_add(__u32 stat_id, __s64 delta)
 	__sync_fetch_and_add(c, delta);
 }
 
+/* Follow an SCTP association's chunks; closes its connection count once. */
+static __noinline void sctp_track(struct lb_ct *ct, __u8 chunk)
+{
+	__u8 n = sctp_next_state(ct->state, chunk);
+
+	if (n == ct->state)
+		return;
+	if (ct_open(ct->state) && !ct_open(n) && ct->dir == LB_CT_FORWARD)
+		conns_add(ct->stat_id, -1);
+	ct->state = n;
+}
+
 /* Follow TCP flags; closes the flow's connection count once. */
 static __always_inline void ct_track(struct lb_ct *ct, const struct pkt *p)
 {
 	__u8 f = p->tcp_flags;
 
-	if (p->t.proto != IPPROTO_TCP)
+	if (p->t.proto != IPPROTO_TCP) {
+		if (p->t.proto == IPPROTO_SCTP)
+			sctp_track(ct, p->chunk);
 		return;
+	}
 	if (f & TCPF_RST) {
 		if (ct_open(ct->state) && ct->dir == LB_CT_FORWARD)
 			conns_add(ct->stat_id, -1);
@@ -78,7 +100,7 @@ static __noinline void ct_close_reply(struct lb_ct *ct, struct pkt *p, __u64 now
 {
 	if (now - ct->seen_ns > NSEC_PER_SEC / 4)
 		ct->seen_ns = now;
-	if (p->tcp_flags & (TCPF_FIN | TCPF_RST)) {
+	if (p->tcp_flags & (TCPF_FIN | TCPF_RST) || p->t.proto == IPPROTO_SCTP) {
 		/* Close the forward entry too, so it stops capturing the tuple. */
 		struct lb_ct_key fk = {};
 		struct lb_ct *fwd;
@@ -99,6 +121,17 @@ static __noinline void ct_close_reply(struct lb_ct *ct, struct pkt *p, __u64 now
 		if (fwd)
 			ct_track(fwd, p);
 		ct_track(ct, p);
+		if (p->t.proto == IPPROTO_SCTP && p->chunk == SCTP_CID_INIT_ACK && fwd) {
+			/* The tag the client will put in every packet of this association, on
+			 * every path: a path conntrack does not know yet is found by it. */
+			struct lb_sctp_key sk = {};
+
+			sk.vtag = p->itag;
+			sk.sport = fk.sport;
+			sk.dport = fk.dport;
+			sk.family = fk.family;
+			bpf_map_update_elem(&lb_sctp, &sk, &fk, BPF_ANY);
+		}
 	}
 }
 
@@ -200,6 +233,8 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 			vp->state = LB_CT_SYN_SENT;
 		else
 			vp->state = LB_CT_ESTABLISHED;
+	} else if (p->t.proto == IPPROTO_SCTP) {
+		vp->state = LB_CT_SCTP_INIT;	/* only an INIT opens an association */
 	}
 	vp->svc_id = svc_id;
 	vp->stat_id = be->stat_id;
@@ -238,6 +273,91 @@ static __noinline int ct_create(const struct pkt *p, const struct lb_backend *be
 	if (ct_open(vp->state))
 		conns_add(be->stat_id, 1);
 	return 0;
+}
+
+/*
+ * SCTP multihoming: a packet of a path conntrack does not know (another client address,
+ * or another VIP of the service) that carries the verification tag of a live
+ * association gets an LB_CT_PATH entry to the association's endpoint, with the
+ * association's source NAT, and -- when the endpoint sees the client's own addresses
+ * (no source NAT) -- a reply entry for this client address, so the endpoint's packets to
+ * it are translated back too.  The packet's VIP must be one of the association's
+ * service.  Returns 0 or 1 (sctp_path_reply must add the reply entry) once the path's
+ * entry is in lb_ct, -1 when no association matches.
+ */
+static __noinline int sctp_path(const struct pkt *p, __u64 now)
+{
+	struct lb_sctp_key sk = {};
+	struct lb_ct_key *fk;
+	struct lb_service *s;
+	struct lb_ct *fwd, *v;
+	__u32 svc_id, ok, other_client, zero = 0;
+
+	sk.vtag = p->vtag;
+	sk.sport = p->t.sport;
+	sk.dport = p->t.dport;
+	sk.family = p->t.family;
+	fk = bpf_map_lookup_elem(&lb_sctp, &sk);
+	if (!fk)
+		return -1;
+	other_client = (fk->saddr[0] ^ p->t.saddr[0]) | (fk->saddr[1] ^ p->t.saddr[1]) |
+		       (fk->saddr[2] ^ p->t.saddr[2]) | (fk->saddr[3] ^ p->t.saddr[3]);
+	fwd = bpf_map_lookup_elem(&lb_ct, fk);
+	if (!fwd || fwd->dir == LB_CT_REPLY || ct_stale(fwd, now) || !ct_open(fwd->state))
+		return -1;
+	svc_id = fwd->svc_id;
+	s = bpf_map_lookup_elem(&lb_conf, &svc_id);
+	if (!s)
+		return -1;
+	ok = (s->key.addr[0] ^ p->t.daddr[0]) | (s->key.addr[1] ^ p->t.daddr[1]) |
+	     (s->key.addr[2] ^ p->t.daddr[2]) | (s->key.addr[3] ^ p->t.daddr[3]);
+	for (int i = 0; i < LB_MAX_SCTP_PEER_VIPS && ok; i++) {
+		if (i < s->n_sctp_peer_vips && s->sctp_peer_family[i] == p->t.family)
+			ok = (s->sctp_peer_vips[i][0] ^ p->t.daddr[0]) | (s->sctp_peer_vips[i][1] ^ p->t.daddr[1]) |
+			     (s->sctp_peer_vips[i][2] ^ p->t.daddr[2]) | (s->sctp_peer_vips[i][3] ^ p->t.daddr[3]);
+	}
+	if (ok)
+		return -1;	/* not a VIP of the association's service */
+	/* The new entry is built in the per-CPU scratch value: struct lb_ct is too big for the stack. */
+	v = bpf_map_lookup_elem(&lb_ct_scratch, &zero);
+	if (!v)
+		return -1;
+	__builtin_memcpy(v, fwd, sizeof(*v));
+	v->dir = LB_CT_PATH;
+	v->created_ns = now;
+	v->seen_ns = now;
+	if (bpf_map_update_elem(&lb_ct, &p->t, v, BPF_ANY))
+		return -1;
+	stat_inc(LB_STAT_SCTP_PATH);
+	/* 1: the endpoint sees this new client address itself (no source NAT) */
+	return !(v->snat_addr[0] | v->snat_addr[1] | v->snat_addr[2] | v->snat_addr[3]) && other_client;
+}
+
+/* The reply entry of a path sctp_path made for another client address (a frame of its own). */
+static __noinline void sctp_path_reply(const struct pkt *p)
+{
+	struct lb_ct_key rk = {};
+	struct lb_ct *fwd, *v;
+	__u32 zero = 0;
+
+	fwd = bpf_map_lookup_elem(&lb_ct, &p->t);
+	v = bpf_map_lookup_elem(&lb_ct_scratch, &zero);
+	if (!fwd || !v)
+		return;
+	__builtin_memcpy(v, fwd, sizeof(*v));
+	__builtin_memcpy(rk.saddr, v->nat_addr, 16);
+	__builtin_memcpy(rk.daddr, p->t.saddr, 16);
+	rk.sport = v->nat_port;
+	rk.dport = p->t.sport;
+	rk.proto = p->t.proto;
+	rk.family = p->t.family;
+	__builtin_memcpy(v->nat_addr, p->t.daddr, 16);
+	v->nat_port = p->t.dport;
+	v->dir = LB_CT_REPLY;
+	__builtin_memcpy(v->snat_addr, p->t.saddr, 16);
+	v->snat_port = p->t.sport;
+	v->nat_family = 0;
+	bpf_map_update_elem(&lb_ct, &rk, v, BPF_NOEXIST);
 }
 
 #endif /* __LB_CONNTRACK_H */

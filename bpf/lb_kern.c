@@ -30,6 +30,7 @@
 #include "lb_firewall.h"
 #include "lb_select.h"
 #include "lb_conntrack.h"
+#include "lb_sctp.h"
 #include "lb_nat.h"
 #include "lb_expire.h"
 #include "lb_frag.h"
@@ -45,6 +46,7 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 	struct lb_service *s;
 	__u32 svc_id;
 	__u16 nat_port;
+	int sel;
 
 	/* An echo reply to a VIP answers a ping of the box, not a client's flow. */
 	if (p->echo_reply || !find_service(p, &svc_id)) {
@@ -66,13 +68,19 @@ static __always_inline enum verdict do_new(void *ctx, const int xdp, struct pkt 
 		count(&lb_svc_stats, svc_id, p->len, 0, 0, 1);
 		return V_DROP;
 	}
+	/* SCTP: only an INIT starts an association; other chunks may open a path of one. */
+	if (p->t.proto == IPPROTO_SCTP && p->chunk != SCTP_CID_INIT)
+		return sctp_join(ctx, xdp, p, now);
 	/* Mid-stream TCP of no live flow: never balanced; the kernel answers RST (lb_expire.h). */
 	if (!tcp_opens(p)) {
 		stat_inc(LB_STAT_PASS_NO_FLOW);
 		return V_PASS;
 	}
-	if (select_backend(svc_id, s, p, &be) || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
+	sel = select_backend(svc_id, s, p, &be);
+	if (sel < 0 || (be.family != p->t.family && s->mode != LB_MODE_FULLNAT))
 		return no_backend(svc_id, p, s->no_backend);
+	if (sel == 1)
+		persist_put(svc_id, p, &be);
 	nat_port = be.port && p->dport_p ? be.port : p->t.dport;
 	p->timeout = s->session_timeout;
 	plan.nat_port = nat_port;
@@ -166,11 +174,13 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 	}
 	if (ct && ct->dir == LB_CT_REPLY) {
 		ct_seq_note(ctx, xdp, ct, &p);
-		return do_reply(ctx, xdp, &p, ct, now);
+		return sctp_done(ctx, xdp, &p, do_reply(ctx, xdp, &p, ct, now));
 	}
 	if (ct && p.t.proto == IPPROTO_TCP && ct->state >= LB_CT_FIN_WAIT &&
 	    (p.tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 		ct = 0;	/* a new connection reusing the tuple: select again */
+	if (ct && p.t.proto == IPPROTO_SCTP && p.chunk == SCTP_CID_INIT && (ct_closing(ct->state) || ct->dir == LB_CT_PATH))
+		ct = 0;	/* a new association (or a restart) on the tuple: select again */
 	if (ct) {
 		if (now - ct->seen_ns > NSEC_PER_SEC / 4)
 			ct->seen_ns = now;
@@ -180,7 +190,7 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		count(&lb_svc_stats, ct->svc_id, len, 0, 0, 0);
 		count(&lb_be_stats, ct->stat_id, len, 0, 0, 0);
 		LB_STOP(4, V_PASS);
-		return ct_fwd(ctx, xdp, &p, ct);
+		return sctp_done(ctx, xdp, &p, ct_fwd(ctx, xdp, &p, ct));
 	}
 	if (p.frag == LB_FRAG_LATER) {
 		/* No ports: a later fragment never starts a flow. */
@@ -193,8 +203,8 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 		return V_PASS;
 	}
 	if (xdp)
-		return do_new_xdp(ctx, &p, now);
-	return do_new_tc(ctx, &p, now);
+		return sctp_done(ctx, xdp, &p, do_new_xdp(ctx, &p, now));
+	return sctp_done(ctx, xdp, &p, do_new_tc(ctx, &p, now));
 }
 
 SEC("tc")

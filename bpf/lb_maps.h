@@ -70,6 +70,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_ct SEC(".maps");
 
+/* SCTP associations by (verification tag, ports) -> forward conntrack key (multihoming). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_MAX_SCTP_ASSOCS);
+	__type(key, struct lb_sctp_key);
+	__type(value, struct lb_ct_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_sctp SEC(".maps");
+
 /* Source affinity of persist services. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -11,6 +11,7 @@
 #include "lb_counters.h"
 #include "lb_conntrack.h"
 #include "lb_nexthop.h"
+#include "lb_sctp.h"
 
 /* Ones' complement arithmetic on raw (network order) memory words. */
 static __always_inline __u32 csum_fold64(__u64 s)
@@ -736,6 +737,8 @@ static __always_inline enum verdict do_reply(void *ctx, const int xdp, struct pk
 	struct nat_to to;
 
 	ct_close_reply(ct, p, now);
+	if (p->t.proto == IPPROTO_SCTP)
+		p->sctp_svc = ct->svc_id + 1;
 	stat_inc(LB_STAT_REPLY);
 	count(&lb_svc_stats, ct->svc_id, p->len, 1, 0, 0);
 	count(&lb_be_stats, ct->stat_id, p->len, 1, 0, 0);
@@ -749,6 +752,24 @@ static __always_inline enum verdict do_reply(void *ctx, const int xdp, struct pk
 		to.dport = p->t.dport;
 	}
 	return nat_go(ctx, xdp, p, &to, ct->nat_family, ct);
+}
+
+/* An SCTP packet of no known path: forwarded on its association's new entry (sctp_path), else passed. */
+static __always_inline enum verdict sctp_join(void *ctx, const int xdp, struct pkt *p, __u64 now)
+{
+	struct lb_ct *ct;
+	int rc = sctp_path(p, now);
+
+	if (rc > 0)
+		sctp_path_reply(p);
+	if (rc < 0 || !(ct = bpf_map_lookup_elem(&lb_ct, &p->t))) {
+		stat_inc(LB_STAT_PASS_NOT_OURS);
+		return V_PASS;
+	}
+	stat_inc(LB_STAT_FORWARD);
+	count(&lb_svc_stats, ct->svc_id, p->len, 0, 0, 0);
+	count(&lb_be_stats, ct->stat_id, p->len, 0, 0, 0);
+	return ct_fwd(ctx, xdp, p, ct);
 }
 
 #endif /* __LB_NAT_H */

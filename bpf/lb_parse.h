@@ -56,6 +56,17 @@ struct lb_frag6hdr {
 	__be16 frag_off;	/* offset in 8-byte units << 3, M flag in bit 0 */
 	__be32 id;
 };
+
+/* SCTP's common header and the header of its first chunk (RFC 9260 3.1, 3.2). */
+struct lb_sctphdr {
+	__be16 source;
+	__be16 dest;
+	__be32 vtag;
+	__le32 crc;
+	__u8 chunk_type;
+	__u8 chunk_flags;
+	__be16 chunk_len;
+};
 #define ICMPV6_ECHO_REQ 128
 #define ICMPV6_ECHO_REP 129
 
@@ -70,21 +81,29 @@ enum { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
 /* A parsed packet: tuple plus where its headers are. */
 struct pkt {
 	struct lb_ct_key t;
+	/* Pointers, then 4-, 2- and 1-byte fields: no holes (this lives on the BPF stack). */
 	void *l3;
 	__u16 *csum;		/* L4 checksum field, NULL for ICMPv4 */
-	__u32 csum_off;		/* its offset from the start of the packet */
 	__u16 *sport_p;		/* port fields, NULL for ICMP */
 	__u16 *dport_p;
 	__u32 len;
 	__u32 ifindex;
 	__u32 timeout;		/* session timeout of a new flow */
-	__u8 tcp_flags;
-	__u8 ttl;
-	__u8 echo_reply;	/* ICMP echo reply: only ever a reply, never a new flow */
 	__u32 mark;		/* set by a firewall mark rule */
 	__u32 frag_id;		/* a fragment's datagram id (IPv4: 16 bits; IPv6: 32), network order */
-	__u8 frag;		/* LB_FRAG_*: a later fragment has no L4 header (no ports, no checksum) */
-	__u8 icmp_err;		/* an ICMP/ICMPv6 error (its offending packet follows the header) */
+	__u32 vtag;		/* SCTP: verification tag (as on the wire) */
+	__u32 itag;		/* SCTP INIT / INIT-ACK: the initiate tag */
+	__u32 sctp_svc;		/* SCTP reply: 1 + its service id (INIT-ACK rewrite), else 0 */
+	__u16 csum_off;		/* the L4 checksum's offset from the start of the packet */
+	__u16 chunk_len;	/* SCTP: length of the first chunk */
+	__u8 tcp_flags;
+	__u8 chunk;		/* SCTP: type of the first chunk */
+	__u8 ttl;
+	/* Bit fields: struct pkt lives in the entry points' frames, and the BPF stack of a
+	 * call chain (512 bytes) is what bounds the datapath's depth. */
+	__u8 echo_reply : 1;	/* ICMP echo reply: only ever a reply, never a new flow */
+	__u8 icmp_err : 1;	/* an ICMP/ICMPv6 error (its offending packet follows the header) */
+	__u8 frag : 2;		/* LB_FRAG_*: a later fragment has no L4 header (no ports, no checksum) */
 };
 
 enum { TCPF_FIN = 0x01, TCPF_SYN = 0x02, TCPF_RST = 0x04, TCPF_ACK = 0x10 };
@@ -239,7 +258,8 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		if (p->icmp_err)
 			return LB_PARSE_SLOW;
 	} else if (proto == IPPROTO_SCTP) {
-		struct udphdr *sh = l4;	/* SCTP's common header starts with the two ports */
+		/* The common header (ports, verification tag, CRC32c) and the first chunk's header. */
+		struct lb_sctphdr *sh = l4;
 
 		if ((void *)(sh + 1) > end)
 			return LB_STAT_PASS_TRUNCATED;
@@ -247,7 +267,20 @@ static __always_inline int parse(void *ctx, const int xdp, struct pkt *p)
 		p->t.dport = sh->dest;
 		p->sport_p = &sh->source;
 		p->dport_p = &sh->dest;
-		return LB_STAT_PASS_NOT_OURS;	/* seen by the firewall, not balanced yet */
+		p->vtag = sh->vtag;
+		p->chunk = sh->chunk_type;
+		p->chunk_len = bpf_ntohs(sh->chunk_len);
+		if (p->chunk_len < 4)
+			return LB_STAT_PASS_TRUNCATED;	/* a malformed chunk: the kernel's to refuse */
+		if (p->chunk == 1 || p->chunk == 2) {	/* INIT, INIT-ACK */
+			__be32 *itag = (void *)(sh + 1);
+
+			if ((void *)(itag + 1) > end || p->chunk_len < 20)
+				return LB_STAT_PASS_TRUNCATED;
+			p->itag = *itag;
+		}
+		p->csum = 0;	/* CRC32c, no pseudo header: lb_sctp.h updates it where ports or chunks change */
+		p->csum_off = l4off + 8;
 	} else if (p->t.family == 6) {
 		return LB_STAT_PASS_EXTHDR;
 	} else {

@@ -231,7 +231,8 @@ static __noinline void persist_put(__u32 svc_id, const struct pkt *p, const stru
 	bpf_map_update_elem(&lb_persist, &pk, &nv, BPF_ANY);
 }
 
-/* Pick an endpoint for a new flow of service s; 0 on success. */
+/* Pick an endpoint for a new flow of service s: 0, or 1 when persist chose anew (the caller
+ * records it with persist_put); negative when there is none. */
 static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 				     const struct pkt *p, struct lb_backend *out)
 {
@@ -287,9 +288,9 @@ static __noinline int select_backend(__u32 svc_id, const struct lb_service *s,
 found:
 	bi &= LB_MAX_ENDPOINTS - 1;
 	*out = l->be[bi];
-	if (s->selection == LB_SEL_PERSIST)
-		persist_put(svc_id, p, out);
-	return 0;
+	/* The caller records a new persist choice (persist_put): one call frame less deep
+	 * here, where the BPF stack (512 bytes over all frames) is tightest. */
+	return s->selection == LB_SEL_PERSIST ? 1 : 0;
 }
 
 /*

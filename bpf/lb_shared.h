@@ -42,6 +42,11 @@ enum lb_limits {
 	LB_FW_MAX_IFACES = 256,		/* lb_fw_iface entries, both slots */
 	LB_MAX_FRAGS = 16384,		/* lb_frag: fragmented datagrams in flight (layout v4) */
 	LB_FRAG_TIMEOUT = 30,		/* seconds a first fragment's decision is followed */
+	LB_MAX_SCTP_PEER_VIPS = 3,	/* the other VIPs of a multihomed SCTP service (layout v4: sctp) */
+	LB_MAX_SCTP_ASSOCS = 65536,	/* lb_sctp entries (layout v4: sctp) */
+	/* bit s set: state s is closing (short timeout, no longer counted as open; layout v4: sctp):
+	 * FIN_WAIT, CLOSED, SCTP_SHUTDOWN, SCTP_SHUTDOWN_ACK, SCTP_SHUTDOWN_COMPLETE */
+	LB_CT_CLOSING_STATES = 0xe18,
 };
 
 /*
@@ -58,7 +63,8 @@ enum lb_limits {
  * lb_ct's next-hop cache (nh_*) and lb_nh_gen; the sizes of the maps whose
  * max_entries is a Datapath capacity (reconciler/drivers/bpf_capacity.py) are set by
  * the loader; the values in enum lb_limits are their defaults;
- * lb_frag (the endpoint decision of a fragmented datagram).
+ * lb_frag (the endpoint decision of a fragmented datagram);
+ * SCTP (lb_service.sctp_peer_vips, the lb_sctp map, the SCTP conntrack states).
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 4,
@@ -104,6 +110,8 @@ enum lb_sel_kind {
 enum lb_ct_dir {
 	LB_CT_FORWARD = 0,
 	LB_CT_REPLY = 1,
+	LB_CT_PATH = 2,		/* forward entry of another path of an SCTP association (layout v4: sctp):
+				 * forwards as LB_CT_FORWARD; the association is counted once, by its first */
 };
 
 enum lb_ct_state {
@@ -111,7 +119,15 @@ enum lb_ct_state {
 	LB_CT_SYN_SENT = 1,
 	LB_CT_ESTABLISHED = 2,
 	LB_CT_FIN_WAIT = 3,
-	LB_CT_CLOSED = 4,
+	LB_CT_CLOSED = 4,	/* also SCTP after an ABORT */
+	/* SCTP associations (layout v4: sctp); closing ones are in LB_CT_CLOSING_STATES */
+	LB_CT_SCTP_INIT = 5,
+	LB_CT_SCTP_INIT_ACK = 6,
+	LB_CT_SCTP_COOKIE_ECHO = 7,
+	LB_CT_SCTP_ESTABLISHED = 8,	/* COOKIE-ACK seen */
+	LB_CT_SCTP_SHUTDOWN = 9,
+	LB_CT_SCTP_SHUTDOWN_ACK = 10,
+	LB_CT_SCTP_SHUTDOWN_COMPLETE = 11,
 };
 
 /* Hook of an attachment. */
@@ -147,7 +163,9 @@ enum lb_stat {
 	LB_STAT_FRAG_FOLLOW = 21,	/* later fragments that followed their first fragment */
 	LB_STAT_ICMP_ERROR = 22,	/* ICMP/ICMPv6 errors about a flow, translated */
 	LB_STAT_TOO_BIG = 23,		/* over the egress MTU: fragmentation needed / packet too big sent */
-	LB_STAT_MAX = 24,
+	LB_STAT_SCTP_ADDR_REWRITE = 24,	/* INIT/INIT-ACK address parameters rewritten (layout v4: sctp) */
+	LB_STAT_SCTP_PATH = 25,		/* a new path of a known SCTP association mapped to it (layout v4) */
+	LB_STAT_MAX = 26,
 };
 
 /* lb_svc key: one (VIP, port, protocol); value: __u32 service id. */
@@ -204,6 +222,10 @@ struct lb_service {
 	__u32 fw_mark;		/* balance only packets a firewall mark rule marked so; 0: all (v3) */
 	__u8 no_backend;	/* enum lb_no_backend: a new flow while no endpoint is up (v3) */
 	__u8 pad[3];
+	/* layout v4: sctp */
+	__u32 sctp_peer_vips[LB_MAX_SCTP_PEER_VIPS][4];	/* the service's other VIPs (SCTP multihoming) */
+	__u8 sctp_peer_family[LB_MAX_SCTP_PEER_VIPS];	/* 4 or 6; 0: unused slot */
+	__u8 n_sctp_peer_vips;
 };
 
 /* One endpoint. */
@@ -364,6 +386,21 @@ struct lb_frag {
 	__u16 dport;
 	__u32 pad;
 	__u64 seen_ns;		/* when the first fragment passed */
+};
+
+/*
+ * lb_sctp (layout v4: sctp): the SCTP associations by the verification tag the client
+ * puts in its packets (the endpoint's initiate tag, seen in the INIT-ACK) and the
+ * ports; the value is the key of the association's forward conntrack entry.  A
+ * packet of a path the conntrack does not know yet (client address x VIP) finds its
+ * association here and gets an LB_CT_PATH entry to the same endpoint.
+ */
+struct lb_sctp_key {
+	__u32 vtag;		/* as on the wire */
+	__u16 sport;		/* the client's port, network order */
+	__u16 dport;		/* the VIP's port, network order */
+	__u8 family;
+	__u8 pad[3];
 };
 
 /* Per-CPU counters per service (lb_svc_stats) and per endpoint (lb_be_stats). */

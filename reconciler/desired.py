@@ -10,7 +10,9 @@ passed in.
 Rules (each in one place):
 
 * one ``ServiceEntry`` + ``EndpointSet`` per (VIP, protocol, port or range) of
-  a Service, for the primary VIP and every secondary VIP;
+  a Service, for the primary VIP and every secondary VIP; an SCTP entry lists
+  the Service's other VIPs (``sctp_peer_vips``: the datapath tells the client
+  of them in the INIT-ACK and maps their paths to the same association);
 * backend port: the endpoint's ``targetPort`` > the port's ``targetPort`` > 0
   ("keep the incoming port");
 * backends are sorted (address, port), so reordering endpoints in YAML is not a
@@ -215,6 +217,7 @@ def _compile_service(res: Resource, vips: tuple[str, ...], state: MutableState,
                                              for c in spec.allowed_sources)),
                 source_address=source_address(spec, datapath, vip),
                 firewall_mark=spec.firewall_mark or 0, no_endpoints=spec.no_endpoints,
+                sctp_peer_vips=tuple(v for v in vips if v != vip) if port.protocol == "SCTP" else (),
             )
             endpoints[k] = EndpointSet(key=key, backends=backends, maglev=table)
 

@@ -214,14 +214,15 @@ def record_to_json(record: Record | None) -> dict[str, Any] | None:
     """A record as plain JSON values (keys become text, tables a size + digest).
 
     ``faults`` appear only when there are some (only live records have them), and a
-    service's ``source_address`` only when it has one (fullnat with a configured source).
+    service's ``source_address`` only when it has one (fullnat with a configured source),
+    its ``sctp_peer_vips`` only when it has some (multihomed SCTP).
     """
     if record is None:
         return None
     out = _jsonable("", record)
     assert isinstance(out, dict)
     out.pop("key", None)  # the change's key already says it
-    for optional in ("faults", "source_address"):
+    for optional in ("faults", "source_address", "sctp_peer_vips"):
         if not out.get(optional):
             out.pop(optional, None)
     return out

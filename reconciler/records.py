@@ -86,6 +86,7 @@ class ServiceEntry:
     source_address: str = ""  # fullnat: the source endpoints see; "": the box's address towards them
     firewall_mark: int = 0  # balance only packets a firewall mark rule marked so; 0: every packet
     no_endpoints: str = "reject"  # reject | drop: a new flow while no endpoint is up
+    sctp_peer_vips: tuple[str, ...] = ()  # SCTP multihoming: the Service's other VIPs, in order
     faults: tuple[str, ...] = ()  # live only: what the read found wrong
 
 

@@ -65,6 +65,7 @@ const char *btf__name_by_offset(const struct btf *btf, __u32 offset);
 
 int bpf_obj_get(const char *pathname);
 int bpf_prog_get_fd_by_id(__u32 id);
+int bpf_map_get_fd_by_id(__u32 id);
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
@@ -528,8 +529,14 @@ class ProgInfo:
     map_ids: frozenset[int]
 
     def same_code_and_maps(self, other: ProgInfo) -> bool:
-        return (self.type, self.tag, self.name, self.map_ids) == (other.type, other.tag, other.name,
-                                                                  other.map_ids)
+        """Same code on the same maps; each load has its own read-only data (``.rodata``), not compared."""
+        if (self.type, self.tag, self.name) != (other.type, other.tag, other.name):
+            return False
+        return self.shared_map_ids() == other.shared_map_ids()
+
+    def shared_map_ids(self) -> frozenset[int]:
+        """Its maps without libbpf's per-load read-only data."""
+        return frozenset(m for m in self.map_ids if not internal_map(m))
 
 
 _MAX_PROG_MAPS = 64
@@ -582,6 +589,19 @@ def map_info(fd: int) -> tuple[int, int, int, int]:
     """(type, key_size, value_size, max_entries) of the map behind ``fd``."""
     info = _map_info(fd)
     return int(info.type), int(info.key_size), int(info.value_size), int(info.max_entries)
+
+
+def internal_map(mid: int) -> bool:
+    """Map ``mid`` is libbpf's read-only data of an object (``<obj>.rodata``: the datapath's
+    constant tables), which a program holds besides the pinned maps."""
+    fd = lib().lib.bpf_map_get_fd_by_id(mid)
+    if fd < 0:
+        return False
+    try:
+        name: bytes = lib().ffi.string(_map_info(fd).name)
+        return name.endswith(b".rodata")
+    finally:
+        os.close(fd)
 
 
 def map_id(fd: int) -> int:

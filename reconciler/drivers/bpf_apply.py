@@ -28,6 +28,7 @@ from reconciler.drivers.bpf_codec import (
     _range_entries,
     _set_words,
     _weighted_bytes,
+    sctp_peers_bytes,
     snat_bytes,
 )
 from reconciler.drivers.bpf_layout import (
@@ -372,7 +373,7 @@ class BpfApply(BpfRead):
             mode=MODES[after.mode], session_timeout=after.session_timeout,
             persist_timeout=after.persist_timeout, n_allowed=n_allowed, allowed=allowed,
             name=name, snat_addr=snat_bytes(after.source_address), fw_mark=after.firewall_mark,
-            no_backend=NO_BACKEND[after.no_endpoints],
+            no_backend=NO_BACKEND[after.no_endpoints], sctp_peers=sctp_peers_bytes(after.sctp_peer_vips),
         )
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)

@@ -55,7 +55,8 @@ class BpfAttach(BpfPins):
             os.close(fd)
             return f"{path} is not a program"
         if (info.type, info.name) != (_PROG_TYPES[hook], PROGS[hook]) or not info.map_ids \
-                or not info.map_ids <= self._our_map_ids():
+                or not info.map_ids & self._our_map_ids() \
+                or not all(B.internal_map(m) for m in info.map_ids - self._our_map_ids()):
             os.close(fd)
             return (f"{path} holds {info.name or 'a program'} (id {info.id}), not lbctl's {PROGS[hook]} "
                     "on its maps")

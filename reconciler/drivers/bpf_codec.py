@@ -205,6 +205,26 @@ def snat_bytes(address: str) -> bytes:
     return _pack_addr(address)[1] if address else bytes(16)
 
 
+_MAX_SCTP_PEERS = 3  # LB_MAX_SCTP_PEER_VIPS (layout v4)
+_SCTP_PEERS_SIZE = _MAX_SCTP_PEERS * 16 + _MAX_SCTP_PEERS + 1
+
+
+def sctp_peers_bytes(vips: Sequence[str]) -> bytes:
+    """``lb_service.sctp_peer_vips``, ``sctp_peer_family`` and ``n_sctp_peer_vips`` of a record."""
+    if len(vips) > _MAX_SCTP_PEERS:
+        raise ValueError(f"more than {_MAX_SCTP_PEERS} other VIPs")
+    packed = [_pack_addr(v) for v in vips]
+    return (b"".join(raw for _, raw in packed).ljust(_MAX_SCTP_PEERS * 16, b"\0")
+            + bytes(fam for fam, _ in packed).ljust(_MAX_SCTP_PEERS, b"\0") + bytes([len(vips)]))
+
+
+def sctp_peers_decode(raw: bytes) -> tuple[str, ...]:
+    if len(raw) < _SCTP_PEERS_SIZE:
+        return ()
+    n = min(raw[-1], _MAX_SCTP_PEERS)
+    return tuple(_addr_str(raw[_MAX_SCTP_PEERS * 16 + i], raw[i * 16 : i * 16 + 16]) for i in range(n))
+
+
 @dataclass
 class _Conf:
     """A ``struct lb_service`` as Python values (decoded from / encoded to map bytes)."""
@@ -226,6 +246,7 @@ class _Conf:
     snat_addr: bytes = bytes(16)  # fullnat source (layout v3); zero: the egress address
     fw_mark: int = 0  # balance only packets marked so by a firewall rule (layout v3); 0: all
     no_backend: int = 0  # enum lb_no_backend (layout v3)
+    sctp_peers: bytes = b""  # sctp_peer_vips, sctp_peer_family, n_sctp_peer_vips (layout v4); zero padded
 
     @classmethod
     def decode(cls, raw: bytes) -> _Conf:
@@ -236,7 +257,8 @@ class _Conf:
                    allowed=raw[SVC_HDR.size : na], name=raw[na : na + NAME_LEN],
                    snat_addr=raw[na + NAME_LEN : na + NAME_LEN + 16],
                    fw_mark=int.from_bytes(raw[na + NAME_LEN + 16 : na + NAME_LEN + 20] or b"\0", "little"),
-                   no_backend=raw[na + NAME_LEN + 20] if len(raw) > na + NAME_LEN + 20 else 0)
+                   no_backend=raw[na + NAME_LEN + 20] if len(raw) > na + NAME_LEN + 20 else 0,
+                   sctp_peers=raw[na + NAME_LEN + 24 : na + NAME_LEN + 24 + _SCTP_PEERS_SIZE])
 
     def encode(self) -> bytes:
         hdr = SVC_HDR.pack(self.addr, self.port_n, self.proto, self.family, self.port_end, self.selection,
@@ -244,7 +266,8 @@ class _Conf:
                             self.n_allowed)
         allowed = self.allowed + bytes(MAX_ALLOWED * CIDR.size - len(self.allowed))
         raw = (hdr + allowed + self.name + bytes(NAME_LEN - len(self.name)) + self.snat_addr
-               + self.fw_mark.to_bytes(4, "little") + bytes([self.no_backend]) + bytes(3))
+               + self.fw_mark.to_bytes(4, "little") + bytes([self.no_backend]) + bytes(3)
+               + self.sctp_peers.ljust(_SCTP_PEERS_SIZE, b"\0"))
         return raw[:CONF_SIZE]  # a header without snat_addr (layout v2 and older, in tests) ends before it
 
     def service_key(self) -> ServiceKey:
@@ -275,6 +298,7 @@ class _Conf:
             source_address=_addr_str(self.family, self.snat_addr) if any(self.snat_addr) else "",
             firewall_mark=self.fw_mark,
             no_endpoints=_NO_BACKEND_NAMES.get(self.no_backend, f"unknown({self.no_backend})"),
+            sctp_peer_vips=sctp_peers_decode(self.sctp_peers),
             faults=tuple(faults),
         )
 
@@ -289,7 +313,8 @@ class _Conf:
         try:
             want = (_allowed_region(record.allowed_sources) + record.name.encode().ljust(NAME_LEN, b"\0")
                     + snat_bytes(record.source_address) + record.firewall_mark.to_bytes(4, "little")
-                    + bytes([NO_BACKEND.get(record.no_endpoints, 0)]) + bytes(3))
+                    + bytes([NO_BACKEND.get(record.no_endpoints, 0)]) + bytes(3)
+                    + sctp_peers_bytes(record.sctp_peer_vips))
         except ValueError:
             want = b""
         if raw[SVC_HDR.size:] != want[: CONF_SIZE - SVC_HDR.size]:

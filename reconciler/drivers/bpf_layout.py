@@ -142,4 +142,11 @@ F_HAS_ENDPOINTS = const("LB_F_HAS_ENDPOINTS")
 SELTAB_WEIGHTED = const("LB_SELTAB_WEIGHTED")
 SELTAB_MAGLEV = const("LB_SELTAB_MAGLEV")
 CT_FORWARD = const("LB_CT_FORWARD")
-CT_FIN_WAIT = const("LB_CT_FIN_WAIT")  # this state and later ones are closing
+CT_FIN_WAIT = const("LB_CT_FIN_WAIT")
+
+
+def ct_closing(state: int) -> bool:
+    """A closing conntrack state (TCP after FIN/RST, SCTP from SHUTDOWN on): short timeout, not open."""
+    if hasattr(B.lib().lib, "LB_CT_CLOSING_STATES"):
+        return bool((const("LB_CT_CLOSING_STATES") >> (state & 31)) & 1)
+    return state >= CT_FIN_WAIT  # layout v3 and older (the migration tests drive them)

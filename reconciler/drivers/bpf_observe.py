@@ -171,7 +171,7 @@ class BpfObserve(BpfRead):
             snat = any(int(w) for w in v.snat_addr)
             conf = confs.get(int(v.svc_id))
             timeout = int(v.timeout)
-            if int(v.state) >= L.CT_FIN_WAIT:
+            if L.ct_closing(int(v.state)):
                 timeout = min(timeout, closing)
             idle = max(0, now - int(v.seen_ns)) / 1e9
             flows.append(Flow(
@@ -356,7 +356,7 @@ class BpfObserve(BpfRead):
     def _scan_conntrack(self) -> tuple[dict[tuple[str, str], int], dict[int, int], dict[int, int]]:
         """Forward entries by (protocol, state); live flows per service id and per counter slot."""
         now = time.monotonic_ns()
-        closing, fin_wait, forward = L.CT_CLOSING_TIMEOUT, L.CT_FIN_WAIT, L.CT_FORWARD
+        closing, forward = L.CT_CLOSING_TIMEOUT, L.CT_FORWARD
         counts: dict[tuple[int, int], int] = {}
         svc_active: dict[int, int] = {}
         be_active: dict[int, int] = {}
@@ -366,7 +366,7 @@ class BpfObserve(BpfRead):
                     continue
                 state = v[3]
                 counts[(k[4], state)] = counts.get((k[4], state), 0) + 1
-                timeout = min(v[6], closing) if state >= fin_wait else v[6]
+                timeout = min(v[6], closing) if L.ct_closing(state) else v[6]
                 if now - v[8] <= timeout * 1_000_000_000:
                     svc_active[v[4]] = svc_active.get(v[4], 0) + 1
                     be_active[v[5]] = be_active.get(v[5], 0) + 1
@@ -382,7 +382,7 @@ class BpfObserve(BpfRead):
         now = time.monotonic_ns()
         for _, v in self._maps["lb_ct"].items():
             live = now - int(v.seen_ns) <= int(v.timeout) * 10**9
-            if int(v.dir) == L.CT_FORWARD and int(v.state) < L.CT_FIN_WAIT and live:
+            if int(v.dir) == L.CT_FORWARD and not L.ct_closing(int(v.state)) and live:
                 counts[int(v.stat_id)] = counts.get(int(v.stat_id), 0) + 1
         m = self._maps["lb_be_conns"]
         idx = self._index if self._index is not None else self._build_index()

@@ -392,8 +392,9 @@ class BpfRead(BpfAttach):
         """What this datapath does not (yet) carry out of ``record``, for the operator's warnings."""
         if not isinstance(record, ServiceEntry):
             return None
-        if record.key.proto == "sctp":
-            return "SCTP is not balanced yet: its packets go to the kernel untouched"
+        if record.key.proto == "sctp" and record.source_address and (
+                ":" in record.source_address) != (":" in record.key.vip):
+            return "SCTP is not translated between IPv4 and IPv6 (NAT64/NAT46): its packets are dropped"
         return None
 
     def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:

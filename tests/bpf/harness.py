@@ -84,10 +84,11 @@ class Datapath:
                 port_end: int | None = None,
                 selection: str = "rr", timeout: int = 240, persist: int = 10800,
                 allowed: tuple[str, ...] = (), maglev_table: bytes = b"", mode: str = "default",
-                source: str = "", firewall_mark: int = 0, no_endpoints: str = "reject") -> ServiceKey:
+                source: str = "", firewall_mark: int = 0, no_endpoints: str = "reject",
+                sctp_peer_vips: tuple[str, ...] = ()) -> ServiceKey:
         key = ServiceKey(vip, proto, port, port if port_end is None else port_end)
         svc = ServiceEntry(key, "test", mode, selection, timeout, persist, allowed, source, firewall_mark,
-                           no_endpoints)
+                           no_endpoints, sctp_peer_vips)
         eps = EndpointSet(key, tuple(backends), maglev_table)
         self.driver.apply([
             Change("endpoints", str(key), "create", None, eps),

@@ -11,10 +11,12 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field, replace
 
+from reconciler.probes import sctp
+
 ETH_IP = 0x0800
 ETH_IP6 = 0x86DD
 ETH_ARP = 0x0806
-TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
+TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 
 
@@ -151,6 +153,9 @@ def parse(frame: bytes) -> Parsed:
     elif proto == ICMP6:
         ok &= csum(_pseudo(src, dst, ICMP6, len(l4)) + l4) == 0
         sport = struct.unpack("!H", l4[4:6])[0]
+    elif proto == SCTP:  # the payload is the SCTP packet (reconciler.probes.sctp builds it)
+        sport, dport = struct.unpack("!HH", l4[:4])
+        ok &= sctp.checksum_ok(l4)
     return Parsed(src, dst, proto, sport, dport, ttl, ok, smac, dmac)
 
 

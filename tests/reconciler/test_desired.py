@@ -34,6 +34,20 @@ def test_one_entry_and_endpoint_set_per_vip_protocol_port() -> None:
     assert st["vip"]["198.51.100.10"] == VipAddress("198.51.100.10", 32, "lbctl0")
 
 
+def test_sctp_entries_list_the_services_other_vips() -> None:
+    """The datapath tells an SCTP client of the other VIPs (INIT-ACK) and maps their paths."""
+    st = compile_state([service("sig", ports=[(3868, "SCTP")],
+                                secondary_vips=("198.51.100.11", "198.51.100.12"))])
+    peers = {k: e.sctp_peer_vips for k, e in st["service"].items()}
+    assert peers == {
+        "sctp/198.51.100.10:3868": ("198.51.100.11", "198.51.100.12"),
+        "sctp/198.51.100.11:3868": ("198.51.100.10", "198.51.100.12"),
+        "sctp/198.51.100.12:3868": ("198.51.100.10", "198.51.100.11"),
+    }
+    plain = compile_state([service("web", ports=[(80, "TCP")])])
+    assert plain["service"]["tcp/198.51.100.10:80"].sctp_peer_vips == ()
+
+
 def test_target_port_precedence_and_sorted_backends() -> None:
     st = compile_state([service("web", ports=[ServicePort(80, target_port=8080)],
                                 endpoints=[Endpoint("10.0.1.20", 2),

@@ -136,7 +136,10 @@ def test_unsupported_names_what_the_datapath_does_not_carry_out() -> None:
     for mode in ("onearm", "fullnat", "dsr"):  # issue 13: every mode is carried out, no warning
         assert BpfDriver.unsupported(ServiceEntry(key, "web", mode, "hash", 240, 10800)) is None
     sctp = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "default", "rr", 240, 10800)
-    assert "SCTP" in (BpfDriver.unsupported(sctp) or "")
+    assert BpfDriver.unsupported(sctp) is None  # issue 14: SCTP is balanced
+    nat46 = ServiceEntry(ServiceKey("10.97.0.1", "sctp", 3868, 3868), "sig", "fullnat", "rr", 240, 10800,
+                         source_address="fd00::1")
+    assert "SCTP" in (BpfDriver.unsupported(nat46) or "")
 
 
 def _pin_copy(dp: Datapath, other: str, swap: dict[str, str]) -> None:
@@ -211,3 +214,13 @@ def test_pinned_map_with_fewer_entries_is_migrated_with_its_counters(dp: Datapat
     finally:
         shutil.rmtree(other, ignore_errors=True)
     assert dp.driver.read() == as_state(ch)  # the pins it was copied from are untouched
+
+
+def test_sctp_peer_vips_round_trip_through_the_service_bytes() -> None:
+    from reconciler.drivers.bpf_codec import sctp_peers_bytes, sctp_peers_decode
+
+    for vips in [(), ("10.97.0.2",), ("10.97.0.2", "fd00:97::3", "10.97.0.4")]:
+        raw = sctp_peers_bytes(vips)
+        assert len(raw) == 3 * 16 + 3 + 1 and sctp_peers_decode(raw) == vips
+    with pytest.raises(ValueError):
+        sctp_peers_bytes(("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"))
