@@ -239,6 +239,7 @@ def mode_costs(rounds: int = MODE_ROUNDS, singles: int = MODE_SINGLES) -> dict[s
 
 
 def main() -> None:
+    global ROUNDS, CALLS, SINGLE
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the traffic part")
     ap.add_argument("--seconds", type=float, default=5, help="seconds per traffic measurement")
@@ -258,11 +259,11 @@ def main() -> None:
     ap.add_argument("--ns-singles", type=int, default=SINGLE)
     ap.add_argument("--mode-singles", type=int, default=MODE_SINGLES)
     args = ap.parse_args()
-    global ROUNDS, CALLS, SINGLE
     if args.quick:
         args.rounds, args.seconds = 2, 2
         args.mode_rounds, args.mode_singles = 2, 100
         ROUNDS, CALLS, SINGLE = 3, 60, 300
+        args.ns_rounds, args.ns_calls, args.ns_singles = ROUNDS, CALLS, SINGLE
     results = os.path.join(REPO, "bench", "results")
     os.makedirs(results, exist_ok=True)
     if args.modes_only:
