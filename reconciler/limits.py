@@ -21,6 +21,14 @@ SEL_CHUNK = 512  # selection table entries per lb_sel entry (LB_SEL_CHUNK)
 WEIGHTED_TABLE_MAX = 4096  # lbctl's choice: weights are scaled down to a table this long
 
 
+BOX_MEMORY_ENV = "LBCTL_BOX_MEMORY"
+
+
 def box_memory() -> int:
-    """This box's physical memory in bytes (what the default capacities are sized to)."""
+    """The memory in bytes the default capacities are sized to: this box's physical memory,
+    or ``$LBCTL_BOX_MEMORY`` (bytes) when set, e.g. for a box that shares its memory with
+    other work, or a test suite that builds many datapaths at once."""
+    given = os.environ.get(BOX_MEMORY_ENV, "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

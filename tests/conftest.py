@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from tests.bpf.harness import Datapath
 
 
+# Every datapath a test builds preallocates its conntrack at the box's default size (one flow
+# per 16 KiB of memory: ~1.5 million flows, several hundred MB of kernel memory on a 24 GB
+# box); size the defaults to 4 GiB for the suite (subprocesses inherit it).  The test of the
+# real default removes it.
+os.environ.setdefault("LBCTL_BOX_MEMORY", str(4 << 30))
+
+
 def _ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
