@@ -79,9 +79,10 @@ static __always_inline enum verdict nat_forward(void *ctx, const int xdp, struct
 	if (nh_get(ct, xdp, &f, p->t.family, now)) {
 		__u32 mtu_len = 0;
 
-		/* tc: the cached hop skips the FIB lookup's MTU check, so make it here; over the
-		 * MTU, the lookup below answers FRAG_NEEDED and lb_mtu.h tells the sender. */
-		if (xdp || bpf_check_mtu(ctx, f.ifindex, &mtu_len, 0, 0) == BPF_MTU_CHK_RET_SUCCESS) {
+		/* tc: the cached hop skips the FIB lookup's MTU check, so make it here (a GSO
+		 * packet by its segments); over the MTU, the lookup below answers FRAG_NEEDED
+		 * and lb_mtu.h tells the sender. */
+		if (xdp || bpf_check_mtu(ctx, f.ifindex, &mtu_len, 0, BPF_MTU_CHK_SEGS) == BPF_MTU_CHK_RET_SUCCESS) {
 			rc = BPF_FIB_LKUP_RET_SUCCESS;
 			goto routed;
 		}

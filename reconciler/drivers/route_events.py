@@ -72,9 +72,11 @@ class RouteEvents:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
+        # poll, not select: a process with over 1,024 descriptors open makes select() fail
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
         while not self._stop.is_set():
-            readable, _, _ = select.select([sock], [], [], POLL_S)
-            if not readable:
+            if not poller.poll(POLL_S * 1000):
                 continue
             if self._drain(sock):
                 self.changes += 1
