@@ -20,7 +20,7 @@
  * lb_select.h (service lookup and endpoint selection), lb_conntrack.h and
  * lb_nat.h (rewrite, reply path, forwarding; lb_mtu.h: over the egress MTU),
  * lb_frag.h and lb_icmp.h (fragments and ICMP errors, reached only through
- * parse()'s LB_PARSE_SLOW).  This file holds only the flow of
+ * parse()'s LB_PARSE_SLOW), lb_addrset.h (the early exit for what is not ours).  This file holds only the flow of
  * a packet: conntrack first, else a new flow (where the service's mode is
  * dispatched), and the two entry points.
  */
@@ -28,6 +28,7 @@
 #include "lb_parse.h"
 #include "lb_counters.h"
 #include "lb_firewall.h"
+#include "lb_addrset.h"
 #include "lb_select.h"
 #include "lb_conntrack.h"
 #include "lb_sctp.h"
@@ -149,12 +150,18 @@ static __always_inline enum verdict lb_process(void *ctx, const int xdp, __u32 l
 			stat_inc(why);
 			return V_PASS;
 		}
-		/* Fragments and ICMP errors (lb_frag.h, lb_icmp.h), off the fast path. */
+		/* ICMP errors (lb_icmp.h), off the fast path. */
 		if (p.icmp_err)
 			return xdp ? icmp_error_xdp(ctx, &p, now) : icmp_error_tc(ctx, &p, now);
-		if (frag_follow(&p, now))
-			return V_PASS;
 	}
+	/* Neither to a VIP nor from an endpoint: the kernel's (lb_addrset.h). */
+	if (addrset_miss(&p)) {
+		stat_inc(LB_STAT_PASS_NOT_OURS);
+		return V_PASS;
+	}
+	/* Fragments (lb_frag.h), off the fast path too. */
+	if (why && frag_follow(&p, now))
+		return V_PASS;
 
 	ct = bpf_map_lookup_elem(&lb_ct, &p.t);
 	LB_STOP(3, V_PASS);

@@ -235,6 +235,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_nh_gen SEC(".maps");
 
+/* Bit set of every VIP and endpoint address (lb_addrset.h); the last word arms it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_ADDRSET_WORDS + 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_addrset SEC(".maps");
+
 /* Per-CPU scratch space where ct_create builds a conntrack value (it no longer fits the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -44,6 +44,12 @@ enum lb_limits {
 	LB_FRAG_TIMEOUT = 30,		/* seconds a first fragment's decision is followed */
 	LB_MAX_SCTP_PEER_VIPS = 3,	/* the other VIPs of a multihomed SCTP service (layout v4: sctp) */
 	LB_MAX_SCTP_ASSOCS = 65536,	/* lb_sctp entries (layout v4: sctp) */
+	/* lb_addrset (layout v4: addrset): a 2^LB_ADDRSET_LOG2-bit set of the VIPs and endpoint
+	 * addresses, LB_ADDRSET_WORDS 64-bit words, then one more: LB_ADDRSET_ARMED */
+	LB_ADDRSET_LOG2 = 20,
+	LB_ADDRSET_WORDS = 16384,	/* 2^LB_ADDRSET_LOG2 / 64 */
+	LB_ADDRSET_ARMED = 16384,	/* index of the word that is non-zero once the set is whole */
+	LB_ADDRSET_MULT = 0x61C88647,	/* multiplicative hash of the folded address (2^32 / phi) */
 	/* bit s set: state s is closing (short timeout, no longer counted as open; layout v4: sctp):
 	 * FIN_WAIT, CLOSED, SCTP_SHUTDOWN, SCTP_SHUTDOWN_ACK, SCTP_SHUTDOWN_COMPLETE */
 	LB_CT_CLOSING_STATES = 0xe18,
@@ -64,7 +70,8 @@ enum lb_limits {
  * max_entries is a Datapath capacity (reconciler/drivers/bpf_capacity.py) are set by
  * the loader; the values in enum lb_limits are their defaults;
  * lb_frag (the endpoint decision of a fragmented datagram);
- * SCTP (lb_service.sctp_peer_vips, the lb_sctp map, the SCTP conntrack states).
+ * SCTP (lb_service.sctp_peer_vips, the lb_sctp map, the SCTP conntrack states);
+ * lb_addrset (the early exit for packets neither to a VIP nor from an endpoint).
  */
 enum lb_layout {
 	LB_LAYOUT_VERSION = 4,

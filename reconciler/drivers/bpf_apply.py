@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler import maglev
 from reconciler.drivers import _libbpf as B
+from reconciler.drivers import bpf_addrset
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import (
     _addr_str,
@@ -29,6 +30,7 @@ from reconciler.drivers.bpf_codec import (
     _set_words,
     _weighted_bytes,
     sctp_peers_bytes,
+    sctp_peers_decode,
     snat_bytes,
 )
 from reconciler.drivers.bpf_layout import (
@@ -62,7 +64,8 @@ from reconciler.records import (
     ServiceKey,
 )
 
-# Order in which buffered writes reach the kernel (see BpfDriver.apply).
+# Order in which buffered writes reach the kernel (see BpfDriver.apply); the address
+# set's new bits (bpf_addrset) go before all of them.
 _FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
                 "lb_svc")
 FLUSH_BYTES = 8 << 20
@@ -105,6 +108,7 @@ class BpfApply(BpfRead):
         self._touched = set()
         self._purge = {}
         self._held_stats = set()
+        self._addr_pend = {}
         ok = False
         writes = self.writes
         try:
@@ -130,6 +134,8 @@ class BpfApply(BpfRead):
         finally:
             try:
                 self._flush()
+                if ok:
+                    self._arm_addrset()
                 self._end_flows()
                 if self.writes != writes:  # an apply that wrote nothing changed no route either
                     self.bump_nexthop_generation()
@@ -152,6 +158,25 @@ class BpfApply(BpfRead):
         gen = (int.from_bytes(raw[:4], "little") + 1) & 0xFFFFFFFF
         m.update_raw(key, gen.to_bytes(4, "little") + raw[4:8])
 
+    def _arm_addrset(self) -> None:
+        """Arm the datapath's early exit (bpf/lb_addrset.h) once: every VIP and endpoint
+        address of the maps into the set, then the armed word.  Until then (fresh maps,
+        maps migrated from before the set) every packet takes the full path."""
+        m = self._maps["lb_addrset"]
+        if bpf_addrset.armed(m):
+            return
+        idx = self._idx
+        pend = self._addr_pend
+        for svc_id, key in idx.keys.items():
+            bpf_addrset.add(pend, _pack_addr(key.vip)[1])
+            for vip in sctp_peers_decode(idx.confs[svc_id].sctp_peers):
+                bpf_addrset.add(pend, _pack_addr(vip)[1])
+        for eps in idx.eps.values():
+            for be in eps.backends:
+                bpf_addrset.add(pend, _pack_addr(be.address)[1])
+        self._flush()
+        bpf_addrset.arm(m)
+
     @property
     def _idx(self) -> _Index:
         assert self._index is not None
@@ -164,6 +189,9 @@ class BpfApply(BpfRead):
     def _flush(self) -> None:
         pend, self._pend, self._pend_bytes = self._pend, {}, 0
         try:
+            if self._addr_pend:  # before anything that makes the addresses reachable
+                addrs, self._addr_pend = self._addr_pend, {}
+                bpf_addrset.merge(self._maps["lb_addrset"], addrs)
             for name in _FLUSH_ORDER:
                 items = pend.get(name)
                 if items:
@@ -216,6 +244,7 @@ class BpfApply(BpfRead):
         family, addr = _pack_addr(key.vip)
         conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
                      family=family, port_end=key.port_end)
+        bpf_addrset.add(self._addr_pend, addr)
         # Fresh counters for a fresh id.
         k = U32.pack(svc_id)
         self._put("lb_svc_stats", k, ZERO_COUNTERS)
@@ -375,6 +404,8 @@ class BpfApply(BpfRead):
             name=name, snat_addr=snat_bytes(after.source_address), fw_mark=after.firewall_mark,
             no_backend=NO_BACKEND[after.no_endpoints], sctp_peers=sctp_peers_bytes(after.sctp_peer_vips),
         )
+        for vip in after.sctp_peer_vips:
+            bpf_addrset.add(self._addr_pend, _pack_addr(vip)[1])
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)
         repair = isinstance(ch.before, ServiceEntry) and bool(ch.before.faults)
@@ -426,8 +457,10 @@ class BpfApply(BpfRead):
         order: list[int] = []
         parts = [LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
         pack, htons = BE.pack, socket.htons
+        add_addr, pend_addrs = bpf_addrset.add, self._addr_pend
         for be in after.backends:
             fam, addr = _pack_addr(be.address)
+            add_addr(pend_addrs, addr)
             ident = (_addr_str(fam, addr), be.port)
             sid = stat_ids.get(ident, old_ids.get(ident, -1))
             if sid < 0:

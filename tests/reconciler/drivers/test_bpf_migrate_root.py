@@ -90,8 +90,8 @@ def v3_changed() -> set[str]:
 def v4_changed(version: str = "v1") -> set[str]:
     """Maps a pin set of layout `version` lacks or holds in another layout: v4 adds the TCP
     sequence numbers and the next-hop cache to lb_ct, global counters (lb_stats), the SCTP
-    peer VIPs to lb_conf and the maps lb_nh_gen, lb_ct_scratch, lb_frag and lb_sctp."""
-    v4 = {"lb_ct", "lb_stats", "lb_conf", "lb_nh_gen", "lb_ct_scratch", "lb_frag", "lb_sctp"}
+    peer VIPs to lb_conf and the maps lb_nh_gen, lb_ct_scratch, lb_frag, lb_sctp and lb_addrset."""
+    v4 = {"lb_ct", "lb_stats", "lb_conf", "lb_nh_gen", "lb_ct_scratch", "lb_frag", "lb_sctp", "lb_addrset"}
     return v4 if version == "v3" else v3_changed() | v4
 
 
