@@ -11,16 +11,13 @@ the set once it is whole.  Pure functions plus two map helpers; the bpf driver
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from reconciler.drivers import _libbpf as B
 
-LOG2 = B.const("LB_ADDRSET_LOG2")
-WORDS = B.const("LB_ADDRSET_WORDS")
-ARMED = B.const("LB_ADDRSET_ARMED")
-_MULT = B.const("LB_ADDRSET_MULT")
-_SHIFT = 32 - LOG2
 _WORDS4 = struct.Struct("=4I")  # lb_ct_key's __u32 addr[4] as the datapath reads them
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -28,10 +25,28 @@ _U64 = struct.Struct("<Q")
 _READ_ALL = 512
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The set's constants, from lb_shared.h (read on first use: the module is imported
+    beside older layouts' headers too, e.g. by the migration tests)."""
+
+    log2: int
+    words: int  # 64-bit words of bits
+    armed: int  # index of the armed word
+    mult: int
+
+
+@functools.cache
+def shape() -> Shape:
+    return Shape(B.const("LB_ADDRSET_LOG2"), B.const("LB_ADDRSET_WORDS"), B.const("LB_ADDRSET_ARMED"),
+                 B.const("LB_ADDRSET_MULT"))
+
+
 def bit(addr16: bytes) -> int:
     """The bit of an address packed like ``lb_*.addr[4]`` (IPv4: 4 bytes then 12 zeros)."""
     a, b, c, d = _WORDS4.unpack(addr16)
-    h: int = (((a ^ b ^ c ^ d) * _MULT) & 0xFFFFFFFF) >> _SHIFT
+    s = shape()
+    h: int = (((a ^ b ^ c ^ d) * s.mult) & 0xFFFFFFFF) >> (32 - s.log2)
     return h
 
 
@@ -75,10 +90,10 @@ def merge(m: B.Map, pending: dict[int, int]) -> int:
 
 
 def armed(m: B.Map) -> bool:
-    raw = m.lookup_raw(_U32.pack(ARMED))
+    raw = m.lookup_raw(_U32.pack(shape().armed))
     return bool(raw and _U64.unpack(raw)[0])
 
 
 def arm(m: B.Map) -> None:
     """Let the datapath skip what the set does not hold: only once every address is in it."""
-    m.update_raw(_U32.pack(ARMED), _U64.pack(1))
+    m.update_raw(_U32.pack(shape().armed), _U64.pack(1))

@@ -84,6 +84,10 @@ def _first_free(start: int, limit: int, *taken: Container[int]) -> int:
         n += 1
     return n
 
+def _no_addrset(pending: dict[int, int], addr16: bytes) -> None:
+    """bpf_addrset.add's stand-in when the object has no lb_addrset."""
+
+
 class BpfApply(BpfRead):
     """apply() of service, endpoints and attach changes."""
 
@@ -108,7 +112,9 @@ class BpfApply(BpfRead):
         self._touched = set()
         self._purge = {}
         self._held_stats = set()
-        self._addr_pend = {}
+        # None: an object from before the address set (the migration tests' old layouts)
+        self._addr_pend = {} if "lb_addrset" in self._maps else None
+        empty_before = not self._idx.confs  # then this apply's own adds are every address
         ok = False
         writes = self.writes
         try:
@@ -134,8 +140,8 @@ class BpfApply(BpfRead):
         finally:
             try:
                 self._flush()
-                if ok:
-                    self._arm_addrset()
+                if ok and self._addr_pend is not None:
+                    self._arm_addrset(empty_before)
                 self._end_flows()
                 if self.writes != writes:  # an apply that wrote nothing changed no route either
                     self.bump_nexthop_generation()
@@ -158,20 +164,23 @@ class BpfApply(BpfRead):
         gen = (int.from_bytes(raw[:4], "little") + 1) & 0xFFFFFFFF
         m.update_raw(key, gen.to_bytes(4, "little") + raw[4:8])
 
-    def _arm_addrset(self) -> None:
+    def _arm_addrset(self, all_added: bool) -> None:
         """Arm the datapath's early exit (bpf/lb_addrset.h) once: every VIP and endpoint
         address of the maps into the set, then the armed word.  Until then (fresh maps,
-        maps migrated from before the set) every packet takes the full path."""
+        maps migrated from before the set) every packet takes the full path.
+        ``all_added``: the maps held no service before this apply, whose writes added
+        every address already."""
         m = self._maps["lb_addrset"]
         if bpf_addrset.armed(m):
             return
         idx = self._idx
         pend = self._addr_pend
-        for svc_id, key in idx.keys.items():
+        assert pend is not None
+        for svc_id, key in () if all_added else idx.keys.items():
             bpf_addrset.add(pend, _pack_addr(key.vip)[1])
             for vip in sctp_peers_decode(idx.confs[svc_id].sctp_peers):
                 bpf_addrset.add(pend, _pack_addr(vip)[1])
-        for eps in idx.eps.values():
+        for eps in () if all_added else idx.eps.values():
             for be in eps.backends:
                 bpf_addrset.add(pend, _pack_addr(be.address)[1])
         self._flush()
@@ -244,7 +253,8 @@ class BpfApply(BpfRead):
         family, addr = _pack_addr(key.vip)
         conf = _Conf(addr=addr, port_n=socket.htons(key.port), proto=_proto_num(key.proto),
                      family=family, port_end=key.port_end)
-        bpf_addrset.add(self._addr_pend, addr)
+        if self._addr_pend is not None:
+            bpf_addrset.add(self._addr_pend, addr)
         # Fresh counters for a fresh id.
         k = U32.pack(svc_id)
         self._put("lb_svc_stats", k, ZERO_COUNTERS)
@@ -404,8 +414,10 @@ class BpfApply(BpfRead):
             name=name, snat_addr=snat_bytes(after.source_address), fw_mark=after.firewall_mark,
             no_backend=NO_BACKEND[after.no_endpoints], sctp_peers=sctp_peers_bytes(after.sctp_peer_vips),
         )
-        for vip in after.sctp_peer_vips:
-            bpf_addrset.add(self._addr_pend, _pack_addr(vip)[1])
+        pend = self._addr_pend
+        if pend is not None:
+            for vip in after.sctp_peer_vips:
+                bpf_addrset.add(pend, _pack_addr(vip)[1])
         # Configuration first, then the lookup entry that makes it reachable.
         self._write_conf(svc_id, new)
         repair = isinstance(ch.before, ServiceEntry) and bool(ch.before.faults)
@@ -457,7 +469,8 @@ class BpfApply(BpfRead):
         order: list[int] = []
         parts = [LIST_HDR.pack(len(after.backends), len(table) // 2, sel_kind, 0)]
         pack, htons = BE.pack, socket.htons
-        add_addr, pend_addrs = bpf_addrset.add, self._addr_pend
+        pend_addrs = self._addr_pend if self._addr_pend is not None else {}
+        add_addr = bpf_addrset.add if self._addr_pend is not None else _no_addrset
         for be in after.backends:
             fam, addr = _pack_addr(be.address)
             add_addr(pend_addrs, addr)

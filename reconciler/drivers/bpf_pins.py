@@ -90,7 +90,7 @@ class BpfPins:
         self._index: _Index | None = None
         self._pend: dict[str, dict[bytes, bytes]] = {}
         self._pend_bytes = 0
-        self._addr_pend: dict[int, int] = {}  # lb_addrset word -> bits to set (bpf_addrset)
+        self._addr_pend: dict[int, int] | None = None  # lb_addrset word -> bits to set (bpf_addrset)
         self._touched: set[int] = set()
         self._purge: dict[int, set[int] | None] = {}  # service id -> stat ids whose flows end (None: all)
         self._held_stats: set[int] = set()  # released this apply: not reused before their flows end

@@ -47,7 +47,7 @@ def _has(dp: Datapath, addr: str) -> bool:
 
 def _set_armed(dp: Datapath, on: bool) -> None:
     m = dp.driver.map("lb_addrset")
-    m.update_raw(struct.pack("<I", bpf_addrset.ARMED), struct.pack("<Q", int(on)))
+    m.update_raw(struct.pack("<I", bpf_addrset.shape().armed), struct.pack("<Q", int(on)))
 
 
 def test_an_apply_arms_the_set_with_every_vip_and_endpoint(dp: Datapath) -> None:
@@ -90,7 +90,7 @@ def test_an_unarmed_set_is_armed_whole_by_the_next_apply(dp: Datapath) -> None:
     the next apply's."""
     dp.service(VIP4, "tcp", 80, [Backend(BACKENDS4[0], 8080)])
     m = dp.driver.map("lb_addrset")
-    m.update_batch_raw([(struct.pack("<I", w), bytes(8)) for w in range(bpf_addrset.WORDS + 1)])
+    m.update_batch_raw([(struct.pack("<I", w), bytes(8)) for w in range(bpf_addrset.shape().words + 1)])
     assert not bpf_addrset.armed(m) and not _has(dp, VIP4)
     dp.service("10.97.0.9", "udp", 53, [Backend(BACKENDS4[1], 53)])
     assert bpf_addrset.armed(m)

@@ -24,10 +24,10 @@ class _Words:
     def lookup_raw(self, key: bytes) -> bytes | None:
         self.lookups += 1
         w = U32.unpack(key)[0]
-        return U64.pack(self.words.get(w, 0)) if w <= bpf_addrset.WORDS else None
+        return U64.pack(self.words.get(w, 0)) if w <= bpf_addrset.shape().words else None
 
     def items_raw(self, chunk: int = 1024) -> list[tuple[bytes, bytes]]:
-        return [(U32.pack(w), U64.pack(self.words.get(w, 0))) for w in range(bpf_addrset.WORDS + 1)]
+        return [(U32.pack(w), U64.pack(self.words.get(w, 0))) for w in range(bpf_addrset.shape().words + 1)]
 
     def update_batch_raw(self, items: list[tuple[bytes, bytes]]) -> None:
         for k, v in items:
@@ -41,10 +41,11 @@ def _v4(a: str) -> bytes:
 def test_the_bit_is_the_folded_address_times_the_constant() -> None:
     raw = _v4("10.97.0.1")
     x = struct.unpack("=I", raw[:4])[0]
-    assert bpf_addrset.bit(raw) == ((x * bpf_addrset._MULT) & 0xFFFFFFFF) >> (32 - bpf_addrset.LOG2)
+    shape = bpf_addrset.shape()
+    assert bpf_addrset.bit(raw) == ((x * shape.mult) & 0xFFFFFFFF) >> (32 - shape.log2)
     v6 = socket.inet_pton(socket.AF_INET6, "fd00:97::1")
-    assert 0 <= bpf_addrset.bit(v6) < bpf_addrset.WORDS * 64
-    assert bpf_addrset.WORDS * 64 == 1 << bpf_addrset.LOG2 and bpf_addrset.ARMED == bpf_addrset.WORDS
+    assert 0 <= bpf_addrset.bit(v6) < shape.words * 64
+    assert shape.words * 64 == 1 << shape.log2 and shape.armed == shape.words
 
 
 def test_addresses_spread_over_the_set() -> None:
