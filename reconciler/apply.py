@@ -270,11 +270,44 @@ def _classify_failure(plan: Plan, done: int, exc: Exception, drivers: Sequence[D
     return ApplyFailure(msg, tuple(applied), tuple(not_applied))
 
 
-def verify(desired: State, drivers: Iterable[Driver]) -> Plan:
-    """Re-read live state and re-diff: the empty plan means verified."""
+# A verify reads back just the keys a plan changed while they are at most this share of
+# their kind's desired keys (a point lookup each); beyond it one full read is cheaper.
+TARGETED_VERIFY_SHARE = 0.25
+
+
+def verify(desired: State, drivers: Iterable[Driver], plan: Plan | None = None) -> Plan:
+    """Re-read live state and re-diff: the empty plan means verified.
+
+    With ``plan`` (made from a read of the whole box moments before): what the plan
+    changed is read back, by key where the owning driver reads single keys
+    (``KeyReader``) and the plan touched at most ``TARGETED_VERIFY_SHARE`` of the
+    kind; a kind it did not touch is not read again (deleting 1,000 of 10,000
+    services: 0.05 s instead of a full read's 0.4 s).  Without: everything.
+    """
     drivers = list(drivers)
     kinds = drivers_by_kind(drivers)
-    return diff(restrict(desired, kinds), read_live(drivers))
+    if plan is None or not plan.changes:
+        return diff(restrict(desired, kinds), read_live(drivers))
+    touched: dict[str, set[str]] = {}
+    for c in plan.changes:
+        touched.setdefault(c.kind, set()).add(c.key)
+    want: dict[str, dict[str, Record]] = {}
+    live: dict[str, dict[str, Record]] = {}
+    full: dict[int, Mapping[str, Mapping[str, Record]]] = {}
+    for kind, keys in touched.items():
+        drv = kinds.get(kind)
+        if drv is None:
+            continue
+        mine = desired.get(kind, {})
+        if isinstance(drv, KeyReader) and len(keys) <= TARGETED_VERIFY_SHARE * max(len(mine), 1):
+            want[kind] = {k: mine[k] for k in keys if k in mine}
+            live[kind] = dict(drv.read_keys(kind, keys))
+        else:
+            if id(drv) not in full:
+                full[id(drv)] = drv.read()
+            want[kind] = dict(mine)
+            live[kind] = dict(full[id(drv)].get(kind, {}))
+    return diff(want, live)
 
 
 def load_config(config_dir: str | Path, *, follow_external_symlinks: bool = False) -> LoadedConfig:
@@ -450,8 +483,11 @@ def _reconcile(config_dir: str | Path | None, driver_set: DriverSet, state_dir: 
                        timings=Timings(t_parse, t_plan, t_prog), writes=total_writes(drivers) - writes0)
     t_prog = time.perf_counter() - t2
     t3 = time.perf_counter()
-    # An empty plan was computed from a fresh read a moment ago: that is the verification.
-    leftover = verify(desired, drivers) if plan or live is not None else plan
+    # An empty plan was computed from a fresh read a moment ago: that is the verification;
+    # after a plan made from a fresh read, what it changed is read back (a snapshot the
+    # caller passed in, ``live``, is not fresh: then everything is).
+    leftover = (verify(desired, drivers, plan if live is None else None) if plan or live is not None
+                else plan)
     t_verify = time.perf_counter() - t3
     timings = Timings(t_parse, t_plan, t_prog, t_verify)
     if chosen.leaving and leftover.empty:

@@ -59,6 +59,7 @@ from reconciler.drivers.bpf_read import BpfRead
 from reconciler.errors import LbctlError
 from reconciler.plan import Change
 from reconciler.records import (
+    Attachment,
     EndpointSet,
     ServiceEntry,
     ServiceKey,
@@ -104,6 +105,9 @@ class BpfApply(BpfRead):
     def apply(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
+        hooks = sorted({ch.after.hook for ch in changes if isinstance(ch.after, Attachment)})
+        if hooks and self._obj is None:
+            self.load_hooks = tuple(hooks)  # a first load verifies only the programs the box attaches
         self._open(create=True)
         if self._index is None:
             self._index = self._build_index()

@@ -210,12 +210,11 @@ class BpfAttach(BpfPins):
         got = self._pinned_prog(hook)
         if not isinstance(got, str):
             return got[0], True
-        if self._obj is None:
-            self.load()
-        else:
+        loaded = self._obj is not None
+        fd = self._prog(PROGS[hook])
+        if loaded:
             self._pin_progs()
-        assert self._obj is not None
-        return self._obj.prog_fd(PROGS[hook]), False
+        return fd, False
 
     def _detach(self, ifname: str, hook: str, quiet: bool = False) -> None:
         with in_netns(self.netns):

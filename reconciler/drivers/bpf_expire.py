@@ -17,14 +17,14 @@ from typing import Any
 from reconciler.drivers import _libbpf as B
 from reconciler.drivers import bpf_layout as L
 from reconciler.drivers.bpf_codec import _words_addr
-from reconciler.drivers.bpf_pins import BpfPins
+from reconciler.drivers.bpf_pins import EXPIRE_PROG, BpfPins
 from reconciler.drivers.tcp_reset import RawResetSender
 from reconciler.idle import ExpiredFlow, IdleEntry, Reset, Sender
 
 _CT_KEY = L.fmt("struct lb_ct_key")
 _CT_VALUE = L.fmt("struct lb_ct")
 _KEY_SIZE = L.sizeof("struct lb_ct_key")
-_PROG = "lb_ct_expire"
+_PROG = EXPIRE_PROG
 
 
 def _sender(ct: Any) -> Sender:
@@ -92,12 +92,12 @@ class BpfExpire(BpfPins):
     def expire(self, key: bytes) -> ExpiredFlow | None:
         if not self._open(create=False):
             return None
-        self.load()  # the program runs from this process's loaded object (it reuses the pinned maps)
-        assert self._obj is not None
+        # the program runs from this process's loaded object (it reuses the pinned maps)
+        fd = self._prog(_PROG)
         ffi = B.lib().ffi
         x = ffi.new("struct lb_ct_expire *")
         ffi.memmove(ffi.addressof(x[0], "key"), key, _KEY_SIZE)
-        B.run_syscall(self._obj.prog_fd(_PROG), x)
+        B.run_syscall(fd, x)
         if int(x.result) != B.const("LB_EXPIRE_DONE"):
             return None
         return _flow(x)

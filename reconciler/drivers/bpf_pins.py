@@ -27,6 +27,7 @@ from reconciler.limits import box_memory
 from reconciler.model import DatapathCapacities
 
 PROGS = {"tc": "lb_tc", "xdp": "lb_xdp"}
+EXPIRE_PROG = "lb_ct_expire"  # the idle sweep's syscall program (bpf_expire)
 
 
 def pin_root_for(netns: str | None, root: str = DEFAULT_PIN_ROOT) -> str:
@@ -82,7 +83,11 @@ class BpfPins:
         self._limits: dict[str, int] = {}
         self.pin_root = pin_root or pin_root_for(netns)
         self.obj_path = obj_path or datapath_file(DATAPATH_OBJECT)
-        self._obj: B.BpfObject | None = None
+        self._obj: B.BpfObject | None = None  # the first object loaded: its map fds are self._maps
+        # program name -> the object that loaded it: each program is verified only when first
+        # needed (~1 s each for lb_tc and lb_xdp), later ones by objects reusing the pinned maps
+        self._progs: dict[str, B.BpfObject] = {}
+        self.load_hooks: tuple[str, ...] = ("tc",)  # the hooks load() verifies (the bpf apply sets them)
         self._maps: dict[str, B.Map] = {}
         self._own_fds: list[int] = []
         self._base_writes = 0
@@ -208,26 +213,17 @@ class BpfPins:
         return True
 
     def load(self) -> None:
-        """Load the object (reusing pinned maps), pin maps and programs."""
+        """Load the object (reusing pinned maps) with the programs of ``load_hooks`` and the
+        expiry program, pin maps and those programs.  Another hook's program is loaded when
+        first asked for (``_prog``)."""
         if self._obj is not None:
             return
         _ensure_bpffs()
         os.makedirs(self.pin_root, exist_ok=True)
-        obj = B.BpfObject(self.obj_path)
-        try:
-            obj.check_layout()
-            self._checked = True
-            self._migrate()
-            self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
-            # pinned maps are reused at their size (libbpf refuses another); new ones get the setting
-            sizes = map_sizes(self.capacities or default_capacities()) | pinned_sizes(self.pin_root)
-            obj.set_max_entries({n: size for n, size in sizes.items() if n in obj.map_names()})
-            obj.set_pin_root(self.pin_root)
-            obj.load(tuple(PROGS.values()))
-        except BaseException:
-            obj.close()
-            raise
+        progs = (*(PROGS[h] for h in self.load_hooks), EXPIRE_PROG)
+        obj = self._load_object(progs, migrate=True)
         self._obj = obj
+        self._progs = dict.fromkeys(progs, obj)
         for m in self._maps.values():
             self._base_writes += m.writes
         for fd in self._own_fds:
@@ -237,6 +233,39 @@ class BpfPins:
         self._pins = self._pin_inodes()
         self._map_ids = None
         self._pin_progs()
+
+    def _load_object(self, progs: tuple[str, ...], migrate: bool) -> B.BpfObject:
+        """A loaded object holding ``progs`` only, its maps the pinned ones (or new, pinned)."""
+        obj = B.BpfObject(self.obj_path)
+        try:
+            obj.check_layout()
+            self._checked = True
+            if migrate:
+                self._migrate()
+            self._check_pinned_layout({name: obj.map_def(name) for name in B.MAPS})
+            # pinned maps are reused at their size (libbpf refuses another); new ones get the setting
+            sizes = map_sizes(self.capacities or default_capacities()) | pinned_sizes(self.pin_root)
+            obj.set_max_entries({n: size for n, size in sizes.items() if n in obj.map_names()})
+            obj.set_pin_root(self.pin_root)
+            obj.load(progs, only=True)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _prog(self, name: str) -> int:
+        """An fd of this process's loaded program ``name`` (loading the object first, or
+        another object with just this program, which reuses the pinned maps; a hook's
+        program is pinned as it loads)."""
+        self.load()
+        obj = self._progs.get(name)
+        if obj is None:
+            obj = self._load_object((name,), migrate=False)
+            self._progs[name] = obj
+            for hook, prog in PROGS.items():
+                if prog == name:
+                    self._pin_prog(hook, obj)
+        return obj.prog_fd(name)
 
     def _migrate(self) -> bool:
         """Convert pinned maps of another layout to the object's, live (see bpf_migrate)."""
@@ -291,18 +320,20 @@ class BpfPins:
         return out
 
     def _pin_progs(self) -> None:
-        """Pin the loaded object's programs, replacing what the program pins held."""
-        assert self._obj is not None
+        """Pin the loaded hook programs, replacing what their program pins held."""
         for hook, prog in PROGS.items():
-            path = os.path.join(self.pin_root, f"prog_{hook}")
-            if os.path.lexists(path):
-                os.unlink(path)
-            B.obj_pin(self._obj.prog_fd(prog), path)
+            obj = self._progs.get(prog)
+            if obj is not None:
+                self._pin_prog(hook, obj)
+
+    def _pin_prog(self, hook: str, obj: B.BpfObject) -> None:
+        path = os.path.join(self.pin_root, f"prog_{hook}")
+        if os.path.lexists(path):
+            os.unlink(path)
+        B.obj_pin(obj.prog_fd(PROGS[hook]), path)
 
     def prog_fd(self, hook: str) -> int:
-        self.load()
-        assert self._obj is not None
-        return self._obj.prog_fd(PROGS[hook])
+        return self._prog(PROGS[hook])
 
     def map(self, name: str) -> B.Map:
         self._open(create=True)
@@ -319,9 +350,10 @@ class BpfPins:
         self._index = None
         self._pins = None
         self._map_ids = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
+        for obj in {id(o): o for o in (*self._progs.values(), *([self._obj] if self._obj else []))}.values():
+            obj.close()
+        self._obj = None
+        self._progs = {}
 
     def __enter__(self) -> Self:
         return self

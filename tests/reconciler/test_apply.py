@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.apply import ReconcileResult, apply_plan, reconcile, summary
@@ -11,7 +11,7 @@ from reconciler.ipam_store import AllocationStore
 from reconciler.model import Probe, Resource
 from reconciler.plan import Change, diff
 from reconciler.probes import store as health_store
-from reconciler.records import empty_state
+from reconciler.records import Record, empty_state
 from tests.reconciler.fakes import (
     BPF_KINDS,
     FakeDriver,
@@ -244,3 +244,48 @@ def test_a_fullnat_source_off_the_box_is_refused_before_anything_is_applied(tmp_
     ok = service("ok", vip="198.51.100.30", mode="fullnat", source_address="192.0.2.1")
     r = run(config(1) + [ok], [bpf, nl, ks], tmp_path)
     assert r.ok and bpf.state["service"]["tcp/198.51.100.30:80"].source_address == "192.0.2.1"
+
+
+class KeyReadingDriver(FakeDriver):
+    """Reads single keys (KeyReader) and counts full reads and the keys read."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.full_reads = 0
+        self.keys_read: list[str] = []
+
+    def read(self) -> Mapping[str, Mapping[str, Record]]:
+        self.full_reads += 1
+        return super().read()
+
+    def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
+        self.keys_read += list(keys)
+        return {k: self.state[kind][k] for k in keys if k in self.state[kind]}
+
+
+def test_verify_reads_back_just_what_a_small_plan_changed(tmp_path: Path) -> None:
+    bpf = KeyReadingDriver(BPF_KINDS, name="bpf")
+    _, nl, ks = fake_drivers()
+    assert run(config(8), [bpf, nl, ks], tmp_path).ok
+    bpf.full_reads, bpf.keys_read = 0, []
+    res = config(8)
+    res[1] = service("s0", vip="198.51.100.1", endpoints=["10.0.0.1", "10.0.0.9"])  # one endpoint set
+    r = run(res, [bpf, nl, ks], tmp_path)
+    assert r.ok and [c.kind for c in r.applied] == ["endpoints"]
+    assert bpf.full_reads == 1  # the plan's read; the verify read one key
+    assert bpf.keys_read == ["tcp/198.51.100.1:80"]
+
+
+def test_a_targeted_verify_still_finds_what_did_not_take(tmp_path: Path) -> None:
+    class Lossy(KeyReadingDriver):
+        def apply(self, changes: Sequence[Change]) -> None:
+            super().apply([c for c in changes if c.kind != "endpoints" or c.action != "update"])
+
+    bpf = Lossy(BPF_KINDS, name="bpf")
+    _, nl, ks = fake_drivers()
+    assert run(config(8), [bpf, nl, ks], tmp_path).ok
+    res = config(8)
+    res[1] = service("s0", vip="198.51.100.1", endpoints=["10.0.0.1", "10.0.0.9"])
+    r = run(res, [bpf, nl, ks], tmp_path)
+    assert not r.ok and r.leftover is not None
+    assert [(c.kind, c.key) for c in r.leftover.changes] == [("endpoints", "tcp/198.51.100.1:80")]

@@ -224,3 +224,32 @@ def test_sctp_peer_vips_round_trip_through_the_service_bytes() -> None:
         assert len(raw) == 3 * 16 + 3 + 1 and sctp_peers_decode(raw) == vips
     with pytest.raises(ValueError):
         sctp_peers_bytes(("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"))
+
+
+def test_a_first_load_verifies_only_the_programs_the_box_attaches(dp: Datapath) -> None:
+    """The verifier's time is per program (about a second each for lb_tc and lb_xdp here):
+    a load verifies the hooks it needs, another hook's program is loaded when first asked for."""
+    import os
+
+    from reconciler.records import Attachment
+
+    tc, xdp = (os.path.join(dp.pin_root, f"prog_{h}") for h in ("tc", "xdp"))
+    assert os.path.exists(tc) and not os.path.exists(xdp)  # the harness's load(): tc only
+    dp.driver.apply([Change("attach", "v0", "create", None, Attachment("v0", "xdp"))])
+    assert os.path.exists(xdp)
+    assert dp.driver.read()["attach"] == {"v0": Attachment("v0", "xdp")}
+    # A fresh datapath whose first apply attaches XDP verifies no tc program.
+    root = dp.pin_root + "-xdp"
+    d = BpfDriver(pin_root=root, netns=dp.ns)
+    try:
+        d.apply([Change("attach", "v1", "create", None, Attachment("v1", "xdp"))])
+        assert os.path.exists(os.path.join(root, "prog_xdp"))
+        assert not os.path.exists(os.path.join(root, "prog_tc"))
+        assert d.read()["attach"] == {"v1": Attachment("v1", "xdp")}
+        assert d.prog_fd("tc") > 0 and os.path.exists(os.path.join(root, "prog_tc"))  # on demand
+    finally:
+        d.down()
+        if os.path.isdir(root):
+            for f in os.listdir(root):
+                os.unlink(os.path.join(root, f))
+            os.rmdir(root)
