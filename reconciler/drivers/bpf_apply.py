@@ -168,6 +168,18 @@ class BpfApply(BpfRead):
         gen = (int.from_bytes(raw[:4], "little") + 1) & 0xFFFFFFFF
         m.update_raw(key, gen.to_bytes(4, "little") + raw[4:8])
 
+    def _open(self, create: bool) -> bool:
+        """BpfPins._open, and after a layout migration (maps from before the address set
+        included) the set armed at once, not at the next apply that changes something."""
+        was = self.migration
+        ok = super()._open(create)
+        if ok and self.migration is not None and self.migration is not was and "lb_addrset" in self._maps:
+            if self._index is None:
+                self._index = self._build_index()
+            self._addr_pend = {}
+            self._arm_addrset(all_added=False)
+        return ok
+
     def _arm_addrset(self, all_added: bool) -> None:
         """Arm the datapath's early exit (bpf/lb_addrset.h) once: every VIP and endpoint
         address of the maps into the set, then the armed word.  Until then (fresh maps,

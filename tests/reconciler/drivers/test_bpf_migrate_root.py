@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,7 @@ import pytest
 
 from reconciler.constants import DATAPATH_DIR_ENV
 from reconciler.drivers import _libbpf as B
-from reconciler.drivers import bpf_migrate
+from reconciler.drivers import bpf_addrset, bpf_migrate
 from reconciler.drivers.bpf import BpfDriver
 from reconciler.drivers.netns import in_netns
 from reconciler.plan import Change, diff
@@ -210,6 +211,14 @@ def test_a_long_tcp_stream_survives_the_upgrade_from_a_previous_layout(
         assert mig is not None and set(mig.changed) == v4_changed(version), mig
         assert sorted((i, h) for i, h, _ in mig.hooks) == sorted((i, hook) for i in tb.lb_interfaces)
         assert mig.maps["lb_ct"] >= 2  # the stream's forward and reply entries
+        # The address set the old layout lacked is armed by the migration, with every VIP and
+        # endpoint (the stream below runs through the armed early exit).
+        addrset = drv.map("lb_addrset")
+        assert bpf_addrset.armed(addrset)
+        for a in (VIP4, *(tb.backend4(i) for i in range(tb.n_backends))):
+            h = bpf_addrset.bit(socket.inet_aton(a) + bytes(12))
+            word = addrset.lookup_raw(struct.pack("<I", h >> 6)) or bytes(8)
+            assert (int.from_bytes(word, "little") >> (h & 63)) & 1, a
         at_swap = stream.received
         stream.wait_for(at_swap + 2000)  # the stream goes on through the new program
         # The stream's conntrack entries were converted: same fields, the new ones zero.
