@@ -278,8 +278,8 @@ def _pmtu(hook: str, client_side: int, endpoint_side: int, stat: str) -> None:
                     assert _transfer(chain, vip, v6, direction) == SIZE, (v6, direction)
                     if not through_lb or drv.stats().get(stat, 0) > before:
                         break
-                    assert attempt == 1, \
-                        f"no error through the LB ({stat}, {direction}, {'IPv6' if v6 else 'IPv4'}): {drv.stats()}"
+                    family = "IPv6" if v6 else "IPv4"
+                    assert attempt == 1, f"no error through the LB ({stat}, {direction}, {family}): {drv.stats()}"
     finally:
         if drv is not None:
             drv.down()
