@@ -279,7 +279,8 @@ def _pmtu(hook: str, client_side: int, endpoint_side: int, stat: str) -> None:
                     if not through_lb or drv.stats().get(stat, 0) > before:
                         break
                     family = "IPv6" if v6 else "IPv4"
-                    assert attempt == 1, f"no error through the LB ({stat}, {direction}, {family}): {drv.stats()}"
+                    assert attempt == 1, f"no error through the LB ({stat}, {direction}, {family}): " \
+                                         f"{drv.stats()}"
     finally:
         if drv is not None:
             drv.down()
