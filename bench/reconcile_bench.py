@@ -82,9 +82,16 @@ def service_doc(i: int, endpoints: int, edit: bool = False) -> str:
 
 def write_config(conf: Path, services: int, endpoints: int, files: int) -> None:
     conf.mkdir(parents=True, exist_ok=True)
+    # Past the default capacities (65,536 services, 131,072 endpoints, 262,144 selection chunks:
+    # a 10-endpoint weighted table is 4 of them) the Datapath raises them,
+    # as an operator would after validate named the settings.
+    caps = ""
+    if services > 60_000 or services * endpoints > 120_000:
+        caps = (f", capacities: {{services: {services + 1024}, endpoints: {services * endpoints + 4096}, "
+                f"selectionChunks: {max(262_144, 5 * services + 4096)}}}")
     (conf / "00-datapath.yaml").write_text(
         "apiVersion: lbctl.dev/v1alpha1\nkind: Datapath\nmetadata: {name: bench}\n"
-        "spec: {interfaces: [eth0]}\n")
+        f"spec: {{interfaces: [eth0]{caps}}}\n")
     per = -(-services // files)
     for f in range(files):
         docs = [service_doc(i, endpoints) for i in range(f * per, min(services, (f + 1) * per))]
