@@ -21,7 +21,7 @@ DEFAULT_STATE_DIR: Final = "/var/lib/lbctl"
 BPFFS: Final = "/sys/fs/bpf"
 DEFAULT_PIN_ROOT: Final = f"{BPFFS}/lbctl"
 
-# The interface holding the VIP addresses (Datapath.spec.vipInterface).
+# lbctl's interface the VIPs' local routes go through (Datapath.spec.vipInterface).
 DEFAULT_VIP_INTERFACE: Final = "lbctl0"
 
 # IANA protocol numbers of the protocols a Service can name (record spelling: lower case).

@@ -140,7 +140,8 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class VipAddress:
-    """A VIP address on lbctl's dummy interface, so the kernel answers ARP/NDP."""
+    """A VIP made local by a local route through lbctl's interface, so the kernel answers ARP and
+    accepts what the datapath passes up (``reconciler.drivers.netlink``)."""
 
     address: str
     prefixlen: int

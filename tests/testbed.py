@@ -99,6 +99,11 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 
+def vip_routes(netns: str, ifname: str = "lbctl0") -> str:
+    """The local routes through lbctl's VIP interface (how lbctl makes VIPs local), as ``ip`` lists them."""
+    return _ip("-n", netns, "route", "show", "table", "local", "dev", ifname).stdout
+
+
 def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:

@@ -36,7 +36,7 @@ from reconciler.plan import diff
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vip-interface", metavar="IF",
-                        help="interface holding the VIP addresses (default: the Datapath's vipInterface "
+                        help="interface the VIPs' local routes go through (default: the Datapath's vipInterface "
                              f"of the last applied configuration, else {DEFAULT_VIP_INTERFACE})")
 
 

@@ -201,6 +201,17 @@ def _v4_not_unicast(n: int) -> str | None:
     return None
 
 
+def packed_not_unicast(packed: bytes) -> str | None:
+    """Why the packed (4- or 16-byte) address cannot be a VIP or endpoint, or ``None``.
+
+    For drivers that hold addresses as bytes (the netlink driver refuses
+    these itself, since the kernel takes some of them as local routes silently).
+    """
+    if len(packed) == 4:
+        return _v4_not_unicast(int.from_bytes(packed, "big"))
+    return _not_unicast(ipaddress.IPv6Address(packed))
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def _addr(text: str) -> _Addr | None:
     """Parsed ``text`` (``None`` when invalid); canonical IPv4 skips ``ipaddress``."""

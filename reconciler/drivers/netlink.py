@@ -1,22 +1,40 @@
-"""The netlink driver: VIP addresses on lbctl's own interface.
+"""The netlink driver: VIPs as local routes on lbctl's own interface.
 
-Why this exists: the kernel must own every VIP as a local address so that it
-answers ARP for IPv4 VIPs and accepts what the datapath passes up (DESIGN
-pitfall 19).  lbctl keeps those addresses on an interface of its own (default
-``lbctl0``) so it never touches an operator's interfaces, can read back exactly
-the addresses it manages, and ``lbctl down`` removes them all by deleting one
-interface.  This is the only module that imports pyroute2.
+Why this exists: the kernel must treat every VIP as local so that it answers
+ARP for IPv4 VIPs and accepts what the datapath passes up (DESIGN pitfall 19).
+lbctl does that with one host route of type ``local`` per VIP in the ``local``
+table, through an interface of its own (default ``lbctl0``) -- ``ip route add
+local VIP/32 dev lbctl0 table local proto lbctl`` -- so it never touches an
+operator's interfaces, can read back exactly the routes it manages (protocol
+``RTPROT_LBCTL``), and ``lbctl down`` removes them all by deleting one interface.
+This is the only module that imports pyroute2.
+
+Why routes, not addresses (what lbctl did first): the kernel treats a local
+route exactly as the local route it makes for an address (ARP answered from
+every link, TCP accepted; checked on the target kernel), but one address per
+VIP on one link grows worse than quadratically -- 10,000 ``/32`` addresses cost
+2.6 s of a cold apply, 30,000 cost 21 s of system time, 100,000 several minutes
+-- while 10,000 local routes cost 0.05 s and 30,000 more 0.15 s
+(``bench/results/reconcile.md``).  A box still holding VIPs as addresses (an
+older lbctl) reads back with a fault on each; the next apply deletes every
+such address before it adds any route (deleting a link's last IPv4 address
+makes the kernel flush every IPv4 route through the link), so during that one
+apply a VIP is not local from its address's delete to its route's add
+(measured in ``bench/results/reconcile.md``); established flows do not notice
+(the datapath translates them before the kernel routes), a neighbour's cached
+ARP entry covers the gap.
 
 Two paths into the kernel:
 
 - the link (create, check its kind, bring it up, delete) goes through pyroute2:
   a handful of calls per apply;
-- the addresses go through a small raw ``NETLINK_ROUTE`` socket of our own
+- the routes go through a small raw ``NETLINK_ROUTE`` socket of our own
   (stdlib ``socket`` + ``struct``), because at 10,000 VIPs one pyroute2 call per
-  address cost ~4.5 s per cold apply and its dump ~0.4-0.8 s per read.  Adds and
+  change cost seconds per cold apply and its dump ~0.4-0.8 s per read.  Adds and
   deletes are sent many messages per ``send`` (each with ``NLM_F_ACK`` and its
   own sequence number), then the acks are read and each error is mapped back to
-  its address; reads are one ``RTM_GETADDR`` dump, filtered by the kernel
+  its VIP; reads are one ``RTM_GETROUTE`` dump per family of the ``local``
+  table and one ``RTM_GETADDR`` dump, filtered by the kernel
   (``NETLINK_GET_STRICT_CHK``) and again here, parsed with ``struct``.
 
 Facts this module relies on (checked on the target kernel and both pyroute2
@@ -24,34 +42,40 @@ versions, Debian bookworm's 0.7.2 and 0.9):
 
 - The interface is a ``dummy`` link.  Kernels built without ``CONFIG_DUMMY``
   answer ``EOPNOTSUPP``; then an ``ifb`` link is used instead: it is just as
-  inert (it drops anything routed to it, has carrier once up, and holds
-  addresses the same way).  Either kind found under our name is adopted;
-  anything else under our name is an error, never silently reused.
-- Linux answers ARP for an IPv4 address held on any interface (weak host), so
-  IPv4 VIPs on ``lbctl0`` are reachable from every link.  IPv6 neighbour
-  discovery answers only for addresses on the receiving interface: IPv6 VIPs
-  need a route to the box (BGP announcement or a static route), or proxy NDP.
-- IPv6 VIPs are added with ``IFA_F_NODAD`` so they are usable at once.
+  inert (it drops anything routed to it and has carrier once up).  Either kind
+  found under our name is adopted; anything else under our name is an error,
+  never silently reused.
+- Linux answers ARP for an IPv4 address that is local by any route (weak host),
+  so IPv4 VIPs are reachable from every link.  IPv6 neighbour discovery answers
+  only for addresses on the receiving interface: IPv6 VIPs need a route to the
+  box (BGP announcement or a static route), or proxy NDP.
+- IPv6 refuses a route through a link that is down ("Nexthop device is not
+  up"), so the link is brought up before any route is added; IPv6 drops the
+  routes of a link that goes down (the next read shows them missing and the
+  next apply puts them back).  IPv4 keeps them.
+- The kernel accepts a local route to what can never be a VIP (0.0.0.0,
+  255.255.255.255, IPv4 multicast and loopback) without a word, so the driver
+  refuses those itself; IPv6 refuses multicast and ``::1`` (``EINVAL``, with an
+  extended-ack message we pass on).  Only host routes (/32, /128) are added.
 - The kernel handles every message of a multi-message ``send`` in order, even
   after one fails, and acks each one separately (one datagram per ack).  So a
   batch keeps delete-before-add order, an error does not stop the rest of its
   batch (the driver stops sending further batches), and the acks of a batch
   must fit the socket's receive buffer: an overflow drops acks (``ENOBUFS``),
   hence bounded batches and a forced large buffer.
-- ``RTM_NEWADDR`` with ``NLM_F_EXCL`` answers ``EEXIST`` for an address already
-  there; ``RTM_DELADDR`` answers ``EADDRNOTAVAIL`` for one that is not: both
-  mean "already so" (no error, no write).  On an add, ``EADDRNOTAVAIL`` is a
-  real error: IPv6 multicast, ``::`` and ``::1`` are refused with it (and an
-  extended-ack message we pass on).  IPv4 ``0.0.0.0`` is "added" without error
-  and without effect, so the driver refuses unspecified addresses itself.
+- ``RTM_NEWROUTE`` with ``NLM_F_EXCL`` answers ``EEXIST`` for a route already
+  there; ``RTM_DELROUTE`` answers ``ESRCH`` for one that is not (and
+  ``RTM_DELADDR`` ``EADDRNOTAVAIL``): both mean "already so" (no error, no
+  write).  A delete names the type, table and device but not the protocol, so
+  it also removes a local route someone else put there for a VIP.
 - Kernel settings (forwarding, rp_filter) are not this driver's: they are
   records of their own (``reconciler.drivers.sysctl``).
 
-Size: about 670 lines, over the ~500 the project aims at, because the raw
-rtnetlink address path (message building, batching, ack-to-address mapping, the
-filtered dump parser) is one codec used by this driver alone; its parts share
-private message formats and error semantics, and split across modules they
-would only export internals to each other.
+Size: about 800 lines, over the ~500 the project aims at, because the raw
+rtnetlink path (message building, batching, ack-to-VIP mapping, the filtered
+dump parsers) is one codec used by this driver alone; its parts share private
+message formats and error semantics, and split across modules they would only
+export internals to each other.
 
 Each call opens its own sockets inside the namespace (a socket keeps pointing
 at the namespace it was created in), so a driver object can be used from any
@@ -69,6 +93,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from reconciler.config.semantic import packed_not_unicast
 from reconciler.constants import DEFAULT_VIP_INTERFACE
 from reconciler.drivers.netns import in_netns
 from reconciler.errors import LbctlError
@@ -91,11 +116,20 @@ def _netlink_error() -> type[NetlinkError]:
 LINK_KINDS: tuple[str, ...] = ("dummy", "ifb")
 
 IFF_UP = 0x1
-IFA_F_NODAD = 0x02
-IFA_F_DADFAILED = 0x08
-IFA_F_TENTATIVE = 0x40
 RT_SCOPE_UNIVERSE = 0
-SCOPE_NAMES = {200: "site", 253: "link", 254: "host", 255: "nowhere"}
+RT_SCOPE_HOST = 254
+RT_SCOPE_NOWHERE = 255  # in a delete: "any scope"
+RT_TABLE_LOCAL = 255
+RTN_LOCAL = 2
+RTPROT_KERNEL = 2
+# The protocol lbctl's routes carry (``ip route`` shows "proto lbctl" where
+# /etc/iproute2/rt_protos.d names it).  Unassigned in linux/rtnetlink.h and in
+# iproute2's rt_protos, and clear of the values routing daemons use (bird 12,
+# keepalived 18, babel 42, FRR 186-196).
+RTPROT_LBCTL = 108
+# The fault a VIP held as an address (how lbctl held VIPs before local routes)
+# reads back with; apply deletes the address before it adds the route.
+ADDRESS_FAULT = "held as an address, not as lbctl's local route: apply converts it"
 
 # -- rtnetlink wire format (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h) --
 
@@ -123,12 +157,18 @@ NLA_TYPE_MASK = 0x3FFF
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+RTM_GETROUTE = 26
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
-IFA_FLAGS = 8
+RTA_DST = 1
+RTA_OIF = 4
+RTA_TABLE = 15
 
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 RTATTR = struct.Struct("=HH")  # len, type
 ERRNO = struct.Struct("=i")
 U32 = struct.Struct("=I")
@@ -153,8 +193,8 @@ def _where(netns: str | None) -> str:
 
 def _hint(code: int, adding: bool = False) -> str | None:
     if adding and code in (errno.EINVAL, errno.EADDRNOTAVAIL):
-        return ("the kernel refuses this address on an interface (e.g. an IPv6 multicast or loopback "
-                "address); fix the VIP in the configuration, then apply again")
+        return ("the kernel refuses a local route to this VIP; fix the VIP in the configuration, "
+                "then apply again")
     if code == errno.EPERM:
         return "run lbctl as root (it needs CAP_NET_ADMIN)"
     if code == errno.EOPNOTSUPP:
@@ -175,9 +215,9 @@ def _rta(kind: int, payload: bytes) -> bytes:
 
 
 class _Op(NamedTuple):
-    """One address message: what it is for and its encoded body (after nlmsghdr)."""
+    """One message: what it is for and its encoded body (after nlmsghdr)."""
 
-    delete: bool
+    kind: int  # RTM_NEWROUTE, RTM_DELROUTE or RTM_DELADDR
     vip: VipAddress
     body: bytes
 
@@ -187,30 +227,46 @@ class _Ack(NamedTuple):
     message: str  # the kernel's extended-ack text, "" if none
 
 
-def _pack_addr(vip: VipAddress) -> tuple[int, bytes]:
-    """(family, packed address) of a VIP; ValueError names a bad one."""
+def _pack_addr(vip: VipAddress, adding: bool) -> tuple[int, bytes]:
+    """(family, packed address) of a VIP; ValueError names a bad one.
+
+    What is added must be a host route to a unicast address (the kernel would
+    take 0.0.0.0, broadcast, multicast and loopback as local routes without a
+    word); a delete takes whatever a read can return.
+    """
     for family, maxlen in ((socket.AF_INET, 32), (socket.AF_INET6, 128)):
         try:
             packed = socket.inet_pton(family, vip.address)
         except OSError:
             continue
-        if not any(packed):  # the kernel would answer "ok" and add nothing
-            raise ValueError(f"vip {vip.address}: the unspecified address cannot be a VIP")
         if not 0 <= vip.prefixlen <= maxlen:
             raise ValueError(f"vip {vip.address}: prefix length {vip.prefixlen} out of range 0-{maxlen}")
+        if adding:
+            if vip.prefixlen != maxlen:
+                raise ValueError(f"vip {vip.address}/{vip.prefixlen}: a VIP is one address (/{maxlen})")
+            if why := packed_not_unicast(packed):
+                raise ValueError(f"vip {vip.address}: {why} cannot be a VIP")
         return family, packed
     raise ValueError(f"vip {vip.address!r} is not an IP address")
 
 
-def _addr_body(delete: bool, vip: VipAddress, index: int) -> bytes:
-    family, packed = _pack_addr(vip)
-    if family == socket.AF_INET:
-        # Like ip(8): local and (peer-less) address are the same.
-        return (IFADDRMSG.pack(family, vip.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
-                + _rta(IFA_LOCAL, packed) + _rta(IFA_ADDRESS, packed))
-    flags = 0 if delete else IFA_F_NODAD
-    body = IFADDRMSG.pack(family, vip.prefixlen, flags, RT_SCOPE_UNIVERSE, index) + _rta(IFA_ADDRESS, packed)
-    return body if delete else body + _rta(IFA_FLAGS, U32.pack(IFA_F_NODAD))
+def _route_body(kind: int, vip: VipAddress, index: int) -> bytes:
+    """An RTM_NEWROUTE/RTM_DELROUTE body for the local route of ``vip`` through link ``index``.
+
+    A delete leaves protocol and scope open, so it matches the route whoever
+    added it (a read shows such a route with a fault, and apply replaces it).
+    """
+    family, packed = _pack_addr(vip, adding=kind == RTM_NEWROUTE)
+    proto, scope = (RTPROT_LBCTL, RT_SCOPE_HOST) if kind == RTM_NEWROUTE else (0, RT_SCOPE_NOWHERE)
+    head = RTMSG.pack(family, vip.prefixlen, 0, 0, RT_TABLE_LOCAL, proto, scope, RTN_LOCAL, 0)
+    return head + _rta(RTA_DST, packed) + _rta(RTA_OIF, U32.pack(index))
+
+
+def _addr_delete_body(vip: VipAddress, index: int) -> bytes:
+    """An RTM_DELADDR body for a VIP held as an address (converted to a route)."""
+    family, packed = _pack_addr(vip, adding=False)
+    body = IFADDRMSG.pack(family, vip.prefixlen, 0, RT_SCOPE_UNIVERSE, index) + _rta(IFA_ADDRESS, packed)
+    return body + _rta(IFA_LOCAL, packed) if family == socket.AF_INET else body
 
 
 def _v6_text(packed: bytes) -> str:
@@ -361,71 +417,111 @@ class _RtnlSocket:
         raise AssertionError("unreachable")
 
 
-def _parse_addrs(msgs: Sequence[bytes], index: int | None, ifname: str) -> dict[str, Record]:
+def _attrs(msg: bytes, pos: int) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of the rtattrs of ``msg`` from ``pos`` on."""
+    while pos + RTATTR.size <= len(msg):
+        alen, atype = RTATTR.unpack_from(msg, pos)
+        if alen < RTATTR.size:
+            return
+        yield atype & NLA_TYPE_MASK, msg[pos + RTATTR.size:pos + alen]
+        pos += (alen + 3) & ~3
+
+
+def _text(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(family, raw) if family == socket.AF_INET else _v6_text(raw)
+
+
+_SIZES = {socket.AF_INET: 4, socket.AF_INET6: 16}
+
+
+def _parse_addrs(msgs: Sequence[bytes], index: int | None, ifname: str) -> dict[str, VipAddress]:
     """The addresses of link ``index`` (None: of every link) from RTM_NEWADDR dump messages,
     but IPv6 link-local ones.
 
-    Every other address on lbctl's interface is lbctl's: one that is not what
-    lbctl adds (global scope; IPv6 usable at once) carries ``faults``, so the plan
-    shows it and apply replaces it (an add of an address that is there under
-    another scope would only say "already there").
+    On lbctl's interface an address is a VIP an older lbctl added: it carries
+    ``ADDRESS_FAULT``, so the plan shows it and apply converts it.
     """
-    vips: dict[str, Record] = {}
+    vips: dict[str, VipAddress] = {}
     header = NLMSGHDR.size + IFADDRMSG.size
+    faults = (ADDRESS_FAULT,) if ifname else ()
     for msg in msgs:
         _len, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(msg, 0)
         if mtype != RTM_NEWADDR or len(msg) < header:
             continue
-        family, prefixlen, ifa_flags, scope, ifindex = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
-        if index is not None and ifindex != index:
-            continue
-        if family == socket.AF_INET:
-            size = 4
-        elif family == socket.AF_INET6:
-            size = 16
-        else:
+        family, prefixlen, _ifa_flags, _scope, ifindex = IFADDRMSG.unpack_from(msg, NLMSGHDR.size)
+        size = _SIZES.get(family)
+        if size is None or (index is not None and ifindex != index):
             continue
         # IFA_LOCAL is the address itself; IFA_ADDRESS is the peer when there is
         # one (an IPv6 address without a peer has only IFA_ADDRESS).
         local = address = None
-        pos = header
-        while pos + RTATTR.size <= len(msg):
-            alen, atype = RTATTR.unpack_from(msg, pos)
-            if alen < RTATTR.size:
+        for atype, payload in _attrs(msg, header):
+            if len(payload) != size:
+                continue
+            if atype == IFA_LOCAL:
+                local = payload
                 break
-            atype &= NLA_TYPE_MASK
-            if atype == IFA_LOCAL and alen == RTATTR.size + size:
-                local = msg[pos + RTATTR.size:pos + alen]
-                break
-            if atype == IFA_ADDRESS and alen == RTATTR.size + size:
-                address = msg[pos + RTATTR.size:pos + alen]
-            pos += (alen + 3) & ~3
+            if atype == IFA_ADDRESS:
+                address = payload
         raw = local if local is not None else address
         if raw is None:
             continue
         if family == socket.AF_INET6 and raw[0] == 0xFE and raw[1] & 0xC0 == 0x80:
             continue  # the kernel's IPv6 link-local address, not lbctl's
-        text = socket.inet_ntop(family, raw) if family == socket.AF_INET else _v6_text(raw)
-        faults = []
-        if scope != RT_SCOPE_UNIVERSE:
-            faults.append(f"scope {SCOPE_NAMES.get(scope, scope)}, not global")
-        if ifa_flags & IFA_F_DADFAILED:
-            faults.append("duplicate address detection failed: the kernel does not use it")
-        elif ifa_flags & IFA_F_TENTATIVE:
-            faults.append("tentative (duplicate address detection running): not usable yet")
-        vips[text] = VipAddress(text, prefixlen, ifname, tuple(faults))
+        text = _text(family, raw)
+        vips[text] = VipAddress(text, prefixlen, ifname, faults)
+    return vips
+
+
+def _parse_routes(msgs: Sequence[bytes], index: int, ifname: str) -> dict[str, VipAddress]:
+    """The local routes through link ``index`` in the local table, from RTM_NEWROUTE dump messages.
+
+    The kernel's own (protocol ``kernel``: those of the link's addresses) are
+    left to ``_parse_addrs``.  A route lbctl would not add (another protocol,
+    a prefix rather than one address) carries a fault, so apply replaces it.
+    """
+    vips: dict[str, VipAddress] = {}
+    header = NLMSGHDR.size + RTMSG.size
+    for msg in msgs:
+        _len, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(msg, 0)
+        if mtype != RTM_NEWROUTE or len(msg) < header:
+            continue
+        family, dst_len, _src, _tos, table, proto, _scope, rtype, _fl = RTMSG.unpack_from(msg, NLMSGHDR.size)
+        size = _SIZES.get(family)
+        if size is None or rtype != RTN_LOCAL or proto == RTPROT_KERNEL:
+            continue
+        dst = None
+        oif = 0
+        for atype, payload in _attrs(msg, header):
+            if atype == RTA_DST and len(payload) == size:
+                dst = payload
+            elif atype == RTA_OIF and len(payload) == 4:
+                (oif,) = U32.unpack(payload)
+            elif atype == RTA_TABLE and len(payload) == 4:
+                (table,) = U32.unpack(payload)
+        if dst is None or oif != index or table != RT_TABLE_LOCAL:
+            continue
+        faults: list[str] = []
+        if proto != RTPROT_LBCTL:
+            faults.append(f"a local route of protocol {proto}, not lbctl's ({RTPROT_LBCTL})")
+        if dst_len != size * 8:
+            faults.append(f"a local route to /{dst_len}, not to one address")
+        text = _text(family, dst)
+        seen = vips.get(text)
+        if seen is None or seen.faults:  # lbctl's route wins over another one to the same VIP
+            vips[text] = VipAddress(text, dst_len, ifname, tuple(faults))
     return vips
 
 
 class NetlinkDriver:
-    """Owns record kind ``vip``: the addresses on lbctl's VIP interface.
+    """Owns record kind ``vip``: the local routes (and leftover addresses) on lbctl's VIP interface.
 
     ``read()`` never changes anything (it does not create the interface);
     ``apply()`` creates the interface and brings it up when it first needs
     it.  ``writes`` counts kernel changes actually made (link created or set
-    up, address added or removed, link deleted); an add of an address that is
-    already there or a delete of one that is gone is not an error and counts
-    nothing.
+    up, route added or removed, address removed, link deleted); an add of a
+    route that is already there or a delete of one that is gone is not an
+    error and counts nothing.
     """
 
     kinds: frozenset[str] = frozenset({"vip"})
@@ -539,24 +635,27 @@ class NetlinkDriver:
     # -- Driver protocol ----------------------------------------------------
 
     def read(self) -> Mapping[str, Mapping[str, Record]]:
-        """The global-scope addresses on the VIP interface (none if it is missing)."""
+        """The VIPs on the VIP interface: its local routes and its addresses (none if it is missing)."""
         index = self._index(self.ifname)
         if index is None:
             return {"vip": {}}
-        request = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index)
         try:
             with self._raw() as nl:
-                msgs = nl.dump(RTM_GETADDR, request)
+                routes = [msg for family in (socket.AF_INET, socket.AF_INET6)
+                          for msg in nl.dump(RTM_GETROUTE, _route_dump(family, index))]
+                addrs = nl.dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index))
         except OSError as exc:
             if exc.errno == errno.ENODEV:  # the link went away after the lookup
                 return {"vip": {}}
             code = exc.errno or errno.EIO
-            raise self._fail_code(f"read addresses of {self.ifname}", code, exc.strerror or "") from None
-        vips = _parse_addrs(msgs, index, self.ifname)
+            raise self._fail_code(f"read the VIPs of {self.ifname}", code, exc.strerror or "") from None
+        vips = _parse_routes(routes, index, self.ifname)
+        vips.update(_parse_addrs(addrs, index, self.ifname))  # an address must go before its route can come
         return {"vip": dict(sorted(vips.items()))}
 
     def box_addresses(self) -> frozenset[str]:
-        """Every address assigned on the box (any interface, IPv6 link-local ones left out)."""
+        """Every address local to the box: assigned on any interface (IPv6 link-local ones left
+        out), and the VIPs on lbctl's interface."""
         request = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         try:
             with self._raw() as nl:
@@ -564,14 +663,14 @@ class NetlinkDriver:
         except OSError as exc:
             code = exc.errno or errno.EIO
             raise self._fail_code("read the box's addresses", code, exc.strerror or "") from None
-        return frozenset(_parse_addrs(msgs, None, ""))
+        return frozenset(_parse_addrs(msgs, None, "")) | frozenset(self.read()["vip"])
 
     def read_keys(self, kind: str, keys: Collection[str]) -> Mapping[str, Record]:
         """Live records of just ``keys`` (for the daemon's incremental verify).
 
-        Netlink has no lookup of one IPv4 address, so this filters one dump of
-        the VIP interface's addresses (a few ms per 1,000 addresses); it is
-        called only when VIP keys were touched.
+        Netlink has no lookup of one route by type and device, so this filters
+        one read of the VIP interface (a few ms per 1,000 VIPs); it is called
+        only when VIP keys were touched.
         """
         if kind != "vip":
             raise ValueError(f"netlink driver does not own record kind {kind!r}")
@@ -581,14 +680,14 @@ class NetlinkDriver:
     def apply(self, changes: Sequence[Change]) -> None:
         """Carry out ``vip`` changes in order, batched; each is idempotent.
 
-        An update or replace deletes the old address, then adds the new one.
-        Everything is checked and encoded before the kernel is touched.  On a
-        kernel error the rest of that batch has still been carried out (the
-        kernel does not stop), later batches are not sent, and the error names
-        the first failed address; every step moves toward the desired state,
-        so the next apply converges.
+        An update or replace deletes the old route (or the address an older
+        lbctl left), then adds the new route.  Everything is checked and
+        encoded before the kernel is touched.  On a kernel error the rest of
+        that batch has still been carried out (the kernel does not stop), later
+        batches are not sent, and the error names the first failed VIP; every
+        step moves toward the desired state, so the next apply converges.
         """
-        steps: list[tuple[bool, VipAddress]] = []
+        steps: list[tuple[int, VipAddress]] = []
         for change in changes:
             if change.kind != "vip":
                 raise ValueError(f"netlink driver got a {change.kind!r} change; it only owns 'vip'")
@@ -599,71 +698,93 @@ class NetlinkDriver:
             assert before is None or isinstance(before, VipAddress)
             assert after is None or isinstance(after, VipAddress)
             if before is not None and before != after and change.action != "create":
-                steps.append((True, before))
+                steps.append((RTM_DELADDR if ADDRESS_FAULT in before.faults else RTM_DELROUTE, before))
             if after is not None and change.action != "delete":
-                steps.append((False, after))
-        for _delete, vip in steps:
-            _pack_addr(vip)  # a bad record is a ValueError before anything changes
+                steps.append((RTM_NEWROUTE, after))
+        for kind, vip in steps:
+            _pack_addr(vip, adding=kind == RTM_NEWROUTE)  # a bad record: ValueError before anything changes
         if not steps:
             return
         indexes: dict[str, int | None] = {}
-        add_links = list(dict.fromkeys(vip.ifname for delete, vip in steps if not delete))
+        add_links = list(dict.fromkeys(vip.ifname for kind, vip in steps if kind == RTM_NEWROUTE))
         with self._socket() if add_links else nullcontext() as ipr:
-            down_links: list[tuple[str, int]] = []
             for ifname in add_links:
                 link_index, up = self._ensure_link(ipr, ifname)
                 indexes[ifname] = link_index
-                if not up:
-                    down_links.append((ifname, link_index))
-            ops: list[_Op] = []
-            for delete, vip in steps:
-                if vip.ifname not in indexes:
-                    indexes[vip.ifname] = self._index(vip.ifname)
-                index = indexes[vip.ifname]
-                if index is None:  # only deletes get here: interface gone, address gone with it
-                    continue
-                ops.append(_Op(delete, vip, _addr_body(delete, vip, index)))
-            # A link that is down carries no local routes, so nothing on it is
-            # reachable yet: fill it first, then bring it up.  Each IPv4
-            # address added to an *up* link costs the kernel a walk over all
-            # the link's routes (fib_sync_up), ~40% of a cold 10k-VIP apply.
-            try:
-                if ops:
-                    self._send(ops)
-            finally:
-                for ifname, link_index in down_links:
+                if not up:  # IPv6 refuses a route through a link that is down
                     self._set_up(ipr, ifname, link_index)
+        ops: list[_Op] = []
+        for kind, vip in steps:
+            if vip.ifname not in indexes:
+                indexes[vip.ifname] = self._index(vip.ifname)
+            index = indexes[vip.ifname]
+            if index is None:  # only deletes get here: interface gone, its routes gone with it
+                continue
+            body = _addr_delete_body(vip, index) if kind == RTM_DELADDR else _route_body(kind, vip, index)
+            ops.append(_Op(kind, vip, body))
+        deladdr = [op for op in ops if op.kind == RTM_DELADDR]
+        rest = [op for op in ops if op.kind != RTM_DELADDR]
+        if deladdr:
+            # Deleting a link's last IPv4 address makes the kernel flush every
+            # IPv4 route through the link: the addresses go first, and lbctl's
+            # routes there are read before and put back after (an add of one
+            # that survived is "already there").
+            links = {op.vip.ifname: indexes[op.vip.ifname] for op in deladdr}
+            held = [v for ifname, link in links.items() if link is not None
+                    for v in self._own_v4_routes(link, ifname)]
+            self._send(deladdr)
+            deleted = {(op.vip.ifname, op.vip.address) for op in rest if op.kind == RTM_DELROUTE}
+            rest = [_Op(RTM_NEWROUTE, v, _route_body(RTM_NEWROUTE, v, index))
+                    for v in held if (v.ifname, v.address) not in deleted
+                    and (index := indexes[v.ifname]) is not None] + rest
+        if rest:
+            self._send(rest)
+
+    def _own_v4_routes(self, index: int, ifname: str) -> list[VipAddress]:
+        """lbctl's IPv4 local routes through link ``index`` (those a flush would take)."""
+        try:
+            with self._raw() as nl:
+                msgs = nl.dump(RTM_GETROUTE, _route_dump(socket.AF_INET, index))
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise self._fail_code(f"read the VIPs of {ifname}", code, exc.strerror or "") from None
+        return [v for v in _parse_routes(msgs, index, ifname).values() if not v.faults]
 
     def _send(self, ops: Sequence[_Op]) -> None:
-        """Send address messages in batches; count what changed; raise on the first real error."""
+        """Send route/address messages in batches; count what changed; raise on the first real error."""
         with self._raw() as nl:
             for start in range(0, len(ops), nl.batch):
                 chunk = ops[start:start + nl.batch]
-                msgs = [(RTM_DELADDR, 0, op.body) if op.delete
-                        else (RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, op.body) for op in chunk]
+                # NLM_F_CREATE without NLM_F_EXCL: the same route again is EEXIST, but a
+                # local route to the VIP through another link (an address an operator
+                # put on eth0) does not stop lbctl's from being added beside it.
+                msgs = [(op.kind, NLM_F_CREATE if op.kind == RTM_NEWROUTE else 0, op.body) for op in chunk]
                 try:
                     acks = nl.exchange(msgs)
                 except OSError as exc:
                     code = exc.errno or errno.EIO
                     raise self._fail_code(
-                        f"change {len(chunk)} addresses of {self.ifname} (from {_describe(chunk[0])})",
+                        f"change {len(chunk)} VIPs of {self.ifname} (from {_describe(chunk[0])})",
                         code) from None
                 failed: list[tuple[_Op, _Ack]] = []
                 for op, ack in zip(chunk, acks, strict=True):
+                    adding = op.kind == RTM_NEWROUTE
                     if ack.code == 0:
                         self.writes += 1
-                    elif op.delete and ack.code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                    elif not adding and ack.code in (errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV,
+                                                     errno.ENOENT):
                         continue  # already gone
-                    elif not op.delete and ack.code == errno.EEXIST:
+                    elif adding and ack.code == errno.EEXIST:
                         continue  # already there
                     else:
                         failed.append((op, ack))
                 if failed:
                     op, ack = failed[0]
-                    err = self._fail_code(_describe(op), ack.code, ack.message, adding=not op.delete)
+                    err = self._fail_code(_describe(op), ack.code, ack.message,
+                                          adding=op.kind == RTM_NEWROUTE)
                     if len(ops) > 1:
                         more = f"{len(failed) - 1} more failed too; " if len(failed) > 1 else ""
-                        err.args = (f"{err.args[0]}; {more}{start + len(chunk)} of {len(ops)} address "
+                        err.args = (f"{err.args[0]}; {more}{start + len(chunk)} of {len(ops)} VIP "
                                     "changes were sent, the rest were not",)
                     raise err
 
@@ -692,8 +813,15 @@ class NetlinkDriver:
             return None if link is None else self._kind(link)
 
 
+def _route_dump(family: int, index: int) -> bytes:
+    """An RTM_GETROUTE dump request for the local routes of link ``index`` in the local table."""
+    return RTMSG.pack(family, 0, 0, 0, RT_TABLE_LOCAL, 0, 0, RTN_LOCAL, 0) + _rta(RTA_OIF, U32.pack(index))
+
+
 def _describe(op: _Op) -> str:
     vip = op.vip
-    if op.delete:
-        return f"delete {vip.address}/{vip.prefixlen} from {vip.ifname}"
-    return f"add {vip.address}/{vip.prefixlen} to {vip.ifname}"
+    if op.kind == RTM_DELADDR:
+        return f"delete address {vip.address}/{vip.prefixlen} from {vip.ifname}"
+    if op.kind == RTM_DELROUTE:
+        return f"delete local route {vip.address}/{vip.prefixlen} via {vip.ifname}"
+    return f"add local route {vip.address}/{vip.prefixlen} via {vip.ifname}"

@@ -254,21 +254,27 @@ def prog_pin_delete(t: Target, m: Maps) -> None:
     os.unlink(os.path.join(t.pin_root, "prog_xdp"))
 
 
-# --- VIP addresses ------------------------------------------------------------------------------
+# --- VIPs (local routes through the VIP interface) ---------------------------------------------
+
+def _unroute(t: Target, vip: str) -> None:
+    sh("ip", "-n", t.netns, "route", "del", "local", f"{vip}/32", "dev", t.vip_if, "table", "local")
+
 
 def vip_delete(t: Target, m: Maps) -> None:
-    sh("ip", "-n", t.netns, "addr", "del", f"{t.vip}/32", "dev", t.vip_if)
+    _unroute(t, t.vip)
 
 
 def vip_corrupt(t: Target, m: Maps) -> None:
-    """Put back with another prefix length and host scope."""
-    sh("ip", "-n", t.netns, "addr", "del", f"{t.vip}/32", "dev", t.vip_if)
+    """Put back as a /24 address with host scope instead of lbctl's route (deleting that address
+    later flushes every IPv4 route through the link: the fix must put the others back)."""
+    _unroute(t, t.vip)
     sh("ip", "-n", t.netns, "addr", "add", f"{t.vip}/24", "dev", t.vip_if, "scope", "host")
 
 
 def vip_replace(t: Target, m: Maps) -> None:
-    sh("ip", "-n", t.netns, "addr", "del", f"{t.vip}/32", "dev", t.vip_if)
-    sh("ip", "-n", t.netns, "addr", "add", "203.0.113.99/32", "dev", t.vip_if)
+    _unroute(t, t.vip)
+    sh("ip", "-n", t.netns, "route", "add", "local", "203.0.113.99/32", "dev", t.vip_if, "table", "local",
+       "proto", "108")
 
 
 Where = Callable[[Target], tuple[str, str]]  # (record kind, key) the plan must change

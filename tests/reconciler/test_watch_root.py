@@ -38,6 +38,7 @@ from reconciler.drivers.registry import build_drivers
 from reconciler.plan import Change
 from reconciler.records import EndpointSet
 from tests.reconciler.watch_fakes import configmap_publish
+from tests.testbed import vip_routes
 
 pytestmark = pytest.mark.root
 
@@ -219,7 +220,7 @@ def test_delivery_style_reaches_the_map(box: Box, style: str) -> None:
         print(f"{style}: delivery -> map updated {took * 1000:.0f} ms (default debounce 200 ms)")
     assert box.stop() == 0
     assert box.backends() == ["10.0.0.4"], "SIGTERM must leave the datapath in place"
-    assert "198.51.100.10" in sh("ip", "-n", box.netns, "-o", "addr", "show", "dev", "lbctl0")
+    assert "local 198.51.100.10 " in vip_routes(box.netns, "lbctl0")
 
 
 # --- invalid deliveries ---------------------------------------------------------------------------
@@ -271,8 +272,8 @@ def test_drift_by_hand_is_repaired_within_one_resync(box: Box) -> None:
     box.wait_ready()
     desired = box.live()
     assert desired["attach"] and desired["vip"] and desired["endpoints"]
-    # 1. a VIP address deleted by hand
-    sh("ip", "-n", box.netns, "addr", "del", "198.51.100.11/32", "dev", "lbctl0")
+    # 1. a VIP's local route deleted by hand
+    sh("ip", "-n", box.netns, "route", "del", "local", "198.51.100.11/32", "dev", "lbctl0", "table", "local")
     # 2. a map entry deleted behind lbctl's back
     entry = desired["service"][WEB_KEY]
     box.bpf().apply([Change("service", WEB_KEY, "delete", entry, None)])
@@ -281,7 +282,7 @@ def test_drift_by_hand_is_repaired_within_one_resync(box: Box) -> None:
     # No check that the drift is visible now: the 1 s resync may already have repaired
     # it. The three repairs counted below prove the drift existed when a resync ran.
     took = box.wait("drift repaired", lambda: box.live() == desired, timeout=5)
-    print(f"drift (address, map entry, program) repaired {took * 1000:.0f} ms after it was made "
+    print(f"drift (VIP route, map entry, program) repaired {took * 1000:.0f} ms after it was made "
           f"(resync 1 s)")
     box.wait("repairs counted", lambda: (box.status() or {}).get("drift_repairs", 0) >= 3)
     assert "drift-repaired" in box.logs()

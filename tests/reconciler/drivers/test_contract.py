@@ -53,7 +53,9 @@ SAMPLES: dict[str, tuple[Record, Record | None]] = {
     "endpoints": (EndpointSet(KEY, (Backend("10.99.0.10", 8080), Backend("10.99.0.11", 8080))),
                   EndpointSet(KEY, (Backend("10.99.0.10", 8080, 2), Backend("10.99.0.12", 0)))),
     "attach": (Attachment(IFACE, "tc"), Attachment(IFACE, "xdp")),
-    "vip": (VipAddress("198.51.100.10", 32, "lbctl0"), VipAddress("198.51.100.10", 31, "lbctl0")),
+    # A VIP has nothing to update in place: another prefix or interface is a replace, and the
+    # driver adds host routes only (its faults are live-only).
+    "vip": (VipAddress("198.51.100.10", 32, "lbctl0"), None),
     "sysctl": (KernelSetting(f"net.ipv4.conf.{IFACE}.rp_filter", "0"),  # 2 in the test namespace
                KernelSetting(f"net.ipv4.conf.{IFACE}.rp_filter", "1")),
     "bgp-global": (BgpGlobal(65001, "192.0.2.1", 1790), BgpGlobal(65002, "192.0.2.2", 1791, ("127.0.0.1",))),

@@ -17,13 +17,15 @@ from dataclasses import replace
 
 import pytest
 
+from reconciler.drivers import netlink as nl
 from reconciler.drivers.netlink import (
+    ADDRESS_FAULT,
     LINK_KINDS,
     NetlinkDriver,
     NetlinkDriverError,
 )
-from reconciler.drivers.netns import NetnsError
-from reconciler.plan import Change
+from reconciler.drivers.netns import NetnsError, in_netns
+from reconciler.plan import Change, diff
 from reconciler.records import ServiceEntry, ServiceKey, VipAddress
 
 V4 = VipAddress("198.51.100.10", 32, "lbctl0")
@@ -41,6 +43,12 @@ def delete(vip: VipAddress) -> Change:
 
 def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def routes(netns: str, family: str = "-4", *extra: str) -> list[str]:
+    """lbctl's local routes through lbctl0, as ``ip route`` lists them."""
+    return ip("-n", netns, family, "route", "show", "table", "local", "dev", "lbctl0", "proto",
+              str(nl.RTPROT_LBCTL), *extra).splitlines()
 
 
 def host_links() -> list[str]:
@@ -108,12 +116,13 @@ def test_create_read_delete_v4_v6(netns: str) -> None:
     assert driver.interface_kind() in LINK_KINDS
     link = ip("-n", netns, "-o", "link", "show", "lbctl0")
     assert "state UNKNOWN" in link or ",UP" in link
-    # created + set up + two addresses
+    # created + set up + two routes
     assert driver.writes == 4
     assert driver.read() == {"vip": {V4.address: V4, V6.address: V6}}
-    addrs = ip("-n", netns, "-o", "addr", "show", "dev", "lbctl0")
-    assert "198.51.100.10/32" in addrs and "2001:db8::10/128" in addrs
-    assert "tentative" not in addrs  # IPv6 VIPs are usable at once (nodad)
+    assert routes(netns) == ["local 198.51.100.10 scope host "]
+    assert [r.split()[:2] for r in routes(netns, "-6")] == [["local", "2001:db8::10"]]
+    # The VIPs are routes, not addresses: the link holds only the kernel's IPv6 link-local one.
+    assert "198.51.100.10" not in ip("-n", netns, "-o", "addr", "show", "dev", "lbctl0")
 
     driver.apply([delete(V4)])
     assert driver.read() == {"vip": {V6.address: V6}}
@@ -125,7 +134,7 @@ def test_read_keys_returns_only_the_asked_live_addresses(netns: str) -> None:
     driver = NetlinkDriver(netns=netns)
     driver.apply([create(V4), create(V6)])
     assert driver.read_keys("vip", [V4.address, "203.0.113.99"]) == {V4.address: V4}
-    ip("-n", netns, "addr", "del", "2001:db8::10/128", "dev", "lbctl0")  # drift behind lbctl's back
+    ip("-n", netns, "-6", "route", "del", "local", "2001:db8::10/128", "dev", "lbctl0", "table", "local")
     assert driver.read_keys("vip", [V6.address]) == {}
     with pytest.raises(ValueError):
         driver.read_keys("service", ["x"])
@@ -150,14 +159,13 @@ def test_idempotent(netns: str) -> None:
 
 
 @pytest.mark.root
-def test_update_and_replace(netns: str) -> None:
+def test_replace_moves_a_vip_to_another_interface(netns: str) -> None:
     driver = NetlinkDriver(netns=netns)
-    driver.apply([create(V4)])
-    wider = VipAddress(V4.address, 31, "lbctl0")
-    driver.apply([Change("vip", V4.address, "update", V4, wider)])
-    assert driver.read() == {"vip": {V4.address: wider}}
-    driver.apply([Change("vip", V4.address, "replace", wider, V4)])
-    assert driver.read() == {"vip": {V4.address: V4}}
+    driver.apply([create(V4), create(V6)])
+    moved = [replace(v, ifname="vips1") for v in (V4, V6)]
+    driver.apply([Change("vip", o.address, "replace", o, m) for o, m in zip((V4, V6), moved, strict=True)])
+    assert driver.read() == {"vip": {}}
+    assert NetlinkDriver(ifname="vips1", netns=netns).read() == as_live(moved)
 
 
 @pytest.mark.root
@@ -223,17 +231,23 @@ def as_live(vips: list[VipAddress]) -> dict[str, dict[str, VipAddress]]:
     return {"vip": {v.address: v for v in sorted(vips, key=lambda v: v.address)}}
 
 
-def live_lines(netns: str, *extra: str) -> list[str]:
-    return ip("-n", netns, "-o", *extra, "addr", "show", "dev", "lbctl0", "scope", "global").splitlines()
-
-
 def test_bad_records_are_refused_before_anything_changes() -> None:
     driver = NetlinkDriver(netns="lbt-nl-never-created")  # entering it would raise NetnsError
-    for bad in (VipAddress("198.51.100.300", 32, "lbctl0"), VipAddress("198.51.100.1", 33, "lbctl0"),
-                VipAddress("2001:db8::1", 129, "lbctl0"), VipAddress("0.0.0.0", 32, "lbctl0")):
-        with pytest.raises(ValueError, match="198.51.100|2001:db8::1|0.0.0.0"):
-            driver.apply([create(V4), create(bad)])
+    bad = [("198.51.100.300", 32, "not an IP address"), ("198.51.100.1", 33, "out of range"),
+           ("2001:db8::1", 129, "out of range"), ("198.51.100.1", 31, "one address"),
+           ("2001:db8::1", 64, "one address"),
+           # The kernel takes all of these as local routes without a word; none is a VIP.
+           ("0.0.0.0", 32, "unspecified"), ("255.255.255.255", 32, "broadcast"),
+           ("224.0.0.5", 32, "multicast"), ("127.0.0.9", 32, "loopback"), ("169.254.1.1", 32, "link-local"),
+           ("::", 128, "unspecified"), ("::1", 128, "loopback"), ("ff02::1", 128, "multicast"),
+           ("fe80::5", 128, "link-local"), ("::ffff:192.0.2.1", 128, "IPv4-mapped")]
+    for address, prefixlen, why in bad:
+        with pytest.raises(ValueError, match=why):
+            driver.apply([create(V4), create(VipAddress(address, prefixlen, "lbctl0"))])
     assert driver.writes == 0
+    # A delete takes what a read can return (a prefix someone routed through lbctl0): still no entry.
+    with pytest.raises(NetnsError):
+        driver.apply([delete(VipAddress("198.51.100.0", 31, "lbctl0"))])
 
 
 @pytest.mark.root
@@ -243,11 +257,8 @@ def test_bulk_add_read_back_and_idempotent(netns: str) -> None:
     driver.apply([create(v) for v in vips])
     assert driver.writes == 2 + len(vips)  # link created + set up, then one per address
     assert driver.read() == as_live(vips)
-    assert len(live_lines(netns)) == len(vips)
+    assert len(routes(netns)) == 2000 and len(routes(netns, "-6")) == 500
     assert ",UP" in ip("-n", netns, "-o", "link", "show", "lbctl0")
-    assert not [line for line in live_lines(netns, "-6") if "tentative" in line]
-    # Usable at once: the kernel holds a local route for every VIP.
-    assert len(ip("-n", netns, "route", "show", "table", "local", "dev", "lbctl0").splitlines()) == 2000
 
     writes = driver.writes
     driver.apply([create(v) for v in vips])  # everything already there
@@ -264,33 +275,45 @@ def test_mixed_batch_counts_only_real_changes(netns: str) -> None:
     driver.apply([create(v) for v in old])
     writes = driver.writes
     new = v4s(700, "198.19") + v6s(50)
-    wider = [VipAddress(v.address, 31, v.ifname) for v in old[:20:2]]  # .1/31, .3/31, ...
+    moved = [replace(v, ifname="vips1") for v in old[:20:2]]  # .1, .3, ... to another interface
     changes = ([create(v) for v in old[500:]]  # 500 already there
                + [delete(v) for v in old[:10] if v.address.endswith((".2", ".4", ".6", ".8", ".10"))]
-               + [Change("vip", o.address, "update", o, w) for o, w in zip(old[:20:2], wider, strict=True)]
+               + [Change("vip", o.address, "replace", o, m) for o, m in zip(old[:20:2], moved, strict=True)]
                + [delete(v) for v in v4s(400, "198.20")]  # never there
                + [create(v) for v in new])
     driver.apply(changes)
-    # 5 deletes + 10 updates (delete + add each) + the new addresses
-    assert driver.writes == writes + 5 + 2 * 10 + len(new)
+    # vips1 created + set up, 5 deletes, 10 moves (delete + add each), the new routes
+    assert driver.writes == writes + 2 + 5 + 2 * 10 + len(new)
     gone = {v.address for v in old[:10] if v.address.endswith((".2", ".4", ".6", ".8", ".10"))}
-    expected = [v for v in old[20:]] + [v for v in old[1:20:2] if v.address not in gone] + wider + new
+    expected = [v for v in old[20:]] + [v for v in old[1:20:2] if v.address not in gone] + new
     assert driver.read() == as_live(expected)
+    assert NetlinkDriver(ifname="vips1", netns=netns).read() == as_live(moved)
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("refused", ["ff02::1", "::1"])
-def test_kernel_error_mid_batch_names_the_address_and_the_next_apply_converges(netns: str,
-                                                                               refused: str) -> None:
+def test_kernel_error_mid_batch_names_the_vip_and_the_next_apply_converges(
+        netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     good = v4s(1500) + v6s(100)
-    bad = VipAddress(refused, 128, "lbctl0")  # the kernel refuses multicast/loopback (EADDRNOTAVAIL)
+    bad = VipAddress("198.18.200.1", 32, "lbctl0")
+    # Nothing a check lets through makes the kernel refuse a local route, so the
+    # bad VIP's message is spoiled on its way out: a /31 with a host bit set,
+    # which the kernel refuses with EINVAL and an extended-ack message.
+    body = nl._route_body
+
+    def spoiled(kind: int, vip: VipAddress, index: int) -> bytes:
+        out = bytearray(body(kind, vip, index))
+        if vip == bad:
+            out[1] = 31  # rtmsg.rtm_dst_len
+        return bytes(out)
+
+    monkeypatch.setattr(nl, "_route_body", spoiled)
     driver = NetlinkDriver(netns=netns)
     order = good[:100] + [bad] + good[100:]
     with pytest.raises(NetlinkDriverError) as info:
         driver.apply([create(v) for v in order])
     message = str(info.value)
-    assert f"add {refused}/128 to lbctl0" in message and "errno 99" in message
-    assert netns in message and "kernel says" in message
+    assert "add local route 198.18.200.1/32 via lbctl0" in message and "errno 22" in message
+    assert netns in message and "kernel says 'Invalid prefix" in message
     assert "fix the VIP in the configuration" in message  # the hint
     live = driver.read()["vip"]
     # The batch holding the bad address was carried out around it; later ones were not sent.
@@ -304,28 +327,96 @@ def test_kernel_error_mid_batch_names_the_address_and_the_next_apply_converges(n
     assert driver.read() == as_live(good)
 
 
+def unroute(netns: str, vip: VipAddress) -> None:
+    ip("-n", netns, "route", "del", "local", f"{vip.address}/{vip.prefixlen}", "dev", vip.ifname,
+       "table", "local")
+
+
 @pytest.mark.root
-def test_drift_and_foreign_addresses(netns: str) -> None:
+def test_drift_and_foreign_routes_and_addresses(netns: str) -> None:
     vips = v4s(600) + v6s(20)
     driver = NetlinkDriver(netns=netns)
     driver.apply([create(v) for v in vips])
-    # Behind lbctl's back: two VIPs removed, a VIP put back with host scope, an
-    # address on another interface.
-    ip("-n", netns, "addr", "del", f"{vips[7].address}/32", "dev", "lbctl0")
-    ip("-n", netns, "addr", "del", f"{vips[-1].address}/128", "dev", "lbctl0")
-    ip("-n", netns, "addr", "del", f"{vips[9].address}/32", "dev", "lbctl0")
+    # Behind lbctl's back: two VIPs removed, one made an address, one routed by
+    # another protocol, an address and a local route elsewhere, a local prefix on lbctl0.
+    unroute(netns, vips[7])
+    unroute(netns, vips[-1])
+    unroute(netns, vips[9])
     ip("-n", netns, "addr", "add", f"{vips[9].address}/32", "dev", "lbctl0", "scope", "host")
+    unroute(netns, vips[11])
+    ip("-n", netns, "route", "add", "local", f"{vips[11].address}/32", "dev", "lbctl0", "table", "local",
+       "proto", "static")
     ip("-n", netns, "link", "add", "other0", "type", "ifb")
     ip("-n", netns, "addr", "add", "203.0.113.2/32", "dev", "other0")
-    hosted = replace(vips[9], faults=("scope host, not global",))
-    drifted = [hosted if v == vips[9] else v for v in vips if v not in (vips[7], vips[-1])]
-    assert driver.read() == as_live(drifted)
+    ip("-n", netns, "route", "add", "local", "203.0.113.3/32", "dev", "other0", "table", "local")
+    ip("-n", netns, "route", "add", "local", "203.0.113.8/30", "dev", "lbctl0", "table", "local")
+    held = replace(vips[9], faults=(ADDRESS_FAULT,))
+    static = replace(vips[11], faults=("a local route of protocol 4, not lbctl's (108)",))
+    prefix = VipAddress("203.0.113.8", 30, "lbctl0", ("a local route of protocol 3, not lbctl's (108)",
+                                                      "a local route to /30, not to one address"))
+    drifted = [{vips[9]: held, vips[11]: static}.get(v, v) for v in vips if v not in (vips[7], vips[-1])]
+    assert driver.read() == as_live([*drifted, prefix])
     assert driver.read_keys("vip", [vips[7].address, vips[8].address]) == {vips[8].address: vips[8]}
+    # The plan of the desired VIPs against that: two creates, two updates, one delete.
+    plan = diff({"vip": {v.address: v for v in vips}}, driver.read())
     writes = driver.writes
-    driver.apply([create(v) for v in vips if v != vips[9]]
-                 + [Change("vip", vips[9].address, "update", hosted, vips[9], ("faults",))])
-    assert driver.writes == writes + 4  # two adds, and the host-scope one deleted and added
+    driver.apply(plan.changes)
+    # Deleting the held VIP's address (the link's last IPv4 one) makes the kernel flush every
+    # IPv4 route through lbctl0: lbctl's 597 are put back, the foreign two are gone before
+    # their deletes.  So: the address deleted, 597 restored, two added, two replaced by lbctl's.
+    assert driver.writes == writes + 1 + 597 + 2 + 2
     assert driver.read() == as_live(vips)
+    assert "203.0.113.3" in ip("-n", netns, "route", "show", "table", "local", "dev", "other0")
+    assert vips[9].address not in ip("-n", netns, "-o", "addr", "show", "dev", "lbctl0")
+
+
+@pytest.mark.root
+def test_a_box_holding_vips_as_addresses_converts_in_one_apply(netns: str) -> None:
+    """What an older lbctl left (the VIPs as addresses on lbctl0) becomes local routes."""
+    vips = v4s(300) + v6s(30)
+    ip("-n", netns, "link", "add", "lbctl0", "type", "ifb")
+    batch = "".join(f"addr add {v.address}/{v.prefixlen} dev lbctl0{' nodad' if ':' in v.address else ''}\n"
+                    for v in vips)
+    subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True)
+    ip("-n", netns, "link", "set", "lbctl0", "up")
+    driver = NetlinkDriver(netns=netns)
+    assert driver.read() == as_live([replace(v, faults=(ADDRESS_FAULT,)) for v in vips])
+    plan = diff({"vip": {v.address: v for v in vips}}, driver.read())
+    assert {c.action for c in plan.changes} == {"update"} and len(plan.changes) == len(vips)
+    driver.apply(plan.changes)
+    assert driver.writes == 2 * len(vips)
+    assert driver.read() == as_live(vips)
+    assert len(routes(netns)) == 300 and len(routes(netns, "-6")) == 30
+    assert "198.18" not in ip("-n", netns, "-o", "addr", "show", "dev", "lbctl0")
+
+
+@pytest.mark.root
+def test_a_local_route_vip_answers_arp_and_accepts_tcp(netns: str) -> None:
+    """The reason for the record: a neighbour on the link resolves the VIP and connects to it."""
+    client = f"{netns}-c"
+    ip("netns", "add", client)
+    try:
+        ip("-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", client)
+        for ns, addr in ((netns, "192.0.2.1/24"), (client, "192.0.2.2/24")):
+            ip("-n", ns, "addr", "add", addr, "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", client, "route", "add", f"{V4.address}/32", "dev", "eth0")  # on-link: the client ARPs for it
+        NetlinkDriver(netns=netns).apply([create(V4)])
+        with in_netns(netns):
+            server = socket.create_server(("0.0.0.0", 8080))
+        with server:
+            with in_netns(client):
+                conn = socket.create_connection((V4.address, 8080), timeout=10)
+            with conn:
+                peer, _ = server.accept()
+                with peer:
+                    conn.sendall(b"vip")
+                    assert peer.recv(3) == b"vip"
+                    assert peer.getsockname()[0] == V4.address
+        assert "lladdr" in ip("-n", client, "neigh", "show", V4.address)
+    finally:
+        subprocess.run(["ip", "netns", "del", client], check=False)
 
 
 # -- wire format (no root) --------------------------------------------------------
@@ -358,15 +449,55 @@ def test_parse_addrs_filters_and_spells_like_ipaddress() -> None:
             addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "203.0.113.1"), 32, 8),
             addr_msg(socket.AF_INET, socket.inet_pton(socket.AF_INET, "198.51.100.13"), 32, 7, scope=254)]
     got = _parse_addrs(msgs, 7, "lbctl0")
+    held = (ADDRESS_FAULT,)  # every address on lbctl's interface is one to convert to a route
     assert got == {
-        "198.51.100.10": VipAddress("198.51.100.10", 32, "lbctl0"),
-        "198.51.100.12": VipAddress("198.51.100.12", 24, "lbctl0"),  # IFA_LOCAL, not the peer
-        "::ffff:c633:640b": VipAddress("::ffff:c633:640b", 128, "lbctl0"),
-        "2001:db8::10": VipAddress("2001:db8::10", 128, "lbctl0"),
-        # not what lbctl adds: shown, with what is wrong (the link-local fe80::1 is the kernel's)
-        "198.51.100.13": VipAddress("198.51.100.13", 32, "lbctl0", ("scope host, not global",)),
+        "198.51.100.10": VipAddress("198.51.100.10", 32, "lbctl0", held),
+        "198.51.100.12": VipAddress("198.51.100.12", 24, "lbctl0", held),  # IFA_LOCAL, not the peer
+        "::ffff:c633:640b": VipAddress("::ffff:c633:640b", 128, "lbctl0", held),
+        "2001:db8::10": VipAddress("2001:db8::10", 128, "lbctl0", held),
+        "198.51.100.13": VipAddress("198.51.100.13", 32, "lbctl0", held),
+        # the link-local fe80::1 is the kernel's
     }
     assert str(ipaddress.ip_address("::ffff:198.51.100.11")) in got
+    # The box's addresses (every link): no faults, no interface.
+    assert _parse_addrs(msgs, None, "")["203.0.113.1"] == VipAddress("203.0.113.1", 32, "")
+
+
+def route_msg(family: int, dst: str, dst_len: int, oif: int, proto: int = 108, rtype: int = 2,
+              table: int = 255) -> bytes:
+    raw = socket.inet_pton(family, dst)
+    attrs = nl._rta(nl.RTA_TABLE, nl.U32.pack(table)) + nl._rta(nl.RTA_DST, raw)
+    attrs += nl._rta(nl.RTA_OIF, nl.U32.pack(oif)) + nl._rta(6, nl.U32.pack(1024))  # RTA_PRIORITY, skipped
+    body = nl.RTMSG.pack(family, dst_len, 0, 0, min(table, 252), proto, 254, rtype, 0) + attrs
+    return nl.NLMSGHDR.pack(nl.NLMSGHDR.size + len(body), nl.RTM_NEWROUTE, 2, 1, 0) + body
+
+
+def test_parse_routes_keeps_the_local_routes_of_the_link_and_marks_what_lbctl_would_not_add() -> None:
+    from reconciler.drivers.netlink import _parse_routes
+
+    v4, v6 = socket.AF_INET, socket.AF_INET6
+    msgs = [route_msg(v4, "198.51.100.10", 32, 7),
+            route_msg(v6, "2001:db8:0:0:0:0:0:10", 128, 7),
+            route_msg(v6, "::ffff:198.51.100.11", 128, 7),
+            route_msg(v4, "198.51.100.20", 32, 7, proto=4),  # someone else's
+            route_msg(v4, "198.51.100.20", 32, 7),  # ... and lbctl's beside it: lbctl's wins
+            route_msg(v4, "198.51.100.21", 32, 7),
+            route_msg(v4, "198.51.100.21", 32, 7, proto=4),  # wins only over nothing
+            route_msg(v4, "198.51.100.32", 28, 7),
+            route_msg(v4, "198.51.100.40", 32, 7, proto=2),  # an address's: left to _parse_addrs
+            route_msg(v4, "198.51.100.41", 32, 8),  # another link
+            route_msg(v4, "198.51.100.42", 32, 7, rtype=1),  # unicast
+            route_msg(v4, "198.51.100.43", 32, 7, table=254),  # main table
+            route_msg(v4, "198.51.100.44", 32, 7, table=1000)]  # a table past 255 (RTA_TABLE)
+    assert _parse_routes(msgs, 7, "lbctl0") == {
+        "198.51.100.10": VipAddress("198.51.100.10", 32, "lbctl0"),
+        "2001:db8::10": VipAddress("2001:db8::10", 128, "lbctl0"),
+        "::ffff:c633:640b": VipAddress("::ffff:c633:640b", 128, "lbctl0"),
+        "198.51.100.20": VipAddress("198.51.100.20", 32, "lbctl0"),
+        "198.51.100.21": VipAddress("198.51.100.21", 32, "lbctl0"),
+        "198.51.100.32": VipAddress("198.51.100.32", 28, "lbctl0",
+                                    ("a local route to /28, not to one address",)),
+    }
 
 
 def test_error_ack_with_extended_message() -> None:
@@ -394,6 +525,8 @@ def test_box_addresses_are_every_interfaces_but_link_local(netns: str) -> None:
     ip("-n", netns, "link", "set", "lo", "up")
     ip("-n", netns, "addr", "add", "192.0.2.7/32", "dev", "lo")
     ip("-n", netns, "addr", "add", "2001:db8::7/128", "dev", "lo")
-    got = NetlinkDriver(netns=netns).box_addresses()
-    assert {"127.0.0.1", "::1", "192.0.2.7", "2001:db8::7"} <= got
+    driver = NetlinkDriver(netns=netns)
+    driver.apply([create(V4), create(V6)])  # lbctl's VIPs are local to the box too
+    got = driver.box_addresses()
+    assert {"127.0.0.1", "::1", "192.0.2.7", "2001:db8::7", V4.address, V6.address} <= got
     assert not any(a.startswith("fe80") for a in got)
