@@ -108,7 +108,14 @@ class BpfApply(BpfRead):
         hooks = sorted({ch.after.hook for ch in changes if isinstance(ch.after, Attachment)})
         if hooks and self._obj is None:
             self.load_hooks = tuple(hooks)  # a first load verifies only the programs the box attaches
-        self._open(create=True)
+        self.verify_aside = True  # a first load verifies the hook programs while the maps fill
+        try:
+            self._open(create=True)
+        finally:
+            self.verify_aside = False
+        # Programs are attached after the map writes (the verifier is still at work while
+        # those run); a program attached last starts on complete maps.
+        changes = sorted(changes, key=lambda ch: ch.kind == "attach")  # stable: each part keeps its order
         if self._index is None:
             self._index = self._build_index()
         self._pend = {}
@@ -149,6 +156,8 @@ class BpfApply(BpfRead):
                 self._end_flows()
                 if self.writes != writes:  # an apply that wrote nothing changed no route either
                     self.bump_nexthop_generation()
+                if ok:
+                    self.settle()  # the programs verified aside are pinned by the apply that loaded them
             finally:
                 if not ok:
                     self._index = None

@@ -253,3 +253,51 @@ def test_a_first_load_verifies_only_the_programs_the_box_attaches(dp: Datapath) 
             for f in os.listdir(root):
                 os.unlink(os.path.join(root, f))
             os.rmdir(root)
+
+
+def test_a_first_apply_verifies_the_hook_program_aside_while_the_maps_fill(
+        dp: Datapath, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verifier (~1 s per hook program) runs in a thread of its own while the apply writes
+    the maps; the program is attached after them and pinned; a verifier error fails the apply."""
+    import os
+    import threading
+
+    from reconciler.drivers import _libbpf as B
+    from reconciler.drivers.bpf_pins import BpfPins
+    from reconciler.records import Attachment
+
+    loads: list[tuple[tuple[str, ...], str]] = []  # (programs, the thread that loaded them)
+    real = BpfPins._load_object
+
+    def spy(self: BpfPins, progs: tuple[str, ...], migrate: bool) -> B.BpfObject:
+        loads.append((progs, threading.current_thread().name))
+        return real(self, progs, migrate)
+
+    monkeypatch.setattr(BpfPins, "_load_object", spy)
+    root = dp.pin_root + "-aside"
+    d = BpfDriver(pin_root=root, netns=dp.ns)
+    ch = [Change("attach", "v0", "create", None, Attachment("v0", "tc")), *records(50)]
+    try:
+        d.apply(ch)
+        assert loads == [(("lb_ct_expire",), "MainThread"), (("lb_tc",), "lbctl-verify")]
+        assert os.path.exists(os.path.join(root, "prog_tc"))
+        assert d.read() == as_state(ch)
+        d.down()
+
+        # A verifier error surfaces from the apply that loaded, nothing is attached.
+        def refuse(self: BpfPins, progs: tuple[str, ...], migrate: bool) -> B.BpfObject:
+            if "lb_tc" in progs:
+                raise B.BpfError("bpf_object__load (verifier says no)", -13)
+            return real(self, progs, migrate)
+
+        monkeypatch.setattr(BpfPins, "_load_object", refuse)
+        d = BpfDriver(pin_root=root, netns=dp.ns)
+        with pytest.raises(B.BpfError, match="verifier says no"):
+            d.apply(ch)
+        assert d.read()["attach"] == {}
+    finally:
+        d.down()
+        if os.path.isdir(root):
+            for f in os.listdir(root):
+                os.unlink(os.path.join(root, f))
+            os.rmdir(root)
