@@ -17,11 +17,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.config import build, schemas, semantic
-from reconciler.config.cache import FileResult, ParseCache, signature
+from reconciler.config.cache import FileResult, ParseCache, Signature, signature
 from reconciler.config.discover import Found, discover, read_limited
+from reconciler.config.fork_parse import parse_all
 from reconciler.config.tree import Loc, find
 from reconciler.config.yamlparse import Document, Positions, parse_bytes
 from reconciler.errors import ConfigError, sort_key
@@ -123,9 +124,16 @@ def load_bytes(display: str, data: bytes, timings: dict[str, float] | None = Non
     return FileResult(tuple(resources), tuple(errors), tuple(digests), tuple(broken))
 
 
-def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
-               ) -> tuple[FileResult, bool]:
-    """(result, parsed?) of one file, through the cache when there is one."""
+class _Pending(NamedTuple):
+    """A file to parse: its bytes, and what the cache stores it under."""
+
+    data: bytes
+    sha256: str
+    signature: Signature | None
+
+
+def _look_up(found: Found, cache: ParseCache | None, timings: dict[str, float]) -> FileResult | _Pending:
+    """One file's result from the cache (or its read error), else what parsing it needs."""
     sig = None
     if cache is not None:
         try:
@@ -133,20 +141,17 @@ def _load_file(found: Found, cache: ParseCache | None, timings: dict[str, float]
         except OSError:
             sig = None
         if sig is not None and (hit := cache.by_signature(found.display, sig)) is not None:
-            return hit, False
+            return hit
     t0 = time.perf_counter()
     data, error = read_limited(found)
     timings["read"] += time.perf_counter() - t0
     if error is not None or data is None:
         fail = error or ConfigError(found.display, 0, 0, None, None, "", "cannot read", None)
-        return FileResult((), (fail,), ("error:" + fail.message,), ()), True
+        return FileResult((), (fail,), ("error:" + fail.message,), ())
     sha = hashlib.sha256(data).hexdigest()
     if cache is not None and sig is not None and (hit := cache.by_content(found.display, sha, sig)):
-        return hit, False
-    result = load_bytes(found.display, data, timings)
-    if cache is not None and sig is not None:
-        cache.store(found.display, sig, sha, result)
-    return result, True
+        return hit
+    return _Pending(data, sha, sig)
 
 
 def load_dir(path: str | os.PathLike[str], cache: ParseCache | None = None, *,
@@ -178,10 +183,16 @@ def _load_dir(root: str, cache: ParseCache | None, follow_external_symlinks: boo
     digests: list[str] = ["error:" + str(e) for e in errors]  # a new loop or broken link is a change too
     parsed: list[str] = []
     groups: list[tuple[Resource, ...]] = []
-    for item in found:
-        result, was_parsed = _load_file(item, cache, timings)
-        if was_parsed:
-            parsed.append(item.display)
+    looked = [_look_up(item, cache, timings) for item in found]
+    todo = [(item.display, job) for item, job in zip(found, looked, strict=True) if isinstance(job, _Pending)]
+    fresh = parse_all([(display, job.data) for display, job in todo], timings, load_bytes)  # maybe forked
+    for (display, job), done in zip(todo, fresh, strict=True):
+        parsed.append(display)
+        if cache is not None and job.signature is not None:
+            cache.store(display, job.signature, job.sha256, done)
+    fresh_of = iter(fresh)
+    for got in looked:
+        result = next(fresh_of) if isinstance(got, _Pending) else got
         groups.append(result.resources)
         resources.extend(result.resources)
         errors.extend(result.errors)
