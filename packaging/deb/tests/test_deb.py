@@ -195,6 +195,8 @@ def test_installs_on_fresh_bookworm_and_debian_python_runs_it(root: Path, debs: 
         assert (root / "var/lib/lbctl").is_dir()
         assert (root / "usr/share/man/man8/lbctl.8.gz").is_file()
         assert (root / "usr/share/bash-completion/completions/lbctl").is_file()
+        # `ip route` names the protocol of lbctl's VIP routes
+        assert "108\tlbctl" in (root / "etc/iproute2/rt_protos.d/lbctl.conf").read_text()
     finally:
         in_root(root, "dpkg", "--purge", "lbctl")
     assert files(root) == before
