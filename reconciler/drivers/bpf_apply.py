@@ -70,6 +70,12 @@ from reconciler.records import (
 _FLUSH_ORDER = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns", "lb_sel", "lb_backends", "lb_conf",
                 "lb_svc")
 FLUSH_BYTES = 8 << 20
+# Counters a fresh service or stat id starts from: zeroed when the id is allocated, unless
+# the map was created by this apply's load (arrays, which the kernel creates zeroed; an id
+# is never handed out twice within one apply). In a cold 10,000 x 10 apply these are
+# 220,000 of the 280,000 map writes.
+_COUNTERS = {"lb_svc_stats": ZERO_COUNTERS, "lb_rr": L.ZERO_RR, "lb_be_stats": ZERO_COUNTERS,
+             "lb_be_conns": L.ZERO_CONNS}
 
 
 def _lookup_raw_key(m: B.Map, k: Any) -> bytes:
@@ -108,11 +114,14 @@ class BpfApply(BpfRead):
         hooks = sorted({ch.after.hook for ch in changes if isinstance(ch.after, Attachment)})
         if hooks and self._obj is None:
             self.load_hooks = tuple(hooks)  # a first load verifies only the programs the box attaches
+        loading = self._obj is None and not self._maps
         self.verify_aside = True  # a first load verifies the hook programs while the maps fill
         try:
             self._open(create=True)
         finally:
             self.verify_aside = False
+        if not loading:  # only the apply whose load created maps may take them as all zero
+            self._created = frozenset()
         # Programs are attached after the map writes (the verifier is still at work while
         # those run); a program attached last starts on complete maps.
         changes = sorted(changes, key=lambda ch: ch.kind == "attach")  # stable: each part keeps its order
@@ -159,6 +168,7 @@ class BpfApply(BpfRead):
                 if ok:
                     self.settle()  # the programs verified aside are pinned by the apply that loaded them
             finally:
+                self._created = frozenset()  # ids freed from now on may be reused: zero them
                 if not ok:
                     self._index = None
 
@@ -280,10 +290,7 @@ class BpfApply(BpfRead):
                      family=family, port_end=key.port_end)
         if self._addr_pend is not None:
             bpf_addrset.add(self._addr_pend, addr)
-        # Fresh counters for a fresh id.
-        k = U32.pack(svc_id)
-        self._put("lb_svc_stats", k, ZERO_COUNTERS)
-        self._put("lb_rr", k, L.ZERO_RR)
+        self._zero(svc_id, "lb_svc_stats", "lb_rr")  # fresh counters for a fresh id
         idx.confs[svc_id] = conf
         idx.keys[svc_id] = key
         idx.ids[str(key)] = svc_id
@@ -303,10 +310,15 @@ class BpfApply(BpfRead):
                              "raise spec.capacities.endpoints of the Datapath")
         idx.used_stats.add(sid)
         idx.stat_hint = sid + 1
-        k = U32.pack(sid)
-        self._put("lb_be_stats", k, ZERO_COUNTERS)
-        self._put("lb_be_conns", k, L.ZERO_CONNS)
+        self._zero(sid, "lb_be_stats", "lb_be_conns")
         return sid
+
+    def _zero(self, slot: int, *maps: str) -> None:
+        """Zero ``slot`` of counter ``maps`` (not of a map this apply's load created: all zero)."""
+        k = U32.pack(slot)
+        for name in maps:
+            if name not in self._created:
+                self._put(name, k, _COUNTERS[name])
 
     def _release_stats(self, stat_ids: Iterable[int]) -> None:
         idx = self._idx

@@ -93,6 +93,9 @@ class BpfPins:
         # True while the bpf apply loads: the hook programs are then verified aside (load())
         self.verify_aside = False
         self._aside: tuple[tuple[str, ...], Future[B.BpfObject]] | None = None
+        # maps this process's load created (the kernel zeroes a new array); the bpf apply
+        # that loaded skips zeroing the counters of fresh ids in them, then clears this
+        self._created: frozenset[str] = frozenset()
         self._maps: dict[str, B.Map] = {}
         self._own_fds: list[int] = []
         self._base_writes = 0
@@ -237,7 +240,9 @@ class BpfPins:
         hooks = tuple(PROGS[h] for h in self.load_hooks)
         aside = self.verify_aside and bool(hooks)
         progs = (EXPIRE_PROG,) if aside else (*hooks, EXPIRE_PROG)
+        missing = frozenset(n for n in B.MAPS if not os.path.lexists(os.path.join(self.pin_root, n)))
         obj = self._load_object(progs, migrate=True)
+        self._created = missing  # no pin before the load: libbpf created (and pinned) the map
         self._obj = obj
         self._progs = dict.fromkeys(progs, obj)
         for m in self._maps.values():

@@ -301,3 +301,37 @@ def test_a_first_apply_verifies_the_hook_program_aside_while_the_maps_fill(
             for f in os.listdir(root):
                 os.unlink(os.path.join(root, f))
             os.rmdir(root)
+
+
+def test_fresh_ids_in_maps_the_apply_created_are_not_zeroed_again_but_reused_ones_are(dp: Datapath) -> None:
+    """A cold apply skips the 220,000 zero writes of 10,000 x 10 (the kernel creates arrays
+    zeroed); an id freed and handed out again later starts from zero counters all the same."""
+    import os
+
+    counters = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns")
+    root = dp.pin_root + "-zero"
+    d = BpfDriver(pin_root=root, netns=dp.ns)
+    try:
+        ch = records(5)
+        d.apply(ch)
+        assert [d.map(n).writes for n in counters] == [0, 0, 0, 0]
+        assert d.read() == as_state(ch)
+        used = sorted(d._build_index().used_stats)
+        assert len(used) == 5 * 3 + 2
+        conns = d.map("lb_be_conns")
+        busy = b"\x07" * conns.value_size
+        for sid in used:  # counters the datapath would have left behind
+            conns.update_raw(sid.to_bytes(4, "little"), busy)
+        d.apply([Change(c.kind, c.key, "delete", c.after, None) for c in reversed(ch)])
+        again = BpfDriver(pin_root=root, netns=dp.ns)  # a later process: the maps are not new
+        again.apply(ch)
+        reused = sorted(again._build_index().used_stats)
+        assert set(reused) & set(used)
+        assert all(conns.lookup_raw(sid.to_bytes(4, "little")) == bytes(conns.value_size) for sid in reused)
+        assert again.map("lb_be_stats").writes > 0
+    finally:
+        d.down()
+        if os.path.isdir(root):
+            for f in os.listdir(root):
+                os.unlink(os.path.join(root, f))
+            os.rmdir(root)
