@@ -31,6 +31,16 @@ def records(n: int) -> list[Change]:
     return out
 
 
+def remove_pins(root: str) -> None:
+    """Remove a pin root a test made beside the harness's (after the driver's down())."""
+    import os
+
+    if os.path.isdir(root):
+        for f in os.listdir(root):
+            os.unlink(os.path.join(root, f))
+        os.rmdir(root)
+
+
 def as_state(changes: list[Change]) -> dict[str, dict[str, object]]:
     st: dict[str, dict[str, object]] = {"service": {}, "endpoints": {}, "attach": {}, "firewall": {}}
     for c in changes:
@@ -249,10 +259,7 @@ def test_a_first_load_verifies_only_the_programs_the_box_attaches(dp: Datapath) 
         assert d.prog_fd("tc") > 0 and os.path.exists(os.path.join(root, "prog_tc"))  # on demand
     finally:
         d.down()
-        if os.path.isdir(root):
-            for f in os.listdir(root):
-                os.unlink(os.path.join(root, f))
-            os.rmdir(root)
+        remove_pins(root)
 
 
 def test_a_first_apply_verifies_the_hook_program_aside_while_the_maps_fill(
@@ -297,16 +304,12 @@ def test_a_first_apply_verifies_the_hook_program_aside_while_the_maps_fill(
         assert d.read()["attach"] == {}
     finally:
         d.down()
-        if os.path.isdir(root):
-            for f in os.listdir(root):
-                os.unlink(os.path.join(root, f))
-            os.rmdir(root)
+        remove_pins(root)
 
 
 def test_fresh_ids_in_maps_the_apply_created_are_not_zeroed_again_but_reused_ones_are(dp: Datapath) -> None:
     """A cold apply skips the 220,000 zero writes of 10,000 x 10 (the kernel creates arrays
     zeroed); an id freed and handed out again later starts from zero counters all the same."""
-    import os
 
     counters = ("lb_svc_stats", "lb_rr", "lb_be_stats", "lb_be_conns")
     root = dp.pin_root + "-zero"
@@ -331,7 +334,4 @@ def test_fresh_ids_in_maps_the_apply_created_are_not_zeroed_again_but_reused_one
         assert again.map("lb_be_stats").writes > 0
     finally:
         d.down()
-        if os.path.isdir(root):
-            for f in os.listdir(root):
-                os.unlink(os.path.join(root, f))
-            os.rmdir(root)
+        remove_pins(root)
