@@ -36,8 +36,8 @@ from reconciler.plan import diff
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vip-interface", metavar="IF",
-                        help="interface the VIPs' local routes go through (default: the Datapath's vipInterface "
-                             f"of the last applied configuration, else {DEFAULT_VIP_INTERFACE})")
+                        help="interface the VIPs' local routes go through (default: the Datapath's "
+                             f"vipInterface of the last applied configuration, else {DEFAULT_VIP_INTERFACE})")
 
 
 def _vip_interface(args: argparse.Namespace, state_dir: Path) -> str:

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("-f", "--file", metavar="PATH", help="write one multi-document YAML file")
     where.add_argument("--dir", metavar="DIR", help="write one file per resource into DIR (created)")
     parser.add_argument("--vip-interface", metavar="IF",
-                        help="interface the VIPs' local routes go through (default: the applied configuration's "
-                             f"vipInterface, else {DEFAULT_VIP_INTERFACE})")
+                        help="interface the VIPs' local routes go through (default: the applied "
+                             f"configuration's vipInterface, else {DEFAULT_VIP_INTERFACE})")
     parser.add_argument("--live", action="store_true",
                         help="ignore the applied configuration lbctl recorded; export what live state shows")
 
