@@ -114,13 +114,13 @@ class BpfApply(BpfRead):
         hooks = sorted({ch.after.hook for ch in changes if isinstance(ch.after, Attachment)})
         if hooks and self._obj is None:
             self.load_hooks = tuple(hooks)  # a first load verifies only the programs the box attaches
-        loading = self._obj is None and not self._maps
+        had_object = self._obj is not None
         self.verify_aside = True  # a first load verifies the hook programs while the maps fill
         try:
             self._open(create=True)
         finally:
             self.verify_aside = False
-        if not loading:  # only the apply whose load created maps may take them as all zero
+        if had_object or self._obj is None:  # only an apply whose own load created maps takes them as zero
             self._created = frozenset()
         # Programs are attached after the map writes (the verifier is still at work while
         # those run); a program attached last starts on complete maps.

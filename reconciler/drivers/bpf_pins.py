@@ -228,10 +228,10 @@ class BpfPins:
         With ``verify_aside`` (the bpf apply's first load) the first object holds only the
         small expiry program: it creates and pins the maps at once, and the hook programs
         are loaded by a second object on those maps in a thread of their own.  The kernel's
-        verifier (~1 s per hook program on a 2-vCPU box) then runs while the apply fills the
-        maps (libbpf's calls release the GIL); the first ``_prog`` of such a program, or
-        ``settle()``, waits for it and pins it.  A cold 10,000-service apply: kernel phase
-        2.0 -> 1.2 s (``bench/results/reconcile.md``).
+        verifier (1.1-2.7 s for ``lb_tc`` on the 2-vCPU VMs) then runs while the apply fills
+        the maps (libbpf's calls release the GIL); the first ``_prog`` of such a program, or
+        ``settle()``, waits for it and pins it.  A cold 10,000-service apply's kernel phase, same
+        run: 5.20 -> 3.33 s (``bench/results/reconcile.md``, ``docs/architecture.md``).
         """
         if self._obj is not None:
             return
@@ -391,6 +391,7 @@ class BpfPins:
         return self._maps[name]
 
     def close(self) -> None:
+        self._created = frozenset()
         if self._aside is not None:  # wait for the verifier's thread; what it loaded is closed below
             progs, done = self._aside
             self._aside = None
